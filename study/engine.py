@@ -1,0 +1,285 @@
+"""Train one member array: K members of one optimizer and decay mode, same minibatches, own weights.
+
+Owns the training loop, the learning-rate schedule, divergence handling and the per-epoch metrics of
+SCIENCE.md. Pure torch: it must not import ray, optuna or mlflow (tests/test_engine.py blocks them).
+Adapters (Ray Tune, the CLI) give it members and a `report(epoch, rows)` callback.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .data import Dataset, augment, normalize
+from .models import build_model
+from .optim import build_optimizer, param_groups
+from .spec import DataSpec, MemberSpec, ModelSpec, TrainSpec
+
+EPOCH_METRICS = ("train_loss", "test_loss", "test_error", "weight_norm", "effective_lr", "angular_update",
+                 "lr", "epoch_time", "wall_time", "diverged")
+ANGLE_STEPS = 8  # angular update: mean over the last (up to) 8 steps of each epoch
+
+
+def schedule_multiplier(step: int, total_steps: int, schedule: str = "cosine", warmup_steps: int = 0,
+                        milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1) -> float:
+    """s_t ∈ [0, 1], the multiplier of the base lr at `step` (0-based): a pure function of the step.
+
+    Linear warm-up s = (step+1)/warmup_steps, then cosine 0.5·(1 + cos(π·p)) with p the fraction of the
+    post-warm-up steps done, constant 1, or step: gamma^(milestones passed), milestones as run fractions.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    if schedule == "step":
+        return gamma ** sum(step >= q * total_steps for q in milestones)
+    if schedule == "cosine":
+        p = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * p))
+    raise ValueError(f"invalid schedule: must be cosine, constant or step, but got schedule={schedule!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("invalid train.device: cuda was asked for but torch sees no CUDA device, got device='cuda'")
+    return torch.device(name)
+
+
+def check_array(members: Sequence[MemberSpec]) -> None:
+    if not members:
+        raise ValueError("an array needs at least one member, but got none")
+    keys = {m.array_key() for m in members}
+    if len(keys) != 1:
+        raise ValueError(f"an array's members share optimizer, decay, optimizer settings and seed, but got {sorted(map(str, keys))}")
+
+
+def pack_arrays(members: Sequence[MemberSpec], size: int) -> list[list[MemberSpec]]:
+    """Group members by array key (optimizer, decay, settings, seed), in order, at most `size` per array."""
+    groups: dict[tuple, list[MemberSpec]] = {}
+    for m in members:
+        groups.setdefault(m.array_key(), []).append(m)
+    return [g[i:i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+@dataclass
+class ArrayConfig:
+    model: ModelSpec
+    train: TrainSpec
+    data: DataSpec
+
+    def augmentation(self, ds: Dataset) -> tuple[int, bool]:
+        big = ds.train_x.shape[-1] >= 32
+        pad = self.data.crop_padding if self.data.crop_padding is not None else (4 if big else 0)
+        flip = self.data.flip if self.data.flip is not None else (big and ds.name != "digits")
+        return pad, flip
+
+
+class ArrayTrainer:
+    """Trains `members` (one array) on `data`; `run(report)` calls report(epoch, rows) after every epoch.
+
+    Member k's rows hold the metrics of EPOCH_METRICS. A member whose loss turns non-finite is marked
+    diverged: from that step on its weights and optimizer receive no update (its gradient is zeroed and
+    its lr is 0), and the other members continue exactly as they would have.
+    """
+
+    def __init__(self, members: Sequence[MemberSpec], data: Dataset, config: ArrayConfig, device="cpu"):
+        check_array(members)
+        self.members, self.config = list(members), config
+        self.device = torch.device(device)
+        self.K = len(members)
+        t = config.train
+        self.data = data.to(self.device)
+        self.batch = min(t.batch_size, len(data.train_y))
+        self.steps_per_epoch = max(1, len(data.train_y) // self.batch)  # drop_last: every step sees `batch` images
+        self.total_steps = t.epochs * self.steps_per_epoch
+        self.warmup_steps = round(t.warmup_epochs * self.steps_per_epoch)
+        self.crop_padding, self.flip = config.augmentation(data)
+        self.cuda = self.device.type == "cuda"
+        seed = members[0].seed
+        self.model = build_model(config.model.name, self.K, data.num_classes, data.in_channels,
+                                 config.model.width, seeds=[seed] * self.K).to(self.device)
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        lr = torch.tensor([m.lr for m in members], dtype=torch.float32, device=self.device)
+        wd = torch.tensor([m.weight_decay for m in members], dtype=torch.float32, device=self.device)
+        groups, self.decay_counts = param_groups(self.model.named_parameters(), wd, member_dims=1)
+        self.optimizer = build_optimizer(members[0].optimizer, groups, lr, members[0].decay,
+                                         **members[0].optimizer_kwargs())
+        self.base_lr = lr
+        self.decayed = groups[0]["params"] if self.decay_counts["decayed_tensors"] else []
+        self.invariant = self.model.scale_invariant_weights()
+        self.alive = torch.ones(self.K, dtype=torch.bool, device=self.device)
+        self.epoch = 0                 # epochs completed
+        self.history: list[list[dict]] = [[] for _ in members]
+        self.elapsed = 0.0             # seconds of training before this process (resume)
+        self._step_fn = self._train_step
+        if t.compile and self.cuda:
+            self._step_fn = torch.compile(self._train_step)
+
+    # ------------------------------------------------------------------ state (checkpoints)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "alive": self.alive.cpu(), "history": self.history, "elapsed": self.elapsed,
+                "members": [m.__dict__ for m in self.members]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if [m.__dict__ for m in self.members] != state["members"]:
+            raise ValueError("checkpoint belongs to a different array of members")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.alive = state["alive"].to(self.device)
+        self.epoch, self.history, self.elapsed = state["epoch"], state["history"], state["elapsed"]
+
+    # ------------------------------------------------------------------ training
+
+    def _generators(self, epoch: int):
+        """Data order and augmentation for `epoch`, fixed by (train seed, member seed, epoch): resumable."""
+        seed = (self.config.train.seed * 1_000_003 + self.members[0].seed) * 10_007 + epoch
+        order = torch.Generator().manual_seed(seed)
+        aug = torch.Generator(device=self.device).manual_seed(seed + 1)
+        return order, aug
+
+    def _forward_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """Per-member mean cross-entropy, shape (K,), in float32."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            logits = self.model(x)                                   # (N, K, classes)
+        return F.cross_entropy(logits.float().permute(0, 2, 1), y[:, None].expand(-1, self.K),
+                               reduction="none").mean(0)
+
+    def _train_step(self, x: Tensor, y: Tensor, s: float) -> Tensor:
+        loss = self._forward_loss(x, y)
+        self.alive &= torch.isfinite(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.where(self.alive, loss, 0.0).sum().backward()
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        # a finite loss can still give an overflowing gradient: that member diverges before it steps
+        grad_sums = torch.stack([p.grad.float().flatten(1).sum(1) for p in params]).sum(0)
+        self.alive &= torch.isfinite(grad_sums)
+        for p in params:  # a diverged member's gradient may be NaN/inf: replace it, don't multiply
+            p.grad = torch.where(self.alive.view(-1, *[1] * (p.ndim - 1)), p.grad, 0.0)
+        alive_f = self.alive.float()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.base_lr * (s * alive_f)
+        self.optimizer.step()
+        return torch.where(self.alive, loss.detach(), 0.0)
+
+    def _batch(self, idx: Tensor, aug_gen) -> tuple[Tensor, Tensor]:
+        d = self.data
+        x = normalize(d.train_x[idx], d.mean, d.std)
+        x = augment(x, aug_gen, self.crop_padding, self.flip)
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, d.train_y[idx]
+
+    def _per_layer_sq(self, weights) -> Tensor:
+        return torch.stack([w.detach().float().pow(2).flatten(1).sum(1) for w in weights])  # (L, K)
+
+    def train_epoch(self) -> list[dict]:
+        t0 = time.perf_counter()
+        epoch, t = self.epoch, self.config.train
+        self.model.train()
+        order, aug = self._generators(epoch)
+        perm = torch.randperm(len(self.data.train_y), generator=order).to(self.device)
+        loss_sum = torch.zeros(self.K, device=self.device)
+        angles, s = [], 0.0
+        for i in range(self.steps_per_epoch):
+            step = epoch * self.steps_per_epoch + i
+            s = schedule_multiplier(step, self.total_steps, t.schedule, self.warmup_steps, t.milestones, t.gamma)
+            x, y = self._batch(perm[i * self.batch:(i + 1) * self.batch], aug)
+            measure = i >= self.steps_per_epoch - ANGLE_STEPS and self.invariant
+            before = [w.detach().float().clone() for w in self.invariant] if measure else None
+            loss_sum += self._step_fn(x, y, s)
+            if measure:
+                angles.append(self._angles(before))
+        self.epoch += 1
+        rows = self._epoch_rows(loss_sum / self.steps_per_epoch, angles, s, time.perf_counter() - t0)
+        for k, row in enumerate(rows):
+            self.history[k].append(row)
+        return rows
+
+    def _angles(self, before: list[Tensor]) -> Tensor:
+        """Angle (radians) between each scale-invariant weight before and after the step, mean over layers: (K,)."""
+        out = []
+        for w0, w1 in zip(before, self.invariant):
+            w0, w1 = w0.flatten(1), w1.detach().float().flatten(1)
+            cos = (w0 * w1).sum(1) / (w0.norm(dim=1) * w1.norm(dim=1)).clamp_min(1e-30)
+            out.append(torch.arccos(cos.clamp(-1.0, 1.0)))
+        return torch.stack(out).mean(0)
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[Tensor, Tensor]:
+        """Test loss and test error per member, shape (K,) each."""
+        self.model.eval()
+        d, bs = self.data, self.config.train.eval_batch_size
+        loss = torch.zeros(self.K, device=self.device)
+        wrong = torch.zeros(self.K, device=self.device)
+        for i in range(0, len(d.test_y), bs):
+            x = normalize(d.test_x[i:i + bs], d.mean, d.std)
+            if self.cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = d.test_y[i:i + bs]
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+                logits = self.model(x).float()                      # (N, K, classes)
+            loss += F.cross_entropy(logits.permute(0, 2, 1), y[:, None].expand(-1, self.K), reduction="none").sum(0)
+            wrong += (logits.argmax(-1) != y[:, None]).sum(0)
+        n = len(d.test_y)
+        return loss / n, wrong / n
+
+    @torch.no_grad()
+    def _epoch_rows(self, train_loss: Tensor, angles: list[Tensor], s: float, epoch_time: float) -> list[dict]:
+        test_loss, test_error = self.evaluate()
+        sq = self._per_layer_sq(self.decayed).sum(0) if self.decayed else torch.zeros(self.K, device=self.device)
+        lr_now = self.base_lr * s
+        eff = (lr_now / self._per_layer_sq(self.invariant)).mean(0) if self.invariant else torch.full_like(lr_now, math.nan)
+        angle = torch.stack(angles).mean(0) if angles else torch.full_like(lr_now, math.nan)
+        self.elapsed += epoch_time
+        cols = {"train_loss": train_loss, "test_loss": test_loss, "test_error": test_error,
+                "weight_norm": sq.sqrt(), "effective_lr": eff, "angular_update": angle, "lr": lr_now}
+        cols = {k: v.float().cpu().tolist() for k, v in cols.items()}  # the one host sync of the epoch
+        alive = self.alive.cpu().tolist()
+        rows = []
+        for k in range(self.K):
+            row = {"epoch": self.epoch, **{name: cols[name][k] for name in cols}, "epoch_time": epoch_time,
+                   "wall_time": self.elapsed, "diverged": 0.0 if alive[k] else 1.0}
+            if not alive[k]:  # the weights are frozen at their last finite values; the losses are not defined
+                row.update(train_loss=math.nan, test_loss=math.nan, test_error=math.nan)
+            rows.append(row)
+        return rows
+
+    def run(self, report: Callable[[int, list[dict]], None] | None = None) -> list[dict]:
+        """Train the remaining epochs; return one result per member: its settings, final metrics and history."""
+        while self.epoch < self.config.train.epochs:
+            rows = self.train_epoch()
+            if report is not None:
+                report(self.epoch, rows)
+        return self.results()
+
+    def results(self) -> list[dict]:
+        out = []
+        for m, hist in zip(self.members, self.history):
+            out.append({"optimizer": m.optimizer, "decay": m.decay, "lr": m.lr, "weight_decay": m.weight_decay,
+                        "seed": m.seed, "final": final_metrics(hist), "history": hist})
+        return out
+
+
+def final_metrics(history: list[dict]) -> dict:
+    """The last epoch's metrics; for a diverged member, its last finite epoch, flagged diverged."""
+    if not history:
+        return {}
+    last = dict(history[-1])
+    if last["diverged"]:
+        finite = [r for r in history if not r["diverged"]]
+        last = dict(finite[-1]) if finite else {k: (math.nan if k not in ("epoch", "diverged") else v)
+                                                for k, v in history[0].items()}
+        last["diverged"] = 1.0
+        last["diverged_epoch"] = next(r["epoch"] for r in history if r["diverged"])
+    return last

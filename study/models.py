@@ -1,0 +1,202 @@
+"""CIFAR ResNets as member arrays: K models with independent weights evaluated in one forward pass.
+
+Owns the model zoo. Pure torch: imports no Ray, Optuna or MLflow.
+Every parameter has dim 0 = member (shape (K, ...)); activations are laid out as (N, K·C, H, W) and
+convolutions are grouped by member (groups=K), so member k only ever touches its own slice. The
+stem convolution reads the shared input once (groups=1 with K·C outputs). A model returns logits of
+shape (N, K, classes). K = 1 is an ordinary model. Member k is initialised from `seeds[k]` alone, so a
+member starts from the same weights whether it is trained alone or inside an array.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class MemberConv2d(nn.Module):
+    """K independent convolutions; weight (K, cout, cin, k, k). `shared_input`: all members read one input."""
+
+    def __init__(self, members, cin, cout, kernel, stride=1, padding=0, shared_input=False,
+                 scale_invariant=True):
+        super().__init__()
+        self.members, self.stride, self.padding, self.shared_input = members, stride, padding, shared_input
+        self.scale_invariant = scale_invariant  # followed directly by batch norm: loss invariant to ‖w‖
+        self.weight = nn.Parameter(torch.empty(members, cout, cin, kernel, kernel))
+
+    def forward(self, x: Tensor) -> Tensor:
+        K, cout, cin, kh, kw = self.weight.shape
+        w = self.weight.reshape(K * cout, cin, kh, kw)
+        return F.conv2d(x, w, None, self.stride, self.padding, groups=1 if self.shared_input else K)
+
+    def init_member(self, k: int, gen: torch.Generator) -> None:
+        nn.init.kaiming_normal_(self.weight.data[k], mode="fan_out", nonlinearity="relu", generator=gen)
+
+
+class MemberBatchNorm2d(nn.Module):
+    """K independent batch norms over (N, K·C, H, W): own scale, shift and running statistics per member."""
+
+    def __init__(self, members, channels, momentum=0.1, eps=1e-5):
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.weight = nn.Parameter(torch.ones(members, channels))
+        self.bias = nn.Parameter(torch.zeros(members, channels))
+        self.register_buffer("running_mean", torch.zeros(members, channels))
+        self.register_buffer("running_var", torch.ones(members, channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1), self.weight.view(-1),
+                            self.bias.view(-1), self.training, self.momentum, self.eps)
+
+    def init_member(self, k: int, gen: torch.Generator) -> None:
+        self.weight.data[k].fill_(1.0)
+        self.bias.data[k].zero_()
+        self.running_mean[k].zero_()
+        self.running_var[k].fill_(1.0)
+
+
+class MemberLinear(nn.Module):
+    """K independent linear maps: (N, K, cin) -> (N, K, cout)."""
+
+    def __init__(self, members, cin, cout):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(members, cout, cin))
+        self.bias = nn.Parameter(torch.empty(members, cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.einsum("nki,koi->nko", x, self.weight) + self.bias
+
+    def init_member(self, k: int, gen: torch.Generator) -> None:
+        # torch.nn.Linear's default: kaiming_uniform(a=√5) weights, U(±1/√fan_in) bias
+        nn.init.kaiming_uniform_(self.weight.data[k], a=math.sqrt(5), generator=gen)
+        bound = 1 / math.sqrt(self.weight.shape[2])
+        nn.init.uniform_(self.bias.data[k], -bound, bound, generator=gen)
+
+
+def _member_channels(x: Tensor, members: int) -> Tensor:
+    """(N, K·C, H, W) -> (N, K, C, H, W) view."""
+    n, kc, h, w = x.shape
+    return x.view(n, members, kc // members, h, w)
+
+
+class BasicBlock(nn.Module):
+    """He et al. 2016 CIFAR block: conv-bn-relu-conv-bn + shortcut (option A: subsample, zero-pad channels)."""
+
+    def __init__(self, members, cin, cout, stride):
+        super().__init__()
+        self.members, self.pad = members, cout - cin
+        self.conv1 = MemberConv2d(members, cin, cout, 3, stride, 1)
+        self.bn1 = MemberBatchNorm2d(members, cout)
+        self.conv2 = MemberConv2d(members, cout, cout, 3, 1, 1)
+        self.bn2 = MemberBatchNorm2d(members, cout)
+        self.stride = stride
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        if self.stride == 1 and self.pad == 0:
+            return x
+        x = _member_channels(x[:, :, :: self.stride, :: self.stride], self.members)
+        x = F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return x.flatten(1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class PreActBlock(nn.Module):
+    """He et al. 2016b pre-activation block: bn-relu-conv-bn-relu-conv + shortcut (1×1 conv when shape changes)."""
+
+    def __init__(self, members, cin, cout, stride):
+        super().__init__()
+        self.bn1 = MemberBatchNorm2d(members, cin)
+        self.conv1 = MemberConv2d(members, cin, cout, 3, stride, 1)
+        self.bn2 = MemberBatchNorm2d(members, cout)
+        self.conv2 = MemberConv2d(members, cout, cout, 3, 1, 1, scale_invariant=False)
+        self.proj = (MemberConv2d(members, cin, cout, 1, stride, 0, scale_invariant=False)
+                     if stride != 1 or cin != cout else None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.proj(out) if self.proj is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class MemberArrayNet(nn.Module):
+    """Stem, stages of blocks, global pooling, linear head; all as member arrays."""
+
+    def __init__(self, block, stage_blocks, widths, members, num_classes, in_channels, preact, seeds):
+        super().__init__()
+        if len(seeds) != members:
+            raise ValueError(f"invalid seeds: need one seed per member ({members}), but got {len(seeds)}")
+        self.members, self.preact = members, preact
+        self.stem = MemberConv2d(members, in_channels, widths[0], 3, 1, 1, shared_input=True,
+                                 scale_invariant=not preact)
+        self.stem_bn = None if preact else MemberBatchNorm2d(members, widths[0])
+        layers, cin = [], widths[0]
+        for i, (n, cout) in enumerate(zip(stage_blocks, widths)):
+            for j in range(n):
+                layers.append(block(members, cin, cout, 2 if (i > 0 and j == 0) else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.final_bn = MemberBatchNorm2d(members, cin) if preact else None
+        self.head = MemberLinear(members, cin, num_classes)
+        self.reset_members(seeds)
+
+    @torch.no_grad()
+    def reset_members(self, seeds) -> None:
+        """Initialise member k from seeds[k] alone. Called at construction, on the CPU, so the weights do not
+        depend on the training device's random number generator."""
+        for k, seed in enumerate(seeds):
+            gen = torch.Generator().manual_seed(int(seed))
+            for m in self.modules():
+                if hasattr(m, "init_member"):
+                    m.init_member(k, gen)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.stem(x)
+        if self.stem_bn is not None:
+            out = F.relu(self.stem_bn(out))
+        out = self.layers(out)
+        if self.final_bn is not None:
+            out = F.relu(self.final_bn(out))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)          # (N, K·C)
+        return self.head(out.view(out.shape[0], self.members, -1))  # (N, K, classes)
+
+    def scale_invariant_weights(self) -> list[Tensor]:
+        """Conv weights followed directly by batch norm: the loss does not change when they are scaled."""
+        return [m.weight for m in self.modules() if isinstance(m, MemberConv2d) and m.scale_invariant]
+
+
+def resnet_cifar(depth: int, members=1, num_classes=10, in_channels=3, width=1, seeds=None) -> MemberArrayNet:
+    """He et al. 2016 CIFAR ResNet of depth 6n+2 (20, 32, 44, 56, 110, and 8 for CPU work); width multiplies 16/32/64."""
+    if depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"invalid depth: a CIFAR ResNet has depth 6n+2 (8, 20, 32, 44, 56, 110), but got depth={depth}")
+    n = (depth - 2) // 6
+    widths = [16 * width, 32 * width, 64 * width]
+    return MemberArrayNet(BasicBlock, [n, n, n], widths, members, num_classes, in_channels, False,
+                          seeds if seeds is not None else list(range(members)))
+
+
+def preact_resnet18(members=1, num_classes=10, in_channels=3, width=1, seeds=None) -> MemberArrayNet:
+    """Pre-activation ResNet-18 (He et al. 2016b; 64/128/256/512 channels × width)."""
+    widths = [64 * width, 128 * width, 256 * width, 512 * width]
+    return MemberArrayNet(PreActBlock, [2, 2, 2, 2], widths, members, num_classes, in_channels, True,
+                          seeds if seeds is not None else list(range(members)))
+
+
+MODELS = {f"resnet{d}": d for d in (8, 20, 32, 44, 56, 110)}
+MODEL_NAMES = (*MODELS, "preact_resnet18")
+
+
+def build_model(name: str, members=1, num_classes=10, in_channels=3, width=1, seeds=None) -> MemberArrayNet:
+    if name == "preact_resnet18":
+        return preact_resnet18(members, num_classes, in_channels, width, seeds)
+    if name not in MODELS:
+        raise ValueError(f"invalid model: must be one of {', '.join(MODEL_NAMES)}, but got model={name!r}")
+    return resnet_cifar(MODELS[name], members, num_classes, in_channels, width, seeds)
