@@ -58,11 +58,11 @@ def check_array(members: Sequence[MemberSpec]) -> None:
         raise ValueError("an array needs at least one member, but got none")
     keys = {m.array_key() for m in members}
     if len(keys) != 1:
-        raise ValueError(f"an array's members share optimizer, decay, optimizer settings and seed, but got {sorted(map(str, keys))}")
+        raise ValueError(f"an array's members share optimizer, decay and optimizer settings, but got {sorted(map(str, keys))}")
 
 
 def pack_arrays(members: Sequence[MemberSpec], size: int) -> list[list[MemberSpec]]:
-    """Group members by array key (optimizer, decay, settings, seed), in order, at most `size` per array."""
+    """Group members by array key (optimizer, decay, optimizer settings), in order, at most `size` per array."""
     groups: dict[tuple, list[MemberSpec]] = {}
     for m in members:
         groups.setdefault(m.array_key(), []).append(m)
@@ -103,9 +103,8 @@ class ArrayTrainer:
         self.warmup_steps = round(t.warmup_epochs * self.steps_per_epoch)
         self.crop_padding, self.flip = config.augmentation(data)
         self.cuda = self.device.type == "cuda"
-        seed = members[0].seed
         self.model = build_model(config.model.name, self.K, data.num_classes, data.in_channels,
-                                 config.model.width, seeds=[seed] * self.K).to(self.device)
+                                 config.model.width, seeds=[m.seed for m in members]).to(self.device)
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
         lr = torch.tensor([m.lr for m in members], dtype=torch.float32, device=self.device)
@@ -142,8 +141,8 @@ class ArrayTrainer:
     # ------------------------------------------------------------------ training
 
     def _generators(self, epoch: int):
-        """Data order and augmentation for `epoch`, fixed by (train seed, member seed, epoch): resumable."""
-        seed = (self.config.train.seed * 1_000_003 + self.members[0].seed) * 10_007 + epoch
+        """Data order and augmentation for `epoch`, fixed by (train.seed, epoch): shared by the array, resumable."""
+        seed = self.config.train.seed * 1_000_003 + epoch
         order = torch.Generator().manual_seed(seed)
         aug = torch.Generator(device=self.device).manual_seed(seed + 1)
         return order, aug
@@ -174,7 +173,7 @@ class ArrayTrainer:
 
     def _batch(self, idx: Tensor, aug_gen) -> tuple[Tensor, Tensor]:
         d = self.data
-        x = normalize(d.train_x[idx], d.mean, d.std)
+        x = normalize(d.train_x[idx], d.mean, d.std, torch.get_default_dtype())
         x = augment(x, aug_gen, self.crop_padding, self.flip)
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -223,7 +222,7 @@ class ArrayTrainer:
         loss = torch.zeros(self.K, device=self.device)
         wrong = torch.zeros(self.K, device=self.device)
         for i in range(0, len(d.test_y), bs):
-            x = normalize(d.test_x[i:i + bs], d.mean, d.std)
+            x = normalize(d.test_x[i:i + bs], d.mean, d.std, torch.get_default_dtype())
             if self.cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = d.test_y[i:i + bs]

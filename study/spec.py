@@ -52,7 +52,7 @@ class TrainSpec:
     warmup_epochs: float = 0.0      # linear warm-up, in epochs
     milestones: tuple[float, ...] = (0.5, 0.75)  # step schedule: fractions of the run
     gamma: float = 0.1              # step schedule: factor at each milestone
-    seed: int = 0                   # data order and augmentation (arrays also mix in the member seed)
+    seed: int = 0                   # data order and augmentation, shared by every member of an array
     device: str = "auto"            # auto | cpu | cuda
     eval_batch_size: int = 1024
     compile: bool = False           # torch.compile the array step (CUDA)
@@ -120,8 +120,13 @@ class MemberSpec:
         return f"{self.optimizer}-{self.decay}"
 
     def array_key(self) -> tuple:
-        """Members with equal keys may share an array: same optimizer, decay, its settings, and seed."""
-        return (self.optimizer, self.decay, self.momentum, self.nesterov, self.betas, self.eps, self.seed)
+        """Members with equal keys may share an array: same optimizer, decay and optimizer settings.
+        Seeds may differ: a member's seed fixes its initial weights; the array's batches follow train.seed."""
+        return (self.optimizer, self.decay, self.momentum, self.nesterov, self.betas, self.eps)
+
+    def key(self, study: str) -> str:
+        """The member's stable identity: resume and retries use it so a member is recorded once."""
+        return f"{study}|{self.arm}|lr={self.lr!r}|weight_decay={self.weight_decay!r}|seed={self.seed}"
 
     def optimizer_kwargs(self) -> dict:
         if self.optimizer == "sgd":

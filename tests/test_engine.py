@@ -62,20 +62,39 @@ def test_schedule_curves():
     assert {schedule_multiplier(t, T, "constant") for t in range(T)} == {1.0}
 
 
-@pytest.mark.parametrize("optimizer,decay", [("sgd", "coupled"), ("adam", "decoupled"), ("sgd", "independent")])
-def test_member_in_array_equals_member_alone(digits, optimizer, decay):
+def _array_and_alone(digits, optimizer, decay):
     lrs = [0.05, 0.2, 0.01] if optimizer == "sgd" else [1e-3, 3e-3, 1e-2]
-    members = [MemberSpec(optimizer, decay, lr, wd, seed=7) for lr, wd in zip(lrs, [1e-3, 5e-3, 0.05])]
+    members = [MemberSpec(optimizer, decay, lr, wd, seed=s) for lr, wd, s in zip(lrs, [1e-3, 5e-3, 0.05], [7, 8, 9])]
     array = ArrayTrainer(members, digits, _config())
     array.run()
     alone = ArrayTrainer([members[1]], digits, _config())
     alone.run()
+    return array, alone
+
+
+@pytest.mark.parametrize("optimizer,decay", [("sgd", "coupled"), ("adam", "decoupled"), ("sgd", "independent")])
+def test_member_in_array_equals_member_alone(digits, optimizer, decay):
+    """float32 on CPU: equal up to rounding (grouped convolutions sum in another order; Adam's
+    normalised steps amplify that noise to ~1e-4 after 16 steps; float64 below shows it is only rounding)."""
+    array, alone = _array_and_alone(digits, optimizer, decay)
     for (name, pa), pb in zip(array.model.named_parameters(), alone.model.parameters()):
-        assert_close(pa.detach()[1], pb.detach()[0], atol=2e-5, rtol=1e-4, msg=name)
+        assert_close(pa.detach()[1], pb.detach()[0], atol=3e-4, rtol=1e-3, msg=lambda m: f"{name}: {m}")
     ha, hb = array.history[1], alone.history[0]
     for key in ("train_loss", "test_loss", "weight_norm", "effective_lr"):
-        assert [r[key] for r in ha] == pytest.approx([r[key] for r in hb], rel=1e-4), key
-    assert ha[-1]["test_error"] == pytest.approx(hb[-1]["test_error"], abs=1 / 128 + 1e-9)
+        assert [r[key] for r in ha] == pytest.approx([r[key] for r in hb], rel=1e-3), key
+    assert ha[-1]["test_error"] == pytest.approx(hb[-1]["test_error"], abs=2 / 128 + 1e-9)
+
+
+def test_member_in_array_equals_member_alone_exactly_in_float64(digits):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        array, alone = _array_and_alone(digits, "adam", "decoupled")
+    finally:
+        torch.set_default_dtype(old)
+    assert array.model.stem.weight.dtype == torch.float64
+    for pa, pb in zip(array.model.parameters(), alone.model.parameters()):
+        assert_close(pa.detach()[1], pb.detach()[0], atol=1e-12, rtol=1e-12)
 
 
 def test_divergence_is_isolated(digits):
@@ -129,11 +148,12 @@ def test_training_reduces_loss(digits):
     assert hist[-1]["test_error"] < 0.3
 
 
-def test_pack_arrays_groups_by_optimizer_decay_and_seed():
+def test_pack_arrays_groups_by_optimizer_and_decay():
     ms = [MemberSpec("sgd", "coupled", 0.1 * i, 0.0, seed=i % 2) for i in range(1, 8)]
     ms.append(MemberSpec("adam", "coupled", 0.1, 0.0, seed=0))
+    ms.append(MemberSpec("sgd", "independent", 0.1, 0.0, seed=0))
     arrays = pack_arrays(ms, 2)
-    assert sorted(len(a) for a in arrays) == [1, 1, 2, 2, 2]
+    assert sorted(len(a) for a in arrays) == [1, 1, 1, 2, 2, 2]
     assert all(len({m.array_key() for m in a}) == 1 for a in arrays)
     assert sorted(m.lr for a in arrays for m in a) == sorted(m.lr for m in ms)
 
