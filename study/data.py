@@ -196,3 +196,21 @@ def augment(x: Tensor, gen: torch.Generator, crop_padding: int = 0, flip: bool =
         mask = torch.rand(n, device=x.device, generator=gen) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
+
+
+def train_size(name: str, path=None, train_subset=None, synthetic_train=2048) -> int:
+    """Number of training images, without decoding them (for checks that run before anything starts)."""
+    if name == "digits":
+        n = 1437
+    elif name == "synthetic":
+        n = synthetic_train
+    elif name == "parquet":
+        import pyarrow.parquet as pq
+        try:
+            n = pq.ParquetFile(Path(path).expanduser() / "train.parquet").metadata.num_rows
+        except Exception as e:
+            raise DataError(f"invalid data.path: cannot read {Path(path) / 'train.parquet'} as Parquet "
+                            f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    else:
+        n = 50_000
+    return min(n, train_subset) if train_subset else n

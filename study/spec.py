@@ -350,7 +350,8 @@ def grid_axis(r: Range, default_points: int) -> list[float]:
     n = r.points or default_points
     if n == 1:
         return [r.low]
-    return [float(math.exp(math.log(r.low) + i * (math.log(r.high) - math.log(r.low)) / (n - 1))) for i in range(n)]
+    inner = [float(math.exp(math.log(r.low) + i * (math.log(r.high) - math.log(r.low)) / (n - 1))) for i in range(1, n - 1)]
+    return [r.low, *inner, r.high]  # exact endpoints: Optuna checks grid values against [low, high]
 
 
 def arm_member(arm: ArmSpec, lr: float, weight_decay: float, seed: int) -> MemberSpec:
@@ -369,4 +370,28 @@ def grid_members(spec: StudySpec) -> list[MemberSpec]:
             for lr in grid_axis(arm.lr, spec.search.points):
                 for wd in grid_axis(arm.weight_decay, spec.search.points):
                     out.append(arm_member(arm, lr, wd, seed))
+    return out
+
+
+def total_steps(spec: StudySpec, train_size: int) -> int:
+    return spec.train.epochs * max(1, train_size // min(spec.train.batch_size, train_size))
+
+
+def timescale_warnings(spec: StudySpec, train_size: int) -> list[str]:
+    """SCIENCE.md: decay forgets over τ = 1/(lr·λ) steps (coupled, decoupled) or 1/λ (independent). A grid
+    whose τ never comes within 10× of the run's length cannot show any λ dependence."""
+    T = total_steps(spec, train_size)
+    out = []
+    for a in spec.arms:
+        if a.decay == "independent":
+            taus = [1 / a.weight_decay.high, 1 / a.weight_decay.low]
+        else:
+            taus = [1 / (a.lr.high * a.weight_decay.high), 1 / (a.lr.low * a.weight_decay.low)]
+        lo, hi = min(taus), max(taus)
+        if lo > 10 * T:
+            out.append(f"arm {a.name}: decay timescale τ spans {lo:.3g}..{hi:.3g} steps, always > 10× the run's "
+                       f"{T} steps: decay does nothing and the landscape will be flat in weight_decay; raise weight_decay")
+        elif hi < T / 10:
+            out.append(f"arm {a.name}: decay timescale τ spans {lo:.3g}..{hi:.3g} steps, always < 1/10 of the run's "
+                       f"{T} steps: weights collapse everywhere; lower weight_decay")
     return out

@@ -1,0 +1,281 @@
+"""The `study` command: train | validate | run | resume | ui | export | bench.
+
+Owns argument parsing, the store locations and the messages users read. Bad specs and flags stop
+here, before Ray starts, with one line naming the field and the value and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from .data import DataError, load_dataset, train_size
+from .spec import SpecError, StudySpec, grid_members, load_spec, shrink_for_smoke, timescale_warnings, total_steps
+
+EXIT_USAGE = 2
+
+
+def home_dir(args) -> Path:
+    return Path(args.home or os.environ.get("STUDY_HOME") or Path.home() / "studies").expanduser().resolve()
+
+
+def default_tracking_uri(home: Path) -> str:
+    return f"sqlite:///{home / 'mlflow.db'}"  # absolute: Ray runs trials in their own working directories
+
+
+def default_storage(home: Path, name: str) -> str:
+    return f"sqlite:///{home / name / 'optuna.db'}"
+
+
+def _fail(msg: str) -> int:
+    print(f"study: error: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# --------------------------------------------------------------------------- study train
+
+def cmd_train(args) -> int:
+    import torch
+
+    from .engine import ArrayConfig, ArrayTrainer, pack_arrays, resolve_device
+
+    spec = load_spec(args.spec)
+    members = grid_members(spec)
+    device = resolve_device(args.device or spec.train.device)
+    d = spec.data
+    data = load_dataset(d.dataset, d.path, d.train_subset, d.test_subset, (d.synthetic_train, d.synthetic_test))
+    arrays = pack_arrays(members, spec.execution.members_per_trial)
+    print(f"study train: {len(members)} members in {len(arrays)} arrays on {device} "
+          f"({spec.model.name}, {d.dataset}: {len(data.train_y)} train / {len(data.test_y)} test images, "
+          f"{spec.train.epochs} epochs)")
+    torch.manual_seed(spec.train.seed)
+    results, t0 = [], time.time()
+    for i, array in enumerate(arrays, 1):
+        trainer = ArrayTrainer(array, data, ArrayConfig(spec.model, spec.train, spec.data), device)
+        c = trainer.decay_counts
+        print(f"array {i}/{len(arrays)}: {array[0].arm}, {len(array)} members; decays {c['decayed_tensors']} "
+              f"tensors ({c['decayed_params']} params), never {c['no_decay_tensors']} ({c['no_decay_params']})")
+        print(f"{'epoch':>5} {'member':>6} {'lr':>9} {'wd':>9} {'seed':>4} {'train_loss':>10} {'test_err':>8} "
+              f"{'|w|':>8} {'angle':>8} {'time':>6}")
+
+        def report(epoch, rows, array=array):
+            for k, (m, r) in enumerate(zip(array, rows)):
+                flag = " diverged" if r["diverged"] else ""
+                print(f"{epoch:>5} {k:>6} {m.lr:>9.3g} {m.weight_decay:>9.3g} {m.seed:>4} {r['train_loss']:>10.4f} "
+                      f"{r['test_error']:>8.4f} {r['weight_norm']:>8.2f} {r['angular_update']:>8.4f} "
+                      f"{r['wall_time']:>6.1f}{flag}", flush=True)
+
+        results.extend(trainer.run(report))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"spec": spec.name, "device": str(device), "members": results}, indent=1))
+    print(f"wrote {len(results)} members to {out} in {time.time() - t0:.1f} s")
+    return 0
+
+
+# --------------------------------------------------------------------------- study validate
+
+def cmd_validate(args) -> int:
+    spec = load_spec(args.spec)
+    if args.smoke:
+        spec = shrink_for_smoke(spec)
+    n = train_size(spec.data.dataset, spec.data.path, spec.data.train_subset, spec.data.synthetic_train)
+    members = _planned_members(spec)
+    print(f"{args.spec}: valid. Study {spec.name!r}: {len(spec.arms)} arms, {members} members, "
+          f"{spec.train.epochs} epochs of {n} images = {total_steps(spec, n)} steps per member")
+    for w in timescale_warnings(spec, n):
+        print(f"warning: {w}")
+    return 0
+
+
+def _planned_members(spec: StudySpec) -> int:
+    s = spec.search
+    per_arm = [((a.lr.points or s.points) * (a.weight_decay.points or s.points) if s.sampler == "grid" else s.trials)
+               for a in spec.arms]
+    return len(spec.members) + sum(per_arm) * len(s.seeds)
+
+
+def check_address(address: str | None) -> None:
+    """Refuse an unreachable --address in seconds, before Ray would retry for minutes."""
+    if not address or address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise SpecError(f"invalid --address: expected HOST:PORT (or ray://HOST:PORT, auto), but got address={address!r}")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except OSError as e:
+        raise SpecError(f"invalid --address: no Ray cluster answers at {address} ({e.strerror or e})") from None
+
+
+# --------------------------------------------------------------------------- study run / resume
+
+def _stores(args, home: Path, name: str) -> tuple[str, str]:
+    tracking = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
+    storage = args.storage or default_storage(home, name)
+    return tracking, storage
+
+
+def cmd_run(args, resume_spec: tuple[StudySpec, str] | None = None) -> int:
+    if resume_spec is None:
+        spec = load_spec(args.spec)
+        spec_text = Path(args.spec).read_text()
+        if args.smoke:
+            spec = shrink_for_smoke(spec)
+            spec_text = f"# shrunk by --smoke from {Path(args.spec).name}\n" + json.dumps(spec.to_dict(), indent=1)
+        if spec.members:
+            raise SpecError("invalid members: `study run` searches arms; train explicit members with `study train`, "
+                            f"but got {len(spec.members)} members")
+    else:
+        spec, spec_text = resume_spec
+    check_address(args.address)
+    home = home_dir(args)
+    tracking, storage = _stores(args, home, spec.name)
+    study_dir = home / spec.name
+    study_dir.mkdir(parents=True, exist_ok=True)
+    if args.address is None:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    for w in timescale_warnings(spec, train_size(spec.data.dataset, spec.data.path, spec.data.train_subset,
+                                                 spec.data.synthetic_train)):
+        print(f"warning: {w}", file=sys.stderr)
+
+    from .tune import Study, run_study  # Ray, Optuna and MLflow load only once the input is known good
+
+    artifacts = (home / "artifacts").as_uri() if tracking.startswith("sqlite") else None
+    study = Study(spec, spec_text, tracking, storage, resume=resume_spec is not None, artifact_location=artifacts)
+    print(f"study {spec.name}: {study.total} members ({study.done} done) in arrays of "
+          f"{spec.execution.members_per_trial}; records: MLflow {tracking}, Optuna {storage}", file=sys.stderr)
+    t0 = time.time()
+    try:
+        summary = run_study(study, study_dir / "ray", args.address)
+    except KeyboardInterrupt:
+        print(f"interrupted; finish with: study resume {spec.name}", file=sys.stderr)
+        return 130
+    complete = study.done >= study.total
+    study.tracker.finish_study("FINISHED" if complete else "FAILED",
+                               {"members_done": study.done, "minutes": (time.time() - t0) / 60})
+    print(f"\nstudy {spec.name}: {study.done}/{study.total} members recorded in {time.time() - t0:.0f} s")
+    for arm, err in sorted(summary["best"].items()):
+        print(f"  best test error {arm}: {err:.4f}")
+    print(f"records: MLflow {tracking} (experiment {spec.experiment!r}), Optuna {storage}")
+    hint = f" --home {home}" if args.home else ""
+    print(f"next:\n  study ui{hint}                     # browse the runs in MLflow\n"
+          f"  study export {spec.name}{hint} --out {study_dir / 'export'}   # heatmaps, slopes, report")
+    if not complete:
+        print(f"  study resume {spec.name}{hint}   # {study.total - study.done} members are missing")
+        return 1
+    return 0
+
+
+def cmd_resume(args) -> int:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    if "/" in args.name or "\\" in args.name:
+        raise SpecError(f"invalid name: a study name has no path separators, but got name={args.name!r}")
+    home = home_dir(args)
+    tracking, _ = _stores(args, home, args.name)
+    mlflow.set_tracking_uri(tracking)
+    client = MlflowClient(tracking)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        f"tags.study = '{args.name}' and tags.role = 'parent'", max_results=1)
+    if not runs:
+        raise SpecError(f"invalid name: no study {args.name!r} is recorded in {tracking}")
+    import yaml
+    text = Path(mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="spec.yaml")).read_text()
+    from .spec import spec_from_dict
+    raw = yaml.safe_load(text) if not text.startswith("# shrunk") else json.loads(text.split("\n", 1)[1])
+    raw.setdefault("name", args.name)
+    spec = spec_from_dict(raw)
+    return cmd_run(args, resume_spec=(spec, text))
+
+
+# --------------------------------------------------------------------------- study ui
+
+def cmd_ui(args) -> int:
+    import shutil
+    import subprocess
+
+    home = home_dir(args)
+    tracking = args.tracking_uri or default_tracking_uri(home)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host}: anyone who reaches this address can read and change the "
+              f"records; MLflow has no login here. Prefer 127.0.0.1 with an SSH tunnel.", file=sys.stderr)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking, "--host", args.host,
+           "--port", str(args.port), "--workers", "1"]
+    if tracking.startswith("sqlite"):
+        cmd += ["--default-artifact-root", (home / "artifacts").as_uri()]
+    procs = [subprocess.Popen(cmd)]
+    print(f"MLflow UI: http://{args.host}:{args.port}  (store {tracking}); Ctrl-C stops it", flush=True)
+    dash = shutil.which("optuna-dashboard")
+    if dash and args.study:
+        storage = args.storage or default_storage(home, args.study)
+        procs.append(subprocess.Popen([dash, storage, "--host", args.host, "--port", str(args.port + 1)]))
+        print(f"optuna-dashboard: http://{args.host}:{args.port + 1}  (storage {storage})", flush=True)
+    try:
+        return procs[0].wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for p in procs:
+            p.terminate()
+
+
+# --------------------------------------------------------------------------- entry point
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="study", description="Weight decay vs learning rate studies on member arrays.")
+    p.add_argument("--home", help="studies' home directory (default $STUDY_HOME or ~/studies)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a spec's members in this process: no Ray, Optuna or MLflow")
+    t.add_argument("spec")
+    t.add_argument("--out", required=True, help="result JSON")
+    t.add_argument("--device", choices=["cpu", "cuda"])
+
+    v = sub.add_parser("validate", help="check a spec without running anything")
+    v.add_argument("spec")
+    v.add_argument("--smoke", action="store_true")
+
+    for name, helptext in (("run", "run a study on Ray Tune with Optuna and MLflow"),
+                           ("resume", "finish a study whose driver died")):
+        r = sub.add_parser(name, help=helptext)
+        r.add_argument("name" if name == "resume" else "spec")
+        r.add_argument("--address", help="Ray cluster address (default: start a local Ray; RAY_ADDRESS is honoured)")
+        r.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///HOME/mlflow.db)")
+        r.add_argument("--storage", help="Optuna storage: SQLAlchemy URL or journal file (default sqlite:///HOME/NAME/optuna.db)")
+        r.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        if name == "run":
+            r.add_argument("--smoke", action="store_true", help="a few members and one epoch")
+
+    u = sub.add_parser("ui", help="MLflow UI (and optuna-dashboard when installed) on 127.0.0.1")
+    u.add_argument("--tracking-uri")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--study", help="also serve this study's Optuna storage with optuna-dashboard")
+    u.add_argument("--storage")
+    u.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "address", None) is None and os.environ.get("RAY_ADDRESS") and args.command in ("run", "resume"):
+        args.address = os.environ["RAY_ADDRESS"]  # launched by `ray job submit`
+    handlers = {"train": cmd_train, "validate": cmd_validate, "run": cmd_run, "resume": cmd_resume, "ui": cmd_ui}
+    try:
+        return handlers[args.command](args)
+    except (SpecError, DataError, FileExistsError) as e:
+        return _fail(str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

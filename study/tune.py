@@ -1,0 +1,246 @@
+"""Ray Tune adapter and the study driver: Optuna asks members, Ray Tune trains arrays, MLflow records.
+
+Owns the one place where Ray is called. The trainable (`train_array`) runs in Ray workers and only
+trains and reports; the driver process alone writes to Optuna (StudySearcher) and MLflow
+(RecordCallback), so SQLite stores are safe. A Tune trial is one member array: it reports every
+epoch with a checkpoint of the array, so a failed trial resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+from ray import tune
+from ray.tune.search import Searcher
+
+from .data import load_dataset
+from .engine import ArrayConfig, ArrayTrainer, final_metrics, resolve_device
+from .search import ArmSearch, open_storage
+from .spec import MemberSpec, StudySpec, spec_from_dict
+from .tracking import Tracker
+
+CHECKPOINT_FILE = "array.pt"
+
+
+# --------------------------------------------------------------------------- the trainable (Ray worker)
+
+def train_array(config: dict) -> None:
+    """Train one array of members; report every epoch with a checkpoint; resume from one if Tune gives it."""
+    spec = spec_from_dict(config["spec"])
+    members = [MemberSpec(**{**m, "betas": tuple(m["betas"])}) for m in config["members"]]
+    torch.set_num_threads(max(1, int(config.get("threads", 1))))
+    device = resolve_device(spec.train.device)
+    d = spec.data
+    data = load_dataset(d.dataset, d.path, d.train_subset, d.test_subset, (d.synthetic_train, d.synthetic_test))
+    trainer = ArrayTrainer(members, data, ArrayConfig(spec.model, spec.train, spec.data), device)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as path:
+            trainer.load_state_dict(torch.load(Path(path) / CHECKPOINT_FILE, weights_only=False))
+    node = ray.get_runtime_context().get_node_id()
+    crash_at = os.environ.get("STUDY_TEST_CRASH_AT_EPOCH")  # fault injection for tests: "epoch:marker-file"
+
+    def report(epoch: int, rows: list[dict]) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(trainer.state_dict(), Path(tmp) / CHECKPOINT_FILE)
+            tune.report({"epoch": epoch, "rows": json.dumps(rows), "node_id": node,
+                         "decay_counts": json.dumps(trainer.decay_counts)},
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
+        if crash_at:
+            at, marker = crash_at.split(":", 1)
+            if epoch == int(at) and not Path(marker).exists():
+                Path(marker).touch()
+                os._exit(1)  # the worker process dies mid-trial, as a preempted node would
+
+    trainer.run(report)
+
+
+# --------------------------------------------------------------------------- the driver side
+
+class Study:
+    """The driver's view of one study: its arms' Optuna studies, its MLflow records and its progress."""
+
+    def __init__(self, spec: StudySpec, spec_text: str, tracking_uri: str, storage: str, resume: bool = False,
+                 artifact_location: str | None = None):
+        self.spec = spec
+        self.tracker = Tracker(tracking_uri, spec, spec_text, resume=resume, artifact_location=artifact_location)
+        storage_obj = open_storage(storage)
+        self.arms = [ArmSearch(spec, arm, storage_obj) for arm in spec.arms]
+        d = spec.data
+        self.train_size = len(load_dataset(d.dataset, d.path, d.train_subset, d.test_subset,
+                                           (d.synthetic_train, d.synthetic_test)).train_y)
+        self.existing_runs = self.tracker.member_runs()
+        # work queue: members whose driver died (asked, never told) first, then new asks
+        self.pending = {a.arm.name: a.pending() for a in self.arms}
+        self.total = sum(a.total for a in self.arms)
+        self.done = sum(a.finished() for a in self.arms)
+        self.started = time.time()
+        self.done_at_start = self.done
+        self.best: dict[str, float] = {}
+        self.trials: dict[str, list[tuple[ArmSearch, int, MemberSpec, str]]] = {}
+        self.last_rows: dict[str, list[dict]] = {}
+        self._next_arm = 0
+
+    def next_array(self, size: int):
+        """Up to `size` members of one arm, round-robin over arms; None when nothing is left to ask."""
+        for i in range(len(self.arms)):
+            arm = self.arms[(self._next_arm + i) % len(self.arms)]
+            queue = self.pending[arm.arm.name]
+            batch = [queue.pop(0) for _ in range(min(size, len(queue)))]
+            if not batch:
+                batch = arm.ask(size)
+            if batch:
+                self._next_arm = (self._next_arm + i + 1) % len(self.arms)
+                return arm, batch
+        return None
+
+    def open_trial(self, trial_id: str, arm: ArmSearch, batch) -> list[MemberSpec]:
+        entries = []
+        for number, member in batch:
+            run_id = self.tracker.open_member(member, number, self.train_size,
+                                              self.existing_runs.get(member.key(self.spec.name)))
+            entries.append((arm, number, member, run_id))
+        self.trials[trial_id] = entries
+        return [m for _, _, m, _ in entries]
+
+    def record_epoch(self, trial_id: str, result: dict) -> None:
+        rows = json.loads(result["rows"])
+        self.last_rows[trial_id] = rows
+        tags = {"ray_node_id": result.get("node_id", ""), "ray_trial_id": trial_id}
+        counts = json.loads(result.get("decay_counts", "{}"))
+        tags.update({f"decay_counts.{k}": v for k, v in counts.items()})
+        for (_, _, _, run_id), row in zip(self.trials[trial_id], rows):
+            self.tracker.log_epoch(run_id, row, tags)
+
+    def close_trial(self, trial_id: str, failed: bool) -> None:
+        entries = self.trials.pop(trial_id, [])
+        self.last_rows.pop(trial_id, None)
+        for arm, number, member, run_id in entries:
+            history = _history_from_run(self.tracker, run_id)
+            if failed or len(history) < self.spec.train.epochs:
+                arm.tell(number, None)
+                self.tracker.finish_member(run_id, None)
+                continue
+            final = final_metrics(history)
+            diverged = bool(final.get("diverged"))
+            arm.tell(number, final.get("test_error", math.nan), diverged=diverged)
+            self.tracker.finish_member(run_id, final)
+            err = final.get("test_error", math.nan)
+            if not diverged and math.isfinite(err):
+                self.best[member.arm] = min(self.best.get(member.arm, math.inf), err)
+        self.done += len(entries)
+        self.print_progress()
+
+    def print_progress(self, final: bool = False) -> None:
+        elapsed = time.time() - self.started
+        new = self.done - self.done_at_start
+        left = self.total - self.done
+        eta = f"{_fmt(elapsed / new * left)}" if new and left else ("0:00" if not left else "?")
+        best = ", ".join(f"{a} {e:.3f}" for a, e in sorted(self.best.items())) or "-"
+        print(f"[study] {self.done}/{self.total} members done | elapsed {_fmt(elapsed)} | ETA {eta} | "
+              f"best test error: {best}", file=sys.stderr, flush=True)
+
+
+def _history_from_run(tracker: Tracker, run_id: str) -> list[dict]:
+    """Per-epoch rows of a member, read back from MLflow (the records are the source of truth)."""
+    from .tracking import PER_EPOCH
+
+    by_step: dict[int, dict] = {}
+    for key in PER_EPOCH:
+        for m in tracker.client.get_metric_history(run_id, key):
+            by_step.setdefault(m.step, {"epoch": m.step})[key] = m.value
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _fmt(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class StudySearcher(Searcher):
+    """Tune's search algorithm: each suggestion is one array of members asked from an arm's Optuna study."""
+
+    def __init__(self, study: Study, spec_dict: dict, threads: int):
+        super().__init__(metric="epoch", mode="max")
+        self.study, self.spec_dict, self.threads = study, spec_dict, threads
+        self.size = study.spec.execution.members_per_trial
+
+    def suggest(self, trial_id: str):
+        nxt = self.study.next_array(self.size)
+        if nxt is None:
+            return Searcher.FINISHED
+        arm, batch = nxt
+        members = self.study.open_trial(trial_id, arm, batch)
+        return {"spec": self.spec_dict, "arm": arm.arm.name, "threads": self.threads,
+                "members": [dataclasses.asdict(m) for m in members]}
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        self.study.close_trial(trial_id, failed=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        """Nothing to save: Optuna's storage and MLflow are the searcher's state (see `study resume`)."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Nothing to restore; see save()."""
+
+
+class RecordCallback(tune.Callback):
+    """Logs every reported epoch of every member to MLflow, in the driver."""
+
+    def __init__(self, study: Study):
+        self.study = study
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.study.record_epoch(trial.trial_id, result)
+
+
+def arrays_needed(study: Study) -> int:
+    k = study.spec.execution.members_per_trial
+    return sum(math.ceil((a.total - a.finished()) / k) + len(study.pending[a.arm.name]) for a in study.arms) + len(study.arms)
+
+
+def _trial_name(trial) -> str:
+    return f"{trial.config.get('arm', 'array')}-{trial.trial_id}"
+
+
+def run_study(study: Study, storage_path: Path, address: str | None = None) -> dict:
+    """Train every member the study still lacks through Ray Tune; return a summary."""
+    spec = study.spec
+    x = spec.execution
+    # the records live in MLflow and Optuna: no Tune CSV/JSON/TensorBoard files, no snapshot nagging
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no result files: by design
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False)
+    cpus = x.cpus_per_trial
+    gpus = x.gpus_per_trial if torch.cuda.is_available() or address else 0.0
+    trainable = tune.with_resources(train_array, {"cpu": cpus, "gpu": gpus})
+    searcher = StudySearcher(study, spec.to_dict(), threads=max(1, int(cpus)))
+    study.print_progress()
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, num_samples=arrays_needed(study),
+                                    max_concurrent_trials=x.max_concurrent,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=str(storage_path), callbacks=[RecordCallback(study)], verbose=0,
+            failure_config=tune.FailureConfig(max_failures=x.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
+    )
+    tuner.fit()
+    return {"members": study.total, "done": study.done, "best": dict(study.best)}

@@ -1,0 +1,143 @@
+"""End to end: `study run` on a real local Ray, a real Optuna SQLite storage and a real MLflow SQLite store."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from study.spec import grid_axis, load_spec
+
+EPOCHS = 3
+PER_EPOCH = ("train_loss", "test_loss", "test_error", "weight_norm", "effective_lr", "angular_update",
+             "wall_time", "diverged")
+PARAMS = ("optimizer", "decay", "lr", "weight_decay", "seed", "model", "data", "epochs", "batch_size",
+          "lr_x_weight_decay", "decay_timescale_steps", "decay_timescale_epochs")
+
+
+def write_spec(path: Path, name: str, **execution) -> Path:
+    spec = {
+        "name": name,
+        "data": {"dataset": "digits", "train_subset": 96, "test_subset": 64},
+        "model": {"name": "resnet8"},
+        "train": {"epochs": EPOCHS, "batch_size": 32, "device": "cpu"},
+        "arms": [
+            {"optimizer": "sgd", "decay": "coupled", "lr": {"low": 0.01, "high": 0.1},
+             "weight_decay": {"low": 0.001, "high": 0.1}},
+            {"optimizer": "adam", "decay": "independent", "lr": {"low": 0.001, "high": 0.01},
+             "weight_decay": {"low": 0.001, "high": 0.01}},
+        ],
+        "search": {"sampler": "grid", "points": 2, "seeds": [0, 1]},
+        "execution": {"members_per_trial": 3, "cpus_per_trial": 1, **execution},
+    }
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def study_cmd(home: Path, *args) -> list[str]:
+    return [sys.executable, "-m", "study.cli", "--home", str(home), *args]
+
+
+def run_ok(home, *args, env=None, timeout=300):
+    out = subprocess.run(study_cmd(home, *args), capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, **(env or {})})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def check_records(home: Path, spec_path: Path) -> dict:
+    """Exactly N member runs under one parent, full params, one value per epoch; N finished Optuna trials."""
+    spec = load_spec(spec_path)
+    n = 2 * 2 * 2 * 2  # arms × lr points × weight_decay points × seeds
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(spec.name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("role") == "parent"]
+    members = [r for r in runs if r.data.tags.get("role") == "member"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(members) == n, f"{len(members)} member runs for {n} members"
+    assert Counter(r.data.tags["member_key"] for r in members).most_common(1)[0][1] == 1
+    for r in members:
+        assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+        assert r.info.status == "FINISHED"
+        assert set(PARAMS) <= set(r.data.params), set(PARAMS) - set(r.data.params)
+        for key in PER_EPOCH:
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
+            assert sorted(steps) == list(range(1, EPOCHS + 1)), (key, steps)
+        assert "final_test_error" in r.data.metrics
+    storage = f"sqlite:///{home / spec.name / 'optuna.db'}"
+    total = 0
+    for arm in spec.arms:
+        trials = optuna.load_study(study_name=f"{spec.name}.{arm.name}", storage=storage).get_trials()
+        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        grid = {(lr, wd, s) for lr in grid_axis(arm.lr, 2) for wd in grid_axis(arm.weight_decay, 2) for s in (0, 1)}
+        seen = [(t.params["lr"], t.params["weight_decay"], t.params["seed"]) for t in trials]
+        assert sorted(seen) == sorted(grid)  # every grid point exactly once per seed
+        total += len(trials)
+    assert total == n
+    return {"runs": members, "client": client}
+
+
+def test_study_run_records_every_member_once(tmp_path):
+    spec = write_spec(tmp_path / "e2e.yaml", "e2e")
+    out = run_ok(tmp_path / "home", "run", str(spec))
+    assert "16/16 members" in out.stdout and "study ui" in out.stdout
+    assert "members done" in out.stderr and "best test error" in out.stderr  # live progress
+    recs = check_records(tmp_path / "home", spec)
+    # a second `study run` of the same name refuses instead of duplicating
+    again = subprocess.run(study_cmd(tmp_path / "home", "run", str(spec)), capture_output=True, text=True)
+    assert again.returncode == 2 and "study resume e2e" in again.stderr
+    assert len(recs["runs"]) == 16
+
+
+def test_worker_killed_mid_trial_resumes_from_checkpoint(tmp_path):
+    spec = write_spec(tmp_path / "crash.yaml", "crash")
+    marker = tmp_path / "crashed-once"
+    run_ok(tmp_path / "home", "run", str(spec), env={"STUDY_TEST_CRASH_AT_EPOCH": f"2:{marker}"})
+    assert marker.exists()  # one worker process died after epoch 2 and its trial was retried
+    check_records(tmp_path / "home", spec)
+
+
+def _completed_trials(home: Path, name: str) -> int:
+    db = home / name / "optuna.db"
+    if not db.exists():
+        return 0
+    storage = f"sqlite:///{db}"
+    try:
+        return sum(len(optuna.load_study(study_name=s.study_name, storage=storage).get_trials(
+            states=(optuna.trial.TrialState.COMPLETE,))) for s in optuna.get_all_study_summaries(storage))
+    except Exception:
+        return 0
+
+
+def test_driver_killed_then_resume_completes(tmp_path):
+    home = tmp_path / "home"
+    spec = write_spec(tmp_path / "killed.yaml", "killed", members_per_trial=2)
+    proc = subprocess.Popen(study_cmd(home, "run", str(spec)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while _completed_trials(home, "killed") < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, "the study finished before the driver could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = _completed_trials(home, "killed")
+    assert 2 <= done_before < 16
+    out = run_ok(home, "resume", "killed")
+    assert f"({done_before} done)" in out.stderr
+    check_records(home, spec)
+
+
+@pytest.mark.parametrize("spec_file", sorted(p.name for p in (Path(__file__).parents[1] / "search_spaces").glob("*.yaml")))
+def test_validate_every_shipped_spec(spec_file):
+    out = subprocess.run([sys.executable, "-m", "study.cli", "validate",
+                          str(Path(__file__).parents[1] / "search_spaces" / spec_file)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "valid" in out.stdout and "warning" not in out.stdout  # shipped grids are placed by the timescale
