@@ -44,7 +44,7 @@ def cmd_train(args) -> int:
 
     from .engine import ArrayConfig, ArrayTrainer, pack_arrays, resolve_device
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, args.data_path)
     members = grid_members(spec)
     device = resolve_device(args.device or spec.train.device)
     d = spec.data
@@ -81,7 +81,7 @@ def cmd_train(args) -> int:
 # --------------------------------------------------------------------------- study validate
 
 def cmd_validate(args) -> int:
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, args.data_path)
     if args.smoke:
         spec = shrink_for_smoke(spec)
     n = train_size(spec.data.dataset, spec.data.path, spec.data.train_subset, spec.data.synthetic_train)
@@ -125,8 +125,11 @@ def _stores(args, home: Path, name: str) -> tuple[str, str]:
 
 def cmd_run(args, resume_spec: tuple[StudySpec, str] | None = None) -> int:
     if resume_spec is None:
-        spec = load_spec(args.spec)
+        spec = load_spec(args.spec, args.data_path)
         spec_text = Path(args.spec).read_text()
+        if args.data_path or spec.data.path:
+            spec_text = json.dumps(spec.to_dict(), indent=1) if args.smoke else \
+                f"{spec_text}\n# data.path as resolved: {spec.data.path}\n"
         if args.smoke:
             spec = shrink_for_smoke(spec)
             spec_text = f"# shrunk by --smoke from {Path(args.spec).name}\n" + json.dumps(spec.to_dict(), indent=1)
@@ -139,13 +142,15 @@ def cmd_run(args, resume_spec: tuple[StudySpec, str] | None = None) -> int:
     home = home_dir(args)
     tracking, storage = _stores(args, home, spec.name)
     study_dir = home / spec.name
-    study_dir.mkdir(parents=True, exist_ok=True)
-    if args.address is None:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     for w in timescale_warnings(spec, train_size(spec.data.dataset, spec.data.path, spec.data.train_subset,
-                                                 spec.data.synthetic_train)):
+                                                 spec.data.synthetic_train)):  # also reads the data's headers
         print(f"warning: {w}", file=sys.stderr)
+    study_dir.mkdir(parents=True, exist_ok=True)  # input checked: from here on, records are written
 
+    # the records live in MLflow and Optuna: no Tune CSV/JSON/TensorBoard files, no snapshot nagging
+    for k, v in (("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"), ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
+                 ("RAY_AIR_NEW_OUTPUT", "0"), ("TUNE_WARN_THRESHOLD_S", "5")):
+        os.environ.setdefault(k, v)
     from .tune import Study, run_study  # Ray, Optuna and MLflow load only once the input is known good
 
     artifacts = (home / "artifacts").as_uri() if tracking.startswith("sqlite") else None
@@ -163,7 +168,12 @@ def cmd_run(args, resume_spec: tuple[StudySpec, str] | None = None) -> int:
                                {"members_done": study.done, "minutes": (time.time() - t0) / 60})
     print(f"\nstudy {spec.name}: {study.done}/{study.total} members recorded in {time.time() - t0:.0f} s")
     for arm, err in sorted(summary["best"].items()):
-        print(f"  best test error {arm}: {err:.4f}")
+        print(f"  best {spec.search.metric} {arm}: {err:.4f}")
+    if complete and spec.arms:
+        from .report import export, summary_lines
+        lands, _ = export(tracking, spec.name, study_dir / "export", metric=spec.search.metric)
+        print(f"landscape (exported to {study_dir / 'export'}; also on the parent run in MLflow):")
+        print("\n".join(summary_lines(lands)))
     print(f"records: MLflow {tracking} (experiment {spec.experiment!r}), Optuna {storage}")
     hint = f" --home {home}" if args.home else ""
     print(f"next:\n  study ui{hint}                     # browse the runs in MLflow\n"
@@ -229,6 +239,53 @@ def cmd_ui(args) -> int:
             p.terminate()
 
 
+# --------------------------------------------------------------------------- study export
+
+def cmd_export(args) -> int:
+    from .report import export, summary_lines
+
+    home = home_dir(args)
+    tracking = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    try:
+        lands, written = export(tracking, args.name, Path(args.out).resolve(), args.metric, formats, args.dashboard)
+    except LookupError as e:
+        raise SpecError(str(e).strip("'\"")) from None
+    print(f"study {args.name}: {len(lands)} arms, {len(written)} files in {Path(args.out).resolve()} "
+          f"(also logged to the study's parent run under landscape/)")
+    print("\n".join(summary_lines(lands)))
+    return 0
+
+
+# --------------------------------------------------------------------------- study bench
+
+def cmd_bench(args) -> int:
+    import torch
+
+    from .bench import format_table, run_bench, write_json
+    from .engine import resolve_device
+
+    device = resolve_device(args.device)
+    try:
+        members = tuple(int(k) for k in args.members.split(","))
+        batches = tuple(int(b) for b in args.batch_size.split(","))
+    except ValueError:
+        raise SpecError(f"invalid --members/--batch-size: comma-separated integers, but got "
+                        f"members={args.members!r}, batch_size={args.batch_size!r}") from None
+    if min(members) < 1 or min(batches) < 1:
+        raise SpecError(f"invalid --members/--batch-size: values must be >= 1, but got {members}, {batches}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"study bench: {args.model} on {device} ({args.dataset}), K={members}, batch={batches}", flush=True)
+    result = run_bench(args.model, members, batches, str(device), args.dataset, args.data_path, args.warmup,
+                       args.steps, args.windows, args.compile, not args.no_baseline, args.workers)
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 # --------------------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,10 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("spec")
     t.add_argument("--out", required=True, help="result JSON")
     t.add_argument("--device", choices=["cpu", "cuda"])
+    t.add_argument("--data-path", help="replaces the spec's data.path")
 
     v = sub.add_parser("validate", help="check a spec without running anything")
     v.add_argument("spec")
     v.add_argument("--smoke", action="store_true")
+    v.add_argument("--data-path", help="replaces the spec's data.path")
 
     for name, helptext in (("run", "run a study on Ray Tune with Optuna and MLflow"),
                            ("resume", "finish a study whose driver died")):
@@ -255,6 +314,32 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if name == "run":
             r.add_argument("--smoke", action="store_true", help="a few members and one epoch")
+            r.add_argument("--data-path", help="replaces the spec's data.path (e.g. a folder with CIFAR-10 Parquet files)")
+
+    e = sub.add_parser("export", help="heatmaps, λ*(η) slopes, landscape.json and an HTML report from MLflow")
+    e.add_argument("name")
+    e.add_argument("--out", required=True)
+    e.add_argument("--tracking-uri")
+    e.add_argument("--metric", help="final metric to map (default: the study's search.metric)")
+    e.add_argument("--format", default="png,svg,html", help="comma-separated: png, svg, html")
+    e.add_argument("--dashboard", default="default", help="a dashboards/NAME.yaml or a path to one")
+    e.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    b = sub.add_parser("bench", help="member-images/s of arrays vs a plain single-model loop, same run")
+    b.add_argument("--model", default="resnet20")
+    b.add_argument("--members", default="1,8,32", help="array sizes K, comma-separated")
+    b.add_argument("--batch-size", default="128", help="comma-separated")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    b.add_argument("--dataset", default="synthetic", choices=["synthetic", "parquet", "digits", "cifar10"])
+    b.add_argument("--data-path", help="folder with train/test.parquet (dataset parquet)")
+    b.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    b.add_argument("--steps", type=int, default=5, help="steps per timed window")
+    b.add_argument("--windows", type=int, default=3, help="timed windows; the median is reported")
+    b.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
+    b.add_argument("--threads", type=int, help="torch CPU threads")
+    b.add_argument("--compile", action="store_true", help="torch.compile the array step (CUDA)")
+    b.add_argument("--no-baseline", action="store_true")
+    b.add_argument("--json", help="write the results here")
 
     u = sub.add_parser("ui", help="MLflow UI (and optuna-dashboard when installed) on 127.0.0.1")
     u.add_argument("--tracking-uri")
@@ -268,9 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if getattr(args, "address", None) is None and os.environ.get("RAY_ADDRESS") and args.command in ("run", "resume"):
         args.address = os.environ["RAY_ADDRESS"]  # launched by `ray job submit`
-    handlers = {"train": cmd_train, "validate": cmd_validate, "run": cmd_run, "resume": cmd_resume, "ui": cmd_ui}
+    handlers = {"train": cmd_train, "validate": cmd_validate, "run": cmd_run, "resume": cmd_resume, "ui": cmd_ui,
+                "export": cmd_export, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
     except (SpecError, DataError, FileExistsError) as e:

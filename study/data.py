@@ -125,7 +125,8 @@ def _file_key(*paths: Path) -> str:
 
 def load_dataset(name: str, path=None, train_subset=None, test_subset=None, synthetic_size=(2048, 512), image_size=32,
                  num_classes=10) -> Dataset:
-    """Load `name` as uint8 tensors on the CPU. `train_subset` keeps the first n of a fixed shuffle."""
+    """Load `name` as uint8 tensors on the CPU. `train_subset` keeps the first n of a fixed shuffle.
+    `cifar10` with a path holding train.parquet reads the Parquet layout; otherwise torchvision's files."""
     if name not in DATASETS:
         raise DataError(f"invalid data.dataset: must be one of {', '.join(DATASETS)}, but got dataset={name!r}")
     mean, std, classes = CIFAR10_MEAN, CIFAR10_STD, 10
@@ -142,6 +143,8 @@ def load_dataset(name: str, path=None, train_subset=None, test_subset=None, synt
         if missing:
             raise DataError(f"invalid data.path: {missing[0]} does not exist (path={path})")
         arrays = _cached(f"parquet-{_file_key(*files)}", lambda: _parquet(root))
+    elif name == "cifar10" and path and (Path(path).expanduser() / "train.parquet").is_file():
+        return load_dataset("parquet", path, train_subset, test_subset)  # CIFAR-10 as JPEG in Parquet
     elif name in ("cifar10", "cifar100"):
         root = Path(path).expanduser().resolve() if path else cache_dir() / "torchvision"
         arrays = _cached(f"{name}-{hashlib.sha1(str(root).encode()).hexdigest()[:12]}",
@@ -204,13 +207,21 @@ def train_size(name: str, path=None, train_subset=None, synthetic_train=2048) ->
         n = 1437
     elif name == "synthetic":
         n = synthetic_train
-    elif name == "parquet":
+    elif name == "parquet" or (name == "cifar10" and path and (Path(path).expanduser() / "train.parquet").is_file()):
         import pyarrow.parquet as pq
-        try:
-            n = pq.ParquetFile(Path(path).expanduser() / "train.parquet").metadata.num_rows
-        except Exception as e:
-            raise DataError(f"invalid data.path: cannot read {Path(path) / 'train.parquet'} as Parquet "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        rows = {}
+        for split in ("train", "test"):  # read both footers: a corrupt file stops the run before it starts
+            f = Path(path).expanduser() / f"{split}.parquet"
+            try:
+                meta = pq.ParquetFile(f)
+                rows[split] = meta.metadata.num_rows
+                names = set(meta.schema_arrow.names)
+            except Exception as e:
+                raise DataError(f"invalid data.path: cannot read {f} as Parquet "
+                                f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+            if not {"image", "label"} <= names:
+                raise DataError(f"invalid data.path: {f} lacks the columns image, label (has {sorted(names)})")
+        n = rows["train"]
     else:
         n = 50_000
     return min(n, train_subset) if train_subset else n

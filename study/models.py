@@ -190,13 +190,19 @@ def preact_resnet18(members=1, num_classes=10, in_channels=3, width=1, seeds=Non
                           seeds if seeds is not None else list(range(members)))
 
 
-MODELS = {f"resnet{d}": d for d in (8, 20, 32, 44, 56, 110)}
-MODEL_NAMES = (*MODELS, "preact_resnet18")
+MODEL_NAMES = ("resnet8", "resnet20", "resnet26", "resnet32", "resnet44", "resnet56", "resnet110", "preact_resnet18")
+
+
+def model_depth(name: str) -> int | None:
+    """The depth of `resnet{6n+2}`, None for any other name."""
+    d = name.removeprefix("resnet")
+    return int(d) if name.startswith("resnet") and d.isdigit() and int(d) >= 8 and (int(d) - 2) % 6 == 0 else None
 
 
 def build_model(name: str, members=1, num_classes=10, in_channels=3, width=1, seeds=None) -> MemberArrayNet:
     if name == "preact_resnet18":
         return preact_resnet18(members, num_classes, in_channels, width, seeds)
-    if name not in MODELS:
-        raise ValueError(f"invalid model: must be one of {', '.join(MODEL_NAMES)}, but got model={name!r}")
-    return resnet_cifar(MODELS[name], members, num_classes, in_channels, width, seeds)
+    if model_depth(name) is None:
+        raise ValueError(f"invalid model: must be resnet of depth 6n+2 ({', '.join(MODEL_NAMES[:-1])}, …) "
+                         f"or preact_resnet18, but got model={name!r}")
+    return resnet_cifar(model_depth(name), members, num_classes, in_channels, width, seeds)

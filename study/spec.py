@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .optim import DECAY_MODES, OPTIMIZERS
 
 SCHEDULES = ("cosine", "constant", "step")
 SAMPLERS = ("grid", "random", "qmc", "tpe", "gp")
+LANDSCAPE_METRICS = ("test_error", "test_loss", "train_loss")
 MAX_GRID_POINTS = 10_000  # per arm and seed: a grid larger than this is almost surely a typo
 
 
@@ -87,6 +89,7 @@ class SearchSpec:
     points: int = 8                 # grid points per axis (log spaced)
     trials: int | None = None       # settings per arm for non-grid samplers
     seeds: tuple[int, ...] = (0,)   # repeats of every setting
+    metric: str = "test_error"      # final metric Optuna minimizes and `study export` maps by default
 
 
 @dataclass(frozen=True)
@@ -244,18 +247,21 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
            f"a study name uses letters, digits, '_', '.', '-' (no path separators), but got name={spec.name!r}")
     d, m, t, s, x = spec.data, spec.model, spec.train, spec.search, spec.execution
     from .data import DATASETS
-    from .models import MODEL_NAMES
+    from .models import MODEL_NAMES, model_depth
     _check(d.dataset in DATASETS, file, "data.dataset", f"must be one of {', '.join(DATASETS)}, but got dataset={d.dataset!r}")
     if d.dataset == "parquet":
         _check(d.path is not None, file, "data.path", "dataset parquet needs a folder holding train.parquet and test.parquet, but got path=None")
         for split in ("train", "test"):
             f = Path(d.path).expanduser() / f"{split}.parquet"
             _check(f.is_file(), file, "data.path", f"{f} does not exist (path={d.path!r})")
+    if d.dataset in ("cifar10", "cifar100") and d.path is not None:
+        _check(Path(d.path).is_dir(), file, "data.path", f"folder {d.path} does not exist (path={d.path!r})")
     _check(d.train_subset is None or d.train_subset >= 1, file, "data.train_subset", f"must be >= 1, but got train_subset={d.train_subset}")
     _check(d.test_subset is None or d.test_subset >= 1, file, "data.test_subset", f"must be >= 1, but got test_subset={d.test_subset}")
     _check(d.crop_padding is None or 0 <= d.crop_padding <= 16, file, "data.crop_padding", f"must lie in [0, 16], but got crop_padding={d.crop_padding}")
     _check(d.synthetic_train >= 1 and d.synthetic_test >= 1, file, "data.synthetic_train", f"sizes must be >= 1, but got {d.synthetic_train}, {d.synthetic_test}")
-    _check(m.name in MODEL_NAMES, file, "model.name", f"must be one of {', '.join(MODEL_NAMES)}, but got name={m.name!r}")
+    _check(m.name == "preact_resnet18" or model_depth(m.name) is not None, file, "model.name",
+           f"must be one of {', '.join(MODEL_NAMES)} (any resnet of depth 6n+2), but got name={m.name!r}")
     _check(1 <= m.width <= 16, file, "model.width", f"must lie in [1, 16], but got width={m.width}")
     _check(t.epochs >= 1, file, "train.epochs", f"must be >= 1, but got epochs={t.epochs}")
     _check(t.batch_size >= 1, file, "train.batch_size", f"must be >= 1, but got batch_size={t.batch_size}")
@@ -266,6 +272,7 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check(0 < t.gamma <= 1, file, "train.gamma", f"must lie in (0, 1], but got gamma={t.gamma}")
     _check(t.device in ("auto", "cpu", "cuda"), file, "train.device", f"must be auto, cpu or cuda, but got device={t.device!r}")
     _check(s.sampler in SAMPLERS, file, "search.sampler", f"must be one of {', '.join(SAMPLERS)}, but got sampler={s.sampler!r}")
+    _check(s.metric in LANDSCAPE_METRICS, file, "search.metric", f"must be one of {', '.join(LANDSCAPE_METRICS)}, but got metric={s.metric!r}")
     _check(s.points >= 1, file, "search.points", f"must be >= 1, but got points={s.points}")
     _check(s.trials is None or s.trials >= 1, file, "search.trials", f"must be >= 1, but got trials={s.trials}")
     _check(len(s.seeds) >= 1 and len(set(s.seeds)) == len(s.seeds), file, "search.seeds", f"need at least one seed and no repeats, but got seeds={list(s.seeds)}")
@@ -305,8 +312,9 @@ def grid_size(arm: ArmSpec, search: SearchSpec) -> int:
     return (arm.lr.points or search.points) * (arm.weight_decay.points or search.points)
 
 
-def load_spec(path) -> StudySpec:
-    """Read, strictly parse and validate a spec file."""
+def load_spec(path, data_path: str | None = None) -> StudySpec:
+    """Read, strictly parse and validate a spec file. A relative data.path is relative to the spec's folder
+    (Ray runs trials in other working directories); `data_path` (the --data-path flag) replaces it."""
     p = Path(path)
     if not p.is_file():
         raise SpecError(f"invalid spec: file {path} does not exist")
@@ -317,7 +325,13 @@ def load_spec(path) -> StudySpec:
     if not isinstance(raw, dict):
         raise SpecError(f"{p.name}: invalid spec: expected a mapping at the top level, but got {type(raw).__name__}")
     raw.setdefault("name", p.stem)
-    return validate(_build(StudySpec, raw, p.name, ""), p.name)
+    spec = _build(StudySpec, raw, p.name, "")
+    new_path = data_path if data_path is not None else spec.data.path
+    if new_path is not None:
+        q = Path(os.path.expandvars(new_path)).expanduser()
+        base = Path.cwd() if data_path is not None else p.resolve().parent
+        spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, path=str((base / q).resolve())))
+    return validate(spec, p.name)
 
 
 def spec_from_dict(raw: dict) -> StudySpec:
@@ -383,6 +397,8 @@ def timescale_warnings(spec: StudySpec, train_size: int) -> list[str]:
     T = total_steps(spec, train_size)
     out = []
     for a in spec.arms:
+        if a.decay == "coupled" and a.optimizer != "sgd":
+            continue  # coupled decay passes through the adaptive normalization (÷√v̂): τ = 1/(lr·λ) does not apply
         if a.decay == "independent":
             taus = [1 / a.weight_decay.high, 1 / a.weight_decay.low]
         else:

@@ -97,7 +97,7 @@ class Tracker:
                 Param("study", spec.name), Param("sampler", spec.search.sampler), Param("model", spec.model.name),
                 Param("data", spec.data.dataset), Param("epochs", str(spec.train.epochs)),
                 Param("arms", ",".join(a.name for a in spec.arms) or "members"),
-                Param("seeds", ",".join(map(str, spec.search.seeds)))])
+                Param("seeds", ",".join(map(str, spec.search.seeds))), Param("metric", spec.search.metric)])
         self.logged_steps: dict[str, int] = {}  # run id -> last epoch recorded
 
     def _search(self, filter_string: str):
@@ -165,3 +165,48 @@ class Tracker:
             _retry("logging the summary", self.client.log_batch, self.parent_id,
                    metrics=[Metric(k, float(v), ts, 0) for k, v in summary.items()])
         _retry("closing the parent run", self.client.set_terminated, self.parent_id, status)
+
+
+def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str, str, list[dict]]:
+    """(parent run id, spec text, metric, members) of a recorded study; members carry `error` = final
+    `metric` (default: the study's search metric)."""
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exps = [e.experiment_id for e in _retry("listing experiments", client.search_experiments)]
+    runs, token = [], None
+    while True:
+        page = _retry("reading runs", client.search_runs, exps, f"tags.study = '{name}'", max_results=1000,
+                      page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    parents = [r for r in runs if r.data.tags.get("role") == "parent"]
+    if not parents:
+        raise LookupError(f"invalid name: no study {name!r} is recorded in {uri}")
+    parent = parents[0].info.run_id
+    metric = metric or parents[0].data.params.get("metric", "test_error")
+    spec_text = ""
+    try:
+        spec_text = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="spec.yaml")).read_text()
+    except Exception:  # a study without its spec artifact still exports
+        pass
+    members = []
+    for r in runs:
+        if r.data.tags.get("role") != "member" or r.info.status != "FINISHED":
+            continue
+        p, m = r.data.params, r.data.metrics
+        if f"final_{metric}" not in m:
+            raise LookupError(f"invalid --metric: member runs have no final_{metric}; "
+                              f"known: {', '.join(k[6:] for k in m if k.startswith('final_'))}")
+        members.append({"optimizer": p["optimizer"], "decay": p["decay"], "lr": float(p["lr"]),
+                        "weight_decay": float(p["weight_decay"]), "seed": int(p["seed"]),
+                        "error": m[f"final_{metric}"], "diverged": r.data.tags.get("diverged") == "true",
+                        "run_id": r.info.run_id})
+    return parent, spec_text, metric, members
+
+
+def log_export(uri: str, parent_run_id: str, folder: Path) -> None:
+    """The exported figures, landscape.json and report as artifacts of the study's parent run."""
+    client = MlflowClient(uri)
+    _retry("logging the export", client.log_artifacts, parent_run_id, str(folder), "landscape")

@@ -13,7 +13,9 @@ import json
 import logging
 import math
 import os
+import queue
 import sys
+import threading
 import tempfile
 import time
 from pathlib import Path
@@ -87,9 +89,41 @@ class Study:
         self.started = time.time()
         self.done_at_start = self.done
         self.best: dict[str, float] = {}
+        self.epochs_total = self.total * spec.train.epochs     # member-epochs: progress inside long arrays
+        self.epochs_done = self.done * spec.train.epochs
+        self.epochs_at_start = self.epochs_done
+        self._last_print = 0.0
         self.trials: dict[str, list[tuple[ArmSearch, int, MemberSpec, str]]] = {}
         self.last_rows: dict[str, list[dict]] = {}
         self._next_arm = 0
+        self.metric = spec.search.metric
+        # per-epoch logging runs in one writer thread so Ray Tune's event loop (and the trials waiting
+        # on it) never waits for the store; close_trial drains it before reading the records back
+        self._log_queue: queue.Queue = queue.Queue()
+        self._writer_error: list[BaseException] = []
+        threading.Thread(target=self._writer, name="mlflow-writer", daemon=True).start()
+        _LIVE[id(self)] = self
+
+    def __reduce__(self):
+        """Tune pickles (and copies) its searcher and callbacks; both must keep driving this one live Study,
+        whose state lives in its stores and whose connections and writer thread cannot be pickled."""
+        return _live_study, (id(self),)
+
+    def _writer(self) -> None:
+        while True:
+            run_id, row, tags = self._log_queue.get()
+            try:
+                if self.tracker.log_epoch(run_id, row, tags):
+                    self.epochs_done += 1
+            except BaseException as e:  # surfaced by flush(): a lost record must stop the study
+                self._writer_error.append(e)
+            finally:
+                self._log_queue.task_done()
+
+    def flush(self) -> None:
+        self._log_queue.join()
+        if self._writer_error:
+            raise RuntimeError(f"recording to MLflow failed: {self._writer_error[0]!r}") from self._writer_error[0]
 
     def next_array(self, size: int):
         """Up to `size` members of one arm, round-robin over arms; None when nothing is left to ask."""
@@ -120,9 +154,12 @@ class Study:
         counts = json.loads(result.get("decay_counts", "{}"))
         tags.update({f"decay_counts.{k}": v for k, v in counts.items()})
         for (_, _, _, run_id), row in zip(self.trials[trial_id], rows):
-            self.tracker.log_epoch(run_id, row, tags)
+            self._log_queue.put((run_id, row, tags))
+        if time.time() - self._last_print > 10:
+            self.print_progress()
 
     def close_trial(self, trial_id: str, failed: bool) -> None:
+        self.flush()
         entries = self.trials.pop(trial_id, [])
         self.last_rows.pop(trial_id, None)
         for arm, number, member, run_id in entries:
@@ -133,22 +170,32 @@ class Study:
                 continue
             final = final_metrics(history)
             diverged = bool(final.get("diverged"))
-            arm.tell(number, final.get("test_error", math.nan), diverged=diverged)
+            err = final.get(self.metric, math.nan)
+            arm.tell(number, err, diverged=diverged)
             self.tracker.finish_member(run_id, final)
-            err = final.get("test_error", math.nan)
             if not diverged and math.isfinite(err):
                 self.best[member.arm] = min(self.best.get(member.arm, math.inf), err)
         self.done += len(entries)
         self.print_progress()
 
-    def print_progress(self, final: bool = False) -> None:
+    def print_progress(self) -> None:
+        self._last_print = time.time()
         elapsed = time.time() - self.started
-        new = self.done - self.done_at_start
-        left = self.total - self.done
-        eta = f"{_fmt(elapsed / new * left)}" if new and left else ("0:00" if not left else "?")
+        new = self.epochs_done - self.epochs_at_start
+        left = self.epochs_total - self.epochs_done
+        eta = _fmt(elapsed / new * left) if new and left > 0 else ("0:00" if left <= 0 else "?")
         best = ", ".join(f"{a} {e:.3f}" for a, e in sorted(self.best.items())) or "-"
-        print(f"[study] {self.done}/{self.total} members done | elapsed {_fmt(elapsed)} | ETA {eta} | "
-              f"best test error: {best}", file=sys.stderr, flush=True)
+        print(f"[study] {self.done}/{self.total} members done ({self.epochs_done}/{self.epochs_total} member-epochs)"
+              f" | elapsed {_fmt(elapsed)} | ETA {eta} | best {self.metric}: {best}", file=sys.stderr, flush=True)
+
+
+_LIVE: dict[int, Study] = {}
+
+
+def _live_study(key: int) -> Study:
+    if key not in _LIVE:
+        raise RuntimeError("a pickled Study can only be restored in the driver process that created it")
+    return _LIVE[key]
 
 
 def _history_from_run(tracker: Tracker, run_id: str) -> list[dict]:
@@ -217,15 +264,12 @@ def run_study(study: Study, storage_path: Path, address: str | None = None) -> d
     """Train every member the study still lacks through Ray Tune; return a summary."""
     spec = study.spec
     x = spec.execution
-    # the records live in MLflow and Optuna: no Tune CSV/JSON/TensorBoard files, no snapshot nagging
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)  # no result files: by design
     if not ray.is_initialized():
         if address:
             ray.init(address=address, log_to_driver=False)
-        else:
+        else:  # a local Ray for this study only, on 127.0.0.1, without the dashboard
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             ray.init(include_dashboard=False, log_to_driver=False)
     cpus = x.cpus_per_trial
     gpus = x.gpus_per_trial if torch.cuda.is_available() or address else 0.0
@@ -243,4 +287,5 @@ def run_study(study: Study, storage_path: Path, address: str | None = None) -> d
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
     tuner.fit()
+    study.flush()
     return {"members": study.total, "done": study.done, "best": dict(study.best)}

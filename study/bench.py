@@ -1,0 +1,227 @@
+"""`study bench`: training throughput of member arrays against a plain single-model PyTorch loop.
+
+Owns the benchmark only; imports no Ray, Optuna or MLflow. Throughput is member-images per second
+(K members × images per step / seconds). Timing excludes warm-up (and compilation), synchronizes the
+device, and reports the median of several timed windows. The baseline, measured in the same run, is
+what a typical Ray Tune example does: an ordinary nn.Module ResNet, a torch DataLoader with CPU
+augmentation (torchvision transforms), batch 128, one model at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import Dataset, load_dataset
+from .engine import ArrayConfig, ArrayTrainer
+from .spec import DataSpec, MemberSpec, ModelSpec, TrainSpec
+
+
+@dataclass
+class Row:
+    what: str                 # "array" or "baseline"
+    members: int
+    batch_size: int
+    member_images_per_s: float
+    step_ms: float
+    peak_memory_mb: float
+    compile_s: float = 0.0
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (CPU)
+
+
+def _timed(step, device, warmup: int, steps: int, windows: int) -> tuple[float, float]:
+    """(median seconds per step over `windows` windows of `steps` steps, seconds spent in warm-up)."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    warm = time.perf_counter() - t0
+    times = []
+    for _ in range(windows):
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        times.append((time.perf_counter() - t) / steps)
+    return statistics.median(times), warm
+
+
+def bench_array(data: Dataset, model: str, members: int, batch_size: int, device, warmup=3, steps=5, windows=3,
+                compile: bool = False) -> Row:
+    """The engine's training step for an array of `members` (SGD, coupled decay; the decay mode does not
+    change the cost)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    ms = [MemberSpec("sgd", "coupled", 0.05 * (1 + k % 7), 5e-4, seed=k) for k in range(members)]
+    cfg = ArrayConfig(ModelSpec(model), TrainSpec(epochs=1, batch_size=batch_size, compile=compile), DataSpec())
+    tr = ArrayTrainer(ms, data, cfg, device)
+    order, aug = tr._generators(0)
+    n = len(data.train_y)
+    perm = torch.randperm(n, generator=order).to(device)
+    state = {"i": 0}
+
+    def step():
+        i = state["i"] % max(1, n // tr.batch)
+        state["i"] += 1
+        x, y = tr._batch(perm[i * tr.batch:(i + 1) * tr.batch], aug)
+        tr._step_fn(x, y, 1.0)
+
+    sec, warm = _timed(step, device, warmup, steps, windows)
+    return Row("array", members, tr.batch, members * tr.batch / sec, sec * 1e3, _peak_mb(device),
+               warm if compile else 0.0)
+
+
+# --------------------------------------------------------------------------- the baseline: a plain loop
+
+class _Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.stride, self.pad = stride, cout - cin
+
+    def forward(self, x):
+        out = F.relu(self.b1(self.c1(x)))
+        out = self.b2(self.c2(out))
+        sc = x
+        if self.stride != 1 or self.pad:
+            sc = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return F.relu(out + sc)
+
+
+class PlainResNet(nn.Module):
+    """An ordinary CIFAR ResNet (depth 6n+2, option A shortcuts), written as the usual examples write it."""
+
+    def __init__(self, depth=20, num_classes=10, in_channels=3):
+        super().__init__()
+        n = (depth - 2) // 6
+        self.conv = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        layers, cin = [], 16
+        for i, cout in enumerate((16, 32, 64)):
+            for j in range(n):
+                layers.append(_Block(cin, cout, 2 if i > 0 and j == 0 else 1))
+                cin = cout
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = self.layers(F.relu(self.bn(self.conv(x))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class _UInt8Images(torch.utils.data.Dataset):
+    def __init__(self, x, y, transform):
+        self.x, self.y, self.transform = x, y, transform
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.transform(self.x[i]), self.y[i]
+
+
+def bench_baseline(data: Dataset, depth: int, batch_size: int, device, warmup=3, steps=5, windows=3,
+                   workers: int = 2) -> Row:
+    """One model, torch DataLoader with torchvision CPU augmentation, SGD with weight decay: the usual loop."""
+    from torchvision.transforms import v2
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    size = data.train_x.shape[-1]
+    tf = v2.Compose([v2.RandomCrop(size, padding=4 if size >= 32 else 0), v2.RandomHorizontalFlip(),
+                     v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.mean, data.std)])
+    loader = torch.utils.data.DataLoader(_UInt8Images(data.train_x, data.train_y, tf), batch_size=batch_size,
+                                         shuffle=True, drop_last=True, num_workers=workers,
+                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    model = PlainResNet(depth, data.num_classes, data.in_channels).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    it = iter(loader)
+
+    def step():
+        nonlocal it
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    sec, _ = _timed(step, device, warmup, steps, windows)
+    return Row("baseline", 1, batch_size, batch_size / sec, sec * 1e3, _peak_mb(device))
+
+
+def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="cpu", dataset="synthetic",
+              path=None, warmup=3, steps=5, windows=3, compile=False, baseline=True, workers=2, log=print) -> dict:
+    device = torch.device(device)
+    data = load_dataset(dataset, path, synthetic_size=(4096, 256)) if dataset != "digits" else load_dataset("digits")
+    data = data.to(device) if device.type == "cuda" else data
+    rows: list[Row] = []
+    depth = int(model.removeprefix("resnet")) if model.startswith("resnet") else 20
+    if baseline:
+        base = bench_baseline(data.to("cpu"), depth, 128, device, warmup, steps, windows, workers)
+        rows.append(base)
+        log(f"baseline  K=1   batch 128: {base.member_images_per_s:>10.0f} images/s  ({base.step_ms:.1f} ms/step)")
+    for b in batch_sizes:
+        for k in members:
+            r = bench_array(data, model, k, b, device, warmup, steps, windows, compile)
+            rows.append(r)
+            log(f"array     K={k:<4} batch {b}: {r.member_images_per_s:>10.0f} member-images/s  "
+                f"({r.step_ms:.1f} ms/step, peak {r.peak_memory_mb:.0f} MB)")
+    out = [asdict(r) for r in rows]
+    single = {r["batch_size"]: r["member_images_per_s"] for r in out if r["what"] == "array" and r["members"] == 1}
+    base_ips = out[0]["member_images_per_s"] if baseline else None
+    for r in out:
+        if r["what"] == "array":
+            r["vs_baseline"] = r["member_images_per_s"] / base_ips if base_ips else None
+            r["vs_k1_same_batch"] = r["member_images_per_s"] / single[r["batch_size"]] if r["batch_size"] in single else None
+    return {"model": model, "device": str(device), "dataset": dataset,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "timing": f"median of {windows} windows of {steps} steps after {warmup} warm-up steps",
+            "rows": out}
+
+
+def format_table(result: dict) -> str:
+    lines = [f"{'what':<9} {'K':>4} {'batch':>5} {'member-img/s':>13} {'ms/step':>8} {'peak MB':>8} "
+             f"{'x baseline':>10} {'x K=1':>6}"]
+    for r in result["rows"]:
+        vb = r.get("vs_baseline")
+        vk = r.get("vs_k1_same_batch")
+        lines.append(f"{r['what']:<9} {r['members']:>4} {r['batch_size']:>5} {r['member_images_per_s']:>13.0f} "
+                     f"{r['step_ms']:>8.1f} {r['peak_memory_mb']:>8.0f} {(f'{vb:.2f}' if vb else '-'):>10} "
+                     f"{(f'{vk:.2f}' if vk else '-'):>6}")
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path) -> None:
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)

@@ -1,0 +1,147 @@
+"""Static figures of landscapes with matplotlib: heatmaps (Loshchilov & Hutter Fig. 2 style), ridge, collapse.
+
+Owns drawing only: takes ArmLandscape objects, returns matplotlib figures. Reads no store.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+
+from .landscape import ArmLandscape  # noqa: E402
+
+DECAY_LABEL = {
+    "coupled": "weight decay λ, coupled (L2: g ← g + λ·w)",
+    "decoupled": "weight decay λ, decoupled (w ← w·(1 − η_t·λ))",
+    "independent": "weight decay λ, independent (w ← w·(1 − s_t·λ))",
+}
+
+
+def _edges(values) -> np.ndarray:
+    """Cell edges on a log axis: geometric midpoints, extended half a step at both ends."""
+    v = np.log(np.asarray(values, float))
+    if len(v) == 1:
+        return np.exp(np.array([v[0] - 0.5, v[0] + 0.5]))
+    mid = (v[1:] + v[:-1]) / 2
+    return np.exp(np.concatenate([[v[0] - (mid[0] - v[0])], mid, [v[-1] + (v[-1] - mid[-1])]]))
+
+
+def _fmt_ci(land: ArmLandscape) -> str:
+    lo, hi = land.slope_ci
+    if not math.isfinite(land.slope):
+        return "slope n/a"
+    ci = f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else ""
+    return f"slope {land.slope:.2f}{ci}"
+
+
+def error_range(lands: list[ArmLandscape]) -> tuple[float, float]:
+    vals = np.array([v for L in lands for row in L.error for v in row], float)
+    vals = vals[np.isfinite(vals)]
+    if not len(vals):
+        return 0.0, 1.0
+    return float(vals.min()), float(np.quantile(vals, 0.9)) if len(vals) > 10 else float(vals.max())
+
+
+def heatmap_panel(ax, land: ArmLandscape, norm: Normalize, cmap="viridis", top: int = 10):
+    err = np.array(land.error, float)                 # [lr][wd]
+    div = np.array(land.diverged, float)
+    mesh = ax.pcolormesh(_edges(land.weight_decay), _edges(land.lr), np.ma.masked_invalid(err),
+                         norm=norm, cmap=cmap, shading="flat")
+    # diverged cells: grey with a cross, never a number
+    for r in range(err.shape[0]):
+        for c in range(err.shape[1]):
+            if not math.isfinite(err[r, c]) and div[r, c] > 0:
+                ax.plot(land.weight_decay[c], land.lr[r], marker="x", color="0.35", ms=9, mew=2)
+    ax.set_facecolor("0.85")
+    finite = [(err[r, c], r, c) for r in range(err.shape[0]) for c in range(err.shape[1]) if math.isfinite(err[r, c])]
+    for _, r, c in sorted(finite)[:top]:                # the 10 best settings, circled
+        ax.plot(land.weight_decay[c], land.lr[r], "o", mfc="none", mec="white", ms=13, mew=1.6)
+    ridge = [(w, lr) for w, lr in zip(land.best_weight_decay, land.lr) if math.isfinite(w)]
+    if ridge:                                           # best λ of each lr row, joined
+        ax.plot(*zip(*ridge), "-D", color="crimson", ms=5, lw=1.5, label="λ*(η) per row")
+    if not land.grid and land.samples:
+        s = land.samples
+        ax.scatter([m["weight_decay"] for m in s], [m["lr"] for m in s],
+                   c=[m["error"] if not m["diverged"] else np.nan for m in s], norm=norm, cmap=cmap,
+                   edgecolors="k", linewidths=0.6, s=22, zorder=3, plotnonfinite=True)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(DECAY_LABEL.get(land.decay, "weight decay λ"))
+    ax.set_ylabel("learning rate η")
+    ax.set_title(f"{land.optimizer.upper()} + {land.decay}: {_fmt_ci(land)}", fontsize=10)
+    return mesh
+
+
+def heatmaps(lands: list[ArmLandscape], title: str = "", columns: int = 2, metric: str = "test_error"):
+    """One panel per arm with one shared colour scale, as in Loshchilov & Hutter Fig. 2."""
+    n = len(lands)
+    cols = max(1, min(columns, n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.3 * rows), squeeze=False, layout="constrained")
+    lo, hi = error_range(lands)
+    norm = Normalize(lo, hi if hi > lo else lo + 1e-6)
+    mesh = None
+    for ax, land in zip(axes.flat, lands):
+        mesh = heatmap_panel(ax, land, norm)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    if mesh is not None:
+        fig.colorbar(mesh, ax=axes, label=f"final {metric.replace('_', ' ')} (mean over seeds)", shrink=0.9)
+    fig.suptitle(title or "Final error over (λ, η); circles: 10 best; red: best λ per learning rate", fontsize=11)
+    return fig
+
+
+def ridge_figure(lands: list[ArmLandscape], title: str = ""):
+    """log λ*(η) against log η for all arms, with fitted slopes, 95 % intervals and SCIENCE.md's predictions."""
+    fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
+    methods = set()
+    for i, land in enumerate(lands):
+        color = f"C{i}"
+        lr = np.array(land.lr)
+        opt = np.array(land.best_weight_decay, float)
+        ok = np.isfinite(opt)
+        pred = land.predicted[1]
+        ax.plot(lr[ok], opt[ok], "o", color=color, label=f"{land.arm}: {_fmt_ci(land)} (predicted {pred})")
+        if ok.sum() >= 2 and math.isfinite(land.slope):
+            b = np.polyfit(np.log(lr[ok]), np.log(opt[ok]), 1)
+            xs = np.geomspace(lr[ok].min(), lr[ok].max(), 20)
+            ax.plot(xs, np.exp(np.polyval(b, np.log(xs))), "-", color=color, lw=1.5)
+        methods.add(land.ci_method)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate η")
+    ax.set_ylabel("best weight decay λ*(η) (each arm's own λ)")
+    ax.legend(fontsize=8, loc="best")
+    ax.set_title((title or "How the best weight decay moves with the learning rate") +
+                 "\n95 % intervals: " + "; ".join(sorted(methods)), fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig
+
+
+def collapse_figure(lands: list[ArmLandscape], title: str = "", metric: str = "test_error"):
+    """Error against η·λ (coupled, decoupled) or λ (independent): one curve per learning rate."""
+    n = len(lands)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.8), squeeze=False, layout="constrained")
+    for ax, land in zip(axes.flat, lands):
+        err = np.array(land.error, float)
+        cmap = plt.get_cmap("plasma")
+        for r, lr in enumerate(land.lr):
+            x = np.array(land.weight_decay) * (lr if land.decay != "independent" else 1.0)
+            ax.plot(x, err[r], "-o", ms=3, color=cmap(r / max(1, len(land.lr) - 1)), label=f"η={lr:.3g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("η·λ" if land.decay != "independent" else "λ (independent)")
+        ax.set_ylabel(f"final {metric.replace('_', ' ')}")
+        ax.set_title(land.arm, fontsize=10)
+        ax.grid(True, alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title or "Collapse: one product explains the landscape when the curves coincide", fontsize=11)
+    return fig
+
+
+FIGURES = {"heatmaps": heatmaps, "ridge": ridge_figure, "collapse": collapse_figure}
