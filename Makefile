@@ -21,8 +21,10 @@ quickstart: $(BIN)/study   ## the main job: a CPU study of coupled vs independen
 test: $(BIN)/study         ## the test suite (CPU, real Ray / Optuna / MLflow)
 	$(BIN)/python -m pytest -q tests
 
+# CIFAR-10 Parquet files for the CIFAR specs (offline)
+SMOKE_DATA ?= ../shared/data/cifar10
 smoke: $(BIN)/study        ## every shipped spec, shrunk to a few members and one epoch
-	for f in search_spaces/*.yaml; do $(BIN)/study run --smoke $$f || exit 1; done
+	for f in search_spaces/*.yaml; do $(BIN)/study run --smoke --data-path $(SMOKE_DATA) $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -75,6 +75,16 @@ def cmd_train(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"spec": spec.name, "device": str(device), "members": results}, indent=1))
     print(f"wrote {len(results)} members to {out} in {time.time() - t0:.1f} s")
+    if spec.arms:  # grids trained here: their landscape, from the results just written
+        from .landscape import landscapes
+        from .report import summary_lines
+
+        metric = spec.search.metric
+        rows = [{**{k: r[k] for k in ("optimizer", "decay", "lr", "weight_decay", "seed")},
+                 "error": r["final"].get(metric, float("nan")), "diverged": bool(r["final"].get("diverged"))}
+                for r in results]
+        print(f"landscape ({metric}):")
+        print("\n".join(summary_lines(landscapes(rows))))
     return 0
 
 
@@ -142,6 +152,9 @@ def cmd_run(args, resume_spec: tuple[StudySpec, str] | None = None) -> int:
     home = home_dir(args)
     tracking, storage = _stores(args, home, spec.name)
     study_dir = home / spec.name
+    if args.address is None and spec.execution.cpus_per_trial > (os.cpu_count() or 1):
+        raise SpecError(f"invalid execution.cpus_per_trial: a local Ray on this machine has {os.cpu_count()} CPUs, "
+                        f"but got cpus_per_trial={spec.execution.cpus_per_trial}")
     for w in timescale_warnings(spec, train_size(spec.data.dataset, spec.data.path, spec.data.train_subset,
                                                  spec.data.synthetic_train)):  # also reads the data's headers
         print(f"warning: {w}", file=sys.stderr)
@@ -192,7 +205,6 @@ def cmd_resume(args) -> int:
         raise SpecError(f"invalid name: a study name has no path separators, but got name={args.name!r}")
     home = home_dir(args)
     tracking, _ = _stores(args, home, args.name)
-    mlflow.set_tracking_uri(tracking)
     client = MlflowClient(tracking)
     runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
@@ -200,7 +212,8 @@ def cmd_resume(args) -> int:
     if not runs:
         raise SpecError(f"invalid name: no study {args.name!r} is recorded in {tracking}")
     import yaml
-    text = Path(mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="spec.yaml")).read_text()
+    text = Path(mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="spec.yaml",
+                                                    tracking_uri=tracking)).read_text()
     from .spec import spec_from_dict
     raw = yaml.safe_load(text) if not text.startswith("# shrunk") else json.loads(text.split("\n", 1)[1])
     raw.setdefault("name", args.name)

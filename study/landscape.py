@@ -214,8 +214,10 @@ def arm_landscape(members: list[dict], n_boot: int = 1000) -> ArmLandscape:
 
 
 def landscapes(members: list[dict], n_boot: int = 1000) -> list[ArmLandscape]:
-    """One landscape per arm, in the order arms first appear."""
+    """One landscape per arm, ordered by optimizer, then coupled, decoupled, independent."""
     arms: dict[tuple, list[dict]] = {}
     for m in members:
         arms.setdefault((m["optimizer"], m["decay"]), []).append(m)
-    return [arm_landscape(ms, n_boot) for ms in arms.values()]
+    order = {"coupled": 0, "decoupled": 1, "independent": 2}
+    keys = sorted(arms, key=lambda k: (k[0], order.get(k[1], 3)))
+    return [arm_landscape(arms[k], n_boot) for k in keys]

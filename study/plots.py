@@ -115,6 +115,10 @@ def ridge_figure(lands: list[ArmLandscape], title: str = ""):
         methods.add(land.ci_method)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    lrs = [v for L in lands for v in L.lr]
+    wds = [v for L in lands for v in L.weight_decay]
+    ax.set_xlim(min(lrs) / 1.5, max(lrs) * 1.5)   # explicit limits: an arm without any finite optimum
+    ax.set_ylim(min(wds) / 1.5, max(wds) * 1.5)   # still gets a drawable log axis
     ax.set_xlabel("learning rate η")
     ax.set_ylabel("best weight decay λ*(η) (each arm's own λ)")
     ax.legend(fontsize=8, loc="best")
@@ -135,6 +139,8 @@ def collapse_figure(lands: list[ArmLandscape], title: str = "", metric: str = "t
             x = np.array(land.weight_decay) * (lr if land.decay != "independent" else 1.0)
             ax.plot(x, err[r], "-o", ms=3, color=cmap(r / max(1, len(land.lr) - 1)), label=f"η={lr:.3g}")
         ax.set_xscale("log")
+        scale = np.array(land.lr) if land.decay != "independent" else np.ones(len(land.lr))
+        ax.set_xlim(min(land.weight_decay) * scale.min() / 1.5, max(land.weight_decay) * scale.max() * 1.5)
         ax.set_xlabel("η·λ" if land.decay != "independent" else "λ (independent)")
         ax.set_ylabel(f"final {metric.replace('_', ' ')}")
         ax.set_title(land.arm, fontsize=10)

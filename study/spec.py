@@ -349,6 +349,7 @@ def shrink_for_smoke(spec: StudySpec) -> StudySpec:
     search = dataclasses.replace(spec.search, points=2, trials=min(spec.search.trials or 2, 2), seeds=spec.search.seeds[:1])
     train = dataclasses.replace(spec.train, epochs=1, warmup_epochs=0.0, batch_size=min(spec.train.batch_size, 64))
     execution = dataclasses.replace(spec.execution, members_per_trial=min(spec.execution.members_per_trial, 4),
+                                    cpus_per_trial=1.0,
                                     gpus_per_trial=0.0 if not _cuda_available() else spec.execution.gpus_per_trial)
     return dataclasses.replace(spec, name=f"{spec.name}-smoke", data=d, arms=arms, search=search, train=train,
                                execution=execution, members=spec.members[:4])

@@ -73,12 +73,12 @@ class Tracker:
     def __init__(self, uri: str, spec: StudySpec, spec_text: str, resume: bool = False,
                  artifact_location: str | None = None):
         self.uri, self.spec = uri, spec
-        mlflow.set_tracking_uri(uri)
         self.client = MlflowClient(uri)
         exp = _retry("finding the experiment", self.client.get_experiment_by_name, spec.experiment)
         self.experiment_id = exp.experiment_id if exp else _retry(
             "creating the experiment", self.client.create_experiment, spec.experiment,
-            artifact_location=artifact_location, tags={"study": spec.name})
+            artifact_location=artifact_location,
+            tags={"study": spec.name, "mlflow.experimentKind": "custom_model_development"})  # UI: training runs view
         parents = self._search(f"tags.study = '{spec.name}' and tags.role = 'parent'")
         if parents and not resume:
             raise FileExistsError(f"invalid name: study {spec.name!r} already has records in {uri}; "
@@ -170,7 +170,6 @@ class Tracker:
 def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str, str, list[dict]]:
     """(parent run id, spec text, metric, members) of a recorded study; members carry `error` = final
     `metric` (default: the study's search metric)."""
-    mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exps = [e.experiment_id for e in _retry("listing experiments", client.search_experiments)]
     runs, token = [], None
@@ -188,7 +187,8 @@ def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str
     metric = metric or parents[0].data.params.get("metric", "test_error")
     spec_text = ""
     try:
-        spec_text = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="spec.yaml")).read_text()
+        spec_text = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="spec.yaml",
+                                                             tracking_uri=uri)).read_text()
     except Exception:  # a study without its spec artifact still exports
         pass
     members = []

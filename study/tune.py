@@ -46,18 +46,24 @@ def train_array(config: dict) -> None:
     data = load_dataset(d.dataset, d.path, d.train_subset, d.test_subset, (d.synthetic_train, d.synthetic_test))
     trainer = ArrayTrainer(members, data, ArrayConfig(spec.model, spec.train, spec.data), device)
     checkpoint = tune.get_checkpoint()
+    resumed_from = None  # a retried trial (its worker or node died) continues from its last epoch
     if checkpoint is not None:
         with checkpoint.as_directory() as path:
             trainer.load_state_dict(torch.load(Path(path) / CHECKPOINT_FILE, weights_only=False))
+        resumed_from = trainer.epoch
     node = ray.get_runtime_context().get_node_id()
     crash_at = os.environ.get("STUDY_TEST_CRASH_AT_EPOCH")  # fault injection for tests: "epoch:marker-file"
+    slow = float(os.environ.get("STUDY_TEST_SLOW_EPOCH_S", "0"))  # tests: time to inject a fault mid-trial
 
     def report(epoch: int, rows: list[dict]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(trainer.state_dict(), Path(tmp) / CHECKPOINT_FILE)
             tune.report({"epoch": epoch, "rows": json.dumps(rows), "node_id": node,
-                         "decay_counts": json.dumps(trainer.decay_counts)},
+                         "decay_counts": json.dumps(trainer.decay_counts),
+                         "resumed_from_epoch": -1 if resumed_from is None else resumed_from},
                         checkpoint=tune.Checkpoint.from_directory(tmp))
+        if slow:
+            time.sleep(slow)
         if crash_at:
             at, marker = crash_at.split(":", 1)
             if epoch == int(at) and not Path(marker).exists():
@@ -151,6 +157,8 @@ class Study:
         rows = json.loads(result["rows"])
         self.last_rows[trial_id] = rows
         tags = {"ray_node_id": result.get("node_id", ""), "ray_trial_id": trial_id}
+        if result.get("resumed_from_epoch", -1) >= 0:
+            tags["resumed_from_epoch"] = result["resumed_from_epoch"]
         counts = json.loads(result.get("decay_counts", "{}"))
         tags.update({f"decay_counts.{k}": v for k, v in counts.items()})
         for (_, _, _, run_id), row in zip(self.trials[trial_id], rows):

@@ -19,3 +19,9 @@ def _cache_dir(tmp_path_factory):
     if "STUDY_CACHE" not in os.environ:
         os.environ["STUDY_CACHE"] = str(tmp_path_factory.mktemp("cache"))
     yield
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_tracking_uri(monkeypatch):
+    """A test's stores are its own: never inherit an MLFLOW_TRACKING_URI (mlflow.set_tracking_uri sets it)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -1,5 +1,6 @@
 """End to end: `study run` on a real local Ray, a real Optuna SQLite storage and a real MLflow SQLite store."""
 
+import json
 import os
 import signal
 import subprocess
@@ -82,15 +83,42 @@ def check_records(home: Path, spec_path: Path) -> dict:
         assert sorted(seen) == sorted(grid)  # every grid point exactly once per seed
         total += len(trials)
     assert total == n
-    return {"runs": members, "client": client}
+    return {"runs": members, "client": client, "parent": parents[0]}
+
+
+SECRET = "s3cr3t-value-that-must-never-be-recorded"
 
 
 def test_study_run_records_every_member_once(tmp_path):
     spec = write_spec(tmp_path / "e2e.yaml", "e2e")
-    out = run_ok(tmp_path / "home", "run", str(spec))
+    out = run_ok(tmp_path / "home", "run", str(spec),
+                 env={"AWS_SECRET_ACCESS_KEY": SECRET, "STUDY_API_TOKEN": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET})
     assert "16/16 members" in out.stdout and "study ui" in out.stdout
-    assert "members done" in out.stderr and "best test error" in out.stderr  # live progress
+    assert "members done" in out.stderr and "best test_error" in out.stderr  # live progress
     recs = check_records(tmp_path / "home", spec)
+    # no credential from the environment is recorded anywhere: params, tags, metrics keys, experiment tags
+    client = recs["client"]
+    for r in recs["runs"] + [recs["parent"]]:
+        blob = repr((r.data.params, r.data.tags, r.data.metrics))
+        assert SECRET not in blob
+    assert SECRET not in repr(client.get_experiment_by_name("e2e").tags)
+    for store in (tmp_path / "home").rglob("*"):  # nor in any byte the study wrote: databases, artifacts
+        if store.is_file():
+            assert SECRET.encode() not in store.read_bytes(), store
+    # the export reads those records back: every figure, landscape.json and the report
+    exp = run_ok(tmp_path / "home", "export", "e2e", "--out", str(tmp_path / "export"))
+    assert "slope of log λ*(η)" in exp.stdout
+    for f in ("heatmaps.png", "heatmaps.svg", "ridge.png", "ridge.svg", "collapse.png", "collapse.svg",
+              "landscape.json", "report.html"):
+        assert (tmp_path / "export" / f).stat().st_size > 1000, f
+    doc = json.loads((tmp_path / "export" / "landscape.json").read_text())
+    assert doc["study"] == "e2e" and doc["metric"] == "test_error"
+    assert [(a["optimizer"], a["decay"]) for a in doc["arms"]] == [("adam", "independent"), ("sgd", "coupled")]
+    for a in doc["arms"]:
+        assert {"lr", "weight_decay", "error", "best_weight_decay", "slope", "slope_ci", "best"} <= set(a)
+        assert len(a["error"]) == 2 and len(a["error"][0]) == 2 and len(a["best_weight_decay"]) == 2
+    artifacts = recs["client"].list_artifacts(recs["parent"].info.run_id, "landscape")
+    assert {"landscape/report.html", "landscape/landscape.json"} <= {f.path for f in artifacts}
     # a second `study run` of the same name refuses instead of duplicating
     again = subprocess.run(study_cmd(tmp_path / "home", "run", str(spec)), capture_output=True, text=True)
     assert again.returncode == 2 and "study resume e2e" in again.stderr
@@ -102,7 +130,9 @@ def test_worker_killed_mid_trial_resumes_from_checkpoint(tmp_path):
     marker = tmp_path / "crashed-once"
     run_ok(tmp_path / "home", "run", str(spec), env={"STUDY_TEST_CRASH_AT_EPOCH": f"2:{marker}"})
     assert marker.exists()  # one worker process died after epoch 2 and its trial was retried
-    check_records(tmp_path / "home", spec)
+    recs = check_records(tmp_path / "home", spec)
+    resumed = [r for r in recs["runs"] if "resumed_from_epoch" in r.data.tags]
+    assert resumed and {r.data.tags["resumed_from_epoch"] for r in resumed} == {"2"}  # from its last checkpoint
 
 
 def _completed_trials(home: Path, name: str) -> int:
@@ -141,3 +171,15 @@ def test_validate_every_shipped_spec(spec_file):
                           str(Path(__file__).parents[1] / "search_spaces" / spec_file)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "valid" in out.stdout and "warning" not in out.stdout  # shipped grids are placed by the timescale
+
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
+
+
+@pytest.mark.parametrize("spec_file", sorted(p.name for p in (Path(__file__).parents[1] / "search_spaces").glob("*.yaml")))
+def test_smoke_every_shipped_spec(tmp_path, spec_file):
+    if spec_file != "quickstart.yaml" and not (SHARED_CIFAR / "train.parquet").is_file():
+        pytest.skip(f"needs CIFAR-10 as Parquet at {SHARED_CIFAR}")
+    spec = Path(__file__).parents[1] / "search_spaces" / spec_file
+    out = run_ok(tmp_path / "home", "run", "--smoke", str(spec), "--data-path", str(SHARED_CIFAR), timeout=600)
+    assert "members recorded" in out.stdout and "slope of log" in out.stdout

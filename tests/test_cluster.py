@@ -1,0 +1,66 @@
+"""A real multi-node Ray cluster on 127.0.0.1 (ray.cluster_utils.Cluster, as Ray's own tests use):
+studies run across both nodes, and survive a node being stopped mid-study."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from ray.cluster_utils import Cluster
+
+from test_service import check_records, run_ok, study_cmd, write_spec
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": 1, "resources": {"head_node": 1}, "include_dashboard": False})
+    worker = c.add_node(num_cpus=1, resources={"worker_node": 1})
+    c.wait_for_nodes()
+    yield c, worker
+    c.shutdown()
+
+
+def _member_runs(home: Path, name: str):
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    return client.search_runs([exp.experiment_id], "tags.role = 'member'", max_results=1000) if exp else []
+
+
+def _node_ids(home: Path, name: str) -> set[str]:
+    return {r.data.tags.get("ray_node_id") for r in _member_runs(home, name)}
+
+
+def test_study_runs_on_both_nodes(cluster, tmp_path):
+    c, worker = cluster
+    spec = write_spec(tmp_path / "twonodes.yaml", "twonodes")
+    home = tmp_path / "home"
+    run_ok(home, "run", str(spec), "--address", c.address)
+    check_records(home, spec)
+    nodes = _node_ids(home, "twonodes")
+    assert worker.node_id in nodes and len(nodes) == 2, nodes  # trials ran on the head and on the worker
+
+
+def test_node_stopped_mid_study_trials_move_to_the_other_node(cluster, tmp_path):
+    c, worker = cluster
+    spec = write_spec(tmp_path / "nodefail.yaml", "nodefail", members_per_trial=4)
+    home = tmp_path / "home"
+    proc = subprocess.Popen(study_cmd(home, "run", str(spec), "--address", c.address),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "3"})
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if (home / "mlflow.db").exists() and worker.node_id in _node_ids(home, "nodefail"):
+            break  # a trial on the worker node has reported its first epoch (3 s before its second)
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    c.remove_node(worker)  # the node dies with its trial mid-way
+    out, err = proc.communicate(timeout=400)
+    assert proc.returncode == 0, err[-3000:]
+    check_records(home, spec)  # every member once, every epoch once
+    resumed = [r for r in _member_runs(home, "nodefail") if "resumed_from_epoch" in r.data.tags]
+    assert resumed, "no trial was resumed from a checkpoint after its node stopped"
+    assert {r.data.tags["ray_node_id"] for r in resumed} == {c.head_node.node_id}  # moved to the other node
