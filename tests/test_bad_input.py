@@ -79,13 +79,29 @@ def corrupt_parquet(tmp_path_factory):
     return d
 
 
-def _run(tmp_path, spec_text, extra):
-    spec = tmp_path / "spec.yaml"
-    spec.write_text(spec_text)
-    home = tmp_path / "home"
-    out = subprocess.run([sys.executable, "-m", "study.cli", "--home", str(home), "run", str(spec), *extra],
-                         capture_output=True, text=True, timeout=120)
-    return out, home
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _study(capsys, argv) -> Result:
+    """The real CLI entry point, in this process (a subprocess per case would mostly time imports)."""
+    from study.cli import main
+
+    capsys.readouterr()
+    code = main(argv)
+    out = capsys.readouterr()
+    return Result(code, out.out, out.err)
+
+
+@pytest.fixture
+def run_spec(tmp_path, capsys):
+    def run(spec_text, extra):
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(spec_text)
+        home = tmp_path / "home"
+        return _study(capsys, ["--home", str(home), "run", str(spec), *extra]), home
+    return run
 
 
 def _assert_refused(out, home, needle):
@@ -97,26 +113,36 @@ def _assert_refused(out, home, needle):
 
 
 @pytest.mark.parametrize("what,change,extra,needle", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_refused_before_anything_starts(tmp_path, what, change, extra, needle):
+def test_bad_input_is_refused_before_anything_starts(run_spec, what, change, extra, needle):
     if isinstance(change, str):
         text = change
     else:
         text = yaml.safe_dump(mutate(*change) if change else GOOD)
-    out, home = _run(tmp_path, text, extra)
+    out, home = run_spec(text, extra)
     _assert_refused(out, home, needle)
 
 
-def test_corrupt_parquet_is_refused(tmp_path, corrupt_parquet):
+def test_corrupt_parquet_is_refused(run_spec, corrupt_parquet):
     spec = mutate(["data"], {"dataset": "parquet", "path": str(corrupt_parquet)})
-    out, home = _run(tmp_path, yaml.safe_dump(spec), [])
+    out, home = run_spec(yaml.safe_dump(spec), [])
     _assert_refused(out, home, "cannot read")
 
 
-def test_explicit_members_are_refused_by_run(tmp_path):
+def test_explicit_members_are_refused_by_run(run_spec):
     spec = mutate(["arms"], [])
     spec["members"] = [{"optimizer": "sgd", "decay": "coupled", "lr": 0.1, "weight_decay": 1e-4}]
-    out, home = _run(tmp_path, yaml.safe_dump(spec), [])
+    out, home = run_spec(yaml.safe_dump(spec), [])
     _assert_refused(out, home, "study train")
+
+
+def test_console_command_refuses_with_exit_code_2(tmp_path):
+    """The installed `study` command itself (not just main()) exits 2 with one line."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(mutate(["train", "epochs"], 0)))
+    exe = Path(sys.executable).with_name("study")
+    out = subprocess.run([str(exe), "--home", str(tmp_path / "home"), "run", str(spec)], capture_output=True,
+                         text=True, timeout=120)
+    _assert_refused(out, tmp_path / "home", "train.epochs")
 
 
 @pytest.mark.parametrize("argv,needle", [
@@ -124,9 +150,8 @@ def test_explicit_members_are_refused_by_run(tmp_path):
     (["export", "../x", "--out", "o"], "no study '../x'"),
     (["bench", "--members", "0"], "--members"),
 ])
-def test_bad_command_lines(tmp_path, argv, needle):
+def test_bad_command_lines(tmp_path, capsys, argv, needle):
     home = tmp_path / "home"
-    out = subprocess.run([sys.executable, "-m", "study.cli", "--home", str(home), *argv],
-                         capture_output=True, text=True, timeout=120)
+    out = _study(capsys, ["--home", str(home), *argv])
     assert out.returncode == 2, out.stderr[-2000:]
     assert needle in out.stderr.strip().splitlines()[-1]
