@@ -367,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # one retry loop that tells the user (tracking._retry), instead of MLflow's silent HTTP retries
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     if getattr(args, "address", None) is None and os.environ.get("RAY_ADDRESS") and args.command in ("run", "resume"):
         args.address = os.environ["RAY_ADDRESS"]  # launched by `ray job submit`
     handlers = {"train": cmd_train, "validate": cmd_validate, "run": cmd_run, "resume": cmd_resume, "ui": cmd_ui,

@@ -64,3 +64,41 @@ def test_node_stopped_mid_study_trials_move_to_the_other_node(cluster, tmp_path)
     resumed = [r for r in _member_runs(home, "nodefail") if "resumed_from_epoch" in r.data.tags]
     assert resumed, "no trial was resumed from a checkpoint after its node stopped"
     assert {r.data.tags["ray_node_id"] for r in resumed} == {c.head_node.node_id}  # moved to the other node
+
+
+def test_study_submitted_with_ray_job_submit(tmp_path):
+    """`ray job submit` runs the driver on the cluster; RAY_ADDRESS points `study run` at it."""
+    import socket
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": 2, "include_dashboard": True, "dashboard_port": port,
+                                "dashboard_host": "127.0.0.1"})
+    try:
+        c.wait_for_nodes()
+        spec = write_spec(tmp_path / "jobsub.yaml", "jobsub")
+        home = tmp_path / "home"
+        address = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:  # the dashboard's job server comes up a little after the head
+            try:
+                JobSubmissionClient(address).list_jobs()
+                break
+            except Exception:
+                assert time.time() < deadline, "Ray's job server did not come up"
+                time.sleep(1)
+        entry = [sys.executable, "-m", "study.cli", "--home", str(home), "run", str(spec)]
+        ray_cli = Path(sys.executable).with_name("ray")
+        out = subprocess.run([str(ray_cli), "job", "submit", "--address", address, "--", *entry],
+                             capture_output=True, text=True, timeout=400)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        jobs = JobSubmissionClient(address).list_jobs()
+        assert [j.status for j in jobs] == [JobStatus.SUCCEEDED]
+        assert "16/16 members recorded" in out.stdout
+        check_records(home, spec)
+    finally:
+        c.shutdown()

@@ -53,11 +53,11 @@ def run_ok(home, *args, env=None, timeout=300):
     return out
 
 
-def check_records(home: Path, spec_path: Path) -> dict:
+def check_records(home: Path, spec_path: Path, tracking_uri: str | None = None, storage: str | None = None) -> dict:
     """Exactly N member runs under one parent, full params, one value per epoch; N finished Optuna trials."""
     spec = load_spec(spec_path)
     n = 2 * 2 * 2 * 2  # arms × lr points × weight_decay points × seeds
-    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri or f"sqlite:///{home / 'mlflow.db'}")
     exp = client.get_experiment_by_name(spec.name)
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get("role") == "parent"]
@@ -73,7 +73,7 @@ def check_records(home: Path, spec_path: Path) -> dict:
             steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
             assert sorted(steps) == list(range(1, EPOCHS + 1)), (key, steps)
         assert "final_test_error" in r.data.metrics
-    storage = f"sqlite:///{home / spec.name / 'optuna.db'}"
+    storage = storage or f"sqlite:///{home / spec.name / 'optuna.db'}"
     total = 0
     for arm in spec.arms:
         trials = optuna.load_study(study_name=f"{spec.name}.{arm.name}", storage=storage).get_trials()

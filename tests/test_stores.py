@@ -1,0 +1,119 @@
+"""Cluster-grade stores and their faults: a real `mlflow server` that goes away and comes back, and
+PostgreSQL as the Optuna storage and the MLflow backend store."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from test_service import check_records, run_ok, study_cmd, write_spec
+
+POSTGRES = os.environ.get("STUDY_TEST_POSTGRES")  # .ci/run starts PostgreSQL on 127.0.0.1 and sets this
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real `mlflow server` process on 127.0.0.1 that a test can stop and start again."""
+
+    def __init__(self, backend: str, artifacts: Path):
+        self.backend, self.artifacts, self.port = backend, artifacts, _free_port()
+        self.proc = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", self.backend, "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1", "--artifacts-destination", str(self.artifacts)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2)
+                return self
+            except OSError:
+                assert time.time() < deadline and self.proc.poll() is None, "mlflow server did not start"
+                time.sleep(0.5)
+
+    def stop(self):
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
+def test_tracking_server_down_for_a_while_loses_nothing(tmp_path):
+    home = tmp_path / "home"
+    server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts").start()
+    spec = write_spec(tmp_path / "outage.yaml", "outage")
+    proc = subprocess.Popen(study_cmd(home, "run", str(spec), "--tracking-uri", server.uri),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "1"})
+    try:
+        client = MlflowClient(server.uri)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            exp = client.get_experiment_by_name("outage")
+            if exp and client.search_runs([exp.experiment_id], "metrics.train_loss > 0", max_results=1):
+                break  # epochs are being recorded: now take the server away
+            time.sleep(0.5)
+        assert proc.poll() is None
+        server.stop()
+        time.sleep(10)
+        server.start()  # same port, same backend store
+        out, err = proc.communicate(timeout=400)
+        assert proc.returncode == 0, err[-3000:]
+        assert "tracking store unreachable" in err and "retrying" in err  # the user is told what happens
+        check_records(home, spec, tracking_uri=server.uri)  # nothing lost, nothing twice
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+
+
+@pytest.fixture
+def postgres_dbs():
+    if not POSTGRES:
+        pytest.skip("needs PostgreSQL: set STUDY_TEST_POSTGRES=postgresql://USER:PASS@127.0.0.1:5432 (.ci/run does)")
+    import psycopg
+
+    names = [f"study_test_{kind}_{uuid.uuid4().hex[:8]}" for kind in ("optuna", "mlflow")]
+    admin = psycopg.connect(f"{POSTGRES}/postgres", autocommit=True)
+    with admin.cursor() as cur:
+        for n in names:
+            cur.execute(f"CREATE DATABASE {n}")
+    yield [f"{POSTGRES}/{n}" for n in names]
+    with admin.cursor() as cur:
+        for n in names:
+            cur.execute(f"DROP DATABASE IF EXISTS {n} WITH (FORCE)")
+    admin.close()
+
+
+def test_postgres_as_optuna_storage_and_mlflow_backend(tmp_path, postgres_dbs):
+    optuna_url, mlflow_url = postgres_dbs
+    server = MlflowServer(mlflow_url, tmp_path / "artifacts").start()
+    try:
+        home = tmp_path / "home"
+        spec = write_spec(tmp_path / "pg.yaml", "pg")
+        run_ok(home, "run", str(spec), "--storage", optuna_url, "--tracking-uri", server.uri)
+        check_records(home, spec, tracking_uri=server.uri, storage=optuna_url)
+        assert not (home / "mlflow.db").exists() and not (home / "pg" / "optuna.db").exists()  # no SQLite used
+        # the parent run's spec went through the server's artifact proxy
+        exp = MlflowClient(server.uri).get_experiment_by_name("pg")
+        parent = MlflowClient(server.uri).search_runs([exp.experiment_id], "tags.role = 'parent'")[0]
+        assert "spec.yaml" in {f.path for f in MlflowClient(server.uri).list_artifacts(parent.info.run_id)}
+    finally:
+        server.stop()
