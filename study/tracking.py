@@ -136,17 +136,24 @@ class Tracker:
         self.logged_steps[run.info.run_id] = 0
         return run.info.run_id
 
+    def log_epochs(self, run_id: str, rows: list[dict], tags: dict | None = None) -> int:
+        """Log epochs' metrics with step = epoch in batched calls, skipping epochs already recorded.
+        Returns how many epochs were new."""
+        rows = sorted((r for r in rows if int(r["epoch"]) > self.logged_steps.get(run_id, 0)), key=lambda r: r["epoch"])
+        if not rows:
+            return 0
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, float(r[k]), ts, int(r["epoch"])) for r in rows for k in PER_EPOCH if k in r]
+        tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per call
+            _retry("logging metrics", self.client.log_batch, run_id, metrics=metrics[i:i + 900],
+                   tags=tag_list if i == 0 else [])
+        self.logged_steps[run_id] = int(rows[-1]["epoch"])
+        return len(rows)
+
     def log_epoch(self, run_id: str, row: dict, tags: dict | None = None) -> bool:
         """Log one epoch's metrics with step = epoch, unless that epoch is already recorded."""
-        step = int(row["epoch"])
-        if step <= self.logged_steps.get(run_id, 0):
-            return False
-        ts = int(time.time() * 1000)
-        metrics = [Metric(k, float(row[k]), ts, step) for k in PER_EPOCH if k in row]
-        _retry("logging metrics", self.client.log_batch, run_id, metrics=metrics,
-               tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
-        self.logged_steps[run_id] = step
-        return True
+        return self.log_epochs(run_id, [row], tags) == 1
 
     def finish_member(self, run_id: str, final: dict | None) -> None:
         if final is None:

@@ -32,6 +32,8 @@ from .spec import MemberSpec, StudySpec, spec_from_dict
 from .tracking import Tracker
 
 CHECKPOINT_FILE = "array.pt"
+# per-epoch metrics reach MLflow in one batched call per member at most this many seconds late
+LOG_INTERVAL_S = float(os.environ.get("STUDY_LOG_INTERVAL_S", "10"))
 
 
 # --------------------------------------------------------------------------- the trainable (Ray worker)
@@ -100,13 +102,16 @@ class Study:
         self.epochs_at_start = self.epochs_done
         self._last_print = 0.0
         self.trials: dict[str, list[tuple[ArmSearch, int, MemberSpec, str]]] = {}
-        self.last_rows: dict[str, list[dict]] = {}
+        self.run_ids: dict[str, str] = {}                      # member key -> MLflow run id
+        self.histories: dict[str, dict[int, dict]] = {}        # member key -> epoch -> reported row
         self._next_arm = 0
         self.metric = spec.search.metric
         # per-epoch logging runs in one writer thread so Ray Tune's event loop (and the trials waiting
         # on it) never waits for the store; close_trial drains it before reading the records back
         self._log_queue: queue.Queue = queue.Queue()
         self._writer_error: list[BaseException] = []
+        self._rows: dict[str, tuple[list[dict], dict]] = {}   # written by the writer thread only
+        self._rows_written = 0.0
         threading.Thread(target=self._writer, name="mlflow-writer", daemon=True).start()
         _LIVE[id(self)] = self
 
@@ -116,20 +121,51 @@ class Study:
         return _live_study, (id(self),)
 
     def _writer(self) -> None:
+        """Runs the MLflow calls queued by _submit, one at a time, in order. Epoch rows are gathered per
+        member and written as one batched call per member every LOG_INTERVAL_S seconds (and on flush)."""
         while True:
-            run_id, row, tags = self._log_queue.get()
             try:
-                if self.tracker.log_epoch(run_id, row, tags):
-                    self.epochs_done += 1
-            except BaseException as e:  # surfaced by flush(): a lost record must stop the study
-                self._writer_error.append(e)
+                fn, args = self._log_queue.get(timeout=1.0)
+            except queue.Empty:
+                self._guarded(self._write_rows, False)
+                continue
+            try:
+                self._guarded(fn, *args)
+                self._guarded(self._write_rows, False)
             finally:
                 self._log_queue.task_done()
 
+    def _guarded(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except BaseException as e:  # surfaced by flush(): a lost record must stop the study
+            self._writer_error.append(e)
+
+    def _submit(self, fn, *args) -> None:
+        self._log_queue.put((fn, args))
+
     def flush(self) -> None:
+        """Wait until everything reported so far is recorded in MLflow."""
+        self._submit(self._write_rows, True)
         self._log_queue.join()
         if self._writer_error:
             raise RuntimeError(f"recording to MLflow failed: {self._writer_error[0]!r}") from self._writer_error[0]
+
+    def _open_member(self, key: str, member: MemberSpec, number: int) -> None:
+        run_id = self.tracker.open_member(member, number, self.train_size, self.existing_runs.get(key))
+        self.run_ids[key] = run_id
+
+    def _log_epoch(self, key: str, row: dict, tags: dict) -> None:
+        self._rows.setdefault(key, ([], {}))[0].append(row)
+        self._rows[key][1].update(tags)
+
+    def _write_rows(self, force: bool) -> None:
+        if not self._rows or (not force and time.time() - self._rows_written < LOG_INTERVAL_S):
+            return
+        rows, self._rows = self._rows, {}
+        self._rows_written = time.time()
+        for key, (member_rows, tags) in rows.items():
+            self.epochs_done += self.tracker.log_epochs(self.run_ids[key], member_rows, tags)
 
     def next_array(self, size: int):
         """Up to `size` members of one arm, round-robin over arms; None when nothing is left to ask."""
@@ -145,42 +181,52 @@ class Study:
         return None
 
     def open_trial(self, trial_id: str, arm: ArmSearch, batch) -> list[MemberSpec]:
+        """Register an array's members; their MLflow runs are created by the writer, so the trial starts now."""
         entries = []
         for number, member in batch:
-            run_id = self.tracker.open_member(member, number, self.train_size,
-                                              self.existing_runs.get(member.key(self.spec.name)))
-            entries.append((arm, number, member, run_id))
+            key = member.key(self.spec.name)
+            self._submit(self._open_member, key, member, number)
+            entries.append((arm, number, member, key))
         self.trials[trial_id] = entries
         return [m for _, _, m, _ in entries]
 
     def record_epoch(self, trial_id: str, result: dict) -> None:
         rows = json.loads(result["rows"])
-        self.last_rows[trial_id] = rows
         tags = {"ray_node_id": result.get("node_id", ""), "ray_trial_id": trial_id}
         if result.get("resumed_from_epoch", -1) >= 0:
             tags["resumed_from_epoch"] = result["resumed_from_epoch"]
         counts = json.loads(result.get("decay_counts", "{}"))
         tags.update({f"decay_counts.{k}": v for k, v in counts.items()})
-        for (_, _, _, run_id), row in zip(self.trials[trial_id], rows):
-            self._log_queue.put((run_id, row, tags))
+        for (_, _, _, key), row in zip(self.trials[trial_id], rows):
+            self.histories.setdefault(key, {})[int(row["epoch"])] = row  # a retry may report an epoch again
+            self._submit(self._log_epoch, key, row, tags)
         if time.time() - self._last_print > 10:
             self.print_progress()
+
+    def _history(self, key: str) -> list[dict]:
+        """The member's epochs as reported to this driver; epochs recorded by an earlier driver (resume)
+        are read back from MLflow."""
+        seen = self.histories.pop(key, {})
+        if len(seen) < self.spec.train.epochs:
+            for row in _history_from_run(self.tracker, self.run_ids[key]):
+                seen.setdefault(int(row["epoch"]), row)
+        return [seen[e] for e in sorted(seen)]
 
     def close_trial(self, trial_id: str, failed: bool) -> None:
         self.flush()
         entries = self.trials.pop(trial_id, [])
-        self.last_rows.pop(trial_id, None)
-        for arm, number, member, run_id in entries:
-            history = _history_from_run(self.tracker, run_id)
+        for arm, number, member, key in entries:
+            run_id = self.run_ids[key]
+            history = self._history(key)
             if failed or len(history) < self.spec.train.epochs:
                 arm.tell(number, None)
-                self.tracker.finish_member(run_id, None)
+                self._submit(self.tracker.finish_member, run_id, None)
                 continue
             final = final_metrics(history)
             diverged = bool(final.get("diverged"))
             err = final.get(self.metric, math.nan)
             arm.tell(number, err, diverged=diverged)
-            self.tracker.finish_member(run_id, final)
+            self._submit(self.tracker.finish_member, run_id, final)
             if not diverged and math.isfinite(err):
                 self.best[member.arm] = min(self.best.get(member.arm, math.inf), err)
         self.done += len(entries)

@@ -50,7 +50,7 @@ def test_node_stopped_mid_study_trials_move_to_the_other_node(cluster, tmp_path)
     home = tmp_path / "home"
     proc = subprocess.Popen(study_cmd(home, "run", str(spec), "--address", c.address),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "3"})
+                            env={**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "3", "STUDY_LOG_INTERVAL_S": "0"})
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         if (home / "mlflow.db").exists() and worker.node_id in _node_ids(home, "nodefail"):

@@ -61,7 +61,7 @@ def test_tracking_server_down_for_a_while_loses_nothing(tmp_path):
     spec = write_spec(tmp_path / "outage.yaml", "outage")
     proc = subprocess.Popen(study_cmd(home, "run", str(spec), "--tracking-uri", server.uri),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "1"})
+                            env={**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "1", "STUDY_LOG_INTERVAL_S": "0"})
     try:
         client = MlflowClient(server.uri)
         deadline = time.time() + 120
