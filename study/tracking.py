@@ -140,7 +140,9 @@ class Tracker:
         """Log epochs' metrics with step = epoch in batched calls, skipping epochs already recorded.
         Returns how many epochs were new."""
         rows = sorted((r for r in rows if int(r["epoch"]) > self.logged_steps.get(run_id, 0)), key=lambda r: r["epoch"])
-        if not rows:
+        if not rows:  # a retried trial re-reporting recorded epochs: only its tags (node, resume) are news
+            if tags:
+                _retry("tagging a run", self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
             return 0
         ts = int(time.time() * 1000)
         metrics = [Metric(k, float(r[k]), ts, int(r["epoch"])) for r in rows for k in PER_EPOCH if k in r]

@@ -72,6 +72,8 @@ def train_array(config: dict) -> None:
                 Path(marker).touch()
                 os._exit(1)  # the worker process dies mid-trial, as a preempted node would
 
+    if resumed_from is not None and trainer.epoch >= spec.train.epochs:
+        report(trainer.epoch, [h[-1] for h in trainer.history])  # died after its last report: say so once more
     trainer.run(report)
 
 

@@ -34,6 +34,16 @@ def _node_ids(home: Path, name: str) -> set[str]:
     return {r.data.tags.get("ray_node_id") for r in _member_runs(home, name)}
 
 
+def _node_ids_while_running(home: Path, name: str) -> set[str]:
+    """Poll the driver's store while it may still be creating its schema (opening it then can race)."""
+    if not (home / "mlflow.db").exists():
+        return set()
+    try:
+        return _node_ids(home, name)
+    except Exception:
+        return set()
+
+
 def test_study_runs_on_both_nodes(cluster, tmp_path):
     c, worker = cluster
     spec = write_spec(tmp_path / "twonodes.yaml", "twonodes")
@@ -50,11 +60,11 @@ def test_node_stopped_mid_study_trials_move_to_the_other_node(cluster, tmp_path)
     home = tmp_path / "home"
     proc = subprocess.Popen(study_cmd(home, "run", str(spec), "--address", c.address),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "3", "STUDY_LOG_INTERVAL_S": "0"})
+                            env={**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "4", "STUDY_LOG_INTERVAL_S": "0"})
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
-        if (home / "mlflow.db").exists() and worker.node_id in _node_ids(home, "nodefail"):
-            break  # a trial on the worker node has reported its first epoch (3 s before its second)
+        if worker.node_id in _node_ids_while_running(home, "nodefail"):
+            break  # a trial on the worker node has reported its first epoch (4 s before its second)
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
     c.remove_node(worker)  # the node dies with its trial mid-way

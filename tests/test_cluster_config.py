@@ -20,7 +20,7 @@ def test_cluster_yaml_is_valid():
     validate_config(config)
     assert config["head_node_type"] == "head"
     assert config["available_node_types"]["gpu_worker"]["max_workers"] >= 1
-    assert any("pip install" in c and "~/study" in c for c in config["setup_commands"])
+    assert any("pip install" in c and "$HOME/study[postgres]" in c for c in config["setup_commands"])
 
 
 @pytest.mark.parametrize("breakage", [
