@@ -184,3 +184,35 @@ def test_smoke_every_shipped_spec(tmp_path, spec_file):
     spec = Path(__file__).parents[1] / "search_spaces" / spec_file
     out = run_ok(tmp_path / "home", "run", "--smoke", str(spec), "--data-path", str(SHARED_CIFAR), timeout=600)
     assert "members recorded" in out.stdout and "slope of log" in out.stdout
+
+
+def test_diverging_members_are_recorded_as_diverged(tmp_path):
+    """Some members of an array diverge (huge lr): recorded as diverged with their last finite metrics, the
+    others unaffected, Optuna told the worst error, and the landscape shows them as diverged, not a number."""
+    home = tmp_path / "home"
+    spec = write_spec(tmp_path / "div.yaml", "div")
+    raw = yaml.safe_load(spec.read_text())
+    raw["arms"] = [{"optimizer": "sgd", "decay": "coupled", "lr": {"low": 0.05, "high": 1.0e8},
+                    "weight_decay": {"low": 0.001, "high": 0.01}}]
+    raw["search"]["seeds"] = [0]
+    raw["execution"]["members_per_trial"] = 4
+    spec.write_text(yaml.safe_dump(raw))
+    run_ok(home, "run", str(spec))
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("div")
+    runs = client.search_runs([exp.experiment_id], "tags.role = 'member'")
+    assert len(runs) == 4
+    diverged = [r for r in runs if r.data.tags["diverged"] == "true"]
+    healthy = [r for r in runs if r.data.tags["diverged"] == "false"]
+    assert {float(r.data.params["lr"]) for r in diverged} == {1.0e8} and len(healthy) == 2
+    for r in diverged:
+        assert r.data.metrics["final_diverged"] == 1.0 and "final_diverged_epoch" in r.data.metrics
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "test_error")]
+        assert sorted(steps) == list(range(1, EPOCHS + 1))  # still one value per epoch
+    for r in healthy:
+        assert 0 <= r.data.metrics["final_test_error"] < 1 and r.data.metrics["final_diverged"] == 0.0
+    trials = optuna.load_study(study_name="div.sgd-coupled", storage=f"sqlite:///{home / 'div' / 'optuna.db'}").trials
+    assert sorted(t.value for t in trials if t.user_attrs["diverged"]) == [1.0, 1.0]
+    doc = json.loads((home / "div" / "export" / "landscape.json").read_text())
+    arm = doc["arms"][0]
+    assert arm["error"][1] == [None, None] and arm["diverged"][1] == [1.0, 1.0]  # the lr = 1e8 row
