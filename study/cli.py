@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .data import DataError, load_dataset, train_size
+from .data import DataError, load_spec_data, spec_train_size
 from .spec import SpecError, StudySpec, grid_members, load_spec, shrink_for_smoke, timescale_warnings, total_steps
 
 EXIT_USAGE = 2
@@ -48,7 +48,7 @@ def cmd_train(args) -> int:
     members = grid_members(spec)
     device = resolve_device(args.device or spec.train.device)
     d = spec.data
-    data = load_dataset(d.dataset, d.path, d.train_subset, d.test_subset, (d.synthetic_train, d.synthetic_test))
+    data = load_spec_data(d)
     arrays = pack_arrays(members, spec.execution.members_per_trial)
     print(f"study train: {len(members)} members in {len(arrays)} arrays on {device} "
           f"({spec.model.name}, {d.dataset}: {len(data.train_y)} train / {len(data.test_y)} test images, "
@@ -94,7 +94,7 @@ def cmd_validate(args) -> int:
     spec = load_spec(args.spec, args.data_path)
     if args.smoke:
         spec = shrink_for_smoke(spec)
-    n = train_size(spec.data.dataset, spec.data.path, spec.data.train_subset, spec.data.synthetic_train)
+    n = spec_train_size(spec.data)
     members = _planned_members(spec)
     print(f"{args.spec}: valid. Study {spec.name!r}: {len(spec.arms)} arms, {members} members, "
           f"{spec.train.epochs} epochs of {n} images = {total_steps(spec, n)} steps per member")
@@ -127,8 +127,13 @@ def check_address(address: str | None) -> None:
 
 # --------------------------------------------------------------------------- study run / resume
 
+def tracking_uri(args, home: Path) -> str:
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the SQLite file under the studies' home."""
+    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
+
+
 def _stores(args, home: Path, name: str) -> tuple[str, str]:
-    tracking = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
+    tracking = tracking_uri(args, home)
     storage = args.storage or default_storage(home, name)
     return tracking, storage
 
@@ -155,8 +160,7 @@ def cmd_run(args, resume_spec: tuple[StudySpec, str] | None = None) -> int:
     if args.address is None and spec.execution.cpus_per_trial > (os.cpu_count() or 1):
         raise SpecError(f"invalid execution.cpus_per_trial: a local Ray on this machine has {os.cpu_count()} CPUs, "
                         f"but got cpus_per_trial={spec.execution.cpus_per_trial}")
-    for w in timescale_warnings(spec, train_size(spec.data.dataset, spec.data.path, spec.data.train_subset,
-                                                 spec.data.synthetic_train)):  # also reads the data's headers
+    for w in timescale_warnings(spec, spec_train_size(spec.data)):  # also reads the data's headers
         print(f"warning: {w}", file=sys.stderr)
     study_dir.mkdir(parents=True, exist_ok=True)  # input checked: from here on, records are written
 
@@ -228,7 +232,7 @@ def cmd_ui(args) -> int:
     import subprocess
 
     home = home_dir(args)
-    tracking = args.tracking_uri or default_tracking_uri(home)
+    tracking = tracking_uri(args, home)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who reaches this address can read and change the "
               f"records; MLflow has no login here. Prefer 127.0.0.1 with an SSH tunnel.", file=sys.stderr)
@@ -258,7 +262,7 @@ def cmd_export(args) -> int:
     from .report import export, summary_lines
 
     home = home_dir(args)
-    tracking = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
+    tracking = tracking_uri(args, home)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     try:
         lands, written = export(tracking, args.name, Path(args.out).resolve(), args.metric, formats, args.dashboard)

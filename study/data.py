@@ -225,3 +225,13 @@ def train_size(name: str, path=None, train_subset=None, synthetic_train=2048) ->
     else:
         n = 50_000
     return min(n, train_subset) if train_subset else n
+
+
+def load_spec_data(d) -> Dataset:
+    """The dataset a spec's `data` section (a DataSpec) names."""
+    return load_dataset(d.dataset, d.path, d.train_subset, d.test_subset, (d.synthetic_train, d.synthetic_test))
+
+
+def spec_train_size(d) -> int:
+    """Training images of a spec's `data` section, read from headers only (no decoding)."""
+    return train_size(d.dataset, d.path, d.train_subset, d.synthetic_train)

@@ -25,7 +25,7 @@ import torch
 from ray import tune
 from ray.tune.search import Searcher
 
-from .data import load_dataset
+from .data import load_spec_data, spec_train_size
 from .engine import ArrayConfig, ArrayTrainer, final_metrics, resolve_device
 from .search import ArmSearch, open_storage
 from .spec import MemberSpec, StudySpec, spec_from_dict
@@ -44,8 +44,7 @@ def train_array(config: dict) -> None:
     members = [MemberSpec(**{**m, "betas": tuple(m["betas"])}) for m in config["members"]]
     torch.set_num_threads(max(1, int(config.get("threads", 1))))
     device = resolve_device(spec.train.device)
-    d = spec.data
-    data = load_dataset(d.dataset, d.path, d.train_subset, d.test_subset, (d.synthetic_train, d.synthetic_test))
+    data = load_spec_data(spec.data)
     trainer = ArrayTrainer(members, data, ArrayConfig(spec.model, spec.train, spec.data), device)
     checkpoint = tune.get_checkpoint()
     resumed_from = None  # a retried trial (its worker or node died) continues from its last epoch
@@ -88,9 +87,7 @@ class Study:
         self.tracker = Tracker(tracking_uri, spec, spec_text, resume=resume, artifact_location=artifact_location)
         storage_obj = open_storage(storage)
         self.arms = [ArmSearch(spec, arm, storage_obj) for arm in spec.arms]
-        d = spec.data
-        self.train_size = len(load_dataset(d.dataset, d.path, d.train_subset, d.test_subset,
-                                           (d.synthetic_train, d.synthetic_test)).train_y)
+        self.train_size = spec_train_size(spec.data)  # headers only: the driver never decodes images
         self.existing_runs = self.tracker.member_runs()
         # work queue: members whose driver died (asked, never told) first, then new asks
         self.pending = {a.arm.name: a.pending() for a in self.arms}
