@@ -1,7 +1,9 @@
 """The `study` command: train | validate | run | resume | ui | export | bench.
 
-Owns argument parsing, the store locations and the messages users read. Bad specs and flags stop
-here, before Ray starts, with one line naming the field and the value and exit code 2.
+Owns argument parsing and the messages users read; the work is the driver's (run, resume), the
+report's (export) and the engine's (train, bench). Bad specs and flags stop before anything starts,
+with one line naming the field and the value and exit code 2. Importing this module loads no torch,
+Ray, Optuna or MLflow: each command imports what it uses.
 """
 
 from __future__ import annotations
@@ -14,14 +16,19 @@ import sys
 import time
 from pathlib import Path
 
-from .data import DataError, load_spec_data, spec_train_size
-from .spec import SpecError, StudySpec, grid_members, load_spec, shrink_for_smoke, timescale_warnings, total_steps
+from .datasets import DataError, split_sizes
+from .spec import (NAME_RE, SpecError, grid_members, load_spec, planned_members, shrink_for_smoke, timescale_warnings,
+                   total_steps)
+from .stores import StoreError
 
 EXIT_USAGE = 2
 
 
 def home_dir(args) -> Path:
-    return Path(args.home or os.environ.get("STUDY_HOME") or Path.home() / "studies").expanduser().resolve()
+    home = Path(args.home or os.environ.get("STUDY_HOME") or Path.home() / "studies").expanduser().resolve()
+    if home.exists() and not home.is_dir():
+        raise SpecError(f"invalid --home: {home} is a file, not a folder")
+    return home
 
 
 def default_tracking_uri(home: Path) -> str:
@@ -30,6 +37,14 @@ def default_tracking_uri(home: Path) -> str:
 
 def default_storage(home: Path, name: str) -> str:
     return f"sqlite:///{home / name / 'optuna.db'}"
+
+
+def check_name(name: str) -> str:
+    """A study name given on the command line (resume, export, recommend): the rule of a spec's name."""
+    if not NAME_RE.match(name) or ".." in name:
+        raise SpecError(f"invalid name: a study name uses letters, digits, '_', '.', '-' (at most 100), "
+                        f"but got name={name[:60]!r}")
+    return name
 
 
 def _fail(msg: str) -> int:
@@ -42,6 +57,7 @@ def _fail(msg: str) -> int:
 def cmd_train(args) -> int:
     import torch
 
+    from .data import load_spec_data
     from .engine import ArrayConfig, ArrayTrainer, pack_arrays, resolve_device
 
     spec = load_spec(args.spec, args.data_path)
@@ -94,20 +110,12 @@ def cmd_validate(args) -> int:
     spec = load_spec(args.spec, args.data_path)
     if args.smoke:
         spec = shrink_for_smoke(spec)
-    n = spec_train_size(spec.data)
-    members = _planned_members(spec)
-    print(f"{args.spec}: valid. Study {spec.name!r}: {len(spec.arms)} arms, {members} members, "
-          f"{spec.train.epochs} epochs of {n} images = {total_steps(spec, n)} steps per member")
+    n, n_test = split_sizes(spec.data)
+    print(f"{args.spec}: valid. Study {spec.name!r}: {len(spec.arms)} arms, {planned_members(spec)} members, "
+          f"{spec.train.epochs} epochs of {n} images (test {n_test}) = {total_steps(spec, n)} steps per member")
     for w in timescale_warnings(spec, n):
         print(f"warning: {w}")
     return 0
-
-
-def _planned_members(spec: StudySpec) -> int:
-    s = spec.search
-    per_arm = [((a.lr.points or s.points) * (a.weight_decay.points or s.points) if s.sampler == "grid" else s.trials)
-               for a in spec.arms]
-    return len(spec.members) + sum(per_arm) * len(s.seeds)
 
 
 def check_address(address: str | None) -> None:
@@ -132,97 +140,80 @@ def tracking_uri(args, home: Path) -> str:
     return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
 
 
-def _stores(args, home: Path, name: str) -> tuple[str, str]:
-    tracking = tracking_uri(args, home)
-    storage = args.storage or default_storage(home, name)
-    return tracking, storage
+def cmd_run(args) -> int:
+    spec = load_spec(args.spec, args.data_path)
+    if args.smoke:
+        spec = shrink_for_smoke(spec)
+    return _drive(args, spec, resume=False)
 
 
-def cmd_run(args, resume_spec: tuple[StudySpec, str] | None = None) -> int:
-    if resume_spec is None:
-        spec = load_spec(args.spec, args.data_path)
-        spec_text = Path(args.spec).read_text()
-        if args.data_path or spec.data.path:
-            spec_text = json.dumps(spec.to_dict(), indent=1) if args.smoke else \
-                f"{spec_text}\n# data.path as resolved: {spec.data.path}\n"
-        if args.smoke:
-            spec = shrink_for_smoke(spec)
-            spec_text = f"# shrunk by --smoke from {Path(args.spec).name}\n" + json.dumps(spec.to_dict(), indent=1)
-        if spec.members:
-            raise SpecError("invalid members: `study run` searches arms; train explicit members with `study train`, "
-                            f"but got {len(spec.members)} members")
-    else:
-        spec, spec_text = resume_spec
+def cmd_resume(args) -> int:
+    from .tracking import recorded_spec
+
+    home = home_dir(args)
+    try:  # the resolved spec the study started with: same data, same --smoke shrinking, same everything
+        spec = recorded_spec(tracking_uri(args, home), check_name(args.name))
+    except LookupError as e:
+        raise SpecError(str(e).strip("'\"")) from None
+    return _drive(args, spec, resume=True)
+
+
+def _drive(args, spec, resume: bool) -> int:
+    import signal
+
+    from .driver import Driver, Stores
+
     check_address(args.address)
     home = home_dir(args)
-    tracking, storage = _stores(args, home, spec.name)
-    study_dir = home / spec.name
     if args.address is None and spec.execution.cpus_per_trial > (os.cpu_count() or 1):
         raise SpecError(f"invalid execution.cpus_per_trial: a local Ray on this machine has {os.cpu_count()} CPUs, "
                         f"but got cpus_per_trial={spec.execution.cpus_per_trial}")
-    for w in timescale_warnings(spec, spec_train_size(spec.data)):  # also reads the data's headers
-        print(f"warning: {w}", file=sys.stderr)
-    study_dir.mkdir(parents=True, exist_ok=True)  # input checked: from here on, records are written
-
-    # the records live in MLflow and Optuna: no Tune CSV/JSON/TensorBoard files, no snapshot nagging
+    stores = Stores.default(home, spec.name, tracking_uri(args, home), args.storage)
+    # the records live in MLflow and Optuna: no Tune CSV/JSON/TensorBoard files, no snapshot nagging; Ctrl-C
+    # and SIGTERM reach the driver (not Tune's handler), which records what finished and says how to resume
     for k, v in (("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"), ("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0"),
-                 ("RAY_AIR_NEW_OUTPUT", "0"), ("TUNE_WARN_THRESHOLD_S", "5")):
+                 ("RAY_AIR_NEW_OUTPUT", "0"), ("TUNE_WARN_THRESHOLD_S", "5"), ("TUNE_DISABLE_SIGINT_HANDLER", "1")):
         os.environ.setdefault(k, v)
-    from .tune import Study, run_study  # Ray, Optuna and MLflow load only once the input is known good
 
-    artifacts = (home / "artifacts").as_uri() if tracking.startswith("sqlite") else None
-    study = Study(spec, spec_text, tracking, storage, resume=resume_spec is not None, artifact_location=artifacts)
-    print(f"study {spec.name}: {study.total} members ({study.done} done) in arrays of "
-          f"{spec.execution.members_per_trial}; records: MLflow {tracking}, Optuna {storage}", file=sys.stderr)
-    t0 = time.time()
-    try:
-        summary = run_study(study, study_dir / "ray", args.address)
-    except KeyboardInterrupt:
-        print(f"interrupted; finish with: study resume {spec.name}", file=sys.stderr)
-        return 130
-    complete = study.done >= study.total
-    study.tracker.finish_study("FINISHED" if complete else "FAILED",
-                               {"members_done": study.done, "minutes": (time.time() - t0) / 60})
-    print(f"\nstudy {spec.name}: {study.done}/{study.total} members recorded in {time.time() - t0:.0f} s")
-    for arm, err in sorted(summary["best"].items()):
-        print(f"  best {spec.search.metric} {arm}: {err:.4f}")
-    if complete and spec.arms:
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    driver = Driver(spec, stores, resume, args.address)  # every check, then the records are opened
+    print(f"study {spec.name}: {planned_members(spec)} members in arrays of {spec.execution.members_per_trial}; "
+          f"records: MLflow {stores.tracking}, Optuna {stores.storage}", file=sys.stderr, flush=True)
+    outcome = driver.run()
+    hint = f" --home {home}" if args.home else ""
+    failed = f", {len(outcome.failed)} failed" if outcome.failed else ""
+    print(f"\nstudy {spec.name}: {outcome.done}/{outcome.total} members recorded{failed} in {outcome.seconds:.0f} s")
+    for reason, n in sorted(_count(outcome.failed.values()).items(), key=lambda kv: -kv[1])[:5]:
+        print(f"  {n} failed: {reason}")
+    for arm, err in sorted(outcome.best.items()):
+        print(f"  best {spec.search.metric} of one member of {arm}: {err:.4g}")
+    study_dir = home / spec.name
+    if outcome.complete and spec.arms:
         from .report import export, summary_lines
-        lands, _ = export(tracking, spec.name, study_dir / "export", metric=spec.search.metric)
+        lands, _ = export(stores.tracking, spec.name, study_dir / "export", metric=spec.search.metric)
         print(f"landscape (exported to {study_dir / 'export'}; also on the parent run in MLflow):")
         print("\n".join(summary_lines(lands)))
-    print(f"records: MLflow {tracking} (experiment {spec.experiment!r}), Optuna {storage}")
-    hint = f" --home {home}" if args.home else ""
+    print(f"records: MLflow {stores.tracking} (experiment {spec.experiment!r}), Optuna {stores.storage}")
     print(f"next:\n  study ui{hint}                     # browse the runs in MLflow\n"
           f"  study export {spec.name}{hint} --out {study_dir / 'export'}   # heatmaps, slopes, report")
-    if not complete:
-        print(f"  study resume {spec.name}{hint}   # {study.total - study.done} members are missing")
+    if outcome.interrupted:
+        print(f"interrupted; finish with: study resume {spec.name}{hint}", file=sys.stderr)
+        return 130
+    if not outcome.complete:
+        print(f"  study resume {spec.name}{hint}   # {outcome.total - outcome.done} members are missing; "
+              f"resume trains them (failed ones again)")
         return 1
     return 0
 
 
-def cmd_resume(args) -> int:
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    if "/" in args.name or "\\" in args.name:
-        raise SpecError(f"invalid name: a study name has no path separators, but got name={args.name!r}")
-    home = home_dir(args)
-    tracking, _ = _stores(args, home, args.name)
-    client = MlflowClient(tracking)
-    runs = client.search_runs(
-        [e.experiment_id for e in client.search_experiments()],
-        f"tags.study = '{args.name}' and tags.role = 'parent'", max_results=1)
-    if not runs:
-        raise SpecError(f"invalid name: no study {args.name!r} is recorded in {tracking}")
-    import yaml
-    text = Path(mlflow.artifacts.download_artifacts(run_id=runs[0].info.run_id, artifact_path="spec.yaml",
-                                                    tracking_uri=tracking)).read_text()
-    from .spec import spec_from_dict
-    raw = yaml.safe_load(text) if not text.startswith("# shrunk") else json.loads(text.split("\n", 1)[1])
-    raw.setdefault("name", args.name)
-    spec = spec_from_dict(raw)
-    return cmd_run(args, resume_spec=(spec, text))
+def _count(values) -> dict:
+    out: dict = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return out
 
 
 # --------------------------------------------------------------------------- study ui
@@ -263,6 +254,7 @@ def cmd_export(args) -> int:
 
     home = home_dir(args)
     tracking = tracking_uri(args, home)
+    check_name(args.name)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     try:
         lands, written = export(tracking, args.name, Path(args.out).resolve(), args.metric, formats, args.dashboard)
@@ -380,7 +372,7 @@ def main(argv=None) -> int:
                 "export": cmd_export, "bench": cmd_bench}
     try:
         return handlers[args.command](args)
-    except (SpecError, DataError, FileExistsError) as e:
+    except (SpecError, DataError, StoreError, FileExistsError) as e:
         return _fail(str(e))
 
 

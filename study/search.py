@@ -1,23 +1,45 @@
-"""Optuna adapter: one Optuna study per arm, asked for members and told their final error.
+"""Optuna adapter: one Optuna study per arm, and the study-level search that asks them in turn.
 
-Owns samplers and storage. Only the driver process uses it (one writer), so a SQLite file is safe.
-A member is one Optuna trial with params lr, weight_decay (log scale) and seed.
+Owns samplers and storage, through Optuna's public ask/tell API only. A member is one setting
+(lr, weight_decay) and one seed; an Optuna trial is one attempt at a member: params lr and
+weight_decay (log scale, what the sampler searches and the dashboards plot), user attribute `seed`
+(a repetition, never searched). Grids are enqueued whole at the start, one trial per point and
+seed; other samplers sample a setting and enqueue it again for every other seed.
+A member is done when one of its trials is COMPLETE. A trial that was asked but never told (its
+driver died) is closed as FAIL and its member enqueued again; so is a member whose trial failed,
+when the study is resumed. Only the driver uses this module (one writer), so a SQLite file is safe.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import socket
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
 
-from .spec import ArmSpec, MemberSpec, StudySpec, arm_member, grid_axis
+from .spec import ArmSpec, MemberSpec, StudySpec, arm_member, arm_settings, grid_axis
+from .stores import StoreError, check_optuna_url, create_sqlite_atomically
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # set_metric_names
+
+MemberId = tuple  # (lr, weight_decay, seed)
 
 
 def open_storage(url: str):
-    """A SQLAlchemy URL, or a path ending in .log/.journal for Optuna's journal file storage."""
+    """Optuna storage for a SQLAlchemy URL, or a path ending in .log/.journal (journal file storage);
+    checked (scheme, reachable, writable) first. A SQLite file is created whole before anyone can open it."""
+    check_optuna_url(url)
     if "://" not in url:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -25,94 +47,238 @@ def open_storage(url: str):
         path = Path(url).expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
+    create_sqlite_atomically(url, lambda tmp_url: optuna.storages.RDBStorage(tmp_url).engine.dispose())
     return optuna.storages.RDBStorage(url, heartbeat_interval=None, engine_kwargs={"pool_pre_ping": True})
 
 
-class AskTellGridSampler(optuna.samplers.GridSampler):
-    """Optuna's GridSampler for ask-and-tell: the stock one calls study.stop() once the grid is covered,
-    which raises outside study.optimize(). The driver stops by counting members instead."""
-
-    def after_trial(self, study, trial, state, values) -> None:
-        return None
-
-
-def _sampler(spec: StudySpec, arm: ArmSpec):
+def _sampler(spec: StudySpec):
+    """The sampler of a non-grid arm. Grids need none: every point is enqueued with fixed params."""
     s = spec.search
-    if s.sampler == "grid":
-        return AskTellGridSampler({"lr": grid_axis(arm.lr, s.points),
-                                            "weight_decay": grid_axis(arm.weight_decay, s.points),
-                                            "seed": list(s.seeds)}, seed=0)
     if s.sampler == "random":
         return optuna.samplers.RandomSampler(seed=0)
     if s.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=0, scramble=True, warn_independent_sampling=False)
     if s.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=0)  # Optuna 5: multivariate with constant liar
-    return optuna.samplers.GPSampler(seed=0)
+        # explicit, whatever the Optuna version's defaults: batches of asks see each other (constant liar)
+        return optuna.samplers.TPESampler(seed=0, multivariate=True, constant_liar=True)
+    if s.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=0)
+    return optuna.samplers.RandomSampler(seed=0)  # grid: never consulted
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A member finished according to the tracking store (used to rebuild a lost Optuna storage)."""
+    member: MemberSpec
+    value: float
+    diverged: bool
+    run_id: str
 
 
 class ArmSearch:
-    """The Optuna study of one arm. `total` members: grid points × seeds, or trials × seeds."""
+    """The Optuna study of one arm. `total` members: (grid points or trials) × seeds."""
 
-    def __init__(self, spec: StudySpec, arm: ArmSpec, storage):
+    def __init__(self, spec: StudySpec, arm: ArmSpec, storage, finished: Iterable[Finished] = ()):
         self.spec, self.arm = spec, arm
         self.study = optuna.create_study(study_name=f"{spec.name}.{arm.name}", storage=storage,
-                                         sampler=_sampler(spec, arm), direction="minimize", load_if_exists=True)
-        self.study.set_user_attr("arm", arm.name)
-        self.study.set_user_attr("metric", "test_error")
-        s = spec.search
-        per_seed = ((arm.lr.points or s.points) * (arm.weight_decay.points or s.points)
-                    if s.sampler == "grid" else s.trials)
-        self.total = per_seed * len(s.seeds)
+                                         sampler=_sampler(spec), direction="minimize", load_if_exists=True)
+        if not self.study.user_attrs:
+            self.study.set_metric_names([spec.search.metric])
+            for k, v in (("arm", arm.name), ("metric", spec.search.metric), ("seeds", list(spec.search.seeds))):
+                self.study.set_user_attr(k, v)
+        self.seeds = list(spec.search.seeds)
+        self.total = arm_settings(arm, spec.search) * len(self.seeds)
+        self.distributions = {"lr": FloatDistribution(arm.lr.low, arm.lr.high, log=True),
+                              "weight_decay": FloatDistribution(arm.weight_decay.low, arm.weight_decay.high, log=True)}
+        self._live: dict[int, optuna.Trial] = {}
+        self._reconcile(list(finished))
 
-    def _member(self, t) -> MemberSpec:
-        return arm_member(self.arm, t.params["lr"], t.params["weight_decay"], t.params["seed"])
+    # ------------------------------------------------------------------ state
 
-    def pending(self) -> list[tuple[int, MemberSpec]]:
-        """Members asked but never told (their driver died): resume trains these again under the same trial."""
-        running = self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        return [(t.number, self._member(t)) for t in running if {"lr", "weight_decay", "seed"} <= set(t.params)]
+    @staticmethod
+    def _id(t) -> MemberId | None:
+        if not {"lr", "weight_decay"} <= set(t.params) or "seed" not in t.user_attrs:
+            return None
+        return (float(t.params["lr"]), float(t.params["weight_decay"]), int(t.user_attrs["seed"]))
 
-    def finished(self) -> int:
-        return len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
-                                                                 optuna.trial.TrialState.FAIL)))
+    def _trials(self, *states):
+        return self.study.get_trials(deepcopy=False, states=states or None)
 
-    def remaining(self) -> int:
-        return max(0, self.total - len(self.study.get_trials(deepcopy=False)))
+    def done_ids(self) -> set[MemberId]:
+        return {i for t in self._trials(TrialState.COMPLETE) if (i := self._id(t))}
 
-    def _suggest(self, trial) -> MemberSpec:
+    def done(self) -> int:
+        return len(self.done_ids())
+
+    def _reconcile(self, finished: list[Finished]) -> None:
+        """Make the Optuna study agree with what is recorded, before anything is asked:
+        1. trials asked but never told (their driver died) are closed as FAIL: their members go again;
+        2. members the tracking store holds as finished but Optuna does not (a lost or restored storage)
+           are added as COMPLETE trials from those records, so they are never trained twice;
+        3. every member not done and not queued is enqueued (grids: all points; samplers: known settings)."""
+        for t in self._trials(TrialState.RUNNING):
+            self.study.tell(t.number, state=TrialState.FAIL)
+        done = self.done_ids()
+        for f in finished:
+            m = f.member
+            if (m.lr, m.weight_decay, m.seed) in done:
+                continue
+            value = 1.0 if f.diverged or not math.isfinite(f.value) else float(f.value)
+            self.study.add_trial(optuna.trial.create_trial(
+                params={"lr": m.lr, "weight_decay": m.weight_decay}, distributions=self.distributions, value=value,
+                user_attrs={"seed": m.seed, "diverged": f.diverged, "mlflow_run_id": f.run_id,
+                            "rebuilt_from": "tracking store"}))
+            done.add((m.lr, m.weight_decay, m.seed))
+        queued = {self._id(t) for t in self._trials(TrialState.WAITING)}
+        if self.spec.search.sampler == "grid":
+            settings = [(lr, wd) for lr in grid_axis(self.arm.lr, self.spec.search.points)
+                        for wd in grid_axis(self.arm.weight_decay, self.spec.search.points)]
+        else:
+            settings = list(dict.fromkeys((i[0], i[1]) for t in self._trials() if (i := self._id(t))))
+        for lr, wd in settings:
+            for seed in self.seeds:
+                if (lr, wd, seed) not in done and (lr, wd, seed) not in queued:
+                    self.study.enqueue_trial({"lr": lr, "weight_decay": wd}, user_attrs={"seed": seed})
+
+    def _settings_sampled(self) -> int:
+        return len({(i[0], i[1]) for t in self._trials() if (i := self._id(t))})
+
+    def _can_sample(self) -> bool:
+        return self.spec.search.sampler != "grid" and self._settings_sampled() < self.arm_settings()
+
+    def arm_settings(self) -> int:
+        return arm_settings(self.arm, self.spec.search)
+
+    def has_work(self) -> bool:
+        return bool(self._trials(TrialState.WAITING)) or self._can_sample()
+
+    # ------------------------------------------------------------------ ask / tell
+
+    def _suggest(self, trial: optuna.Trial) -> MemberSpec:
         lr = trial.suggest_float("lr", self.arm.lr.low, self.arm.lr.high, log=True)
         wd = trial.suggest_float("weight_decay", self.arm.weight_decay.low, self.arm.weight_decay.high, log=True)
-        seed = trial.suggest_categorical("seed", list(self.spec.search.seeds))
-        return arm_member(self.arm, lr, wd, seed)
+        if "seed" not in trial.user_attrs:  # a new sample: its first seed here, the others enqueued
+            trial.set_user_attr("seed", self.seeds[0])
+            for seed in self.seeds[1:]:
+                self.study.enqueue_trial({"lr": lr, "weight_decay": wd}, user_attrs={"seed": seed})
+        return arm_member(self.arm, lr, wd, trial.user_attrs["seed"])
 
     def ask(self, n: int) -> list[tuple[int, MemberSpec]]:
-        """Up to n new members. Model-based samplers see the earlier asks as running (constant liar);
-        every sampled setting is repeated for each seed as enqueued trials."""
+        """Up to n members: queued ones first (their seeds stay together), then new samples. Model-based
+        samplers see the earlier asks as running (constant liar)."""
         out = []
-        n = min(n, self.remaining())
-        while len(out) < n:
+        while len(out) < n and self.has_work():
             trial = self.study.ask()
             member = self._suggest(trial)
+            self._live[trial.number] = trial
             out.append((trial.number, member))
-            if self.spec.search.sampler != "grid":
-                for seed in self.spec.search.seeds:
-                    if seed != member.seed and self.remaining() > 0:  # whole seed groups, past n if need be
-                        self.study.enqueue_trial({"lr": member.lr, "weight_decay": member.weight_decay, "seed": seed})
-                        t2 = self.study.ask()
-                        out.append((t2.number, self._suggest(t2)))
         return out
 
-    def tell(self, number: int, error: float | None, diverged: bool = False) -> None:
-        """Final test error of a member; None marks it failed. A diverged member is told error 1.0 (the worst)."""
-        state = self.study._storage.get_trial(self.study._storage.get_trial_id_from_study_id_trial_number(
-            self.study._study_id, number)).state
-        if state.is_finished():
-            return  # told already (a retry or a resumed driver): never twice
+    def tell(self, number: int, error: float | None, diverged: bool = False, attrs: dict | None = None,
+             reason: str = "") -> None:
+        """The member's final metric; None marks the attempt failed (with its reason). A diverged member is
+        told 1.0, the worst error. Each trial is told once."""
+        trial = self._live.pop(number, None)
+        if trial is None:
+            return  # not asked by this driver: nothing to tell
+        for k, v in (attrs or {}).items():
+            trial.set_user_attr(k, v)
         if error is None:
-            self.study.tell(number, state=optuna.trial.TrialState.FAIL)
+            trial.set_user_attr("fail_reason", reason[:500])
+            self.study.tell(trial, state=TrialState.FAIL)
             return
-        trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
-        self.study._storage.set_trial_user_attr(trial_id, "diverged", bool(diverged))
-        value = 1.0 if diverged or not math.isfinite(error) else float(error)
-        self.study.tell(number, value)
+        trial.set_user_attr("diverged", bool(diverged))
+        self.study.tell(trial, 1.0 if diverged or not math.isfinite(error) else float(error))
+
+
+class Lease:
+    """One driver per study, across machines: the lease is an Optuna study named `NAME.driver` in the study's
+    own storage (creating a study is atomic: its name is unique), whose user attributes name the holder
+    and carry a heartbeat. Another driver is refused while the heartbeat is fresh (or the holder's process
+    is alive on this host) and takes over a stale lease."""
+
+    STALE_S = 60.0   # no heartbeat for this long: the holder is gone
+    BEAT_S = 10.0
+
+    def __init__(self, storage, study: str):
+        self.storage, self.name = storage, f"{study}.driver"
+        self.holder = f"pid {os.getpid()} on {socket.gethostname()}"
+        self._stop = threading.Event()
+        for attempt in range(2):
+            try:
+                self.study = optuna.create_study(study_name=self.name, storage=storage)
+                break
+            except optuna.exceptions.DuplicatedStudyError:
+                held = optuna.load_study(study_name=self.name, storage=storage)
+                if attempt == 1 or self._alive(held.user_attrs):
+                    a = held.user_attrs
+                    age = time.time() - float(a.get("heartbeat", 0.0))
+                    raise StoreError(f"invalid name: study {study!r} is being run by another driver "
+                                     f"({a.get('holder', 'unknown')}, heartbeat {age:.0f} s ago); wait for it, or stop it "
+                                     f"(a lease is taken over {self.STALE_S:.0f} s after its driver stops)") from None
+                optuna.delete_study(study_name=self.name, storage=storage)  # stale: take it over
+        self.study.set_user_attr("holder", self.holder)
+        self.study.set_user_attr("host", socket.gethostname())
+        self.study.set_user_attr("pid", os.getpid())
+        self.study.set_user_attr("heartbeat", time.time())
+        threading.Thread(target=self._beat, name="study-lease", daemon=True).start()
+
+    def _alive(self, attrs: dict) -> bool:
+        if attrs.get("host") == socket.gethostname() and "pid" in attrs:
+            try:
+                os.kill(int(attrs["pid"]), 0)
+            except ProcessLookupError:
+                return False  # its process is gone: no need to wait for the heartbeat to age
+            except PermissionError:
+                return True
+            return True
+        return time.time() - float(attrs.get("heartbeat", 0.0)) < self.STALE_S
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.BEAT_S):
+            try:
+                self.study.set_user_attr("heartbeat", time.time())
+            except Exception as e:  # the storage is gone or unreachable: say so, the driver's own calls will stop it
+                print(f"[study] cannot renew the driver lease ({type(e).__name__})", file=sys.stderr, flush=True)
+
+    def release(self) -> None:
+        self._stop.set()
+        try:
+            optuna.delete_study(study_name=self.name, storage=self.storage)
+        except Exception:  # already gone (a takeover after a stall): nothing to release
+            pass
+
+
+class StudySearch:
+    """The study's search: the arms' Optuna studies, asked round-robin for arrays of one arm each."""
+
+    def __init__(self, spec: StudySpec, storage_url: str, finished: Iterable[Finished] = ()):
+        self.spec = spec
+        storage = open_storage(storage_url)
+        self.lease = Lease(storage, spec.name)  # before anything is written: a second driver is refused here
+        by_arm: dict[str, list[Finished]] = {}
+        for f in finished:
+            by_arm.setdefault(f.member.arm, []).append(f)
+        try:
+            self.arms = [ArmSearch(spec, arm, storage, by_arm.get(arm.name, ())) for arm in spec.arms]
+        except (optuna.exceptions.StorageInternalError, OSError) as e:
+            raise StoreError(f"invalid --storage: the Optuna storage {storage_url} cannot be used "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        self._next = 0
+
+    @property
+    def total(self) -> int:
+        return sum(a.total for a in self.arms)
+
+    def done(self) -> int:
+        return sum(a.done() for a in self.arms)
+
+    def next_array(self, size: int) -> tuple[ArmSearch, list[tuple[int, MemberSpec]]] | None:
+        """Up to `size` members of one arm, arms in turn; None when nothing is left to ask."""
+        for i in range(len(self.arms)):
+            arm = self.arms[(self._next + i) % len(self.arms)]
+            batch = arm.ask(size)
+            if batch:
+                self._next = (self._next + i + 1) % len(self.arms)
+                return arm, batch
+        return None

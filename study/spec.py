@@ -1,7 +1,8 @@
 """Study specs: frozen dataclasses loaded from YAML with yaml.safe_load and a strict loader.
 
-Owns the spec's shape, its validation (one-line errors naming the field and the value) and the
-expansion of arms × search × seeds into members. Imports no Ray, Optuna or MLflow.
+Owns the spec's shape, its validation (one-line errors naming the field and the value), the
+expansion of arms × search × seeds into members, and every quantity derived from a spec (steps per
+epoch, decay timescale, grid size, planned members). Imports no torch, Ray, Optuna or MLflow.
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from pathlib import Path
 
 import yaml
 
-from .optim import DECAY_MODES, OPTIMIZERS
+from .datasets import DATASETS
+from .registry import DECAY_MODES, MODEL_NAMES, OPTIMIZER_SETTINGS, OPTIMIZERS, arm_name, known_model, model_depth
 
 SCHEDULES = ("cosine", "constant", "step")
 SAMPLERS = ("grid", "random", "qmc", "tpe", "gp")
 LANDSCAPE_METRICS = ("test_error", "test_loss", "train_loss")
 MAX_GRID_POINTS = 10_000  # per arm and seed: a grid larger than this is almost surely a typo
+MAX_SPEC_BYTES = 256 * 1024  # a spec is a page of YAML; anything near this size is not one
+# per-epoch metrics of every member (SCIENCE.md), in the engine's rows and the MLflow records
+EPOCH_METRICS = ("train_loss", "test_loss", "test_error", "weight_norm", "effective_lr", "angular_update",
+                 "lr", "epoch_time", "wall_time", "diverged")
 
 
 class SpecError(ValueError):
@@ -30,8 +36,9 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class DataSpec:
-    dataset: str = "digits"         # digits | cifar10 | cifar100 | parquet | synthetic
-    path: str | None = None         # parquet: folder with train/test.parquet; cifar: download root
+    dataset: str = "digits"         # digits | cifar10 | cifar100 | parquet | synthetic | imagefolder
+    path: str | None = None         # parquet: folder with train/test.parquet; cifar: download root;
+                                    # imagefolder: folder with train/<class>/*.png and test/<class>/*.png
     train_subset: int | None = None  # keep the first n training images of a fixed shuffle
     test_subset: int | None = None   # keep the first n test images of a fixed shuffle
     crop_padding: int | None = None  # pixels; default 4 for 32×32 images, 0 for digits
@@ -69,18 +76,19 @@ class Range:
 
 @dataclass(frozen=True)
 class ArmSpec:
-    optimizer: str                  # sgd | adam | adagrad
+    optimizer: str                  # sgd | adam | adagrad | lion
     decay: str                      # coupled | decoupled | independent
     lr: Range
     weight_decay: Range
-    momentum: float = 0.9           # sgd
-    nesterov: bool = False          # sgd
-    betas: tuple[float, float] = (0.9, 0.999)  # adam
-    eps: float | None = None        # adam 1e-8, adagrad 1e-10 when unset
+    # the optimizer's own settings (study/registry.py); unset = that optimizer's default
+    momentum: float | None = None   # sgd: 0.9
+    nesterov: bool | None = None    # sgd: false
+    betas: tuple[float, float] | None = None  # adam: (0.9, 0.999); lion: (0.9, 0.99)
+    eps: float | None = None        # adam 1e-8, adagrad 1e-10
 
     @property
     def name(self) -> str:
-        return f"{self.optimizer}-{self.decay}"
+        return arm_name(self.optimizer, self.decay)
 
 
 @dataclass(frozen=True)
@@ -88,7 +96,7 @@ class SearchSpec:
     sampler: str = "grid"           # grid | random | qmc | tpe | gp
     points: int = 8                 # grid points per axis (log spaced)
     trials: int | None = None       # settings per arm for non-grid samplers
-    seeds: tuple[int, ...] = (0,)   # repeats of every setting
+    seeds: tuple[int, ...] = (0,)   # repeats of every setting (an Optuna user attribute, not a searched parameter)
     metric: str = "test_error"      # final metric Optuna minimizes and `study export` maps by default
 
 
@@ -113,30 +121,33 @@ class MemberSpec:
     lr: float
     weight_decay: float
     seed: int = 0
-    momentum: float = 0.9
-    nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float | None = None   # the optimizer's own settings, as in ArmSpec
+    nesterov: bool | None = None
+    betas: tuple[float, float] | None = None
     eps: float | None = None
 
     @property
     def arm(self) -> str:
-        return f"{self.optimizer}-{self.decay}"
+        return arm_name(self.optimizer, self.decay)
 
     def array_key(self) -> tuple:
         """Members with equal keys may share an array: same optimizer, decay and optimizer settings.
         Seeds may differ: a member's seed fixes its initial weights; the array's batches follow train.seed."""
-        return (self.optimizer, self.decay, self.momentum, self.nesterov, self.betas, self.eps)
+        return (self.optimizer, self.decay, *sorted(self.optimizer_kwargs().items()))
 
     def key(self, study: str) -> str:
         """The member's stable identity: resume and retries use it so a member is recorded once."""
         return f"{study}|{self.arm}|lr={self.lr!r}|weight_decay={self.weight_decay!r}|seed={self.seed}"
 
     def optimizer_kwargs(self) -> dict:
-        if self.optimizer == "sgd":
-            return {"momentum": self.momentum, "nesterov": self.nesterov}
-        if self.optimizer == "adam":
-            return {"betas": self.betas, "eps": 1e-8 if self.eps is None else self.eps}
-        return {"eps": 1e-10 if self.eps is None else self.eps}
+        """The optimizer's own settings, defaults filled in (study/registry.py)."""
+        return OPTIMIZERS[self.optimizer].resolve({k: getattr(self, k) for k in OPTIMIZER_SETTINGS})
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "MemberSpec":
+        """The inverse of dataclasses.asdict (JSON turns the betas tuple into a list)."""
+        betas = raw.get("betas")
+        return cls(**{**raw, "betas": None if betas is None else tuple(betas)})
 
 
 @dataclass(frozen=True)
@@ -157,6 +168,7 @@ class StudySpec:
         return self.tracking.experiment or self.name
 
     def to_dict(self) -> dict:
+        """Plain data (JSON-safe) that spec_from_dict turns back into an equal spec: what a study records."""
         return dataclasses.asdict(self)
 
 
@@ -164,6 +176,12 @@ class StudySpec:
 
 def _fail(file, where: str, msg: str):
     raise SpecError(f"{file}: invalid {where}: {msg}" if file else f"invalid {where}: {msg}")
+
+
+def excerpt(value, limit: int = 60) -> str:
+    """repr(value) cut to a short excerpt: an error line quotes what it refuses, never a whole document."""
+    r = repr(value)
+    return r if len(r) <= limit else f"{r[:limit - 12]}… ({len(r)} chars)"
 
 
 def _coerce(value, tp, file, where):
@@ -178,47 +196,48 @@ def _coerce(value, tp, file, where):
         return _build(tp, value, file, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            _fail(file, where, f"expected a list, but got {where.split('.')[-1]}={value!r}")
+            _fail(file, where, f"expected a list, but got {where.split('.')[-1]}={excerpt(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], file, f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            _fail(file, where, f"expected {len(args)} values, but got {where.split('.')[-1]}={value!r}")
+            _fail(file, where, f"expected {len(args)} values, but got {where.split('.')[-1]}={excerpt(value)}")
         return tuple(_coerce(v, a, file, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     key = where.split(".")[-1]
     if tp is bool:
         if not isinstance(value, bool):
-            _fail(file, where, f"expected true or false, but got {key}={value!r}")
+            _fail(file, where, f"expected true or false, but got {key}={excerpt(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            _fail(file, where, f"expected an integer, but got {key}={value!r}")
+            _fail(file, where, f"expected an integer, but got {key}={excerpt(value)}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; accept what float() accepts
             try:
                 value = float(value)
             except ValueError:
-                _fail(file, where, f"expected a number, but got {key}={value!r}")
+                _fail(file, where, f"expected a number, but got {key}={excerpt(value)}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(file, where, f"expected a number, but got {key}={value!r}")
+            _fail(file, where, f"expected a number, but got {key}={excerpt(value)}")
         if not math.isfinite(value):
-            _fail(file, where, f"must be finite, but got {key}={value!r}")
+            _fail(file, where, f"must be finite, but got {key}={excerpt(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            _fail(file, where, f"expected a string, but got {key}={value!r}")
+            _fail(file, where, f"expected a string, but got {key}={excerpt(value)}")
         return value
     raise TypeError(f"unsupported annotation {tp}")  # a bug in this module, not in the spec
 
 
 def _build(cls, raw, file, where):
     if not isinstance(raw, dict):
-        _fail(file, where, f"expected a mapping of {cls.__name__} fields, but got {raw!r}")
+        _fail(file, where, f"expected a mapping of {cls.__name__} fields, but got {excerpt(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in fields:
             loc = f"{where}.{key}" if where else str(key)
+            loc = loc if len(loc) <= 60 else f"{loc[:48]}… ({len(loc)} chars)"
             raise SpecError(f"{file}: unknown key {loc!r}; allowed keys{' in ' + where if where else ''}: "
                             f"{', '.join(fields)}" if file else f"unknown key {loc!r}; allowed: {', '.join(fields)}")
     kwargs = {}
@@ -244,49 +263,45 @@ def _check(cond: bool, file, where: str, msg: str):
 def validate(spec: StudySpec, file=None) -> StudySpec:
     """Raise SpecError for the first invalid value; return the spec unchanged otherwise."""
     _check(bool(NAME_RE.match(spec.name)) and ".." not in spec.name, file, "name",
-           f"a study name uses letters, digits, '_', '.', '-' (no path separators), but got name={spec.name!r}")
+           f"a study name uses letters, digits, '_', '.', '-' (no path separators), but got name={excerpt(spec.name)}")
     d, m, t, s, x = spec.data, spec.model, spec.train, spec.search, spec.execution
-    from .data import DATASETS
-    from .models import MODEL_NAMES, model_depth
-    _check(d.dataset in DATASETS, file, "data.dataset", f"must be one of {', '.join(DATASETS)}, but got dataset={d.dataset!r}")
-    if d.dataset == "parquet":
-        _check(d.path is not None, file, "data.path", "dataset parquet needs a folder holding train.parquet and test.parquet, but got path=None")
-        for split in ("train", "test"):
-            f = Path(d.path).expanduser() / f"{split}.parquet"
-            _check(f.is_file(), file, "data.path", f"{f} does not exist (path={d.path!r})")
-    if d.dataset in ("cifar10", "cifar100") and d.path is not None:
-        _check(Path(d.path).is_dir(), file, "data.path", f"folder {d.path} does not exist (path={d.path!r})")
+    _check(d.dataset in DATASETS, file, "data.dataset", f"must be one of {', '.join(DATASETS)}, but got dataset={excerpt(d.dataset)}")
+    _check(not DATASETS.get(d.dataset) or not DATASETS[d.dataset].needs_path or d.path is not None, file, "data.path",
+           f"dataset {d.dataset} needs a folder, but got path=None")
     _check(d.train_subset is None or d.train_subset >= 1, file, "data.train_subset", f"must be >= 1, but got train_subset={d.train_subset}")
     _check(d.test_subset is None or d.test_subset >= 1, file, "data.test_subset", f"must be >= 1, but got test_subset={d.test_subset}")
     _check(d.crop_padding is None or 0 <= d.crop_padding <= 16, file, "data.crop_padding", f"must lie in [0, 16], but got crop_padding={d.crop_padding}")
     _check(d.synthetic_train >= 1 and d.synthetic_test >= 1, file, "data.synthetic_train", f"sizes must be >= 1, but got {d.synthetic_train}, {d.synthetic_test}")
-    _check(m.name == "preact_resnet18" or model_depth(m.name) is not None, file, "model.name",
-           f"must be one of {', '.join(MODEL_NAMES)} (any resnet of depth 6n+2), but got name={m.name!r}")
+    _check(known_model(m.name), file, "model.name",
+           f"must be one of {', '.join(MODEL_NAMES)} (any resnet of depth 6n+2), but got name={excerpt(m.name)}")
     _check(1 <= m.width <= 16, file, "model.width", f"must lie in [1, 16], but got width={m.width}")
     _check(t.epochs >= 1, file, "train.epochs", f"must be >= 1, but got epochs={t.epochs}")
     _check(t.batch_size >= 1, file, "train.batch_size", f"must be >= 1, but got batch_size={t.batch_size}")
     _check(t.eval_batch_size >= 1, file, "train.eval_batch_size", f"must be >= 1, but got eval_batch_size={t.eval_batch_size}")
-    _check(t.schedule in SCHEDULES, file, "train.schedule", f"must be one of {', '.join(SCHEDULES)}, but got schedule={t.schedule!r}")
+    _check(t.schedule in SCHEDULES, file, "train.schedule", f"must be one of {', '.join(SCHEDULES)}, but got schedule={excerpt(t.schedule)}")
     _check(0 <= t.warmup_epochs < t.epochs, file, "train.warmup_epochs", f"must lie in [0, epochs={t.epochs}), but got warmup_epochs={t.warmup_epochs}")
     _check(all(0 < q < 1 for q in t.milestones), file, "train.milestones", f"fractions of the run must lie in (0, 1), but got milestones={list(t.milestones)}")
     _check(0 < t.gamma <= 1, file, "train.gamma", f"must lie in (0, 1], but got gamma={t.gamma}")
-    _check(t.device in ("auto", "cpu", "cuda"), file, "train.device", f"must be auto, cpu or cuda, but got device={t.device!r}")
-    _check(s.sampler in SAMPLERS, file, "search.sampler", f"must be one of {', '.join(SAMPLERS)}, but got sampler={s.sampler!r}")
-    _check(s.metric in LANDSCAPE_METRICS, file, "search.metric", f"must be one of {', '.join(LANDSCAPE_METRICS)}, but got metric={s.metric!r}")
+    _check(t.device in ("auto", "cpu", "cuda"), file, "train.device", f"must be auto, cpu or cuda, but got device={excerpt(t.device)}")
+    _check(s.sampler in SAMPLERS, file, "search.sampler", f"must be one of {', '.join(SAMPLERS)}, but got sampler={excerpt(s.sampler)}")
+    _check(s.metric in LANDSCAPE_METRICS, file, "search.metric", f"must be one of {', '.join(LANDSCAPE_METRICS)}, but got metric={excerpt(s.metric)}")
     _check(s.points >= 1, file, "search.points", f"must be >= 1, but got points={s.points}")
     _check(s.trials is None or s.trials >= 1, file, "search.trials", f"must be >= 1, but got trials={s.trials}")
-    _check(len(s.seeds) >= 1 and len(set(s.seeds)) == len(s.seeds), file, "search.seeds", f"need at least one seed and no repeats, but got seeds={list(s.seeds)}")
+    _check(len(s.seeds) >= 1 and len(set(s.seeds)) == len(s.seeds), file, "search.seeds", f"need at least one seed and no repeats, but got seeds={excerpt(list(s.seeds))}")
+    _check(all(0 <= seed < 2**32 for seed in s.seeds), file, "search.seeds", f"seeds must lie in [0, 2**32), but got seeds={excerpt(list(s.seeds))}")
+    _check(0 <= t.seed < 2**32, file, "train.seed", f"must lie in [0, 2**32), but got seed={t.seed}")
     _check(s.sampler == "grid" or not spec.arms or s.trials is not None, file, "search.trials", f"sampler {s.sampler} needs trials (settings per arm), but got trials=None")
     _check(x.members_per_trial >= 1, file, "execution.members_per_trial", f"must be >= 1, but got members_per_trial={x.members_per_trial}")
-    _check(x.cpus_per_trial > 0, file, "execution.cpus_per_trial", f"must be > 0, but got cpus_per_trial={x.cpus_per_trial}")
-    _check(0 <= x.gpus_per_trial <= 1, file, "execution.gpus_per_trial", f"a GPU fraction must lie in [0, 1], but got gpus_per_trial={x.gpus_per_trial}")
+    _check(x.cpus_per_trial >= 0.01, file, "execution.cpus_per_trial", f"must be >= 0.01 (Ray's smallest useful share), but got cpus_per_trial={x.cpus_per_trial}")
+    _check(x.gpus_per_trial == 0 or 0.01 <= x.gpus_per_trial <= 1, file, "execution.gpus_per_trial", f"a GPU fraction must be 0 or lie in [0.01, 1], but got gpus_per_trial={x.gpus_per_trial}")
+    _check(x.max_concurrent is None or x.max_concurrent >= 1, file, "execution.max_concurrent", f"must be >= 1 (or unset), but got max_concurrent={x.max_concurrent}")
     _check(x.max_failures >= 0, file, "execution.max_failures", f"must be >= 0, but got max_failures={x.max_failures}")
     _check(bool(spec.arms) or bool(spec.members), file, "arms", "a study needs arms (with a search) or an explicit members list, but got neither")
     seen = set()
     for i, a in enumerate(spec.arms):
         w = f"arms[{i}]"
-        _check(a.optimizer in OPTIMIZERS, file, f"{w}.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, but got optimizer={a.optimizer!r}")
-        _check(a.decay in DECAY_MODES, file, f"{w}.decay", f"must be one of {', '.join(DECAY_MODES)}, but got decay={a.decay!r}")
+        _check(a.optimizer in OPTIMIZERS, file, f"{w}.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, but got optimizer={excerpt(a.optimizer)}")
+        _check(a.decay in DECAY_MODES, file, f"{w}.decay", f"must be one of {', '.join(DECAY_MODES)}, but got decay={excerpt(a.decay)}")
         _check(a.name not in seen, file, f"{w}", f"arm {a.name} appears twice")
         seen.add(a.name)
         for axis in ("lr", "weight_decay"):
@@ -295,35 +310,118 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
             _check(r.high > 0, file, f"{w}.{axis}.high", f"`high > 0` must hold for a log scale, but got high={r.high}")
             _check(r.low <= r.high, file, f"{w}.{axis}", f"`low <= high` must hold, but got low={r.low}, high={r.high}")
             _check(r.points is None or r.points >= 1, file, f"{w}.{axis}.points", f"a grid needs >= 1 point, but got points={r.points}")
+            n_axis = r.points or s.points
+            _check(r.low < r.high or n_axis == 1 or s.sampler != "grid", file, f"{w}.{axis}",
+                   f"low == high gives {n_axis} identical grid points (every member {n_axis} times); "
+                   f"use points: 1, but got low={r.low}, high={r.high}, points={n_axis}")
         n = grid_size(a, s)
         _check(s.sampler != "grid" or n <= MAX_GRID_POINTS, file, f"{w}", f"a grid of {n} points per seed exceeds {MAX_GRID_POINTS}")
-        _check(a.momentum >= 0, file, f"{w}.momentum", f"must be >= 0, but got momentum={a.momentum}")
-        _check(all(0 <= b < 1 for b in a.betas), file, f"{w}.betas", f"must lie in [0, 1), but got betas={list(a.betas)}")
+        _check_options(a, file, w)
     for i, mem in enumerate(spec.members):
         w = f"members[{i}]"
-        _check(mem.optimizer in OPTIMIZERS, file, f"{w}.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, but got optimizer={mem.optimizer!r}")
-        _check(mem.decay in DECAY_MODES, file, f"{w}.decay", f"must be one of {', '.join(DECAY_MODES)}, but got decay={mem.decay!r}")
+        _check(mem.optimizer in OPTIMIZERS, file, f"{w}.optimizer", f"must be one of {', '.join(OPTIMIZERS)}, but got optimizer={excerpt(mem.optimizer)}")
+        _check(mem.decay in DECAY_MODES, file, f"{w}.decay", f"must be one of {', '.join(DECAY_MODES)}, but got decay={excerpt(mem.decay)}")
         _check(mem.lr > 0, file, f"{w}.lr", f"must be > 0, but got lr={mem.lr}")
         _check(mem.weight_decay >= 0, file, f"{w}.weight_decay", f"must be >= 0, but got weight_decay={mem.weight_decay}")
+        _check(0 <= mem.seed < 2**32, file, f"{w}.seed", f"must lie in [0, 2**32), but got seed={mem.seed}")
+        _check_options(mem, file, w)
+    keys = [m.key(spec.name) for m in spec.members]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    _check(dup is None, file, "members", f"every member must be distinct, but {excerpt(dup, 100)} appears twice")
     return spec
 
 
+def _check_options(a, file, w: str) -> None:
+    """An arm (or member) may set only its own optimizer's settings, each within its range."""
+    if a.optimizer not in OPTIMIZERS:
+        return
+    own = OPTIMIZERS[a.optimizer].option_names()
+    for name in OPTIMIZER_SETTINGS:
+        _check(getattr(a, name) is None or name in own, file, f"{w}.{name}",
+               f"optimizer {a.optimizer} takes no {name} (its settings: {', '.join(own) or 'none'}), "
+               f"but got {name}={excerpt(getattr(a, name))}")
+    if a.momentum is not None:
+        _check(0 <= a.momentum < 1, file, f"{w}.momentum", f"must lie in [0, 1), but got momentum={a.momentum}")
+    if a.nesterov:
+        _check(a.momentum is None or a.momentum > 0, file, f"{w}.nesterov",
+               f"Nesterov momentum needs momentum > 0, but got momentum={a.momentum}")
+    if a.betas is not None:
+        _check(all(0 <= b < 1 for b in a.betas), file, f"{w}.betas", f"must lie in [0, 1), but got betas={list(a.betas)}")
+    if a.eps is not None:
+        _check(a.eps > 0, file, f"{w}.eps", f"must be > 0, but got eps={a.eps}")
+
+
 def grid_size(arm: ArmSpec, search: SearchSpec) -> int:
+    """Grid points per seed of one arm."""
     return (arm.lr.points or search.points) * (arm.weight_decay.points or search.points)
 
 
-def load_spec(path, data_path: str | None = None) -> StudySpec:
-    """Read, strictly parse and validate a spec file. A relative data.path is relative to the spec's folder
-    (Ray runs trials in other working directories); `data_path` (the --data-path flag) replaces it."""
-    p = Path(path)
+def arm_settings(arm: ArmSpec, search: SearchSpec) -> int:
+    """Settings (lr, weight_decay) an arm trains per seed: its grid, or the sampler's trials."""
+    return grid_size(arm, search) if search.sampler == "grid" else int(search.trials or 0)
+
+
+def planned_members(spec: StudySpec) -> int:
+    """Members a study trains: explicit members, plus settings × seeds of every arm."""
+    return len(spec.members) + sum(arm_settings(a, spec.search) for a in spec.arms) * len(spec.search.seeds)
+
+
+def steps_per_epoch(batch_size: int, train_size: int) -> int:
+    """Optimizer steps per epoch: full batches only (drop_last), so every step sees `batch_size` images."""
+    return max(1, train_size // min(batch_size, train_size))
+
+
+def total_steps(spec: StudySpec, train_size: int) -> int:
+    return spec.train.epochs * steps_per_epoch(spec.train.batch_size, train_size)
+
+
+def decay_timescale(decay: str, lr: float, weight_decay: float) -> float:
+    """τ in steps (SCIENCE.md): 1/(η·λ) for coupled and decoupled decay, 1/λ for independent decay."""
+    rate = weight_decay if decay == "independent" else lr * weight_decay
+    return 1.0 / rate if rate > 0 else math.inf
+
+
+# --------------------------------------------------------------------------- reading files
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.safe_load without anchors and aliases: a spec needs none, and expanding them lets a file of
+    a few hundred bytes become gigabytes ("billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in a spec, at line {event.start_mark.line + 1}")
+        return super().compose_node(parent, index)
+
+
+def read_spec_file(p: Path) -> dict:
+    """The YAML mapping of a spec file; every way a file can be unreadable is one SpecError line."""
     if not p.is_file():
-        raise SpecError(f"invalid spec: file {path} does not exist")
+        raise SpecError(f"invalid spec: file {excerpt(str(p), 200)} does not exist")
+    size = p.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(f"{p.name}: invalid spec: {size} bytes is larger than a spec can be ({MAX_SPEC_BYTES} bytes)")
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{p.name}: invalid spec: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r})") from None
+    except OSError as e:
+        raise SpecError(f"invalid spec: cannot read {p} ({e.strerror})") from None
+    try:
+        raw = yaml.load(text, Loader=_NoAliasLoader)
     except yaml.YAMLError as e:
-        raise SpecError(f"{p.name}: invalid YAML: {str(e).splitlines()[0]}") from None
+        raise SpecError(f"{p.name}: invalid YAML: {excerpt(str(e).splitlines()[0], 200)[1:-1]}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{p.name}: invalid spec: expected a mapping at the top level, but got {type(raw).__name__}")
+    return raw
+
+
+def load_spec(path, data_path: str | None = None, overrides: dict | None = None) -> StudySpec:
+    """Read, strictly parse and validate a spec file. A relative data.path is relative to the spec's folder
+    (Ray runs trials in other working directories); `data_path` (the --data-path flag) replaces it.
+    The spec returned is resolved: what it says is what runs, and what a study records."""
+    p = Path(path)
+    raw = read_spec_file(p)
     raw.setdefault("name", p.stem)
     spec = _build(StudySpec, raw, p.name, "")
     new_path = data_path if data_path is not None else spec.data.path
@@ -335,29 +433,32 @@ def load_spec(path, data_path: str | None = None) -> StudySpec:
 
 
 def spec_from_dict(raw: dict) -> StudySpec:
+    """A spec from its recorded form (StudySpec.to_dict); validated like a file."""
     return validate(_build(StudySpec, raw, None, ""))
 
 
+SMOKE_MODEL_DEPTH = 20  # a smoke run keeps the model's family but at most ResNet-20 depth and width 1
+
+
 def shrink_for_smoke(spec: StudySpec) -> StudySpec:
-    """A few members and one epoch: the same code path, minutes to run on a CPU."""
+    """A few members, one epoch, a small model and a few hundred images: the same code path, a minute on a CPU."""
     d = spec.data
-    if d.dataset in ("cifar10", "cifar100", "parquet"):
+    if d.dataset not in ("digits", "synthetic"):
         d = dataclasses.replace(d, train_subset=min(d.train_subset or 10**9, 256),
                                 test_subset=min(d.test_subset or 10**9, 256))
+    model = spec.model
+    depth = model_depth(model.name)
+    if depth is not None and depth > SMOKE_MODEL_DEPTH:
+        model = dataclasses.replace(model, name=f"resnet{SMOKE_MODEL_DEPTH}")
+    model = dataclasses.replace(model, width=1)
     arms = tuple(dataclasses.replace(a, lr=dataclasses.replace(a.lr, points=2),
                                      weight_decay=dataclasses.replace(a.weight_decay, points=2)) for a in spec.arms)
     search = dataclasses.replace(spec.search, points=2, trials=min(spec.search.trials or 2, 2), seeds=spec.search.seeds[:1])
     train = dataclasses.replace(spec.train, epochs=1, warmup_epochs=0.0, batch_size=min(spec.train.batch_size, 64))
     execution = dataclasses.replace(spec.execution, members_per_trial=min(spec.execution.members_per_trial, 4),
-                                    cpus_per_trial=1.0,
-                                    gpus_per_trial=0.0 if not _cuda_available() else spec.execution.gpus_per_trial)
-    return dataclasses.replace(spec, name=f"{spec.name}-smoke", data=d, arms=arms, search=search, train=train,
-                               execution=execution, members=spec.members[:4])
-
-
-def _cuda_available() -> bool:
-    import torch
-    return torch.cuda.is_available()
+                                    cpus_per_trial=1.0)
+    return dataclasses.replace(spec, name=f"{spec.name}-smoke", data=d, model=model, arms=arms, search=search,
+                               train=train, execution=execution, members=spec.members[:4])
 
 
 def grid_axis(r: Range, default_points: int) -> list[float]:
@@ -388,8 +489,19 @@ def grid_members(spec: StudySpec) -> list[MemberSpec]:
     return out
 
 
-def total_steps(spec: StudySpec, train_size: int) -> int:
-    return spec.train.epochs * max(1, train_size // min(spec.train.batch_size, train_size))
+def final_metrics(history: list[dict]) -> dict:
+    """A member's final metrics from its per-epoch rows: the last epoch's; for a diverged member, its last
+    finite epoch's, flagged diverged, with the epoch it diverged at."""
+    if not history:
+        return {}
+    last = dict(history[-1])
+    if last["diverged"]:
+        finite = [r for r in history if not r["diverged"]]
+        last = dict(finite[-1]) if finite else {k: (math.nan if k not in ("epoch", "diverged") else v)
+                                                for k, v in history[0].items()}
+        last["diverged"] = 1.0
+        last["diverged_epoch"] = next(r["epoch"] for r in history if r["diverged"])
+    return last
 
 
 def timescale_warnings(spec: StudySpec, train_size: int) -> list[str]:
@@ -400,11 +512,9 @@ def timescale_warnings(spec: StudySpec, train_size: int) -> list[str]:
     for a in spec.arms:
         if a.decay == "coupled" and a.optimizer != "sgd":
             continue  # coupled decay passes through the adaptive normalization (÷√v̂): τ = 1/(lr·λ) does not apply
-        if a.decay == "independent":
-            taus = [1 / a.weight_decay.high, 1 / a.weight_decay.low]
-        else:
-            taus = [1 / (a.lr.high * a.weight_decay.high), 1 / (a.lr.low * a.weight_decay.low)]
-        lo, hi = min(taus), max(taus)
+        corners = [decay_timescale(a.decay, lr, wd) for lr in (a.lr.low, a.lr.high)
+                   for wd in (a.weight_decay.low, a.weight_decay.high)]
+        lo, hi = min(corners), max(corners)
         if lo > 10 * T:
             out.append(f"arm {a.name}: decay timescale τ spans {lo:.3g}..{hi:.3g} steps, always > 10× the run's "
                        f"{T} steps: decay does nothing and the landscape will be flat in weight_decay; raise weight_decay")

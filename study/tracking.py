@@ -1,27 +1,42 @@
 """MLflow adapter: one experiment per study, a parent run per study, a child run per member.
 
-Owns every MLflow call. Only the driver writes (one writer; batched calls), so SQLite is safe.
-A member's child run is found again by its stable key (tag `member_key`), and a metric step that
-is already recorded is never logged again: resume and Ray retries record each member once.
+Owns every MLflow call (nothing else in the package imports mlflow). Only the driver writes, through
+one RecordWriter thread with batched calls, so SQLite is safe. A member's child run is found again
+by its stable key (tag `member_key`), and a metric step that is already recorded is never logged
+again: resume and Ray retries record each member once. The parent run holds the resolved spec as
+data (`spec.json`), which is what `study resume` runs.
 """
 
 from __future__ import annotations
 
-import math
+import json
+import logging
+import os
+import queue
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import mlflow
+import requests
+import yaml
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException, RestException
+from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from . import __version__
-from .spec import MemberSpec, StudySpec
+from .spec import EPOCH_METRICS, MemberSpec, StudySpec, decay_timescale, spec_from_dict, steps_per_epoch
+from .stores import check_tracking_uri, create_sqlite_atomically, sqlite_path
 
-PER_EPOCH = ("train_loss", "test_loss", "test_error", "weight_norm", "effective_lr", "angular_update", "lr",
-             "epoch_time", "wall_time", "diverged")
+PER_EPOCH = EPOCH_METRICS
+for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # "Creating initial MLflow database tables…"
+    logging.getLogger(_name).setLevel(logging.WARNING)
+# per-epoch metrics reach MLflow in one batched call per member at most this many seconds late
+LOG_INTERVAL_S = float(os.environ.get("STUDY_LOG_INTERVAL_S", "10"))
+TEMPORARILY_UNAVAILABLE_CODE = ErrorCode.Name(TEMPORARILY_UNAVAILABLE)
 
 
 def git_commit() -> str:
@@ -33,16 +48,38 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _chain(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def transient(e: BaseException) -> bool:
+    """An error that waiting can cure, classified by type and code, never by message: a locked or busy
+    database (MLflow turns SQLAlchemy's OperationalError into TEMPORARILY_UNAVAILABLE), a server that does
+    not answer, drops the connection or answers 5xx. Anything else (a bad request, a missing run) is a bug
+    or bad input and is raised at once."""
+    for x in _chain(e):
+        if isinstance(x, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError,
+                          TimeoutError)):
+            return True
+        if isinstance(x, RestException) and x.get_http_status_code() >= 500:
+            return True
+        if isinstance(x, MlflowException) and x.error_code == TEMPORARILY_UNAVAILABLE_CODE:
+            return True
+    return False
+
+
 def _retry(what: str, fn, *args, attempts: int = 40, **kwargs):
-    """Call fn; while the tracking store is unreachable, wait (up to ~10 minutes) and say so."""
+    """Call fn; while the tracking store is unreachable or busy, wait (up to ~15 minutes) and say so."""
     delay = 1.0
     for i in range(attempts):
         try:
             return fn(*args, **kwargs)
-        except Exception as e:  # MlflowException, requests' ConnectionError, sqlite 'database is locked'
-            transient = any(w in str(e).lower() for w in ("connection", "refused", "timed out", "temporarily",
-                                                          "locked", "max retries", "unavailable", "502", "503"))
-            if not transient or i == attempts - 1:
+        except Exception as e:
+            if not transient(e) or i == attempts - 1:
                 raise
             print(f"[study] tracking store unreachable while {what} ({type(e).__name__}); "
                   f"retrying in {delay:.0f} s (attempt {i + 1}/{attempts})", file=sys.stderr, flush=True)
@@ -50,57 +87,84 @@ def _retry(what: str, fn, *args, attempts: int = 40, **kwargs):
             delay = min(delay * 2, 30.0)
 
 
+def ensure_store(uri: str, artifact_root: str | None = None) -> None:
+    """Check the tracking URI (scheme, path, server answering) and create a SQLite store whole, so a reader
+    that opens it from the first second never meets half a schema."""
+    check_tracking_uri(uri)
+
+    def build(tmp_uri: str) -> None:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        SqlAlchemyStore(tmp_uri, artifact_root or "/tmp/unused").engine.dispose()
+
+    create_sqlite_atomically(uri, build)
+
+
 def member_params(spec: StudySpec, member: MemberSpec, train_size: int) -> dict:
     """Everything needed to place a member on the landscape, including the decay timescale τ."""
-    steps_per_epoch = max(1, train_size // min(spec.train.batch_size, train_size))
-    rate = member.lr * member.weight_decay if member.decay != "independent" else member.weight_decay
-    tau = 1.0 / rate if rate > 0 else math.inf
+    spe = steps_per_epoch(spec.train.batch_size, train_size)
+    tau = decay_timescale(member.decay, member.lr, member.weight_decay)
     params = {"optimizer": member.optimizer, "decay": member.decay, "lr": member.lr,
               "weight_decay": member.weight_decay, "seed": member.seed, "model": spec.model.name,
               "width": spec.model.width, "data": spec.data.dataset, "train_size": train_size,
               "epochs": spec.train.epochs, "batch_size": spec.train.batch_size, "schedule": spec.train.schedule,
-              "warmup_epochs": spec.train.warmup_epochs, "steps_per_epoch": steps_per_epoch,
+              "warmup_epochs": spec.train.warmup_epochs, "steps_per_epoch": spe,
               "lr_x_weight_decay": member.lr * member.weight_decay,
-              "decay_timescale_steps": tau, "decay_timescale_epochs": tau / steps_per_epoch,
-              "total_steps": steps_per_epoch * spec.train.epochs}
-    params.update({k: v for k, v in member.optimizer_kwargs().items()})
+              "decay_timescale_steps": tau, "decay_timescale_epochs": tau / spe,
+              "total_steps": spe * spec.train.epochs}
+    params.update(member.optimizer_kwargs())
     return params
 
 
 class Tracker:
-    """The study's MLflow records. `resume=True` finds the parent run again instead of refusing."""
+    """The study's MLflow records. Constructing one only looks (and refuses a name that already has records
+    unless `resume`); `start()` writes: the experiment, the parent run with the resolved spec."""
 
-    def __init__(self, uri: str, spec: StudySpec, spec_text: str, resume: bool = False,
-                 artifact_location: str | None = None):
-        self.uri, self.spec = uri, spec
+    def __init__(self, uri: str, spec: StudySpec, resume: bool = False):
+        self.uri, self.spec, self.resume = uri, spec, resume
         self.client = MlflowClient(uri)
         exp = _retry("finding the experiment", self.client.get_experiment_by_name, spec.experiment)
-        self.experiment_id = exp.experiment_id if exp else _retry(
-            "creating the experiment", self.client.create_experiment, spec.experiment,
-            artifact_location=artifact_location,
-            tags={"study": spec.name, "mlflow.experimentKind": "custom_model_development"})  # UI: training runs view
-        parents = self._search(f"tags.study = '{spec.name}' and tags.role = 'parent'")
+        self.experiment_id = exp.experiment_id if exp else None
+        parents = self._search(f"tags.study = '{spec.name}' and tags.role = 'parent'") if exp else []
         if parents and not resume:
             raise FileExistsError(f"invalid name: study {spec.name!r} already has records in {uri}; "
                                   f"finish it with `study resume {spec.name}` or choose another name")
-        if parents:
-            self.parent_id = parents[0].info.run_id
-            _retry("reopening the parent run", self.client.update_run, self.parent_id, "RUNNING")
-        else:
-            run = _retry("creating the parent run", self.client.create_run, self.experiment_id,
-                         run_name=spec.name, tags={"study": spec.name, "role": "parent", "git_commit": git_commit(),
-                                                   "package_version": __version__,
-                                                   "mlflow.source.name": "study run"})
-            self.parent_id = run.info.run_id
-            _retry("logging the spec", self.client.log_text, self.parent_id, spec_text, "spec.yaml")
-            _retry("logging study params", self.client.log_batch, self.parent_id, params=[
-                Param("study", spec.name), Param("sampler", spec.search.sampler), Param("model", spec.model.name),
-                Param("data", spec.data.dataset), Param("epochs", str(spec.train.epochs)),
-                Param("arms", ",".join(a.name for a in spec.arms) or "members"),
-                Param("seeds", ",".join(map(str, spec.search.seeds))), Param("metric", spec.search.metric)])
+        if resume and not parents:
+            raise LookupError(f"invalid name: no study {spec.name!r} is recorded in {uri}")
+        self.parent_id = parents[0].info.run_id if parents else None
         self.logged_steps: dict[str, int] = {}  # run id -> last epoch recorded
 
+    def start(self, artifact_location: str | None = None) -> None:
+        spec = self.spec
+        if self.experiment_id is None:
+            self.experiment_id = _retry(
+                "creating the experiment", self.client.create_experiment, spec.experiment,
+                artifact_location=artifact_location,
+                tags={"study": spec.name, "mlflow.note.content": spec.description or f"study {spec.name}"})
+        if self.parent_id is not None:
+            _retry("reopening the parent run", self.client.update_run, self.parent_id, "RUNNING")
+            return
+        commit = git_commit()
+        run = _retry("creating the parent run", self.client.create_run, self.experiment_id,
+                     run_name=spec.name, tags={"study": spec.name, "role": "parent", "git_commit": commit,
+                                               "mlflow.source.git.commit": commit, "package_version": __version__,
+                                               "mlflow.source.name": "study run",
+                                               "mlflow.note.content": spec.description or f"study {spec.name}"})
+        self.parent_id = run.info.run_id
+        resolved = spec.to_dict()  # after --data-path and --smoke: exactly what runs, and what resume runs
+        _retry("logging the spec", self.client.log_text, self.parent_id, json.dumps(resolved, indent=1), "spec.json")
+        _retry("logging the spec", self.client.log_text, self.parent_id,
+               "# the resolved spec of this study (spec.json holds the same; `study resume` reads it)\n"
+               + yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False, allow_unicode=True), "spec.yaml")
+        _retry("logging study params", self.client.log_batch, self.parent_id, params=[
+            Param("study", spec.name), Param("sampler", spec.search.sampler), Param("model", spec.model.name),
+            Param("data", spec.data.dataset), Param("epochs", str(spec.train.epochs)),
+            Param("arms", ",".join(a.name for a in spec.arms) or "members"),
+            Param("seeds", ",".join(map(str, spec.search.seeds))), Param("metric", spec.search.metric)])
+
     def _search(self, filter_string: str):
+        if self.experiment_id is None:
+            return []
         runs, token = [], None
         while True:
             page = _retry("searching runs", self.client.search_runs, [self.experiment_id], filter_string,
@@ -129,7 +193,8 @@ class Tracker:
         name = f"{member.arm} lr={member.lr:.3g} wd={member.weight_decay:.3g} seed={member.seed}"
         run = _retry("creating a member run", self.client.create_run, self.experiment_id, run_name=name,
                      tags={"mlflow.parentRunId": self.parent_id, "study": self.spec.name, "role": "member",
-                           "member_key": key, "arm": member.arm, "optuna_trial": str(arm_trial)})
+                           "member_key": key, "arm": member.arm, "seed": str(member.seed),
+                           "optuna_trial": f"{self.spec.name}.{member.arm}#{arm_trial}"})
         params = member_params(self.spec, member, train_size)
         _retry("logging member params", self.client.log_batch, run.info.run_id,
                params=[Param(k, str(v)) for k, v in params.items()])
@@ -152,6 +217,27 @@ class Tracker:
                    tags=tag_list if i == 0 else [])
         self.logged_steps[run_id] = int(rows[-1]["epoch"])
         return len(rows)
+
+    def metric_history(self, run_id: str) -> list[dict]:
+        """Per-epoch rows of a member, read back from MLflow (the records are the source of truth)."""
+        by_step: dict[int, dict] = {}
+        for key in PER_EPOCH:
+            for m in _retry("reading metric history", self.client.get_metric_history, run_id, key):
+                by_step.setdefault(m.step, {"epoch": m.step})[key] = m.value
+        return [by_step[s] for s in sorted(by_step)]
+
+    def finished_members(self) -> list:
+        """Members whose runs are FINISHED with their final metric: what a lost Optuna storage is rebuilt from."""
+        from .search import Finished  # the type the search takes; search.py imports no MLflow
+
+        out, metric = [], f"final_{self.spec.search.metric}"
+        for r in self._search(f"tags.study = '{self.spec.name}' and tags.role = 'member'"):
+            if r.info.status != "FINISHED" or metric not in r.data.metrics:
+                continue
+            p = r.data.params
+            member = MemberSpec.from_dict({k: _param_value(p[k]) for k in ("optimizer", "decay", "lr", "weight_decay", "seed")})
+            out.append(Finished(member, r.data.metrics[metric], r.data.tags.get("diverged") == "true", r.info.run_id))
+        return out
 
     def log_epoch(self, run_id: str, row: dict, tags: dict | None = None) -> bool:
         """Log one epoch's metrics with step = epoch, unless that epoch is already recorded."""
@@ -176,10 +262,132 @@ class Tracker:
         _retry("closing the parent run", self.client.set_terminated, self.parent_id, status)
 
 
+def _param_value(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+class RecordWriter:
+    """The driver's one MLflow writer: a thread that runs the queued calls in order, so Ray Tune's event loop
+    (and the trials waiting on it) never waits for the store. Epoch rows are gathered per member and written
+    as one batched call per member every LOG_INTERVAL_S seconds and on flush()."""
+
+    def __init__(self, tracker: Tracker, train_size: int):
+        self.tracker, self.train_size = tracker, train_size
+        self.existing = tracker.member_runs()
+        self.run_ids: dict[str, str] = {}                  # member key -> MLflow run id
+        self.reported: dict[str, dict[int, dict]] = {}     # member key -> epoch -> row reported to this driver
+        self.epochs_written = 0                            # member-epochs newly recorded by this driver
+        self._queue: queue.Queue = queue.Queue()
+        self._errors: list[BaseException] = []
+        self._rows: dict[str, tuple[list[dict], dict]] = {}  # touched by the writer thread only
+        self._rows_written = 0.0
+        threading.Thread(target=self._loop, name="mlflow-writer", daemon=True).start()
+
+    # ------------------------------------------------------------------ called by the driver (any thread)
+
+    def open_member(self, key: str, member: MemberSpec, trial_number: int) -> None:
+        self._queue.put((self._open, (key, member, trial_number)))
+
+    def log_epoch(self, key: str, row: dict, tags: dict) -> None:
+        self.reported.setdefault(key, {})[int(row["epoch"])] = row  # a retry may report an epoch again
+        self._queue.put((self._gather, (key, row, tags)))
+
+    def finish_member(self, key: str, final: dict | None) -> None:
+        self._queue.put((lambda k, f: self.tracker.finish_member(self.run_ids[k], f), (key, final)))
+
+    def flush(self) -> None:
+        """Wait until everything queued so far is recorded; a failed write stops the study here."""
+        self._queue.put((self._write_rows, (True,)))
+        self._queue.join()
+        if self._errors:
+            raise RuntimeError(f"recording to MLflow failed: {self._errors[0]!r}") from self._errors[0]
+
+    def history(self, key: str, epochs: int) -> list[dict]:
+        """The member's epochs: as reported to this driver, completed from MLflow for epochs an earlier
+        driver recorded (resume). Call after flush()."""
+        seen = self.reported.pop(key, {})
+        if len(seen) < epochs:
+            for row in self.tracker.metric_history(self.run_ids[key]):
+                seen.setdefault(int(row["epoch"]), row)
+        return [seen[e] for e in sorted(seen)]
+
+    # ------------------------------------------------------------------ the writer thread
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                fn, args = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                self._guarded(self._write_rows, False)
+                continue
+            try:
+                self._guarded(fn, *args)
+                self._guarded(self._write_rows, False)
+            finally:
+                self._queue.task_done()
+
+    def _guarded(self, fn, *args) -> None:
+        try:
+            fn(*args)
+        except BaseException as e:  # surfaced by flush(): a lost record must stop the study
+            self._errors.append(e)
+
+    def _open(self, key: str, member: MemberSpec, number: int) -> None:
+        self.run_ids[key] = self.tracker.open_member(member, number, self.train_size, self.existing.get(key))
+
+    def _gather(self, key: str, row: dict, tags: dict) -> None:
+        self._rows.setdefault(key, ([], {}))[0].append(row)
+        self._rows[key][1].update(tags)
+
+    def _write_rows(self, force: bool) -> None:
+        if not self._rows or (not force and time.time() - self._rows_written < LOG_INTERVAL_S):
+            return
+        rows, self._rows = self._rows, {}
+        self._rows_written = time.time()
+        for key, (member_rows, tags) in rows.items():
+            self.epochs_written += self.tracker.log_epochs(self.run_ids[key], member_rows, tags)
+
+
+def _reader(uri: str) -> MlflowClient:
+    """A client for reading records; a SQLite store that does not exist is not created by looking."""
+    path = sqlite_path(uri)
+    if path is not None and not path.is_file():
+        raise LookupError(f"invalid name: no studies are recorded in {uri} (the file does not exist)")
+    return MlflowClient(uri)
+
+
+def find_parent(uri: str, name: str):
+    """The parent run of study `name`, or LookupError naming the store."""
+    client = _reader(uri)
+    exps = [e.experiment_id for e in _retry("listing experiments", client.search_experiments)]
+    runs = _retry("finding the study", client.search_runs, exps,
+                  f"tags.study = '{name}' and tags.role = 'parent'", max_results=1) if exps else []
+    if not runs:
+        raise LookupError(f"invalid name: no study {name!r} is recorded in {uri}")
+    return runs[0]
+
+
+def recorded_spec(uri: str, name: str) -> StudySpec:
+    """The resolved spec a study was started with (spec.json on its parent run): what resume runs."""
+    parent = find_parent(uri, name)
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="spec.json",
+                                                   tracking_uri=uri)
+    except MlflowException:
+        raise LookupError(f"invalid name: study {name!r} in {uri} has no spec.json on its parent run "
+                          f"(recorded by an older version); start it again under a new name") from None
+    return spec_from_dict(json.loads(Path(path).read_text()))
+
+
 def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str, str, list[dict]]:
     """(parent run id, spec text, metric, members) of a recorded study; members carry `error` = final
     `metric` (default: the study's search metric)."""
-    client = MlflowClient(uri)
+    client = _reader(uri)
     exps = [e.experiment_id for e in _retry("listing experiments", client.search_experiments)]
     runs, token = [], None
     while True:

@@ -35,6 +35,9 @@ def mutate(path, value):
 
 
 DELETE = object()
+# "billion laughs": nine levels of nine aliases would expand to 9**9 strings
+BOMB = ("name: bomb\nKEY:\n  a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"  {chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)))
 
 # (what, spec mutation or raw text, extra args, text the one-line message must contain)
 CASES = [
@@ -68,6 +71,51 @@ CASES = [
     ("malformed --address", None, ["--address", "nowhere"], "--address"),
     ("not YAML", "name: [unclosed", [], "invalid YAML"),
     ("top level not a mapping", "- 1\n- 2\n", [], "mapping"),
+    # issue 13 and beyond: hostile or careless input, each refused before anything is written
+    ("alias bomb in description", BOMB.replace("KEY", "description"), [], "aliases"),
+    ("alias bomb in data", BOMB.replace("KEY", "data"), [], "aliases"),
+    ("spec far too large", "name: big\ndescription: '" + "x" * 300_000 + "'\n", [], "larger than a spec"),
+    ("huge value quoted in an error", (["data", "dataset"], "z" * 100_000), [], "100002 chars"),
+    ("train_subset beyond the dataset", (["data", "train_subset"], 5000), [], "train_subset=5000"),
+    ("test_subset beyond the dataset", (["data", "test_subset"], 10_000), [], "test_subset=10000"),
+    ("seed beyond 2**32", (["search", "seeds"], [2**70]), [], "search.seeds"),
+    ("negative seed", (["search", "seeds"], [-1]), [], "search.seeds"),
+    ("train seed beyond 2**32", (["train", "seed"], 2**40), [], "train.seed"),
+    ("duplicate lr grid values", (["arms", 0, "lr"], {"low": 0.05, "high": 0.05, "points": 3}), [], "identical grid points"),
+    ("duplicate weight_decay grid values", (["arms", 0, "weight_decay"], {"low": 0.01, "high": 0.01}), [], "identical grid points"),
+    ("storage with an unknown scheme", None, ["--storage", "notaurl://x"], "--storage"),
+    ("storage as a relative SQLite path", None, ["--storage", "sqlite:///rel/optuna.db"], "absolute path"),
+    ("storage as a plain path", None, ["--storage", "optuna.db"], "journal file"),
+    ("storage server not answering", None, ["--storage", "postgresql://u:p@127.0.0.1:9/x"], "no database answers"),
+    ("file:// tracking URI", None, ["--tracking-uri", "file:///tmp/mlruns"], "file store"),
+    ("tracking URI as a path", None, ["--tracking-uri", "./mlruns"], "file store"),
+    ("tracking URI with an unknown scheme", None, ["--tracking-uri", "mongodb://127.0.0.1/x"], "--tracking-uri"),
+    ("tracking server not answering", None, ["--tracking-uri", "http://127.0.0.1:9"], "no MLflow server answers"),
+    ("max_concurrent negative", (["execution", "max_concurrent"], -1), [], "max_concurrent"),
+    ("cpus_per_trial vanishing", (["execution", "cpus_per_trial"], 1e-9), [], "cpus_per_trial"),
+    ("gpus_per_trial vanishing", (["execution", "gpus_per_trial"], 1e-9), [], "gpus_per_trial"),
+    ("max_failures negative", (["execution", "max_failures"], -1), [], "max_failures"),
+    ("momentum on an Adam arm", (["arms", 0], {"optimizer": "adam", "decay": "coupled", "momentum": 0.9,
+                                               "lr": {"low": 1e-3, "high": 1e-2}, "weight_decay": {"low": 1e-3, "high": 1e-2}}),
+     [], "takes no momentum"),
+    ("momentum of 1", (["arms", 0, "momentum"], 1.0), [], "arms[0].momentum"),
+    ("Nesterov without momentum", (["arms", 0, "momentum"], 0.0), ["--set-nesterov"], "nesterov"),
+    ("eps of 0", (["arms", 0], {"optimizer": "adam", "decay": "coupled", "eps": 0.0,
+                               "lr": {"low": 1e-3, "high": 1e-2}, "weight_decay": {"low": 1e-3, "high": 1e-2}}), [], "eps"),
+    ("image folder without a path", (["data"], {"dataset": "imagefolder"}), [], "data.path"),
+    ("image folder without train/", (["data"], {"dataset": "imagefolder", "path": "/tmp"}), [], "train"),
+    ("study name with a quote", (["name"], "it's"), [], "name="),
+    ("study name too long", (["name"], "n" * 101), [], "name="),
+    ("unknown key inside an arm", (["arms", 0, "lrr"], 0.1), [], "lrr"),
+    ("fractional epochs", (["train", "epochs"], 1.5), [], "train.epochs"),
+    ("lr bound that is not a number", (["arms", 0, "lr", "low"], "abc"), [], "arms[0].lr.low"),
+    ("lr bound that is NaN", (["arms", 0, "lr", "low"], float("nan")), [], "finite"),
+    ("milestones outside the run", (["train", "milestones"], [0.5, 1.5]), [], "milestones"),
+    ("gamma of 0", (["train", "gamma"], 0.0), [], "gamma"),
+    ("unknown device", (["train", "device"], "tpu"), [], "device='tpu'"),
+    ("width 0", (["model", "width"], 0), [], "model.width"),
+    ("crop padding of 99", (["data", "crop_padding"], 99), [], "crop_padding"),
+    ("tpe with 0 trials", (["search"], {"sampler": "tpe", "trials": 0}), [], "search.trials"),
 ]
 
 
@@ -94,6 +142,11 @@ def _study(capsys, argv) -> Result:
     return Result(code, out.out, out.err)
 
 
+@pytest.fixture(autouse=True)
+def _quick_store_checks(monkeypatch):
+    monkeypatch.setenv("STUDY_STORE_CHECK_S", "2")  # a dead tracking server is refused after 2 s, not 30
+
+
 @pytest.fixture
 def run_spec(tmp_path, capsys):
     def run(spec_text, extra):
@@ -107,7 +160,8 @@ def run_spec(tmp_path, capsys):
 def _assert_refused(out, home, needle):
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, out.stderr  # one line
+    assert len(lines) == 1, out.stderr[-3000:]  # one line
+    assert len(lines[0]) < 400, lines[0][:400]  # that quotes an excerpt, never a whole value
     assert lines[0].startswith("study: error:") and needle in lines[0], lines[0]
     assert not home.exists() or not any(home.rglob("*")), sorted(home.rglob("*"))  # nothing recorded
 
@@ -117,7 +171,11 @@ def test_bad_input_is_refused_before_anything_starts(run_spec, what, change, ext
     if isinstance(change, str):
         text = change
     else:
-        text = yaml.safe_dump(mutate(*change) if change else GOOD)
+        spec = mutate(*change) if change else GOOD
+        if "--set-nesterov" in extra:
+            extra = [e for e in extra if e != "--set-nesterov"]
+            spec["arms"][0]["nesterov"] = True
+        text = yaml.safe_dump(spec)
     out, home = run_spec(text, extra)
     _assert_refused(out, home, needle)
 
@@ -147,7 +205,10 @@ def test_console_command_refuses_with_exit_code_2(tmp_path):
 
 @pytest.mark.parametrize("argv,needle", [
     (["resume", "no/such"], "name='no/such'"),
-    (["export", "../x", "--out", "o"], "no study '../x'"),
+    (["resume", "it's"], "name=\"it's\""),
+    (["resume", "nosuch"], "no studies are recorded"),
+    (["export", "../x", "--out", "o"], "name='../x'"),
+    (["export", "nosuch", "--out", "o"], "no studies are recorded"),
     (["bench", "--members", "0"], "--members"),
 ])
 def test_bad_command_lines(tmp_path, capsys, argv, needle):
@@ -155,3 +216,18 @@ def test_bad_command_lines(tmp_path, capsys, argv, needle):
     out = _study(capsys, ["--home", str(home), *argv])
     assert out.returncode == 2, out.stderr[-2000:]
     assert needle in out.stderr.strip().splitlines()[-1]
+    assert not home.exists()  # looking for a study creates no home and no store
+
+
+def test_home_that_is_a_file_is_refused(tmp_path, capsys):
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    out = _study(capsys, ["--home", str(home), "resume", "x"])
+    assert out.returncode == 2 and "is a file" in out.stderr
+
+
+def test_spec_that_is_not_utf8_is_refused(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_bytes("name: café\n".encode("latin-1"))
+    home = tmp_path / "home"
+    _assert_refused(_study(capsys, ["--home", str(home), "run", str(spec)]), home, "not UTF-8")

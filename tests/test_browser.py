@@ -98,7 +98,8 @@ def test_mlflow_ui_lists_the_study_and_its_member_runs(browser, tmp_path):
     spec = spec_from_dict({"name": "uicheck", "arms": [{"optimizer": "sgd", "decay": "coupled",
                                                          "lr": {"low": 0.01, "high": 0.1},
                                                          "weight_decay": {"low": 1e-3, "high": 1e-2}}]})
-    tracker = Tracker(uri, spec, "name: uicheck\n", artifact_location=(home / "artifacts").as_uri())
+    tracker = Tracker(uri, spec)
+    tracker.start(artifact_location=(home / "artifacts").as_uri())
     names = []
     for i, (lr, wd) in enumerate([(0.01, 1e-3), (0.01, 1e-2), (0.1, 1e-3), (0.1, 1e-2)]):
         run_id = tracker.open_member(MemberSpec("sgd", "coupled", lr, wd), i, 128)

@@ -79,7 +79,8 @@ def check_records(home: Path, spec_path: Path, tracking_uri: str | None = None, 
         trials = optuna.load_study(study_name=f"{spec.name}.{arm.name}", storage=storage).get_trials()
         assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
         grid = {(lr, wd, s) for lr in grid_axis(arm.lr, 2) for wd in grid_axis(arm.weight_decay, 2) for s in (0, 1)}
-        seen = [(t.params["lr"], t.params["weight_decay"], t.params["seed"]) for t in trials]
+        assert all(set(t.params) == {"lr", "weight_decay"} for t in trials)  # the seed is repeated, not searched
+        seen = [(t.params["lr"], t.params["weight_decay"], t.user_attrs["seed"]) for t in trials]
         assert sorted(seen) == sorted(grid)  # every grid point exactly once per seed
         total += len(trials)
     assert total == n
@@ -150,18 +151,23 @@ def _completed_trials(home: Path, name: str) -> int:
 def test_driver_killed_then_resume_completes(tmp_path):
     home = tmp_path / "home"
     spec = write_spec(tmp_path / "killed.yaml", "killed", members_per_trial=2)
+    # slow epochs (1 s after each report) keep the study running well past the moment it is killed
     proc = subprocess.Popen(study_cmd(home, "run", str(spec)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.time() + 240
+                            start_new_session=True, env={**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "1"})
+    deadline = time.time() + 300
     while _completed_trials(home, "killed") < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.5)
-    assert proc.poll() is None, "the study finished before the driver could be killed"
+    if proc.poll() is not None:  # say what really happened instead of guessing
+        out, err = proc.communicate()
+        pytest.fail(f"the driver exited with code {proc.returncode} before it could be killed "
+                    f"({_completed_trials(home, 'killed')} trials complete):\n{err.decode()[-3000:]}")
+    assert time.time() < deadline, "no two members completed within 300 s"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = _completed_trials(home, "killed")
     assert 2 <= done_before < 16
     out = run_ok(home, "resume", "killed")
-    assert f"({done_before} done)" in out.stderr
+    assert f"{done_before}/16 members done" in out.stderr
     check_records(home, spec)
 
 
@@ -216,3 +222,54 @@ def test_diverging_members_are_recorded_as_diverged(tmp_path):
     doc = json.loads((home / "div" / "export" / "landscape.json").read_text())
     arm = doc["arms"][0]
     assert arm["error"][1] == [None, None] and arm["diverged"][1] == [1.0, 1.0]  # the lr = 1e8 row
+
+
+def _image_folder(root: Path, per_class: dict[str, int], size=8, seed=0) -> Path:
+    """A torchvision ImageFolder-style folder: root/{train,test}/<class>/<i>.png, each class its own colour."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", per_class), ("test", {c: max(1, k // 2) for c, k in per_class.items()})):
+        for ci, (cls, count) in enumerate(n.items()):
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 60, (size, size, 3)) + 60 * ci
+                Image.fromarray(pixels.astype("uint8")).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_resume_trains_on_the_data_it_started_with(tmp_path):
+    """A study started with --data-path (relative to where it was started) is resumed from elsewhere, where the
+    same relative path names other data: resume runs the recorded, resolved spec, so every member saw one dataset."""
+    started, elsewhere = tmp_path / "started", tmp_path / "elsewhere"
+    _image_folder(started / "imgs", {"a": 12, "b": 12})
+    _image_folder(elsewhere / "imgs", {"a": 20, "b": 20, "c": 20}, seed=1)  # a decoy under the same relative path
+    raw = yaml.safe_load(write_spec(tmp_path / "folder.yaml", "folder", members_per_trial=2, max_concurrent=1).read_text())
+    raw["data"] = {"dataset": "imagefolder"}
+    raw["arms"] = raw["arms"][:1]
+    raw["search"]["seeds"] = [0]
+    spec = tmp_path / "folder.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    home = tmp_path / "home"
+    proc = subprocess.Popen(study_cmd(home, "run", str(spec), "--data-path", "imgs"), cwd=started,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "1"})
+    deadline = time.time() + 300
+    while _completed_trials(home, "folder") < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    if proc.poll() is not None:
+        pytest.fail(f"the driver exited with code {proc.returncode} before it could be killed:\n"
+                    f"{proc.communicate()[1].decode()[-3000:]}")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= _completed_trials(home, "folder") < 4
+    out = subprocess.run(study_cmd(home, "resume", "folder"), cwd=elsewhere, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("folder").experiment_id], "tags.role = 'member'")
+    assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.params["train_size"] for r in runs} == {"24"}  # the started-with folder, never the decoy's 60
+    parent = next(iter(client.search_runs([runs[0].info.experiment_id], "tags.role = 'parent'")))
+    recorded = json.loads(Path(client.download_artifacts(parent.info.run_id, "spec.json", str(tmp_path))).read_text())
+    assert recorded["data"]["path"] == str((started / "imgs").resolve())

@@ -1,0 +1,180 @@
+"""The study driver: one study from a resolved spec to its records, composing three parts.
+
+    search    (search.py, Optuna)   which members to train next, and what each scored
+    trainers  (tune.py, Ray Tune)   arrays of members trained on the cluster, reporting every epoch
+    records   (tracking.py, MLflow) one writer thread: member runs, per-epoch metrics, final metrics
+
+plus a progress reporter. Every store is checked before anything is written; only this process
+writes to the stores. The CLI parses, builds a Driver, calls `run()`, and prints the Outcome.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .datasets import split_sizes
+from .progress import Progress
+from .search import StudySearch, check_optuna_url
+from .spec import MemberSpec, SpecError, StudySpec, final_metrics, timescale_warnings
+from .tracking import RecordWriter, Tracker, ensure_store
+
+
+@dataclass(frozen=True)
+class Stores:
+    """Where a study's records live. Every path is absolute: Ray runs trials in their own folders."""
+    home: Path
+    tracking: str     # MLflow tracking URI
+    storage: str      # Optuna storage URL (or journal file)
+
+    @classmethod
+    def default(cls, home: Path, name: str, tracking: str | None = None, storage: str | None = None) -> "Stores":
+        return cls(home, tracking or f"sqlite:///{home / 'mlflow.db'}", storage or f"sqlite:///{home / name / 'optuna.db'}")
+
+    def artifacts(self) -> str | None:
+        """Artifact root of a SQLite tracking store (a server keeps its own)."""
+        return (self.home / "artifacts").as_uri() if self.tracking.startswith("sqlite") else None
+
+
+@dataclass
+class Outcome:
+    total: int
+    done: int
+    failed: dict[str, str] = field(default_factory=dict)  # member key -> reason
+    best: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.done >= self.total
+
+
+class Driver:
+    """The driver of one study (see the module docstring). Construct, then `run()`."""
+
+    def __init__(self, spec: StudySpec, stores: Stores, resume: bool = False, address: str | None = None, out=None):
+        self.spec, self.stores, self.address = spec, stores, address
+        self.out = out or sys.stderr
+        if spec.members:
+            raise SpecError("invalid members: `study run` searches arms; train explicit members with `study train`, "
+                            f"but got {len(spec.members)} members")
+        self.train_size, _ = split_sizes(spec.data)  # headers only: the driver never decodes images
+        # every store checked (scheme, reachable, writable) before the first record is written anywhere
+        check_optuna_url(stores.storage)
+        ensure_store(stores.tracking, stores.artifacts())
+        for w in timescale_warnings(spec, self.train_size):
+            print(f"warning: {w}", file=self.out)
+        self.tracker = Tracker(stores.tracking, spec, resume)  # refuses a name that has records, unless resuming
+        (stores.home / spec.name).mkdir(parents=True, exist_ok=True)
+        self.search = StudySearch(spec, stores.storage, finished=self.tracker.finished_members() if resume else ())
+        self.tracker.start(stores.artifacts())
+        self.writer = RecordWriter(self.tracker, self.train_size)
+        done = self.search.done()
+        self.progress = Progress(self.search.total, done, spec.train.epochs, spec.search.metric, out=self.out)
+        self.outcome = Outcome(self.search.total, done)
+        self.trials: dict[str, tuple[object, list[tuple[int, MemberSpec, str]]]] = {}
+
+    # ------------------------------------------------------------------ hooks called by tune.py
+
+    def suggest(self, trial_id: str) -> dict | None:
+        nxt = self.search.next_array(self.spec.execution.members_per_trial)
+        if nxt is None:
+            return None
+        arm, batch = nxt
+        entries = []
+        for number, member in batch:
+            key = member.key(self.spec.name)
+            self.writer.open_member(key, member, number)
+            entries.append((number, member, key))
+        self.trials[trial_id] = (arm, entries)
+        # a trial gets what it trains: the data, model and train sections and its members
+        trial_spec = {k: v for k, v in self.spec.to_dict().items() if k in ("name", "data", "model", "train")}
+        return {"arm": arm.arm.name, "threads": max(1, int(self.spec.execution.cpus_per_trial)),
+                "spec": {**trial_spec, "members": [dataclasses.asdict(m) for _, m, _ in entries]}}
+
+    def on_epoch(self, trial_id: str, result: dict) -> None:
+        rows = json.loads(result["rows"])
+        tags = {"ray_node_id": result.get("node_id", ""), "ray_trial_id": trial_id}
+        if result.get("resumed_from_epoch", -1) >= 0:
+            tags["resumed_from_epoch"] = result["resumed_from_epoch"]
+        tags.update({f"decay_counts.{k}": v for k, v in json.loads(result.get("decay_counts", "{}")).items()})
+        for (_, _, key), row in zip(self.trials[trial_id][1], rows):
+            self.writer.log_epoch(key, row, tags)
+        self.progress.epochs(len(rows))
+
+    def on_retry(self, trial_id: str) -> None:
+        self.progress.retried += 1
+
+    def on_trial_end(self, trial_id: str, error: str | None) -> None:
+        """An array finished (error None) or failed for good: its members are recorded and told to Optuna."""
+        if trial_id not in self.trials:
+            return
+        arm, entries = self.trials.pop(trial_id)
+        self.writer.flush()
+        epochs = self.spec.train.epochs
+        for number, member, key in entries:
+            history = self.writer.history(key, epochs)
+            run_id = self.writer.run_ids.get(key)
+            if error is not None or len(history) < epochs:
+                reason = error or f"only {len(history)} of {epochs} epochs were reported"
+                arm.tell(number, None, attrs={"mlflow_run_id": run_id}, reason=reason)
+                self.writer.finish_member(key, None)
+                self.outcome.failed[key] = reason
+                self.progress.member_done(member.arm, None)
+                continue
+            final = final_metrics(history)
+            diverged = bool(final.get("diverged"))
+            value = final.get(self.spec.search.metric, math.nan)
+            arm.tell(number, value, diverged=diverged, attrs={"mlflow_run_id": run_id})
+            self.writer.finish_member(key, final)
+            self.outcome.failed.pop(key, None)
+            self.outcome.done += 1
+            self.progress.member_done(member.arm, None if diverged else value)
+        self.progress.print()
+
+    # ------------------------------------------------------------------ the run
+
+    def arrays_needed(self) -> int:
+        """An upper bound on the Tune trials the remaining members need (arrays per arm, rounded up, plus one
+        per arm for seed groups that straddle arrays)."""
+        k = self.spec.execution.members_per_trial
+        return sum(math.ceil(max(0, a.total - a.done()) / k) + 1 for a in self.search.arms)
+
+    def run(self) -> Outcome:
+        try:
+            return self._run()
+        finally:
+            self.search.lease.release()
+
+    def _run(self) -> Outcome:
+        from . import tune  # Ray loads only here, once every input is known good
+
+        x = self.spec.execution
+        t0 = time.time()
+        self.progress.print()
+        try:
+            tune.start_ray(self.address)
+            gpus = x.gpus_per_trial
+            if gpus and not tune.cluster_gpus():
+                print(f"warning: execution.gpus_per_trial={gpus} but the Ray cluster has no GPU: "
+                      f"training on CPUs", file=self.out)
+                gpus = 0.0
+            tune.run_arrays(self, self.spec.name, self.stores.home / self.spec.name / "ray", self.arrays_needed(),
+                            x.cpus_per_trial, gpus, x.max_concurrent, x.max_failures)
+        except KeyboardInterrupt:
+            self.outcome.interrupted = True
+        for trial_id in list(self.trials):  # arrays Tune ended without a result (interrupted, lost)
+            self.on_trial_end(trial_id, "interrupted" if self.outcome.interrupted else "the trial ended without a result")
+        self.writer.flush()
+        self.outcome.seconds = time.time() - t0
+        self.outcome.best = dict(self.progress.best)
+        status = "FINISHED" if self.outcome.complete else ("KILLED" if self.outcome.interrupted else "FAILED")
+        self.tracker.finish_study(status, {"members_done": self.outcome.done, "members_failed": len(self.outcome.failed),
+                                           "minutes": self.outcome.seconds / 60})
+        return self.outcome

@@ -1,0 +1,85 @@
+"""Names the spec may use, with what each needs: optimizers (and their own settings), models, decay modes.
+
+Torch-free, so that `study validate`, `study export` and `--help` never load torch. Each optimizer is
+one entry: its settings as a frozen dataclass (field = spec key, default = the optimizer's default) and
+where its implementation lives ("module:Class", imported only where training happens). Adding one
+(Lion, say) is one entry here and one class in study/optim.py. Datasets have their registry in
+study/datasets.py, figures in study/plots.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+
+DECAY_MODES = ("coupled", "decoupled", "independent")
+
+
+@dataclass(frozen=True)
+class SGDOptions:
+    momentum: float = 0.9      # heavy-ball coefficient μ; the whole buffer is scaled by η_t (as torch.optim.SGD)
+    nesterov: bool = False
+
+
+@dataclass(frozen=True)
+class AdamOptions:
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass(frozen=True)
+class AdagradOptions:
+    eps: float = 1e-10
+
+
+@dataclass(frozen=True)
+class LionOptions:
+    betas: tuple[float, float] = (0.9, 0.99)  # Chen et al. 2023: interpolation β1, momentum β2
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    name: str
+    options: type          # a frozen dataclass of the optimizer's own settings
+    implementation: str    # "module:Class" of a torch.optim.Optimizer taking (groups, lr=, decay=, **options)
+
+    def option_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(self.options))
+
+    def resolve(self, given: dict) -> dict:
+        """The optimizer's settings: the given values (None = unset) over the entry's defaults."""
+        defaults = dataclasses.asdict(self.options())
+        return {k: (given[k] if given.get(k) is not None else v) for k, v in defaults.items()}
+
+    def load(self):
+        module, cls = self.implementation.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+OPTIMIZERS: dict[str, OptimizerEntry] = {e.name: e for e in (
+    OptimizerEntry("sgd", SGDOptions, "study.optim:SGD"),
+    OptimizerEntry("adam", AdamOptions, "study.optim:Adam"),
+    OptimizerEntry("adagrad", AdagradOptions, "study.optim:Adagrad"),
+    OptimizerEntry("lion", LionOptions, "study.optim:Lion"),
+)}
+# every setting any optimizer takes; an arm or member may set only those of its own optimizer
+OPTIMIZER_SETTINGS = tuple(dict.fromkeys(n for e in OPTIMIZERS.values() for n in e.option_names()))
+
+
+def arm_name(optimizer: str, decay: str) -> str:
+    """The arm's name everywhere: specs, Optuna study names, MLflow tags, landscapes."""
+    return f"{optimizer}-{decay}"
+
+
+MODEL_NAMES = ("resnet8", "resnet20", "resnet26", "resnet32", "resnet44", "resnet56", "resnet110", "preact_resnet18")
+
+
+def model_depth(name: str) -> int | None:
+    """The depth of `resnet{6n+2}`, None for any other name."""
+    d = name.removeprefix("resnet")
+    return int(d) if name.startswith("resnet") and d.isdigit() and int(d) >= 8 and (int(d) - 2) % 6 == 0 else None
+
+
+def known_model(name: str) -> bool:
+    return name == "preact_resnet18" or model_depth(name) is not None

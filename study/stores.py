@@ -1,0 +1,136 @@
+"""Where a study's records live, checked before anything is written, and created so readers never race.
+
+Owns the store URLs' rules (schemes, absolute paths, reachability, writability) and the atomic creation
+of SQLite files. Imports no MLflow, Optuna, Ray or torch: tracking.py and search.py pass in the
+function that builds their schema. A reader (`study ui`, optuna-dashboard, `mlflow.search_runs`) that
+opens a store while the driver creates it would otherwise run the same schema migrations at the same
+time; here the schema is built in a private file and linked into place only once it is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+SQL_SCHEMES = ("sqlite", "postgresql", "mysql")
+TRACKING_SCHEMES = (*SQL_SCHEMES, "http", "https")
+CHECK_TIMEOUT_S = 30.0  # a store that does not answer at the start is an error, not an outage (STUDY_STORE_CHECK_S)
+
+
+class StoreError(ValueError):
+    """A store URL or location is unusable; str(e) is one line naming the flag and the value."""
+
+
+def _scheme(url: str) -> str:
+    return url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a sqlite:/// URL, None for other URLs."""
+    if _scheme(url) != "sqlite":
+        return None
+    path = url.split("://", 1)[1]
+    return Path(path[1:]) if path.startswith("/") else Path(path)
+
+
+def _check_sqlite(flag: str, url: str) -> Path:
+    path = sqlite_path(url)
+    if path is None or not str(path) or not path.is_absolute():
+        raise StoreError(f"invalid {flag}: a SQLite store needs an absolute path (sqlite:////abs/path/file.db; "
+                         f"Ray runs trials in other folders), but got {flag.lstrip('-')}={url!r}")
+    if path.is_dir():
+        raise StoreError(f"invalid {flag}: {path} is a folder, not a database file")
+    folder = path.parent  # checked, not created: a refused command leaves nothing behind
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise StoreError(f"invalid {flag}: {folder} is a file, so {path.parent} cannot be a folder")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise StoreError(f"invalid {flag}: {path if path.exists() else folder} is not writable")
+    return path
+
+
+def _check_reachable(flag: str, url: str) -> None:
+    """A database server answers on its port (SQLAlchemy URLs with a host)."""
+    parsed = urllib.parse.urlsplit(url)
+    host, port = parsed.hostname, parsed.port or {"postgresql": 5432, "mysql": 3306}.get(_scheme(url))
+    if not host:
+        return  # a local socket: the driver's connection will tell
+    try:
+        with socket.create_connection((host, port), timeout=10):
+            pass
+    except OSError as e:
+        raise StoreError(f"invalid {flag}: no database answers at {host}:{port} ({e.strerror or e})") from None
+
+
+def check_optuna_url(url: str) -> None:
+    """--storage: a SQLAlchemy URL (sqlite, postgresql, mysql) or a journal file path (.log, .journal)."""
+    if "://" not in url:
+        if not url.endswith((".log", ".journal")):
+            raise StoreError(f"invalid --storage: expected a SQLAlchemy URL ({', '.join(s + '://…' for s in SQL_SCHEMES)}) "
+                             f"or a journal file ending .log or .journal, but got storage={url!r}")
+        path = Path(url).expanduser().resolve()
+        _check_sqlite("--storage", f"sqlite:///{path}")  # the same folder and file checks
+        return
+    if _scheme(url) not in SQL_SCHEMES:
+        raise StoreError(f"invalid --storage: scheme {_scheme(url)!r} is not one of {', '.join(SQL_SCHEMES)} "
+                         f"(or a journal file path), in storage={url!r}")
+    if _scheme(url) == "sqlite":
+        _check_sqlite("--storage", url)
+    else:
+        _check_reachable("--storage", url)
+
+
+def check_tracking_uri(uri: str) -> None:
+    """--tracking-uri: sqlite:///ABS, postgresql://, mysql:// or an MLflow server http(s)://HOST:PORT
+    (which must answer /health within 30 s). MLflow 3.17 has no file store: file:// and paths are refused."""
+    scheme = _scheme(uri)
+    if scheme not in TRACKING_SCHEMES:
+        hint = " (MLflow's file store is disabled; use sqlite:////abs/path/mlflow.db)" if scheme in ("", "file") else ""
+        raise StoreError(f"invalid --tracking-uri: scheme {scheme or 'none'!r} is not one of "
+                         f"{', '.join(TRACKING_SCHEMES)}{hint}, in tracking_uri={uri!r}")
+    if scheme == "sqlite":
+        _check_sqlite("--tracking-uri", uri)
+    elif scheme in ("http", "https"):
+        patience = float(os.environ.get("STUDY_STORE_CHECK_S", CHECK_TIMEOUT_S))
+        deadline, last = time.time() + patience, None
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError) as e:
+                last = e
+            time.sleep(1)
+        raise StoreError(f"invalid --tracking-uri: no MLflow server answers at {uri} within {patience:.0f} s "
+                         f"({getattr(last, 'reason', last)})")
+    else:
+        _check_reachable("--tracking-uri", uri)
+
+
+def create_sqlite_atomically(url: str, build: Callable[[str], None]) -> None:
+    """Make sure the SQLite file of `url` exists with its full schema. `build(tmp_url)` creates the schema in
+    a private file, which is then linked into place in one step; a concurrent creator's file wins."""
+    path = sqlite_path(url)
+    if path is None or path.exists():
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StoreError(f"invalid store: cannot create the folder {path.parent} ({e.strerror})") from None
+    tmp = path.with_name(f".{path.name}.init-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        build(f"sqlite:///{tmp}")
+        try:
+            os.link(tmp, path)  # atomic, and never replaces a file another process made meanwhile
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
