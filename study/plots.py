@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 
-from .landscape import ArmLandscape  # noqa: E402
+from .landscape import ArmLandscape, predict_log_wd  # noqa: E402
 
 DECAY_LABEL = {
     "coupled": "weight decay λ, coupled (L2: g ← g + λ·w)",
@@ -62,9 +62,24 @@ def heatmap_panel(ax, land: ArmLandscape, norm: Normalize, cmap="viridis", top: 
     finite = [(err[r, c], r, c) for r in range(err.shape[0]) for c in range(err.shape[1]) if math.isfinite(err[r, c])]
     for _, r, c in sorted(finite)[:top]:                # the 10 best settings, circled
         ax.plot(land.weight_decay[c], land.lr[r], "o", mfc="none", mec="white", ms=13, mew=1.6)
-    ridge = [(w, lr) for w, lr in zip(land.best_weight_decay, land.lr) if math.isfinite(w)]
+    censored = land.censored or [None] * len(land.lr)
+    ridge = [(w, lr) for w, lr, c in zip(land.best_weight_decay, land.lr, censored) if math.isfinite(w) and c is None]
     if ridge:                                           # best λ of each lr row, joined
         ax.plot(*zip(*ridge), "-D", color="crimson", ms=5, lw=1.5, label="λ*(η) per row")
+    for side, marker in (("high", ">"), ("low", "<")):  # rows whose best λ lies beyond the grid: open arrows
+        rows = [lr for lr, c in zip(land.lr, censored) if c == side]
+        if rows:
+            edge = land.weight_decay[-1] if side == "high" else land.weight_decay[0]
+            ax.plot([edge] * len(rows), rows, marker, ls="none", mfc="none", mec="crimson", ms=11, mew=2,
+                    label=f"best λ beyond the {side} edge")
+    if math.isfinite(land.slope):                       # the fitted ridge (censored rows enter it as bounds)
+        xs = np.geomspace(min(land.lr), max(land.lr), 30)
+        ys = np.exp(predict_log_wd(land, xs)[0])
+        ax.plot(ys, xs, ":", color="crimson", lw=1.3, label=f"fitted ridge, slope {land.slope:.2f}")
+    ax.set_xlim(*_edges(land.weight_decay)[[0, -1]])
+    ax.set_ylim(*_edges(land.lr)[[0, -1]])
+    if ridge or any(c is not None for c in censored):
+        ax.legend(fontsize=6.5, loc="lower left", framealpha=0.75)
     if not land.grid and land.samples:
         s = land.samples
         ax.scatter([m["weight_decay"] for m in s], [m["lr"] for m in s],
@@ -100,19 +115,26 @@ def heatmaps(lands: list[ArmLandscape], title: str = "", columns: int = 2, metri
 def ridge_figure(lands: list[ArmLandscape], title: str = ""):
     """log λ*(η) against log η for all arms, with fitted slopes, 95 % intervals and SCIENCE.md's predictions."""
     fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
-    methods = set()
     for i, land in enumerate(lands):
         color = f"C{i}"
         lr = np.array(land.lr)
         opt = np.array(land.best_weight_decay, float)
-        ok = np.isfinite(opt)
+        cens = np.array([c or "" for c in (land.censored or [None] * len(lr))])
+        ok = np.isfinite(opt) & (cens == "")
         pred = land.predicted[1]
-        ax.plot(lr[ok], opt[ok], "o", color=color, label=f"{land.arm}: {_fmt_ci(land)} (predicted {pred})")
-        if ok.sum() >= 2 and math.isfinite(land.slope):
-            b = np.polyfit(np.log(lr[ok]), np.log(opt[ok]), 1)
-            xs = np.geomspace(lr[ok].min(), lr[ok].max(), 20)
-            ax.plot(xs, np.exp(np.polyval(b, np.log(xs))), "-", color=color, lw=1.5)
-        methods.add(land.ci_method)
+        ax.plot(lr[ok], opt[ok], "o", color=color, label=f"{land.arm}: λ*(η) per row")
+        for side, marker in (("high", "^"), ("low", "v")):   # beyond the grid: open arrows at the edge (a bound)
+            m = np.isfinite(opt) & (cens == side)
+            if m.any():
+                ax.plot(lr[m], opt[m], marker, color=color, mfc="none", ms=9, mew=1.8,
+                        label=f"{land.arm}: best λ beyond the {side} edge (bound)")
+        if math.isfinite(land.slope):
+            xs = np.geomspace(lr[np.isfinite(opt)].min(), lr[np.isfinite(opt)].max(), 30)
+            mean, lo, hi = predict_log_wd(land, xs)
+            ax.plot(xs, np.exp(mean), "-", color=color, lw=1.5,
+                    label=f"{land.arm} fitted ridge: {_fmt_ci(land)} (predicted {pred})")
+            if np.isfinite(lo).all():
+                ax.fill_between(xs, np.exp(lo), np.exp(hi), color=color, alpha=0.12, lw=0)
     ax.set_xscale("log")
     ax.set_yscale("log")
     lrs = [v for L in lands for v in L.lr]
@@ -123,7 +145,8 @@ def ridge_figure(lands: list[ArmLandscape], title: str = ""):
     ax.set_ylabel("best weight decay λ*(η) (each arm's own λ)")
     ax.legend(fontsize=8, loc="best")
     ax.set_title((title or "How the best weight decay moves with the learning rate") +
-                 "\n95 % intervals: " + "; ".join(sorted(methods)), fontsize=9)
+                 "\nbands: 95 % interval of the fitted line; open triangles: best λ beyond the grid edge (a bound)",
+                 fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     return fig
 
