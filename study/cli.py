@@ -60,9 +60,22 @@ def cmd_train(args) -> int:
     from .data import load_spec_data
     from .engine import ArrayConfig, ArrayTrainer, pack_arrays, resolve_device
 
+    import dataclasses
+
     spec = load_spec(args.spec, args.data_path)
+    overrides = {}
+    if getattr(args, "precision", None):
+        overrides["precision"] = args.precision
+    if getattr(args, "channels_last", None):
+        overrides["channels_last"] = {"auto": None, "true": True, "false": False}[args.channels_last]
+    if getattr(args, "compile", None) is not None:
+        overrides["compile"] = args.compile
+    if overrides:
+        spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **overrides))
     members = grid_members(spec)
     device = resolve_device(args.device or spec.train.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     d = spec.data
     data = load_spec_data(d)
     arrays = pack_arrays(members, spec.execution.members_per_trial)
@@ -73,9 +86,10 @@ def cmd_train(args) -> int:
     results, t0 = [], time.time()
     for i, array in enumerate(arrays, 1):
         trainer = ArrayTrainer(array, data, ArrayConfig(spec.model, spec.train, spec.data), device)
-        c = trainer.decay_counts
+        c, st = trainer.decay_counts, trainer.settings()
         print(f"array {i}/{len(arrays)}: {array[0].arm}, {len(array)} members; decays {c['decayed_tensors']} "
-              f"tensors ({c['decayed_params']} params), never {c['no_decay_tensors']} ({c['no_decay_params']})")
+              f"tensors ({c['decayed_params']} params), never {c['no_decay_tensors']} ({c['no_decay_params']}); "
+              f"{st['precision']}, channels_last={st['channels_last']}, compile={st['compile']}")
         print(f"{'epoch':>5} {'member':>6} {'lr':>9} {'wd':>9} {'seed':>4} {'train_loss':>10} {'test_err':>8} "
               f"{'|w|':>8} {'angle':>8} {'time':>6}")
 
@@ -87,10 +101,18 @@ def cmd_train(args) -> int:
                       f"{r['wall_time']:>6.1f}{flag}", flush=True)
 
         results.extend(trainer.run(report))
+        if trainer.compiled:
+            print(f"array {i}/{len(arrays)}: first compiled step (tracing and code generation, or a cache hit) "
+                  f"took {trainer.compile_s:.1f} s", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"spec": spec.name, "device": str(device), "members": results}, indent=1))
     print(f"wrote {len(results)} members to {out} in {time.time() - t0:.1f} s")
+    if device.type == "cuda":
+        print(f"peak memory: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB (torch.cuda.max_memory_allocated)")
+    else:
+        import resource
+        print(f"peak memory: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (process peak RSS)")
     if spec.arms:  # grids trained here: their landscape, from the results just written
         from .landscape import landscapes
         from .report import summary_lines
@@ -266,6 +288,63 @@ def cmd_export(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- study recommend
+
+def cmd_recommend(args) -> int:
+    """λ*(η) at one learning rate from each arm's fitted ridge, with its interval, η·λ and the decay timescale."""
+    import math
+
+    from .landscape import landscapes, measured_lr_range, recommend
+    from .tracking import read_study
+
+    try:
+        lr = float(args.lr)
+    except ValueError:
+        raise SpecError(f"invalid --lr: expected a number, but got lr={args.lr!r}") from None
+    if not (math.isfinite(lr) and lr > 0):
+        raise SpecError(f"invalid --lr: a learning rate is a finite number > 0, but got lr={args.lr!r}")
+    check_name(args.name)
+    tracking = tracking_uri(args, home_dir(args))
+    try:
+        _, _, metric, members = read_study(tracking, args.name, args.metric)
+    except LookupError as e:
+        raise SpecError(str(e).strip("'\"")) from None
+    if not members:
+        raise SpecError(f"invalid name: study {args.name!r} has no finished member runs yet")
+    lands = {L.arm: L for L in landscapes(members, metric=metric)}
+    if args.arm is not None and args.arm not in lands:
+        raise SpecError(f"invalid --arm: study {args.name!r} has arms {', '.join(lands)}, but got arm={args.arm!r}")
+    chosen = [lands[args.arm]] if args.arm else list(lands.values())
+    results, refused = [], []
+    for L in chosen:
+        try:
+            results.append((L, recommend(L, lr)))
+        except ValueError as e:
+            refused.append(str(e))
+    if not results:
+        if len(refused) == 1:
+            raise SpecError(refused[0])
+        ranges = "; ".join(f"{L.arm} [{r[0]:.3g}, {r[1]:.3g}]" if (r := measured_lr_range(L)) else f"{L.arm}: no ridge"
+                           for L in chosen)
+        raise SpecError(f"invalid --lr: {lr:g} is outside the learning rates where every arm's ridge was measured "
+                        f"({ranges}); no extrapolation")
+    steps = members[0].get("total_steps")  # the run's length, to say the timescale as a fraction of it
+    print(f"study {args.name} (final {metric}): best weight decay at η={lr:g} from each arm's fitted ridge, "
+          f"95 % interval")
+    for L, r in results:
+        lo, hi = r["weight_decay_ci"]
+        ci = f"[{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else "(no interval: 2 rows)"
+        tau = r["timescale_steps"]
+        run = f" = {tau / steps:.2g}× the run's {steps} steps" if steps else ""
+        prod = "" if L.decay == "independent" else f"; η·λ* = {r['lr_x_weight_decay']:.3g}"
+        print(f"  {L.arm:<20} λ* = {r['weight_decay']:.3g} {ci}{prod}; decay timescale τ = {r['timescale_rule']} "
+              f"≈ {tau:.3g} steps{run} (ridge over {r['rows']} rows, η in [{r['lr_range'][0]:.3g}, "
+              f"{r['lr_range'][1]:.3g}]; slope {L.slope:.2f})")
+    for msg in refused:
+        print(f"  {msg.split(': ', 1)[1]}")
+    return 0
+
+
 # --------------------------------------------------------------------------- study bench
 
 def cmd_bench(args) -> int:
@@ -285,9 +364,12 @@ def cmd_bench(args) -> int:
         raise SpecError(f"invalid --members/--batch-size: values must be >= 1, but got {members}, {batches}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"study bench: {args.model} on {device} ({args.dataset}), K={members}, batch={batches}", flush=True)
+    print(f"study bench: {args.model} on {device} ({args.dataset}), K={members}, batch={batches}, "
+          f"precision={args.precision}, channels_last={args.channels_last}, compile={args.compile}", flush=True)
+    channels_last = {"auto": None, "true": True, "false": False}[args.channels_last]
     result = run_bench(args.model, members, batches, str(device), args.dataset, args.data_path, args.warmup,
-                       args.steps, args.windows, args.compile, not args.no_baseline, args.workers)
+                       args.steps, args.windows, args.compile, not args.no_baseline, args.workers,
+                       precision=args.precision, channels_last=channels_last)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
@@ -307,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="result JSON")
     t.add_argument("--device", choices=["cpu", "cuda"])
     t.add_argument("--data-path", help="replaces the spec's data.path")
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                   help="replaces train.precision (auto: bf16 autocast on CUDA, fp32 on a CPU)")
+    t.add_argument("--channels-last", choices=["auto", "true", "false"],
+                   help="replaces train.channels_last (auto: on for CUDA): channels-last activations and conv weights")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="replaces train.compile: torch.compile the forward and loss (compile time is reported)")
 
     v = sub.add_parser("validate", help="check a spec without running anything")
     v.add_argument("spec")
@@ -334,6 +422,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dashboard", default="default", help="a dashboards/NAME.yaml or a path to one")
     e.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
+    c = sub.add_parser("recommend", help="the best weight decay at a learning rate, from a study's fitted ridge")
+    c.add_argument("name")
+    c.add_argument("--lr", required=True, help="learning rate η, within the study's measured range")
+    c.add_argument("--arm", help="optimizer-decay, e.g. sgd-coupled (default: every arm)")
+    c.add_argument("--metric", help="final metric whose landscape to use (default: the study's search.metric)")
+    c.add_argument("--tracking-uri")
+    c.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
     b = sub.add_parser("bench", help="member-images/s of arrays vs a plain single-model loop, same run")
     b.add_argument("--model", default="resnet20")
     b.add_argument("--members", default="1,8,32", help="array sizes K, comma-separated")
@@ -346,7 +442,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--windows", type=int, default=3, help="timed windows; the median is reported")
     b.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
     b.add_argument("--threads", type=int, help="torch CPU threads")
-    b.add_argument("--compile", action="store_true", help="torch.compile the array step (CUDA)")
+    b.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 autocast on CUDA, fp32 on a CPU (the plain loop uses the same)")
+    b.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
+                   help="channels-last activations and conv weights (auto: on for CUDA; the plain loop follows)")
+    b.add_argument("--compile", nargs="?", const="on", default="off", choices=["off", "on", "both"],
+                   help="torch.compile the array step: compiled rows only (--compile), or eager and compiled "
+                        "rows in the same run (--compile both); compile time is reported, not timed")
     b.add_argument("--no-baseline", action="store_true")
     b.add_argument("--json", help="write the results here")
 
@@ -369,7 +471,7 @@ def main(argv=None) -> int:
     if getattr(args, "address", None) is None and os.environ.get("RAY_ADDRESS") and args.command in ("run", "resume"):
         args.address = os.environ["RAY_ADDRESS"]  # launched by `ray job submit`
     handlers = {"train": cmd_train, "validate": cmd_validate, "run": cmd_run, "resume": cmd_resume, "ui": cmd_ui,
-                "export": cmd_export, "bench": cmd_bench}
+                "export": cmd_export, "bench": cmd_bench, "recommend": cmd_recommend}
     try:
         return handlers[args.command](args)
     except (SpecError, DataError, StoreError, FileExistsError) as e:

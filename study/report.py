@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from .landscape import ArmLandscape, landscapes
+from .landscape import ArmLandscape, edge_advice, landscapes, study_verdict
 from .spec import SpecError
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
@@ -80,7 +80,7 @@ def render(study: str, metric: str, lands: list[ArmLandscape], dashboard: dict, 
         fig.savefig(buf, format="png", dpi=110)
         pngs.append((fig_def.get("title") or kind, base64.b64encode(buf.getvalue()).decode()))
         plt.close(fig)
-    doc = {"study": study, "metric": metric, "arms": [L.to_json() for L in lands]}
+    doc = {"study": study, "metric": metric, "verdict": study_verdict(lands), "arms": [L.to_json() for L in lands]}
     (out / "landscape.json").write_text(json.dumps(doc, indent=1))
     written.append(out / "landscape.json")
     if "html" in formats:
@@ -128,6 +128,16 @@ def report_html(study: str, metric: str, lands: list[ArmLandscape], pngs, spec_t
         f"<td>[{_num(L.slope_ci[0], '.2f')}, {_num(L.slope_ci[1], '.2f')}]</td>"
         f"<td>{html.escape(L.predicted[1])}</td><td>{html.escape(L.ci_method)}</td></tr>" for L in lands)
     interactive = "".join(f'<div class="cell">{_plotly_heatmap(L, zmin, zmax, metric)}</div>' for L in lands)
+    verdict = study_verdict(lands)
+    outcome_class = {"consistent": "ok", "contradicts": "bad", "differ": "ok"}
+    verdict_items = "".join(
+        f'<li class="{outcome_class.get(v["outcome"], "open")}"><b>{html.escape(v["arm"])}</b> '
+        f'(predicted {html.escape(L.predicted[1])}): {html.escape(v["text"])}</li>'
+        for v, L in zip(verdict["arms"], lands))
+    verdict_items += "".join(f'<li class="{outcome_class.get(p["outcome"], "open")}">{html.escape(p["text"])} '
+                             f'<small>({html.escape(p["method"])})</small></li>' for p in verdict["pairs"])
+    advice = "".join(f"<li>{html.escape(L.arm)}: {html.escape(a)}</li>" for L in lands if (a := edge_advice(L)))
+    advice = f'<p>Grid edges:</p><ul id="edges">{advice}</ul>' if advice else ""
     figures = "".join(f'<figure><img alt="{html.escape(t)}" src="data:image/png;base64,{b}">'
                       f"<figcaption>{html.escape(t)}</figcaption></figure>" for t, b in pngs)
     return f"""<!doctype html>
@@ -138,11 +148,14 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #bbb; padding
 th {{ background: #eee; }} td:first-child {{ text-align: left; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 1em; }} figure img {{ max-width: 100%; border: 1px solid #ddd; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
+#verdict li {{ margin: 0.3em 0; }} li.ok {{ color: #14622b; }} li.bad {{ color: #a11; }} li.open {{ color: #7a5600; }}
 </style>
 <script>{get_plotlyjs()}</script></head><body>
 <h1>{html.escape(title or "Weight decay vs learning rate")}: {html.escape(study)}</h1>
-<p>Metric: final {html.escape(metric)}. λ*(η) is the best weight decay at each learning rate (a quadratic fit in
-log λ around each row's best point); the slope is that of log λ* against log η, with a 95 % bootstrap interval.</p>
+<section id="verdict"><h2>Verdict</h2><ul>{verdict_items}</ul>{advice}</section>
+<p>Metric: final {html.escape(metric)}. λ*(η) is the best weight decay at each learning rate (the vertex of a
+quadratic fit in log λ over five neighbouring columns); a row whose vertex lies beyond the grid is censored and
+enters the fit as a bound. The slope is that of log λ* against log η, with a 95 % t-interval.</p>
 <h2>Best setting and slope per arm</h2>
 <table id="arms"><thead><tr><th>arm</th><th>best η</th><th>best λ</th><th>best {html.escape(metric)}</th>
 <th>slope</th><th>95 % interval</th><th>predicted</th><th>interval from</th></tr></thead><tbody>{rows}</tbody></table>
@@ -164,7 +177,7 @@ def export(uri: str, study: str, out: Path, metric: str | None = None, formats=(
     parent, spec_text, metric, members = read_study(uri, study, metric or dash.get("metric"))
     if not members:
         raise SpecError(f"invalid name: study {study!r} has no finished member runs yet")
-    lands = landscapes(members, n_boot=n_boot)
+    lands = landscapes(members, metric=metric)
     written = render(study, metric, lands, dash, Path(out), formats, spec_text)
     if log_to_mlflow:
         log_export(uri, parent, Path(out))
@@ -172,10 +185,17 @@ def export(uri: str, study: str, out: Path, metric: str | None = None, formats=(
 
 
 def summary_lines(lands: list[ArmLandscape]) -> list[str]:
+    """The CLI summary: per arm its best setting (naming the metric), slope and verdict; then the pairs."""
     out = []
-    for L in lands:
+    verdict = study_verdict(lands)
+    for L, v in zip(lands, verdict["arms"]):
         lo, hi = L.slope_ci
-        out.append(f"  {L.arm:<20} best error {_num(L.best['error'], '.4f')} at η={_num(L.best['lr'])}, "
+        out.append(f"  {L.arm:<20} best {L.metric} {_num(L.best['error'], '.4f')} at η={_num(L.best['lr'])}, "
                    f"λ={_num(L.best['weight_decay'])}; slope of log λ*(η): {_num(L.slope, '.2f')} "
                    f"[{_num(lo, '.2f')}, {_num(hi, '.2f')}] (predicted {L.predicted[1]}; {L.ci_method})")
+        out.append(f"  {'':<20} verdict: {v['text']}")
+        if (a := edge_advice(L)):
+            out.append(f"  {'':<20} {a}")
+    for p in verdict["pairs"]:
+        out.append(f"  {p['text']} ({p['method']})")
     return out

@@ -97,9 +97,11 @@ class ArmSearch:
 
     @staticmethod
     def _id(t) -> MemberId | None:
-        if not {"lr", "weight_decay"} <= set(t.params) or "seed" not in t.user_attrs:
+        """(lr, weight_decay, seed) of a trial; a WAITING (enqueued) trial's params are its fixed params."""
+        params = t.params if t.params else t.system_attrs.get("fixed_params", {})
+        if not {"lr", "weight_decay"} <= set(params) or "seed" not in t.user_attrs:
             return None
-        return (float(t.params["lr"]), float(t.params["weight_decay"]), int(t.user_attrs["seed"]))
+        return (float(params["lr"]), float(params["weight_decay"]), int(t.user_attrs["seed"]))
 
     def _trials(self, *states):
         return self.study.get_trials(deepcopy=False, states=states or None)

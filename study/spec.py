@@ -64,7 +64,9 @@ class TrainSpec:
     seed: int = 0                   # data order and augmentation, shared by every member of an array
     device: str = "auto"            # auto | cpu | cuda
     eval_batch_size: int = 1024
-    compile: bool = False           # torch.compile the array step (CUDA)
+    compile: bool = False           # torch.compile the array step's forward and loss (CPU inductor or CUDA)
+    precision: str = "auto"         # auto | fp32 | bf16 (bfloat16 autocast); auto: bf16 on CUDA, fp32 on a CPU
+    channels_last: bool | None = None  # channels-last activations and conv weights; null (auto): on for CUDA
 
 
 @dataclass(frozen=True)
@@ -283,6 +285,7 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check(all(0 < q < 1 for q in t.milestones), file, "train.milestones", f"fractions of the run must lie in (0, 1), but got milestones={list(t.milestones)}")
     _check(0 < t.gamma <= 1, file, "train.gamma", f"must lie in (0, 1], but got gamma={t.gamma}")
     _check(t.device in ("auto", "cpu", "cuda"), file, "train.device", f"must be auto, cpu or cuda, but got device={excerpt(t.device)}")
+    _check(t.precision in ("auto", "fp32", "bf16"), file, "train.precision", f"must be auto, fp32 or bf16, but got precision={excerpt(t.precision)}")
     _check(s.sampler in SAMPLERS, file, "search.sampler", f"must be one of {', '.join(SAMPLERS)}, but got sampler={excerpt(s.sampler)}")
     _check(s.metric in LANDSCAPE_METRICS, file, "search.metric", f"must be one of {', '.join(LANDSCAPE_METRICS)}, but got metric={excerpt(s.metric)}")
     _check(s.points >= 1, file, "search.points", f"must be >= 1, but got points={s.points}")

@@ -419,7 +419,8 @@ def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str
         members.append({"optimizer": p["optimizer"], "decay": p["decay"], "lr": float(p["lr"]),
                         "weight_decay": float(p["weight_decay"]), "seed": int(p["seed"]),
                         "error": m[f"final_{metric}"], "diverged": r.data.tags.get("diverged") == "true",
-                        "run_id": r.info.run_id})
+                        "run_id": r.info.run_id,
+                        "total_steps": int(float(p["total_steps"])) if "total_steps" in p else None})
     return parent, spec_text, metric, members
 
 
