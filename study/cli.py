@@ -240,33 +240,99 @@ def _count(values) -> dict:
 
 # --------------------------------------------------------------------------- study ui
 
+def _check_port(host: str, port: int, flag: str = "--port") -> None:
+    """The port is valid and free on `host`, or one line and exit 2, before any server starts."""
+    if not 1 <= port <= 65535:
+        raise SpecError(f"invalid {flag}: a TCP port lies in [1, 65535], but got port={port}")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise SpecError(f"invalid {flag}: {host}:{port} is not free ({e.strerror}); choose another port") from None
+
+
+def _wait_answering(url: str, procs, timeout: float = 180.0) -> bool:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if any(p.poll() is not None for p in procs):
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
 def cmd_ui(args) -> int:
+    """The MLflow UI (and optuna-dashboard) as child process groups; SIGINT and SIGTERM stop every process."""
     import shutil
+    import signal
     import subprocess
+
+    from .stores import sqlite_path
 
     home = home_dir(args)
     tracking = tracking_uri(args, home)
+    db = sqlite_path(tracking)
+    if db is not None and not db.is_file():
+        raise SpecError(f"invalid --home: no studies are recorded in {tracking} yet; start one with `study run`")
+    _check_port(args.host, args.port)
+    dash = shutil.which("optuna-dashboard") if args.study else None
+    storage = args.storage or (default_storage(home, check_name(args.study)) if args.study else None)
+    if dash:
+        _check_port(args.host, args.port + 1, "--port (+1, optuna-dashboard)")
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who reaches this address can read and change the "
               f"records; MLflow has no login here. Prefer 127.0.0.1 with an SSH tunnel.", file=sys.stderr)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking, "--host", args.host,
            "--port", str(args.port), "--workers", "1"]
-    if tracking.startswith("sqlite"):
+    if db is not None:
         cmd += ["--default-artifact-root", (home / "artifacts").as_uri()]
-    procs = [subprocess.Popen(cmd)]
-    print(f"MLflow UI: http://{args.host}:{args.port}  (store {tracking}); Ctrl-C stops it", flush=True)
-    dash = shutil.which("optuna-dashboard")
-    if dash and args.study:
-        storage = args.storage or default_storage(home, args.study)
-        procs.append(subprocess.Popen([dash, storage, "--host", args.host, "--port", str(args.port + 1)]))
-        print(f"optuna-dashboard: http://{args.host}:{args.port + 1}  (storage {storage})", flush=True)
-    try:
-        return procs[0].wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
+    # each server in its own process group, so stopping it stops its workers too (mlflow server forks ~9)
+    import tempfile
+
+    log = tempfile.TemporaryFile()  # the server's own log: shown only if it fails to come up
+    procs = [subprocess.Popen(cmd, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)]
+    if dash:
+        procs.append(subprocess.Popen([dash, storage, "--host", args.host, "--port", str(args.port + 1)],
+                                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    def stop(signum=None, frame=None):
         for p in procs:
-            p.terminate()
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    base = f"http://{args.host}:{args.port}"
+    print(f"starting the MLflow UI on {base} (store {tracking}) …", file=sys.stderr, flush=True)
+    if not _wait_answering(f"{base}/health", procs[:1]):
+        log.seek(0)
+        err = log.read().decode(errors="replace").strip().splitlines()
+        print(f"study: error: the MLflow server did not come up ({(err or ['no answer in 180 s'])[-1][:200]})",
+              file=sys.stderr)
+        try:
+            stop()
+        except SystemExit:
+            return 1
+    print(f"MLflow UI: {base}/#/experiments  (store {tracking}); Ctrl-C stops it", flush=True)
+    if dash:
+        print(f"optuna-dashboard: http://{args.host}:{args.port + 1}  (storage {storage})", flush=True)
+    procs[0].wait()
+    stop()
+    return 0
 
 
 # --------------------------------------------------------------------------- study export
@@ -279,11 +345,12 @@ def cmd_export(args) -> int:
     check_name(args.name)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     try:
-        lands, written = export(tracking, args.name, Path(args.out).resolve(), args.metric, formats, args.dashboard)
+        lands, written = export(tracking, args.name, Path(args.out).resolve(), args.metric, formats, args.dashboard,
+                                log_to_mlflow=not args.no_log)
     except LookupError as e:
         raise SpecError(str(e).strip("'\"")) from None
-    print(f"study {args.name}: {len(lands)} arms, {len(written)} files in {Path(args.out).resolve()} "
-          f"(also logged to the study's parent run under landscape/)")
+    logged = "not logged to MLflow (--no-log)" if args.no_log else "also logged to the study's parent run"
+    print(f"study {args.name}: {len(lands)} arms, {len(written)} files in {Path(args.out).resolve()} ({logged})")
     print("\n".join(summary_lines(lands)))
     return 0
 
@@ -420,6 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--metric", help="final metric to map (default: the study's search.metric)")
     e.add_argument("--format", default="png,svg,html", help="comma-separated: png, svg, html")
     e.add_argument("--dashboard", default="default", help="a dashboards/NAME.yaml or a path to one")
+    e.add_argument("--no-log", action="store_true", help="write the files only; log nothing to the parent run")
     e.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     c = sub.add_parser("recommend", help="the best weight decay at a learning rate, from a study's fitted ridge")

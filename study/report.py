@@ -11,11 +11,12 @@ import html
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import yaml
 
-from .landscape import ArmLandscape, edge_advice, landscapes, study_verdict
+from .landscape import ArmLandscape, edge_advice, landscapes, parent_metrics, study_verdict, verdict_tags
 from .spec import SpecError
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
@@ -179,8 +180,15 @@ def export(uri: str, study: str, out: Path, metric: str | None = None, formats=(
         raise SpecError(f"invalid name: study {study!r} has no finished member runs yet")
     lands = landscapes(members, metric=metric)
     written = render(study, metric, lands, dash, Path(out), formats, spec_text)
-    if log_to_mlflow:
-        log_export(uri, parent, Path(out))
+    from .tracking import is_complete
+
+    if log_to_mlflow and not is_complete(uri, study, len(members)):
+        print(f"warning: not logged to the parent run: a half-done study's landscape is not the study's", file=sys.stderr)
+        log_to_mlflow = False
+    if log_to_mlflow:  # one folder per metric and dashboard: an export never replaces another's figures
+        name = Path(dashboard).stem
+        log_export(uri, parent, Path(out), f"landscape/{metric}/{name}",
+                   metrics=parent_metrics(lands), tags={**verdict_tags(lands), f"landscape.{metric}.{name}": f"landscape/{metric}/{name}"})
     return lands, written
 
 

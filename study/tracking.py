@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import subprocess
@@ -28,7 +29,8 @@ from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from . import __version__
-from .spec import EPOCH_METRICS, MemberSpec, StudySpec, decay_timescale, spec_from_dict, steps_per_epoch
+from .spec import (EPOCH_METRICS, MemberSpec, StudySpec, decay_timescale, planned_members, spec_from_dict,
+                   steps_per_epoch)
 from .stores import check_tracking_uri, create_sqlite_atomically, sqlite_path
 
 PER_EPOCH = EPOCH_METRICS
@@ -72,19 +74,29 @@ def transient(e: BaseException) -> bool:
     return False
 
 
-def _retry(what: str, fn, *args, attempts: int = 40, **kwargs):
-    """Call fn; while the tracking store is unreachable or busy, wait (up to ~15 minutes) and say so."""
-    delay = 1.0
-    for i in range(attempts):
+RETRY_PATIENCE_S = 15 * 60  # an outage of the tracking store during a run is waited out this long
+
+
+def _retry(what: str, fn, *args, **kwargs):
+    """Call fn; while the tracking store is unreachable or busy (see `transient`), wait and say so, retrying
+    every few seconds for up to RETRY_PATIENCE_S. Other errors are raised at once."""
+    deadline, delay, attempt = time.time() + RETRY_PATIENCE_S, 0.5, 0
+    while True:
         try:
             return fn(*args, **kwargs)
         except Exception as e:
-            if not transient(e) or i == attempts - 1:
+            attempt += 1
+            if not transient(e) or time.time() + delay > deadline:
                 raise
-            print(f"[study] tracking store unreachable while {what} ({type(e).__name__}); "
-                  f"retrying in {delay:.0f} s (attempt {i + 1}/{attempts})", file=sys.stderr, flush=True)
+            if attempt > 1 or not _locked(e):  # a busy SQLite file clears in a moment: no need to say so once
+                print(f"[study] tracking store unreachable while {what} ({type(e).__name__}); "
+                      f"retrying in {delay:g} s (attempt {attempt})", file=sys.stderr, flush=True)
             time.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, 5.0)
+
+
+def _locked(e: BaseException) -> bool:
+    return any(isinstance(x, MlflowException) and x.error_code == TEMPORARILY_UNAVAILABLE_CODE for x in _chain(e))
 
 
 def ensure_store(uri: str, artifact_root: str | None = None) -> None:
@@ -160,7 +172,8 @@ class Tracker:
             Param("study", spec.name), Param("sampler", spec.search.sampler), Param("model", spec.model.name),
             Param("data", spec.data.dataset), Param("epochs", str(spec.train.epochs)),
             Param("arms", ",".join(a.name for a in spec.arms) or "members"),
-            Param("seeds", ",".join(map(str, spec.search.seeds))), Param("metric", spec.search.metric)])
+            Param("seeds", ",".join(map(str, spec.search.seeds))), Param("metric", spec.search.metric),
+            Param("members_planned", str(planned_members(spec)))])
 
     def _search(self, filter_string: str):
         if self.experiment_id is None:
@@ -421,10 +434,28 @@ def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str
                         "error": m[f"final_{metric}"], "diverged": r.data.tags.get("diverged") == "true",
                         "run_id": r.info.run_id,
                         "total_steps": int(float(p["total_steps"])) if "total_steps" in p else None})
+    planned = parents[0].data.params.get("members_planned")
+    if planned is not None and len(members) < int(planned):
+        print(f"warning: study {name!r} is not complete: {len(members)} of {planned} members finished; "
+              f"the landscape shows those only", file=sys.stderr)
     return parent, spec_text, metric, members
 
 
-def log_export(uri: str, parent_run_id: str, folder: Path) -> None:
-    """The exported figures, landscape.json and report as artifacts of the study's parent run."""
+def is_complete(uri: str, name: str, finished: int) -> bool:
+    """Whether `finished` members are all the study planned (records from before `members_planned`: yes)."""
+    planned = find_parent(uri, name).data.params.get("members_planned")
+    return planned is None or finished >= int(planned)
+
+
+def log_export(uri: str, parent_run_id: str, folder: Path, artifact_path: str, metrics: dict | None = None,
+               tags: dict | None = None) -> None:
+    """The exported figures, landscape.json and report as artifacts of the study's parent run (under
+    `artifact_path`), with the answer as parent metrics (per-arm slope, interval, best η, λ and metric) and
+    the verdicts as tags."""
     client = MlflowClient(uri)
-    _retry("logging the export", client.log_artifacts, parent_run_id, str(folder), "landscape")
+    _retry("logging the export", client.log_artifacts, parent_run_id, str(folder), artifact_path)
+    ts = int(time.time() * 1000)
+    ms = [Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items() if v is not None and math.isfinite(float(v))]
+    ts_tags = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
+    for i in range(0, max(len(ms), 1), 900):
+        _retry("logging the verdict", client.log_batch, parent_run_id, metrics=ms[i:i + 900], tags=ts_tags if i == 0 else [])

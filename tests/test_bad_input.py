@@ -231,3 +231,22 @@ def test_spec_that_is_not_utf8_is_refused(tmp_path, capsys):
     spec.write_bytes("name: café\n".encode("latin-1"))
     home = tmp_path / "home"
     _assert_refused(_study(capsys, ["--home", str(home), "run", str(spec)]), home, "not UTF-8")
+
+
+@pytest.mark.parametrize("port,needle", [(70000, "[1, 65535]"), (None, "is not free")])
+def test_ui_refuses_a_bad_or_taken_port_at_once(tmp_path, capsys, port, needle):
+    import socket
+
+    from study.cli import main
+
+    home = tmp_path / "home"
+    home.mkdir()
+    from mlflow.tracking import MlflowClient
+    MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()  # a store to serve
+    capsys.readouterr()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code = main(["--home", str(home), "ui", "--port", str(port or taken.getsockname()[1])])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err

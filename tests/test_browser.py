@@ -2,6 +2,7 @@
 
 import math
 import os
+import signal
 import shutil
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from study.landscape import landscapes
@@ -132,6 +134,14 @@ def test_mlflow_ui_lists_the_study_and_its_member_runs(browser, tmp_path):
             assert time.time() < deadline, "member runs not listed under the study's parent run"
             time.sleep(1)
         browser.save_screenshot(str(SHOTS / "mlflow_ui.png"))
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children  # mlflow server and its workers
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+        os.kill(proc.pid, signal.SIGTERM)  # the `study ui` process alone, as a service manager would
+        proc.wait(timeout=60)
+    # it stopped its whole tree: no process left, nothing listening on the port
+    psutil.wait_procs(children, timeout=30)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))
+

@@ -1,5 +1,5 @@
 """A real multi-node Ray cluster on 127.0.0.1 (ray.cluster_utils.Cluster, as Ray's own tests use):
-studies run across both nodes, and survive a node being stopped mid-study."""
+a study runs across both nodes and survives a node being stopped mid-study; `ray job submit` runs it."""
 
 import os
 import subprocess
@@ -44,19 +44,9 @@ def _node_ids_while_running(home: Path, name: str) -> set[str]:
         return set()
 
 
-def test_study_runs_on_both_nodes(cluster, tmp_path):
-    c, worker = cluster
-    spec = write_spec(tmp_path / "twonodes.yaml", "twonodes")
-    home = tmp_path / "home"
-    run_ok(home, "run", str(spec), "--address", c.address)
-    check_records(home, spec)
-    nodes = _node_ids(home, "twonodes")
-    assert worker.node_id in nodes and len(nodes) == 2, nodes  # trials ran on the head and on the worker
-
-
 def test_node_stopped_mid_study_trials_move_to_the_other_node(cluster, tmp_path):
     c, worker = cluster
-    spec = write_spec(tmp_path / "nodefail.yaml", "nodefail", members_per_trial=4)
+    spec = write_spec(tmp_path / "nodefail.yaml", "nodefail", small=True, members_per_trial=1)
     home = tmp_path / "home"
     proc = subprocess.Popen(study_cmd(home, "run", str(spec), "--address", c.address),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -73,7 +63,8 @@ def test_node_stopped_mid_study_trials_move_to_the_other_node(cluster, tmp_path)
     check_records(home, spec)  # every member once, every epoch once
     resumed = [r for r in _member_runs(home, "nodefail") if "resumed_from_epoch" in r.data.tags]
     assert resumed, "no trial was resumed from a checkpoint after its node stopped"
-    assert {r.data.tags["ray_node_id"] for r in resumed} == {c.head_node.node_id}  # moved to the other node
+    # moved to the other node: with the worker's reports seen above, the study ran on both nodes
+    assert {r.data.tags["ray_node_id"] for r in resumed} == {c.head_node.node_id}
 
 
 def test_study_submitted_with_ray_job_submit(tmp_path):
@@ -90,7 +81,7 @@ def test_study_submitted_with_ray_job_submit(tmp_path):
                                 "dashboard_host": "127.0.0.1"})
     try:
         c.wait_for_nodes()
-        spec = write_spec(tmp_path / "jobsub.yaml", "jobsub")
+        spec = write_spec(tmp_path / "jobsub.yaml", "jobsub", small=True)
         home = tmp_path / "home"
         address = f"http://127.0.0.1:{port}"
         deadline = time.time() + 60
@@ -108,7 +99,7 @@ def test_study_submitted_with_ray_job_submit(tmp_path):
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         jobs = JobSubmissionClient(address).list_jobs()
         assert [j.status for j in jobs] == [JobStatus.SUCCEEDED]
-        assert "16/16 members recorded" in out.stdout
+        assert "4/4 members recorded" in out.stdout
         check_records(home, spec)
     finally:
         c.shutdown()

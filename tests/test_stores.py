@@ -58,7 +58,7 @@ class MlflowServer:
 def test_tracking_server_down_for_a_while_loses_nothing(tmp_path):
     home = tmp_path / "home"
     server = MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "artifacts").start()
-    spec = write_spec(tmp_path / "outage.yaml", "outage")
+    spec = write_spec(tmp_path / "outage.yaml", "outage", small=True)
     proc = subprocess.Popen(study_cmd(home, "run", str(spec), "--tracking-uri", server.uri),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "1", "STUDY_LOG_INTERVAL_S": "0"})
@@ -107,13 +107,14 @@ def test_postgres_as_optuna_storage_and_mlflow_backend(tmp_path, postgres_dbs):
     server = MlflowServer(mlflow_url, tmp_path / "artifacts").start()
     try:
         home = tmp_path / "home"
-        spec = write_spec(tmp_path / "pg.yaml", "pg")
+        spec = write_spec(tmp_path / "pg.yaml", "pg", small=True)
         run_ok(home, "run", str(spec), "--storage", optuna_url, "--tracking-uri", server.uri)
         check_records(home, spec, tracking_uri=server.uri, storage=optuna_url)
         assert not (home / "mlflow.db").exists() and not (home / "pg" / "optuna.db").exists()  # no SQLite used
         # the parent run's spec went through the server's artifact proxy
         exp = MlflowClient(server.uri).get_experiment_by_name("pg")
         parent = MlflowClient(server.uri).search_runs([exp.experiment_id], "tags.role = 'parent'")[0]
-        assert "spec.yaml" in {f.path for f in MlflowClient(server.uri).list_artifacts(parent.info.run_id)}
+        assert {"spec.yaml", "spec.json"} <= {f.path for f in MlflowClient(server.uri).list_artifacts(parent.info.run_id)}
     finally:
         server.stop()
+
