@@ -4,7 +4,13 @@ Owns the benchmark only; imports no Ray, Optuna or MLflow. Throughput is member-
 (K members × images per step / seconds). Timing excludes warm-up (and compilation), synchronizes the
 device, and reports the median of several timed windows. The baseline, measured in the same run, is
 what a typical Ray Tune example does: an ordinary nn.Module ResNet, a torch DataLoader with CPU
-augmentation (torchvision transforms), batch 128, one model at a time.
+augmentation (torchvision transforms), batch 128, one model at a time, eager, under the same precision and
+memory format as the arrays.
+
+Device settings: `precision` (auto | fp32 | bf16), `channels_last` (None = auto, True, False) and
+`compile` ("off" | "on" | "both": eager rows, compiled rows, or both in the same run). Compiled rows report
+compile_s, the time of the first compiled step (tracing and code generation), never counted in the
+throughput; arrays of equal shapes share the compiled graphs.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ class Row:
     step_ms: float
     peak_memory_mb: float
     compile_s: float = 0.0
+    compiled: bool = False
 
 
 def _sync(device: torch.device) -> None:
@@ -66,15 +73,15 @@ def _timed(step, device, warmup: int, steps: int, windows: int) -> tuple[float, 
 
 
 def bench_array(data: Dataset, model: str, members: int, batch_size: int, device, warmup=3, steps=5, windows=3,
-                compile: bool = False) -> Row:
+                compile: bool = False, precision: str = "auto", channels_last=None) -> Row:
     """The engine's training step for an array of `members` (SGD, coupled decay; the decay mode does not
     change the cost)."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     ms = [MemberSpec("sgd", "coupled", 0.05 * (1 + k % 7), 5e-4, seed=k) for k in range(members)]
-    cfg = ArrayConfig(ModelSpec(model), TrainSpec(epochs=1, batch_size=batch_size, compile=compile), DataSpec())
-    tr = ArrayTrainer(ms, data, cfg, device)
+    train = TrainSpec(epochs=1, batch_size=batch_size, compile=compile, precision=precision, channels_last=channels_last)
+    tr = ArrayTrainer(ms, data, ArrayConfig(ModelSpec(model), train, DataSpec()), device)
     order, aug = tr._generators(0)
     n = len(data.train_y)
     perm = torch.randperm(n, generator=order).to(device)
@@ -84,11 +91,11 @@ def bench_array(data: Dataset, model: str, members: int, batch_size: int, device
         i = state["i"] % max(1, n // tr.batch)
         state["i"] += 1
         x, y = tr._batch(perm[i * tr.batch:(i + 1) * tr.batch], aug)
-        tr._step_fn(x, y, 1.0)
+        tr.train_step(x, y, tr.one)
 
-    sec, warm = _timed(step, device, warmup, steps, windows)
-    return Row("array", members, tr.batch, members * tr.batch / sec, sec * 1e3, _peak_mb(device),
-               warm if compile else 0.0)
+    sec, _ = _timed(step, device, warmup, steps, windows)
+    return Row("array", members, tr.batch, members * tr.batch / sec, sec * 1e3, _peak_mb(device), tr.compile_s,
+               tr.compiled)
 
 
 # --------------------------------------------------------------------------- the baseline: a plain loop
@@ -144,8 +151,9 @@ class _UInt8Images(torch.utils.data.Dataset):
 
 
 def bench_baseline(data: Dataset, depth: int, batch_size: int, device, warmup=3, steps=5, windows=3,
-                   workers: int = 2) -> Row:
-    """One model, torch DataLoader with torchvision CPU augmentation, SGD with weight decay: the usual loop."""
+                   workers: int = 2, bf16: bool = False, channels_last: bool = False) -> Row:
+    """One model, torch DataLoader with torchvision CPU augmentation, SGD with weight decay: the usual loop,
+    under the arrays' precision and memory format."""
     from torchvision.transforms import v2
 
     device = torch.device(device)
@@ -158,6 +166,8 @@ def bench_baseline(data: Dataset, depth: int, batch_size: int, device, warmup=3,
                                          shuffle=True, drop_last=True, num_workers=workers,
                                          pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     model = PlainResNet(depth, data.num_classes, data.in_channels).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     it = iter(loader)
 
@@ -168,8 +178,9 @@ def bench_baseline(data: Dataset, depth: int, batch_size: int, device, warmup=3,
         except StopIteration:
             it = iter(loader)
             x, y = next(it)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        x = x.to(device, non_blocking=True).contiguous(memory_format=fmt)
+        y = y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -179,46 +190,71 @@ def bench_baseline(data: Dataset, depth: int, batch_size: int, device, warmup=3,
     return Row("baseline", 1, batch_size, batch_size / sec, sec * 1e3, _peak_mb(device))
 
 
+COMPILE_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
+
+
 def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="cpu", dataset="synthetic",
-              path=None, warmup=3, steps=5, windows=3, compile=False, baseline=True, workers=2, log=print) -> dict:
+              path=None, warmup=3, steps=5, windows=3, compile="off", baseline=True, workers=2, log=print,
+              precision: str = "auto", channels_last=None) -> dict:
+    from .engine import resolve_channels_last, resolve_precision
+
     device = torch.device(device)
+    if isinstance(compile, bool):
+        compile = "on" if compile else "off"
+    if compile not in COMPILE_MODES:
+        raise ValueError(f"invalid compile: must be off, on or both, but got compile={compile!r}")
+    bf16, cl = resolve_precision(precision, device), resolve_channels_last(channels_last, device)
     data = load_dataset(dataset, path, synthetic_size=(4096, 256)) if dataset != "digits" else load_dataset("digits")
     data = data.to(device) if device.type == "cuda" else data
     rows: list[Row] = []
     depth = int(model.removeprefix("resnet")) if model.startswith("resnet") else 20
     if baseline:
-        base = bench_baseline(data.to("cpu"), depth, 128, device, warmup, steps, windows, workers)
+        base = bench_baseline(data.to("cpu"), depth, 128, device, warmup, steps, windows, workers, bf16, cl)
         rows.append(base)
         log(f"baseline  K=1   batch 128: {base.member_images_per_s:>10.0f} images/s  ({base.step_ms:.1f} ms/step)")
-    for b in batch_sizes:
-        for k in members:
-            r = bench_array(data, model, k, b, device, warmup, steps, windows, compile)
-            rows.append(r)
-            log(f"array     K={k:<4} batch {b}: {r.member_images_per_s:>10.0f} member-images/s  "
-                f"({r.step_ms:.1f} ms/step, peak {r.peak_memory_mb:.0f} MB)")
+    for compiled in COMPILE_MODES[compile]:
+        for b in batch_sizes:
+            for k in members:
+                r = bench_array(data, model, k, b, device, warmup, steps, windows, compiled, precision, channels_last)
+                rows.append(r)
+                what = "compiled" if compiled else "array"
+                log(f"{what:<9} K={k:<4} batch {b}: {r.member_images_per_s:>10.0f} member-images/s  "
+                    f"({r.step_ms:.1f} ms/step, peak {r.peak_memory_mb:.0f} MB"
+                    + (f", compile {r.compile_s:.1f} s)" if compiled else ")"), flush=True)
     out = [asdict(r) for r in rows]
-    single = {r["batch_size"]: r["member_images_per_s"] for r in out if r["what"] == "array" and r["members"] == 1}
+    single = {(r["compiled"], r["batch_size"]): r["member_images_per_s"] for r in out
+              if r["what"] == "array" and r["members"] == 1}
     base_ips = out[0]["member_images_per_s"] if baseline else None
     for r in out:
         if r["what"] == "array":
             r["vs_baseline"] = r["member_images_per_s"] / base_ips if base_ips else None
-            r["vs_k1_same_batch"] = r["member_images_per_s"] / single[r["batch_size"]] if r["batch_size"] in single else None
+            key = (r["compiled"], r["batch_size"])
+            r["vs_k1_same_batch"] = r["member_images_per_s"] / single[key] if key in single else None
     return {"model": model, "device": str(device), "dataset": dataset,
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "settings": {"precision": "bf16" if bf16 else "fp32", "channels_last": cl, "compile": compile},
+            "peak_memory_mb": max((r["peak_memory_mb"] for r in out), default=0.0),
+            "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
             "timing": f"median of {windows} windows of {steps} steps after {warmup} warm-up steps",
             "rows": out}
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{'what':<9} {'K':>4} {'batch':>5} {'member-img/s':>13} {'ms/step':>8} {'peak MB':>8} "
-             f"{'x baseline':>10} {'x K=1':>6}"]
+    st = result.get("settings", {})
+    lines = [f"settings: {st.get('precision', '?')}, channels_last={st.get('channels_last', '?')}, "
+             f"compile={st.get('compile', '?')}; peak memory {result.get('peak_memory_mb', 0):.0f} MB "
+             f"({result.get('peak_memory_kind', '')})",
+             f"{'what':<9} {'K':>4} {'batch':>5} {'member-img/s':>13} {'ms/step':>8} {'peak MB':>8} "
+             f"{'x baseline':>10} {'x K=1':>6} {'compile s':>9}"]
     for r in result["rows"]:
         vb = r.get("vs_baseline")
         vk = r.get("vs_k1_same_batch")
-        lines.append(f"{r['what']:<9} {r['members']:>4} {r['batch_size']:>5} {r['member_images_per_s']:>13.0f} "
+        what = "compiled" if r.get("compiled") else r["what"]
+        cs = f"{r['compile_s']:.1f}" if r.get("compiled") else "-"
+        lines.append(f"{what:<9} {r['members']:>4} {r['batch_size']:>5} {r['member_images_per_s']:>13.0f} "
                      f"{r['step_ms']:>8.1f} {r['peak_memory_mb']:>8.0f} {(f'{vb:.2f}' if vb else '-'):>10} "
-                     f"{(f'{vk:.2f}' if vk else '-'):>6}")
+                     f"{(f'{vk:.2f}' if vk else '-'):>6} {cs:>9}")
     return "\n".join(lines)
 
 

@@ -3,6 +3,13 @@
 Owns the training loop, the learning-rate schedule, divergence handling and the per-epoch metrics of
 SCIENCE.md. Pure torch: it must not import ray, optuna or mlflow (tests/test_engine.py blocks them).
 Adapters (Ray Tune, the CLI) give it members and a `report(epoch, rows)` callback.
+
+Device settings (TrainSpec): `precision` (auto | fp32 | bf16: autocast to bfloat16), `channels_last`
+(None = auto | True | False: channels-last activations and conv weights) and `compile` (torch.compile of
+the forward and loss; AOTAutograd compiles their backward). auto means on for CUDA, off for a CPU; every
+setting runs on a CPU too, so no code path is CUDA-only. The optimizer works on one flat (K, P) buffer
+per param group (study.optim flat groups): the update, the divergence check and the masking of diverged
+members are a few kernels per group, and the step has no host synchronization.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from torch import Tensor
 
 from .data import Dataset, augment, normalize
 from .models import build_model
-from .optim import build_optimizer, param_groups
+from .optim import build_optimizer, flat_backward, param_groups
 from .spec import DataSpec, MemberSpec, ModelSpec, TrainSpec
 
 EPOCH_METRICS = ("train_loss", "test_loss", "test_error", "weight_norm", "effective_lr", "angular_update",
@@ -51,6 +58,41 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("invalid train.device: cuda was asked for but torch sees no CUDA device, got device='cuda'")
     return torch.device(name)
+
+
+def resolve_precision(precision: str, device: torch.device) -> bool:
+    """True when the array trains under bfloat16 autocast: bf16, or auto on CUDA."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"invalid train.precision: must be auto, fp32 or bf16, but got precision={precision!r}")
+    return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
+
+
+def resolve_channels_last(channels_last, device: torch.device) -> bool:
+    """True when activations and conv weights are channels-last: True, or None/"auto" on CUDA."""
+    if channels_last in (None, "auto"):
+        return torch.device(device).type == "cuda"
+    if not isinstance(channels_last, bool):
+        raise ValueError(f"invalid train.channels_last: must be auto, true or false, but got channels_last={channels_last!r}")
+    return channels_last
+
+
+def member_loss(model: torch.nn.Module, x: Tensor, y: Tensor, bf16: bool) -> Tensor:
+    """Per-member mean cross-entropy of a member array, shape (K,), in float32."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        logits = model(x)                                   # (N, K, classes)
+    K = logits.shape[1]
+    return F.cross_entropy(logits.float().permute(0, 2, 1), y[:, None].expand(-1, K), reduction="none").mean(0)
+
+
+_COMPILED: dict[str, Callable] = {}
+
+
+def compiled_member_loss() -> Callable:
+    """member_loss under torch.compile, one per process: every array of the same shapes and settings reuses
+    its graphs (the model is an argument, so a new array of equal shapes finds them in dynamo's cache)."""
+    if "loss" not in _COMPILED:
+        _COMPILED["loss"] = torch.compile(member_loss)
+    return _COMPILED["loss"]
 
 
 def check_array(members: Sequence[MemberSpec]) -> None:
@@ -88,6 +130,9 @@ class ArrayTrainer:
     Member k's rows hold the metrics of EPOCH_METRICS. A member whose loss turns non-finite is marked
     diverged: from that step on its weights and optimizer receive no update (its gradient is zeroed and
     its lr is 0), and the other members continue exactly as they would have.
+
+    `bf16`, `channels_last` and `compiled` are the resolved device settings; `compile_s` is the time of the
+    first compiled step (tracing and code generation, or a cache hit), 0 when not compiled.
     """
 
     def __init__(self, members: Sequence[MemberSpec], data: Dataset, config: ArrayConfig, device="cpu"):
@@ -96,32 +141,49 @@ class ArrayTrainer:
         self.device = torch.device(device)
         self.K = len(members)
         t = config.train
+        self.bf16 = resolve_precision(getattr(t, "precision", "auto"), self.device)
+        self.channels_last = resolve_channels_last(getattr(t, "channels_last", None), self.device)
+        self.compiled = bool(t.compile)
         self.data = data.to(self.device)
         self.batch = min(t.batch_size, len(data.train_y))
         self.steps_per_epoch = max(1, len(data.train_y) // self.batch)  # drop_last: every step sees `batch` images
         self.total_steps = t.epochs * self.steps_per_epoch
         self.warmup_steps = round(t.warmup_epochs * self.steps_per_epoch)
         self.crop_padding, self.flip = config.augmentation(data)
-        self.cuda = self.device.type == "cuda"
         self.model = build_model(config.model.name, self.K, data.num_classes, data.in_channels,
                                  config.model.width, seeds=[m.seed for m in members]).to(self.device)
-        if self.cuda:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model.set_memory_format(self.channels_last)
         lr = torch.tensor([m.lr for m in members], dtype=torch.float32, device=self.device)
         wd = torch.tensor([m.weight_decay for m in members], dtype=torch.float32, device=self.device)
-        groups, self.decay_counts = param_groups(self.model.named_parameters(), wd, member_dims=1)
+        groups, self.decay_counts = param_groups(self.model.named_parameters(), wd, member_dims=1, flat=True)
         self.optimizer = build_optimizer(members[0].optimizer, groups, lr, members[0].decay,
                                          **members[0].optimizer_kwargs())
         self.base_lr = lr
+        self._lr = lr.clone()          # every group's lr: base_lr · s_t · alive, rewritten in place each step
+        self._bind_lr()
+        # s_t for every step of the run, on the device: a step reads its multiplier without a host transfer
+        self._schedule = torch.tensor([schedule_multiplier(i, self.total_steps, t.schedule, self.warmup_steps,
+                                                           t.milestones, t.gamma) for i in range(self.total_steps)],
+                                      dtype=torch.float32, device=self.device)
+        self.one = torch.ones((), device=self.device)
         self.decayed = groups[0]["params"] if self.decay_counts["decayed_tensors"] else []
         self.invariant = self.model.scale_invariant_weights()
         self.alive = torch.ones(self.K, dtype=torch.bool, device=self.device)
         self.epoch = 0                 # epochs completed
         self.history: list[list[dict]] = [[] for _ in members]
         self.elapsed = 0.0             # seconds of training before this process (resume)
-        self._step_fn = self._train_step
-        if t.compile and self.cuda:
-            self._step_fn = torch.compile(self._train_step)
+        self.compile_s = 0.0
+        self._loss_fn = compiled_member_loss() if self.compiled else member_loss
+        self._step_fn = self.train_step  # kept for callers of the old name
+
+    def _bind_lr(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr
+
+    def settings(self) -> dict:
+        """The resolved device settings, as reported by `study train` and `study bench`."""
+        return {"device": str(self.device), "precision": "bf16" if self.bf16 else "fp32",
+                "channels_last": self.channels_last, "compile": self.compiled}
 
     # ------------------------------------------------------------------ state (checkpoints)
 
@@ -135,6 +197,7 @@ class ArrayTrainer:
             raise ValueError("checkpoint belongs to a different array of members")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._bind_lr()  # the loaded groups carry the saved lr tensors; the step writes into self._lr
         self.alive = state["alive"].to(self.device)
         self.epoch, self.history, self.elapsed = state["epoch"], state["history"], state["elapsed"]
 
@@ -148,34 +211,39 @@ class ArrayTrainer:
         return order, aug
 
     def _forward_loss(self, x: Tensor, y: Tensor) -> Tensor:
-        """Per-member mean cross-entropy, shape (K,), in float32."""
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
-            logits = self.model(x)                                   # (N, K, classes)
-        return F.cross_entropy(logits.float().permute(0, 2, 1), y[:, None].expand(-1, self.K),
-                               reduction="none").mean(0)
+        """Per-member mean cross-entropy, shape (K,), in float32 (compiled when train.compile)."""
+        return self._loss_fn(self.model, x, y, self.bf16)
 
-    def _train_step(self, x: Tensor, y: Tensor, s: float) -> Tensor:
+    def train_step(self, x: Tensor, y: Tensor, s: Tensor) -> Tensor:
+        """One step of every member at schedule multiplier s (a 0-d tensor on the device); returns the
+        per-member loss (0 for diverged members). No host synchronization."""
+        first = self.compiled and not self.compile_s
+        t0 = time.perf_counter() if first else 0.0
         loss = self._forward_loss(x, y)
         self.alive &= torch.isfinite(loss)
-        self.optimizer.zero_grad(set_to_none=True)
-        torch.where(self.alive, loss, 0.0).sum().backward()
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self.optimizer.zero_grad()
+        with flat_backward():
+            torch.where(self.alive, loss, 0.0).sum().backward()
+        if first:  # the first compiled step traces and generates code (or finds it cached): report that time
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.compile_s = time.perf_counter() - t0
         # a finite loss can still give an overflowing gradient: that member diverges before it steps
-        grad_sums = torch.stack([p.grad.float().flatten(1).sum(1) for p in params]).sum(0)
-        self.alive &= torch.isfinite(grad_sums)
-        for p in params:  # a diverged member's gradient may be NaN/inf: replace it, don't multiply
-            p.grad = torch.where(self.alive.view(-1, *[1] * (p.ndim - 1)), p.grad, 0.0)
-        alive_f = self.alive.float()
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.base_lr * (s * alive_f)
+        self.alive &= self.optimizer.member_grads_finite()
+        self.optimizer.zero_member_grads_(self.alive)  # a diverged member's gradient may be NaN: replace it
+        torch.mul(self.base_lr, s, out=self._lr)
+        self._lr.mul_(self.alive)
         self.optimizer.step()
         return torch.where(self.alive, loss.detach(), 0.0)
+
+    def _train_step(self, x: Tensor, y: Tensor, s) -> Tensor:
+        return self.train_step(x, y, s if isinstance(s, Tensor) else torch.tensor(float(s), device=self.device))
 
     def _batch(self, idx: Tensor, aug_gen) -> tuple[Tensor, Tensor]:
         d = self.data
         x = normalize(d.train_x[idx], d.mean, d.std, torch.get_default_dtype())
         x = augment(x, aug_gen, self.crop_padding, self.flip)
-        if self.cuda:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, d.train_y[idx]
 
@@ -196,7 +264,8 @@ class ArrayTrainer:
             x, y = self._batch(perm[i * self.batch:(i + 1) * self.batch], aug)
             measure = i >= self.steps_per_epoch - ANGLE_STEPS and self.invariant
             before = [w.detach().float().clone() for w in self.invariant] if measure else None
-            loss_sum += self._step_fn(x, y, s)
+            s_t = self._schedule[step] if step < self.total_steps else torch.tensor(s, device=self.device)
+            loss_sum += self.train_step(x, y, s_t)
             if measure:
                 angles.append(self._angles(before))
         self.epoch += 1
@@ -223,10 +292,10 @@ class ArrayTrainer:
         wrong = torch.zeros(self.K, device=self.device)
         for i in range(0, len(d.test_y), bs):
             x = normalize(d.test_x[i:i + bs], d.mean, d.std, torch.get_default_dtype())
-            if self.cuda:
+            if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = d.test_y[i:i + bs]
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 logits = self.model(x).float()                      # (N, K, classes)
             loss += F.cross_entropy(logits.permute(0, 2, 1), y[:, None].expand(-1, self.K), reduction="none").sum(0)
             wrong += (logits.argmax(-1) != y[:, None]).sum(0)

@@ -6,6 +6,11 @@ convolutions are grouped by member (groups=K), so member k only ever touches its
 stem convolution reads the shared input once (groups=1 with K·C outputs). A model returns logits of
 shape (N, K, classes). K = 1 is an ordinary model. Member k is initialised from `seeds[k]` alone, so a
 member starts from the same weights whether it is trained alone or inside an array.
+
+Memory format: `set_memory_format(channels_last=True)` stores every conv weight as (K, cout, kh, kw, cin)
+memory, exposed as the usual (K, cout, cin, kh, kw) parameter, so that the per-conv (K·cout, cin, kh, kw)
+weight has channels-last strides (a view when a member's weights are contiguous, else one copy) and
+activations stay channels-last through the network. Values never depend on the layout.
 """
 
 from __future__ import annotations
@@ -25,12 +30,19 @@ class MemberConv2d(nn.Module):
         super().__init__()
         self.members, self.stride, self.padding, self.shared_input = members, stride, padding, shared_input
         self.scale_invariant = scale_invariant  # followed directly by batch norm: loss invariant to ‖w‖
+        self.channels_last = False  # set by MemberArrayNet.set_memory_format
         self.weight = nn.Parameter(torch.empty(members, cout, cin, kernel, kernel))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def conv_weight(self) -> Tensor:
+        """The (K·cout, cin, kh, kw) weight of the grouped convolution, channels-last when the model is."""
         K, cout, cin, kh, kw = self.weight.shape
-        w = self.weight.reshape(K * cout, cin, kh, kw)
-        return F.conv2d(x, w, None, self.stride, self.padding, groups=1 if self.shared_input else K)
+        if self.channels_last:  # (K, cout, kh, kw, cin) order -> (K·cout, kh, kw, cin) -> channels-last strides
+            return self.weight.permute(0, 1, 3, 4, 2).reshape(K * cout, kh, kw, cin).permute(0, 3, 1, 2)
+        return self.weight.reshape(K * cout, cin, kh, kw)
+
+    def forward(self, x: Tensor) -> Tensor:
+        groups = 1 if self.shared_input else self.weight.shape[0]
+        return F.conv2d(x, self.conv_weight(), None, self.stride, self.padding, groups=groups)
 
     def init_member(self, k: int, gen: torch.Generator) -> None:
         nn.init.kaiming_normal_(self.weight.data[k], mode="fan_out", nonlinearity="relu", generator=gen)
@@ -48,8 +60,10 @@ class MemberBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(members, channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1), self.weight.view(-1),
-                            self.bias.view(-1), self.training, self.momentum, self.eps)
+        # running statistics are views (batch norm updates them in place); the affine parameters may be
+        # strided slices of an optimizer's flat buffer, so they are reshaped (a copy of K·C values at most)
+        return F.batch_norm(x, self.running_mean.view(-1), self.running_var.view(-1), self.weight.reshape(-1),
+                            self.bias.reshape(-1), self.training, self.momentum, self.eps)
 
     def init_member(self, k: int, gen: torch.Generator) -> None:
         self.weight.data[k].fill_(1.0)
@@ -97,8 +111,15 @@ class BasicBlock(nn.Module):
     def shortcut(self, x: Tensor) -> Tensor:
         if self.stride == 1 and self.pad == 0:
             return x
-        x = _member_channels(x[:, :, :: self.stride, :: self.stride], self.members)
-        x = F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        channels_last = x.stride(1) == 1 and x.shape[1] > 1
+        x = x[:, :, :: self.stride, :: self.stride]
+        left, right = self.pad // 2, self.pad - self.pad // 2
+        if channels_last:
+            # channels-last: pad each member's channels in (N, H, W, K, C) order, stay channels-last
+            n, kc, h, w = x.shape
+            y = F.pad(x.permute(0, 2, 3, 1).reshape(n, h, w, self.members, kc // self.members), (left, right))
+            return y.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+        x = F.pad(_member_channels(x, self.members), (0, 0, 0, 0, left, right))
         return x.flatten(1, 2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -134,7 +155,7 @@ class MemberArrayNet(nn.Module):
         super().__init__()
         if len(seeds) != members:
             raise ValueError(f"invalid seeds: need one seed per member ({members}), but got {len(seeds)}")
-        self.members, self.preact = members, preact
+        self.members, self.preact, self.channels_last = members, preact, False
         self.stem = MemberConv2d(members, in_channels, widths[0], 3, 1, 1, shared_input=True,
                                  scale_invariant=not preact)
         self.stem_bn = None if preact else MemberBatchNorm2d(members, widths[0])
@@ -167,6 +188,32 @@ class MemberArrayNet(nn.Module):
             out = F.relu(self.final_bn(out))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)          # (N, K·C)
         return self.head(out.view(out.shape[0], self.members, -1))  # (N, K, classes)
+
+    @torch.no_grad()
+    def set_memory_format(self, channels_last: bool) -> "MemberArrayNet":
+        """Lay every conv weight out for channels-last ((K, cout, kh, kw, cin) memory) or back to contiguous.
+
+        The values and the parameter objects stay; only strides change (an optimizer built afterwards keeps
+        the layout in its state). Call it before building the optimizer."""
+        self.channels_last = channels_last
+        for m in self.modules():
+            if isinstance(m, MemberConv2d):
+                m.channels_last = channels_last
+                w = m.weight.data
+                m.weight.data = (w.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if channels_last
+                                 else w.contiguous())
+        return self
+
+    def to(self, *args, **kwargs):
+        """nn.Module.to; memory_format=torch.channels_last (or contiguous_format) goes to set_memory_format,
+        since the 5-D member weights have no channels-last format of their own."""
+        fmt = kwargs.pop("memory_format", None)
+        if fmt is not None:
+            if fmt not in (torch.channels_last, torch.contiguous_format):
+                raise ValueError(f"invalid memory_format: a member array is channels_last or contiguous_format, "
+                                 f"but got memory_format={fmt}")
+            self.set_memory_format(fmt == torch.channels_last)
+        return super().to(*args, **kwargs) if args or kwargs else self
 
     def scale_invariant_weights(self) -> list[Tensor]:
         """Conv weights followed directly by batch norm: the loss does not change when they are scaled."""

@@ -202,3 +202,53 @@ def test_member_array_equals_separate_optimizers(name, decay):
             opts[k].step()
     for k in range(K):
         assert_close(stacked.detach()[k], singles[k].detach(), atol=1e-6, rtol=1e-6)
+
+
+def test_independent_decay_measures_s_t_against_the_peak_of_one_cycle():
+    """OneCycleLR's initial_lr is max_lr/div_factor: s_t is lr/max_lr (≤ 1, 1 at the peak), never lr/initial_lr (25)."""
+    w = torch.nn.Parameter(torch.ones(2, 2))
+    opt = optim.SGD([w], lr=0.1, weight_decay=0.1, decay="independent")
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.4, total_steps=10, pct_start=0.3, div_factor=25.0)
+    expected, peak = torch.ones(2, 2), 0.0
+    for _ in range(10):
+        s = opt.param_groups[0]["lr"] / 0.4
+        peak = max(peak, s)
+        w.grad = torch.zeros_like(w)
+        opt.step()
+        expected = expected * (1 - s * 0.1)
+        assert_close(w.detach(), expected, atol=0, rtol=1e-6)
+        sched.step()
+    assert peak == pytest.approx(1.0)
+
+
+def test_independent_decay_refuses_a_schedule_above_its_base_lr():
+    w = torch.nn.Parameter(torch.ones(2, 2))
+    opt = optim.SGD([w], lr=0.1, weight_decay=0.1, decay="independent")
+    sched = torch.optim.lr_scheduler.CyclicLR(opt, base_lr=0.01, max_lr=0.1, step_size_up=2, cycle_momentum=False)
+    w.grad = torch.zeros_like(w)
+    opt.step()  # lr = base_lr = initial_lr: s_t = 1
+    sched.step()
+    with pytest.raises(ValueError, match=r"independent decay uses s_t = lr / base lr <= 1.*max_lr"):
+        opt.step()  # lr rises above initial_lr: s_t > 1 would decay faster than λ per step
+    # a warm-up below the base lr is fine, and decoupled decay has no base lr to exceed
+    w2 = torch.nn.Parameter(torch.ones(2))
+    opt2 = optim.SGD([w2], lr=0.1, weight_decay=0.1, decay="decoupled")
+    sched2 = torch.optim.lr_scheduler.CyclicLR(opt2, base_lr=0.01, max_lr=0.1, step_size_up=2, cycle_momentum=False)
+    for _ in range(2):
+        w2.grad = torch.zeros(2)
+        opt2.step()
+        sched2.step()
+    assert opt2.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_per_member_lr_refuses_torch_schedulers_clearly():
+    w = torch.nn.Parameter(torch.ones(3, 2))
+    opt = optim.SGD([w], lr=torch.tensor([0.1, 0.2, 0.3]), weight_decay=0.1, decay="coupled")
+    with pytest.raises(ValueError, match=r"invalid lr: torch LR schedulers set one float lr per param group.*3 values"):
+        torch.optim.lr_scheduler.StepLR(opt, step_size=2)
+    # after a state_dict round trip the groups still refuse (load_state_dict rebuilds them)
+    opt.load_state_dict(opt.state_dict())
+    with pytest.raises(ValueError, match=r"per-member tensor"):
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, 10)
+    # a float lr still takes any scheduler
+    torch.optim.lr_scheduler.StepLR(optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1), step_size=2)
