@@ -1,42 +1,73 @@
 #!/usr/bin/env bash
 # The prepared GPU check (one H100, at most 8 minutes, data decoding included):
 #   bench/gpu_check.sh /path/to/cifar10-parquet-folder [out-dir]
-# 1. `study bench`: member-images/s of ResNet-20 arrays (K = 1, 16, 64, 128; batch 512, bf16,
-#    channels-last, torch.compile) against the plain single-model loop (DataLoader, batch 128), same run.
-# 2. A small CIFAR-10 landscape through the engine (`study train`, no services): SGD coupled vs
-#    independent, 6 lr × 8 λ, 10 epochs; prints the slopes of log λ*(η) with their intervals.
-# SMALL=1 shrinks both to a CPU-sized rehearsal of the same script.
-set -euo pipefail
-DATA=${1:?usage: bench/gpu_check.sh CIFAR10_PARQUET_DIR [OUT_DIR]}
-OUT=${2:-${OUT:-build/gpu_check}}
-mkdir -p "$OUT"
+# Steps, each time-boxed; a step that fails or runs out of time is reported and the next one runs:
+#   1. environment (torch, device);
+#   2. `study bench`, eager: ResNet-20 arrays at K = 1, 16, 64, 128 (batch 512, bf16, channels-last) against
+#      the plain single-model loop (DataLoader, batch 128, same precision and memory format), same run;
+#   3. the CIFAR-10 landscape through the engine (`study train`, no services): SGD coupled vs independent,
+#      6 lr × 8 λ, 10 epochs (bench/gpu_landscape.yaml; fewer epochs only if the measured throughput says
+#      10 would not fit the time left, and it says so), with its slopes;
+#   4. `study bench`, torch.compile: K = 1 and 128 (GPU_CHECK_COMPILE_MEMBERS) against the plain loop, with
+#      the compile time of each shape;
+#   5. the summary: throughput table (eager and compiled), landscape and slopes, peak memory, targets, and
+#      which steps failed.
+# GPU_CHECK_TINY=1 (or SMALL=1): the same steps on a CPU at tiny size with the GPU settings forced (bf16,
+# channels-last, torch.compile), so nothing can fail on the GPU that a CPU could have shown.
+# GPU_CHECK_BUDGET_S: wall-clock budget of the whole script (default 480 on a GPU, 1500 tiny).
+set -uo pipefail  # no -e: one failing step must not stop the others
 cd "$(dirname "$0")/.."
-STUDY=${STUDY:-.venv/bin/study}
-DEVICE=cuda; MEMBERS=1,16,64,128; BATCH=512; SPEC=bench/gpu_landscape.yaml
-if [[ "${SMALL:-0}" == 1 ]]; then
-  DEVICE=cpu; MEMBERS=1,4; BATCH=64
-  python3 - "$OUT/small.yaml" <<'PY'
-import sys, yaml
-s = yaml.safe_load(open("bench/gpu_landscape.yaml"))
-s["data"].update(train_subset=512, test_subset=256)
-s["train"].update(epochs=1, device="cpu", compile=False, batch_size=64, warmup_epochs=0)
-for a in s["arms"]:
-    a["lr"]["points"] = 2; a["weight_decay"]["points"] = 3
-yaml.safe_dump(s, open(sys.argv[1], "w"))
-PY
-  SPEC=$OUT/small.yaml
+DATA=${1:?usage: bench/gpu_check.sh CIFAR10_PARQUET_DIR [OUT_DIR]}
+DATA=$(cd "$DATA" && pwd) || { echo "no such folder: $1"; exit 2; }
+OUT=${2:-${OUT:-build/gpu_check}}
+mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
+STUDY=${STUDY:-.venv/bin/study}; PY=${PY:-.venv/bin/python}
+TINY=${GPU_CHECK_TINY:-${SMALL:-0}}
+FORCE=(--precision bf16 --channels-last true)  # the GPU settings (auto on CUDA; forced so a CPU takes them too)
+if [[ "$TINY" == 1 ]]; then
+  DEVICE=cpu; MEMBERS=1,2; CMEMBERS=1,2; BATCH=16; BUDGET=${GPU_CHECK_BUDGET_S:-1500}
+  TIMING=(--warmup 1 --steps 2 --windows 2 --workers 0); TINYFLAG=--tiny
+else
+  DEVICE=cuda; MEMBERS=1,16,64,128; CMEMBERS=${GPU_CHECK_COMPILE_MEMBERS:-1,128}; BATCH=512
+  BUDGET=${GPU_CHECK_BUDGET_S:-480}; TIMING=(--warmup 5 --steps 10 --windows 3 --workers 4); TINYFLAG=
 fi
-t0=$(date +%s)
-echo "== 1. throughput ($DEVICE) =="
-"$STUDY" bench --device "$DEVICE" --model resnet20 --members "$MEMBERS" --batch-size "$BATCH" \
-  --dataset parquet --data-path "$DATA" --warmup 5 --steps 10 --windows 3 --json "$OUT/bench.json" \
-  | tee "$OUT/bench.txt"
-if [[ "$DEVICE" == cuda ]]; then  # torch.compile of the array step: compile time in the warm-up, reported
-  "$STUDY" bench --device cuda --model resnet20 --members 128 --batch-size "$BATCH" --no-baseline --compile \
-    --dataset parquet --data-path "$DATA" --warmup 5 --steps 10 --windows 3 --json "$OUT/bench_compile.json" \
-    | tee "$OUT/bench_compile.txt" || echo "torch.compile run failed (see above); eager numbers stand"
+T0=$(date +%s); : > "$OUT/failed.txt"
+left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
+step() {  # step NAME LIMIT_S LOG cmd...: run time-boxed, output to the screen and LOG; report a failure and go on
+  local name=$1 limit=$2 log=$3; shift 3
+  local rest; rest=$(left); (( limit > rest )) && limit=$rest
+  if (( limit < 20 )); then
+    echo "!! SKIPPED: $name (the budget of $BUDGET s is spent)"; echo "$name: skipped, budget spent" >> "$OUT/failed.txt"; return
+  fi
+  echo "== $name (limit $limit s; elapsed $(( $(date +%s) - T0 )) s) =="
+  timeout --kill-after=20 "$limit" "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  if (( rc != 0 )); then
+    local why="exit $rc"; (( rc == 124 || rc == 137 )) && why="out of time after $limit s"
+    echo "!! FAILED: $name ($why); going on"; echo "$name: $why" >> "$OUT/failed.txt"
+  fi
+}
+step "1. environment" 60 "$OUT/env.txt" "$PY" -c "
+import os, platform, torch
+print('torch', torch.__version__, '| python', platform.python_version(), '| cuda', torch.version.cuda)
+cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.processor())
+print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else f'cpu: {cpu}', '| cpus', os.cpu_count(),
+      '| bf16 supported:', torch.cuda.is_bf16_supported() if torch.cuda.is_available() else 'cpu autocast')"
+step "2. throughput, eager ($DEVICE)" 150 "$OUT/bench_eager.txt" "$STUDY" bench --device "$DEVICE" --model resnet20 \
+  --members "$MEMBERS" --batch-size "$BATCH" --dataset parquet --data-path "$DATA" "${FORCE[@]}" "${TIMING[@]}" \
+  --json "$OUT/bench_eager.json"
+COMPILE_RESERVE=$([[ "$TINY" == 1 ]] && echo 600 || echo 150)  # left for step 4
+rm -f "$OUT/landscape.yaml"
+if ! "$PY" bench/gpu_check_report.py plan "$OUT" $TINYFLAG --budget-s $(( $(left) - COMPILE_RESERVE - 30 )); then
+  echo "!! FAILED: landscape plan"; echo "landscape plan: failed" >> "$OUT/failed.txt"
+  [[ "$TINY" == 1 ]] || cp bench/gpu_landscape.yaml "$OUT/landscape.yaml"  # on the GPU: the spec as it stands
 fi
-echo "== 2. landscape: SGD coupled vs independent (elapsed $(( $(date +%s) - t0 )) s) =="
-"$STUDY" train "$SPEC" --data-path "$DATA" --out "$OUT/landscape.json" --device "$DEVICE" > "$OUT/train.log"
-tail -n 4 "$OUT/train.log"
-echo "== done in $(( $(date +%s) - t0 )) s; results in $OUT =="
+[[ -f "$OUT/landscape.yaml" ]] || echo "!! SKIPPED: landscape (no spec)"
+[[ -f "$OUT/landscape.yaml" ]] && step "3. landscape: SGD coupled vs independent" $(( $(left) - COMPILE_RESERVE )) \
+  "$OUT/train.log" "$STUDY" train "$OUT/landscape.yaml" --data-path "$DATA" --out "$OUT/landscape.json" \
+  --device "$DEVICE" "${FORCE[@]}"
+step "4. throughput, torch.compile ($DEVICE)" 600 "$OUT/bench_compiled.txt" "$STUDY" bench --device "$DEVICE" \
+  --model resnet20 --members "$CMEMBERS" --batch-size "$BATCH" --dataset parquet --data-path "$DATA" "${FORCE[@]}" \
+  --compile on "${TIMING[@]}" --json "$OUT/bench_compiled.json"
+"$PY" bench/gpu_check_report.py summary "$OUT" $TINYFLAG || echo "!! FAILED: summary"
+echo "== done in $(( $(date +%s) - T0 )) s; results in $OUT =="
