@@ -251,12 +251,12 @@ def _check_port(host: str, port: int, flag: str = "--port") -> None:
             raise SpecError(f"invalid {flag}: {host}:{port} is not free ({e.strerror}); choose another port") from None
 
 
-def _wait_answering(url: str, procs, timeout: float = 180.0) -> bool:
+def _wait_answering(url: str, procs, stopping=(), timeout: float = 180.0) -> bool:
     import urllib.request
 
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if any(p.poll() is not None for p in procs):
+        if stopping or any(p.poll() is not None for p in procs):
             return False
         try:
             with urllib.request.urlopen(url, timeout=2):
@@ -271,6 +271,7 @@ def cmd_ui(args) -> int:
     import shutil
     import signal
     import subprocess
+    import tempfile
 
     from .stores import sqlite_path
 
@@ -291,48 +292,56 @@ def cmd_ui(args) -> int:
            "--port", str(args.port), "--workers", "1"]
     if db is not None:
         cmd += ["--default-artifact-root", (home / "artifacts").as_uri()]
+    stopping: list[int] = []  # the signal handler only records the signal; the main loop stops the servers
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: stopping.append(signum))
     # each server in its own process group, so stopping it stops its workers too (mlflow server forks ~9)
-    import tempfile
-
     log = tempfile.TemporaryFile()  # the server's own log: shown only if it fails to come up
     procs = [subprocess.Popen(cmd, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)]
     if dash:
         procs.append(subprocess.Popen([dash, storage, "--host", args.host, "--port", str(args.port + 1)],
                                       start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-
-    def stop(signum=None, frame=None):
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     base = f"http://{args.host}:{args.port}"
     print(f"starting the MLflow UI on {base} (store {tracking}) …", file=sys.stderr, flush=True)
-    if not _wait_answering(f"{base}/health", procs[:1]):
-        log.seek(0)
-        err = log.read().decode(errors="replace").strip().splitlines()
-        print(f"study: error: the MLflow server did not come up ({(err or ['no answer in 180 s'])[-1][:200]})",
-              file=sys.stderr)
-        try:
-            stop()
-        except SystemExit:
+    try:
+        if not _wait_answering(f"{base}/health", procs[:1], stopping):
+            if stopping:
+                return 0
+            log.seek(0)
+            err = log.read().decode(errors="replace").strip().splitlines()
+            print(f"study: error: the MLflow server did not come up ({(err or ['no answer in 180 s'])[-1][:200]})",
+                  file=sys.stderr)
             return 1
-    print(f"MLflow UI: {base}/#/experiments  (store {tracking}); Ctrl-C stops it", flush=True)
-    if dash:
-        print(f"optuna-dashboard: http://{args.host}:{args.port + 1}  (storage {storage})", flush=True)
-    procs[0].wait()
-    stop()
-    return 0
+        print(f"MLflow UI: {base}/#/experiments  (store {tracking}); Ctrl-C stops it", flush=True)
+        if dash:
+            print(f"optuna-dashboard: http://{args.host}:{args.port + 1}  (storage {storage})", flush=True)
+        while not stopping and procs[0].poll() is None:
+            time.sleep(0.2)
+        return 0
+    finally:
+        _stop_tree(procs)
+
+
+def _stop_tree(procs) -> None:
+    """SIGTERM to each server's process group, SIGKILL to what is left after 20 s: nothing stays listening."""
+    import signal
+    import subprocess
+
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # workers that outlived their parent, too
+        except ProcessLookupError:
+            pass
+        p.wait()
 
 
 # --------------------------------------------------------------------------- study export

@@ -74,6 +74,7 @@ class Driver:
         (stores.home / spec.name).mkdir(parents=True, exist_ok=True)
         self.search = StudySearch(spec, stores.storage, finished=self.tracker.finished_members() if resume else ())
         self.tracker.start(stores.artifacts())
+        self.tracker.set_planned(self.search.total)
         self.writer = RecordWriter(self.tracker, self.train_size)
         done = self.search.done()
         self.progress = Progress(self.search.total, done, spec.train.epochs, spec.search.metric, out=self.out)
@@ -140,6 +141,29 @@ class Driver:
 
     # ------------------------------------------------------------------ the run
 
+    def refine(self) -> int:
+        """search.refine: where an arm's best λ lies beyond the grid's edge in some rows, add the weight decay
+        columns that complete those rows (new members under the same arm, seeds and arrays); 0 when none."""
+        from .landscape import landscapes, refine_weight_decays
+        from .tracking import read_study
+
+        self.writer.flush()
+        _, _, metric, members = read_study(self.stores.tracking, self.spec.name, self.spec.search.metric)
+        added = 0
+        for land in landscapes(members, metric=metric):
+            arm = next((a for a in self.search.arms if a.arm.name == land.arm), None)
+            new = refine_weight_decays(land)
+            if arm is None or not new:
+                continue
+            n = arm.extend(new)
+            added += n
+            print(f"[study] refine {land.arm}: best λ at the grid's edge in {sum(c is not None for c in land.censored)} "
+                  f"of {len(land.lr)} rows; adding weight_decay {', '.join(f'{w:.3g}' for w in new)} "
+                  f"({n} members)", file=self.out, flush=True)
+        self.outcome.total = self.progress.total = self.search.total
+        self.progress.epochs_total = self.search.total * self.spec.train.epochs
+        return added
+
     def arrays_needed(self) -> int:
         """An upper bound on the Tune trials the remaining members need (arrays per arm, rounded up, plus one
         per arm for seed groups that straddle arrays)."""
@@ -165,8 +189,15 @@ class Driver:
                 print(f"warning: execution.gpus_per_trial={gpus} but the Ray cluster has no GPU: "
                       f"training on CPUs", file=self.out)
                 gpus = 0.0
-            tune.run_arrays(self, self.spec.name, self.stores.home / self.spec.name / "ray", self.arrays_needed(),
-                            x.cpus_per_trial, gpus, x.max_concurrent, x.max_failures)
+            rounds = self.tracker.refine_rounds()
+            while True:
+                name = self.spec.name if not rounds else f"{self.spec.name}-refine{rounds}"
+                tune.run_arrays(self, name, self.stores.home / self.spec.name / "ray", self.arrays_needed(),
+                                x.cpus_per_trial, gpus, x.max_concurrent, x.max_failures)
+                if self.trials or not self.outcome.complete or rounds >= self.spec.search.refine or not self.refine():
+                    break
+                rounds += 1
+                self.tracker.set_planned(self.search.total, rounds)
         except KeyboardInterrupt:
             self.outcome.interrupted = True
         for trial_id in list(self.trials):  # arrays Tune ended without a result (interrupted, lost)

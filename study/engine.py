@@ -263,7 +263,7 @@ class ArrayTrainer:
             s = schedule_multiplier(step, self.total_steps, t.schedule, self.warmup_steps, t.milestones, t.gamma)
             x, y = self._batch(perm[i * self.batch:(i + 1) * self.batch], aug)
             measure = i >= self.steps_per_epoch - ANGLE_STEPS and self.invariant
-            before = [w.detach().float().clone() for w in self.invariant] if measure else None
+            before = [w.detach().clone() for w in self.invariant] if measure else None  # exact: _angles casts
             s_t = self._schedule[step] if step < self.total_steps else torch.tensor(s, device=self.device)
             loss_sum += self.train_step(x, y, s_t)
             if measure:
@@ -275,12 +275,17 @@ class ArrayTrainer:
         return rows
 
     def _angles(self, before: list[Tensor]) -> Tensor:
-        """Angle (radians) between each scale-invariant weight before and after the step, mean over layers: (K,)."""
+        """Angle (radians) between each scale-invariant weight before and after the step, mean over layers: (K,).
+
+        θ = 2·asin(‖u₀ − u₁‖/2) on the unit vectors, in float64: accurate to rounding from 1e-7 rad up
+        (arccos of a float32 cosine cannot resolve θ ≲ 5e-4 rad, where 1 − cos θ is float32's epsilon).
+        Returns float64; the mean over the measured steps stays float64 until the epoch's rows."""
         out = []
         for w0, w1 in zip(before, self.invariant):
-            w0, w1 = w0.flatten(1), w1.detach().float().flatten(1)
-            cos = (w0 * w1).sum(1) / (w0.norm(dim=1) * w1.norm(dim=1)).clamp_min(1e-30)
-            out.append(torch.arccos(cos.clamp(-1.0, 1.0)))
+            w0, w1 = w0.detach().flatten(1).double(), w1.detach().flatten(1).double()
+            u0 = w0 / w0.norm(dim=1, keepdim=True).clamp_min(1e-300)
+            u1 = w1 / w1.norm(dim=1, keepdim=True).clamp_min(1e-300)
+            out.append(2 * torch.asin(((u0 - u1).norm(dim=1) / 2).clamp(max=1.0)))
         return torch.stack(out).mean(0)
 
     @torch.no_grad()

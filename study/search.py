@@ -31,7 +31,6 @@ from .spec import ArmSpec, MemberSpec, StudySpec, arm_member, arm_settings, grid
 from .stores import StoreError, check_optuna_url, create_sqlite_atomically
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # set_metric_names
 
 MemberId = tuple  # (lr, weight_decay, seed)
 
@@ -83,13 +82,17 @@ class ArmSearch:
         self.study = optuna.create_study(study_name=f"{spec.name}.{arm.name}", storage=storage,
                                          sampler=_sampler(spec), direction="minimize", load_if_exists=True)
         if not self.study.user_attrs:
-            self.study.set_metric_names([spec.search.metric])
+            with warnings.catch_warnings():  # "set_metric_names is experimental": the dashboards read it
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names([spec.search.metric])
             for k, v in (("arm", arm.name), ("metric", spec.search.metric), ("seeds", list(spec.search.seeds))):
                 self.study.set_user_attr(k, v)
         self.seeds = list(spec.search.seeds)
-        self.total = arm_settings(arm, spec.search) * len(self.seeds)
+        self.refined: list[float] = list(self.study.user_attrs.get("refined_weight_decay", []))  # search.refine
+        self.total = (arm_settings(arm, spec.search) + self._lr_points() * len(self.refined)) * len(self.seeds)
+        wds = [arm.weight_decay.low, arm.weight_decay.high, *self.refined]
         self.distributions = {"lr": FloatDistribution(arm.lr.low, arm.lr.high, log=True),
-                              "weight_decay": FloatDistribution(arm.weight_decay.low, arm.weight_decay.high, log=True)}
+                              "weight_decay": FloatDistribution(min(wds), max(wds), log=True)}
         self._live: dict[int, optuna.Trial] = {}
         self._reconcile(list(finished))
 
@@ -117,7 +120,8 @@ class ArmSearch:
         1. trials asked but never told (their driver died) are closed as FAIL: their members go again;
         2. members the tracking store holds as finished but Optuna does not (a lost or restored storage)
            are added as COMPLETE trials from those records, so they are never trained twice;
-        3. every member not done and not queued is enqueued (grids: all points; samplers: known settings)."""
+        3. every member not done and not queued is enqueued (grids: all points and refined columns;
+           samplers: the settings sampled so far)."""
         for t in self._trials(TrialState.RUNNING):
             self.study.tell(t.number, state=TrialState.FAIL)
         done = self.done_ids()
@@ -131,16 +135,37 @@ class ArmSearch:
                 user_attrs={"seed": m.seed, "diverged": f.diverged, "mlflow_run_id": f.run_id,
                             "rebuilt_from": "tracking store"}))
             done.add((m.lr, m.weight_decay, m.seed))
+        self._enqueue_missing(done)
+
+    def _enqueue_missing(self, done: set) -> None:
         queued = {self._id(t) for t in self._trials(TrialState.WAITING)}
         if self.spec.search.sampler == "grid":
             settings = [(lr, wd) for lr in grid_axis(self.arm.lr, self.spec.search.points)
-                        for wd in grid_axis(self.arm.weight_decay, self.spec.search.points)]
+                        for wd in [*grid_axis(self.arm.weight_decay, self.spec.search.points), *self.refined]]
         else:
             settings = list(dict.fromkeys((i[0], i[1]) for t in self._trials() if (i := self._id(t))))
         for lr, wd in settings:
             for seed in self.seeds:
                 if (lr, wd, seed) not in done and (lr, wd, seed) not in queued:
                     self.study.enqueue_trial({"lr": lr, "weight_decay": wd}, user_attrs={"seed": seed})
+
+    def _lr_points(self) -> int:
+        return len(grid_axis(self.arm.lr, self.spec.search.points))
+
+    def extend(self, weight_decays: list[float]) -> int:
+        """search.refine: add weight_decay columns (beyond the grid's edge) for every lr row and seed, as new
+        members; nothing recorded is re-run. Returns how many members were added."""
+        new = [float(w) for w in weight_decays if w not in self.refined]
+        if not new:
+            return 0
+        self.refined += new
+        self.study.set_user_attr("refined_weight_decay", self.refined)
+        lo, hi = self.distributions["weight_decay"].low, self.distributions["weight_decay"].high
+        self.distributions["weight_decay"] = FloatDistribution(min(lo, *new), max(hi, *new), log=True)
+        added = self._lr_points() * len(new) * len(self.seeds)
+        self.total += added
+        self._enqueue_missing(self.done_ids())
+        return added
 
     def _settings_sampled(self) -> int:
         return len({(i[0], i[1]) for t in self._trials() if (i := self._id(t))})
@@ -158,7 +183,8 @@ class ArmSearch:
 
     def _suggest(self, trial: optuna.Trial) -> MemberSpec:
         lr = trial.suggest_float("lr", self.arm.lr.low, self.arm.lr.high, log=True)
-        wd = trial.suggest_float("weight_decay", self.arm.weight_decay.low, self.arm.weight_decay.high, log=True)
+        w = self.distributions["weight_decay"]  # the spec's range, widened by refinement
+        wd = trial.suggest_float("weight_decay", w.low, w.high, log=True)
         if "seed" not in trial.user_attrs:  # a new sample: its first seed here, the others enqueued
             trial.set_user_attr("seed", self.seeds[0])
             for seed in self.seeds[1:]:

@@ -100,6 +100,7 @@ class SearchSpec:
     trials: int | None = None       # settings per arm for non-grid samplers
     seeds: tuple[int, ...] = (0,)   # repeats of every setting (an Optuna user attribute, not a searched parameter)
     metric: str = "test_error"      # final metric Optuna minimizes and `study export` maps by default
+    refine: int = 0                 # grids: rounds that add weight_decay columns beyond an edge where rows' best λ lies
 
 
 @dataclass(frozen=True)
@@ -290,6 +291,9 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check(s.metric in LANDSCAPE_METRICS, file, "search.metric", f"must be one of {', '.join(LANDSCAPE_METRICS)}, but got metric={excerpt(s.metric)}")
     _check(s.points >= 1, file, "search.points", f"must be >= 1, but got points={s.points}")
     _check(s.trials is None or s.trials >= 1, file, "search.trials", f"must be >= 1, but got trials={s.trials}")
+    _check(0 <= s.refine <= 3, file, "search.refine", f"rounds of grid refinement must lie in [0, 3], but got refine={s.refine}")
+    _check(s.refine == 0 or s.sampler == "grid", file, "search.refine", f"refinement completes grids; sampler {s.sampler} "
+           f"places its own points, but got refine={s.refine}")
     _check(len(s.seeds) >= 1 and len(set(s.seeds)) == len(s.seeds), file, "search.seeds", f"need at least one seed and no repeats, but got seeds={excerpt(list(s.seeds))}")
     _check(all(0 <= seed < 2**32 for seed in s.seeds), file, "search.seeds", f"seeds must lie in [0, 2**32), but got seeds={excerpt(list(s.seeds))}")
     _check(0 <= t.seed < 2**32, file, "train.seed", f"must lie in [0, 2**32), but got seed={t.seed}")

@@ -29,8 +29,7 @@ from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from . import __version__
-from .spec import (EPOCH_METRICS, MemberSpec, StudySpec, decay_timescale, planned_members, spec_from_dict,
-                   steps_per_epoch)
+from .spec import EPOCH_METRICS, MemberSpec, StudySpec, decay_timescale, spec_from_dict, steps_per_epoch
 from .stores import check_tracking_uri, create_sqlite_atomically, sqlite_path
 
 PER_EPOCH = EPOCH_METRICS
@@ -146,6 +145,18 @@ class Tracker:
         self.parent_id = parents[0].info.run_id if parents else None
         self.logged_steps: dict[str, int] = {}  # run id -> last epoch recorded
 
+    def set_planned(self, members: int, refine_rounds: int | None = None) -> None:
+        """How many members the study plans (it grows when search.refine adds columns): export's completeness."""
+        tags = [RunTag("members_planned", str(members))]
+        if refine_rounds is not None:
+            tags.append(RunTag("refine_rounds", str(refine_rounds)))
+        _retry("tagging the parent run", self.client.log_batch, self.parent_id, tags=tags)
+
+    def refine_rounds(self) -> int:
+        if self.parent_id is None:
+            return 0
+        return int(_retry("reading the parent run", self.client.get_run, self.parent_id).data.tags.get("refine_rounds", 0))
+
     def start(self, artifact_location: str | None = None) -> None:
         spec = self.spec
         if self.experiment_id is None:
@@ -172,8 +183,7 @@ class Tracker:
             Param("study", spec.name), Param("sampler", spec.search.sampler), Param("model", spec.model.name),
             Param("data", spec.data.dataset), Param("epochs", str(spec.train.epochs)),
             Param("arms", ",".join(a.name for a in spec.arms) or "members"),
-            Param("seeds", ",".join(map(str, spec.search.seeds))), Param("metric", spec.search.metric),
-            Param("members_planned", str(planned_members(spec)))])
+            Param("seeds", ",".join(map(str, spec.search.seeds))), Param("metric", spec.search.metric)])
 
     def _search(self, filter_string: str):
         if self.experiment_id is None:
@@ -434,7 +444,7 @@ def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str
                         "error": m[f"final_{metric}"], "diverged": r.data.tags.get("diverged") == "true",
                         "run_id": r.info.run_id,
                         "total_steps": int(float(p["total_steps"])) if "total_steps" in p else None})
-    planned = parents[0].data.params.get("members_planned")
+    planned = parents[0].data.tags.get("members_planned")
     if planned is not None and len(members) < int(planned):
         print(f"warning: study {name!r} is not complete: {len(members)} of {planned} members finished; "
               f"the landscape shows those only", file=sys.stderr)
@@ -443,7 +453,7 @@ def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str
 
 def is_complete(uri: str, name: str, finished: int) -> bool:
     """Whether `finished` members are all the study planned (records from before `members_planned`: yes)."""
-    planned = find_parent(uri, name).data.params.get("members_planned")
+    planned = find_parent(uri, name).data.tags.get("members_planned")
     return planned is None or finished >= int(planned)
 
 

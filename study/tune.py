@@ -22,6 +22,10 @@ from ray import tune
 from ray.tune.search import Searcher
 
 CHECKPOINT_FILE = "array.pt"
+# Tune copies these from the driver's environment into every trial's runtime_env (ray/tune/execution/
+# class_cache.py), which Ray's runtime-env agent writes to its log in plain text; they are hidden from
+# Tune while it runs (the driver needs them only before and after: spec and export artifacts)
+TUNE_COPIED_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
 # what a trial's environment may carry from the driver's: fault-injection hooks of the tests and the
 # settings of the libraries a trial uses; never credentials (they would land in Ray's logs)
 TRIAL_ENV = ("STUDY_TEST_CRASH_AT_EPOCH", "STUDY_TEST_SLOW_EPOCH_S", "STUDY_CACHE", "OMP_NUM_THREADS",
@@ -182,7 +186,9 @@ def run_arrays(driver, name: str, storage_path: Path, arrays: int, cpus: float, 
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )
+    hidden = {k: os.environ.pop(k) for k in TUNE_COPIED_SECRETS if k in os.environ}
     try:
         tuner.fit()
     finally:
+        os.environ.update(hidden)
         _LIVE.pop(id(driver), None)

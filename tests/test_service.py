@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,6 +117,7 @@ class Readers:
                     self.reads[kind] += 1
                 except Exception as e:  # a reader's own trouble (e.g. a busy database): counted, never fatal
                     self.errors.append(f"{kind}: {e!r}"[:200])
+            self.stop.wait(0.02)  # about 50 reads a second per thread: a heavy reader, not a busy loop
 
     def _mlflow(self):
         def read(uri):
@@ -144,10 +146,13 @@ class Readers:
 
 def test_study_run_records_every_member_once(tmp_path):
     spec = write_spec(tmp_path / "e2e.yaml", "e2e")
+    import tempfile
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))  # Ray's own logs, short enough for its socket paths
     with Readers(tmp_path / "home", "e2e") as readers:  # hammering the stores from the first second
         out = run_ok(tmp_path / "home", "run", str(spec),
                      env={"AWS_SECRET_ACCESS_KEY": SECRET, "STUDY_API_TOKEN": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET,
-                          "STUDY_LOG_INTERVAL_S": "0"})
+                          "STUDY_LOG_INTERVAL_S": "0", "RAY_TMPDIR": str(ray_tmp)})
     assert min(readers.reads.values()) > 10, (readers.reads, readers.errors[:5])  # they really read meanwhile
     assert "16/16 members" in out.stdout and "study ui" in out.stdout
     assert "members done" in out.stderr and "best single-seed test_error" in out.stderr  # live progress
@@ -161,6 +166,14 @@ def test_study_run_records_every_member_once(tmp_path):
     for store in (tmp_path / "home").rglob("*"):  # nor in any byte the study wrote: databases, artifacts
         if store.is_file():
             assert SECRET.encode() not in store.read_bytes(), store
+    ray_files = [f for f in ray_tmp.rglob("*") if f.is_file() and not f.is_symlink()]
+    assert any("runtime_env" in f.name for f in ray_files) or len(ray_files) > 10, ray_files[:5]  # Ray's logs are here
+    for f in ray_files:  # nor in Ray's own logs: trials get an allow-list of the driver's environment
+        try:
+            assert SECRET.encode() not in f.read_bytes(), f
+        except OSError:
+            pass  # sockets and files Ray removed meanwhile
+    shutil.rmtree(ray_tmp, ignore_errors=True)
     # the export reads those records back: every figure, landscape.json and the report
     exp = run_ok(tmp_path / "home", "export", "e2e", "--out", str(tmp_path / "export"))
     assert "slope of log λ*(η)" in exp.stdout
@@ -177,7 +190,8 @@ def test_study_run_records_every_member_once(tmp_path):
     official = {f.path for f in client.list_artifacts(parent_id, "landscape/test_error/default")}
     assert {"landscape/test_error/default/report.html", "landscape/test_error/default/landscape.json"} <= official
     parent = client.get_run(parent_id).data
-    assert {"sgd-coupled.slope", "sgd-coupled.ci_low", "sgd-coupled.ci_high", "sgd-coupled.best_lr"} <= set(parent.metrics)
+    # the answer on the parent run (a 2 × 2 grid has no interval: NaN metrics are not logged)
+    assert {"sgd-coupled.best_lr", "sgd-coupled.best_weight_decay", "sgd-coupled.best_test_error"} <= set(parent.metrics)
     assert parent.tags["verdict.sgd-coupled"]
     # another metric's export goes to its own folder and leaves the official one as it was; --no-log logs nothing
     run_ok(tmp_path / "home", "export", "e2e", "--metric", "test_loss", "--out", str(tmp_path / "export2"))
@@ -375,3 +389,58 @@ def test_failed_members_are_counted_failed_and_resume_retries_them(tmp_path):
     assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}  # the same runs, now finished
     for r in runs:
         assert [m.step for m in client.get_metric_history(r.info.run_id, "final_test_error")] == [0]
+
+
+def test_lost_optuna_storage_is_rebuilt_from_the_records_never_retrained(tmp_path):
+    """The Optuna file vanishes after members finished: `study resume` rebuilds their trials from MLflow (the
+    records are the source of truth) instead of training and recording them a second time."""
+    home = tmp_path / "home"
+    spec = write_spec(tmp_path / "lost.yaml", "lost", small=True)
+    run_ok(home, "run", str(spec))
+    (home / "lost" / "optuna.db").unlink()
+    out = run_ok(home, "resume", "lost")
+    assert "4/4 members done" in out.stderr and "4/4 members recorded" in out.stdout
+    recs = check_records(home, spec)
+    for r in recs["runs"]:  # final metrics once: nothing was recorded twice
+        assert len(recs["client"].get_metric_history(r.info.run_id, "final_test_error")) == 1
+    trials = optuna.load_study(study_name="lost.sgd-coupled", storage=f"sqlite:///{home / 'lost' / 'optuna.db'}").trials
+    assert len(trials) == 4 and all(t.user_attrs["rebuilt_from"] == "tracking store" for t in trials)
+
+
+def _parent_exists(home: Path, name: str) -> bool:
+    if not (home / "mlflow.db").exists():
+        return False
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    return bool(exp and client.search_runs([exp.experiment_id], "tags.role = 'parent'"))
+
+
+def test_one_driver_per_study(tmp_path):
+    """Two `study run` of one spec released together make one parent run; the other is refused with one line.
+    While the winner runs, `study resume` is refused too, naming the driver that holds the study."""
+    home = tmp_path / "home"
+    spec = write_spec(tmp_path / "lease.yaml", "lease", small=True)
+    env = {**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "2"}
+    procs = [subprocess.Popen(study_cmd(home, "run", str(spec)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(2)]
+    deadline = time.time() + 120
+    while all(p.poll() is None for p in procs) and time.time() < deadline:
+        time.sleep(0.2)
+    loser = next((p for p in procs if p.poll() is not None), None)
+    assert loser is not None, "neither driver was refused within 120 s"
+    winner = procs[1 - procs.index(loser)]
+    err = loser.stderr.read().strip().splitlines()
+    assert loser.returncode == 2 and len(err) == 1, err
+    assert "being run by another driver" in err[0] or "already has records" in err[0], err[0]
+    try:
+        while not _parent_exists(home, "lease"):  # the winner holds the lease and has opened its records
+            assert winner.poll() is None and time.time() < deadline, winner.communicate()
+            time.sleep(0.2)
+        resumed = subprocess.run(study_cmd(home, "resume", "lease"), capture_output=True, text=True, timeout=120)
+        assert resumed.returncode == 2 and "being run by another driver (pid" in resumed.stderr, resumed.stderr[-2000:]
+        out, err = winner.communicate(timeout=400)
+        assert winner.returncode == 0, err[-3000:]
+    finally:
+        if winner.poll() is None:
+            winner.kill()
+    check_records(home, spec)  # one parent, every member once

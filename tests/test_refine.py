@@ -1,0 +1,60 @@
+"""search.refine on a planted landscape, with a real Optuna storage and no training: a grid whose ridge
+leaves it at the high weight-decay edge asks for the missing columns and, completed, recovers the slope."""
+
+import math
+
+import numpy as np
+
+from study.landscape import arm_landscape, refine_weight_decays
+from study.search import StudySearch
+from study.spec import spec_from_dict
+
+TRUE_SLOPE = -1.0
+
+
+def planted_error(lr: float, wd: float, seed: int) -> float:
+    """A coupled-style basin: best log λ = log(2e-4) − log η, quadratic around it, seed noise σ = 0.01."""
+    best = math.log(2e-4) + TRUE_SLOPE * math.log(lr)
+    noise = np.random.default_rng(abs(hash((round(lr, 12), round(wd, 12), seed))) % 2**32).normal(0, 0.01)
+    return 0.1 + 0.05 * (math.log(wd) - best) ** 2 + 0.02 * math.log(lr / 0.03) ** 2 + noise
+
+
+def _train_all(search: StudySearch, told: list[dict]) -> None:
+    while (nxt := search.next_array(8)) is not None:
+        arm, batch = nxt
+        for number, m in batch:
+            err = planted_error(m.lr, m.weight_decay, m.seed)
+            arm.tell(number, err)
+            told.append({"optimizer": m.optimizer, "decay": m.decay, "lr": m.lr, "weight_decay": m.weight_decay,
+                         "seed": m.seed, "error": err, "diverged": False})
+
+
+def test_refine_completes_a_grid_whose_ridge_leaves_it(tmp_path):
+    spec = spec_from_dict({
+        "name": "planted", "search": {"sampler": "grid", "seeds": [0, 1], "refine": 2},
+        "arms": [{"optimizer": "sgd", "decay": "coupled", "lr": {"low": 0.01, "high": 0.1, "points": 6},
+                  "weight_decay": {"low": 1e-3, "high": 1e-2, "points": 6}}]})
+    search = StudySearch(spec, f"sqlite:///{tmp_path / 'optuna.db'}")
+    told: list[dict] = []
+    _train_all(search, told)
+    assert len(told) == 72 == search.done() == search.total
+    before = arm_landscape(told, metric="error")
+    assert sum(c == "high" for c in before.censored) >= 2  # the ridge leaves the grid at the high edge
+    rounds = 0
+    while (new := refine_weight_decays(before if rounds == 0 else after)) and rounds < spec.search.refine:
+        assert min(new) > 1e-2  # only columns beyond the edge
+        added = search.arms[0].extend(new)
+        assert added == 6 * len(new) * 2 and search.total == len(told) + added
+        _train_all(search, told)
+        after = arm_landscape(told, metric="error")
+        rounds += 1
+    assert rounds >= 1
+    assert not any(after.censored), after.censored   # the landscape completed itself
+    assert abs(after.slope - TRUE_SLOPE) < 0.1, after.slope
+    # the records stay exact: every member once, nothing re-run
+    keys = [(m["lr"], m["weight_decay"], m["seed"]) for m in told]
+    assert len(keys) == len(set(keys)) == search.done()
+    # a resumed driver (a new StudySearch on the same storage) sees the refined grid as the study's
+    search.lease.release()
+    again = StudySearch(spec, f"sqlite:///{tmp_path / 'optuna.db'}").arms[0]
+    assert again.total == len(told) and not again.has_work()
