@@ -48,7 +48,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-DECAY_MODES = ("coupled", "decoupled", "independent")
+from .registry import DECAY_MODES  # noqa: E402  (one home: the registry)
 
 
 # --------------------------------------------------------------------------- hyperparameters
@@ -466,7 +466,34 @@ class Adagrad(_DecayOptimizer):
             p.addcdiv_(grad, std, value=-lr)
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adagrad": Adagrad}
+class Lion(_DecayOptimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"): the update is the sign of an
+    interpolation of momentum and gradient, c = β1·m + (1 − β1)·g, p ← p − lr·sign(c), then m ← β2·m + (1 − β2)·g.
+    Matches the reference `lion_pytorch.Lion`: decay='decoupled' is its weight_decay (w·(1 − lr·λ)),
+    decay='independent' its decoupled_weight_decay=True (w·(1 − s_t·λ)); decay='coupled' adds λ·w to the
+    gradient first (which the sign then mostly erases: coupled decay is nearly inert under Lion)."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0, decay="coupled"):
+        betas = tuple(betas)
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"invalid betas: two values in [0, 1), but got betas={betas}")
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay, decay=decay))
+
+    def _update(self, p, grad, state, group):
+        beta1, beta2 = group["betas"]
+        if not state:
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        exp_avg = state["exp_avg"]
+        update = exp_avg.mul(beta1).add_(grad, alpha=1 - beta1).sign_()
+        lr = _bcast(group["lr"], p)
+        if isinstance(lr, Tensor):
+            p.addcmul_(update, lr, value=-1)
+        else:
+            p.add_(update, alpha=-lr)
+        exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adagrad": Adagrad, "lion": Lion}
 
 
 # --------------------------------------------------------------------------- which tensors decay
@@ -501,7 +528,9 @@ def param_groups(named_params: Iterable[tuple[str, Tensor]], weight_decay, membe
 
 
 def build_optimizer(name: str, groups, lr, decay: str, **kwargs) -> _DecayOptimizer:
-    """The optimizer `name` ("sgd", "adam", "adagrad") over `groups` from `param_groups`."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"invalid optimizer: must be one of {', '.join(OPTIMIZERS)}, but got optimizer={name!r}")
-    return OPTIMIZERS[name](groups, lr=lr, decay=decay, **kwargs)
+    """The optimizer `name` of study/registry.py over `groups` from `param_groups`; `kwargs` are its settings."""
+    from .registry import OPTIMIZERS as ENTRIES
+
+    if name not in ENTRIES:
+        raise ValueError(f"invalid optimizer: must be one of {', '.join(ENTRIES)}, but got optimizer={name!r}")
+    return ENTRIES[name].load()(groups, lr=lr, decay=decay, **kwargs)
