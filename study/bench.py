@@ -16,6 +16,7 @@ throughput; arrays of equal shapes share the compiled graphs.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -40,6 +41,7 @@ class Row:
     peak_memory_mb: float
     compile_s: float = 0.0
     compiled: bool = False
+    error: str = ""           # why the row could not be measured (it is then NaN)
 
 
 def _sync(device: torch.device) -> None:
@@ -193,9 +195,41 @@ def bench_baseline(data: Dataset, depth: int, batch_size: int, device, warmup=3,
 COMPILE_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
+def _result(model, device, dataset, windows, steps, warmup, bf16, cl, compile, rows, baseline) -> dict:
+    out = [asdict(r) for r in rows]
+    single = {(r["compiled"], r["batch_size"]): r["member_images_per_s"] for r in out
+              if r["what"] == "array" and r["members"] == 1 and not r["error"]}
+    base_ips = out[0]["member_images_per_s"] if baseline and out and not out[0]["error"] else None
+    for r in out:
+        if r["what"] == "array" and not r["error"]:
+            r["vs_baseline"] = r["member_images_per_s"] / base_ips if base_ips else None
+            key = (r["compiled"], r["batch_size"])
+            r["vs_k1_same_batch"] = r["member_images_per_s"] / single[key] if key in single else None
+    return {"model": model, "device": str(device), "dataset": dataset,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "settings": {"precision": "bf16" if bf16 else "fp32", "channels_last": cl, "compile": compile},
+            "peak_memory_mb": max((r["peak_memory_mb"] for r in out if not r["error"]), default=0.0),
+            "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
+            "timing": f"median of {windows} windows of {steps} steps after {warmup} warm-up steps",
+            "rows": out}
+
+
+def _failed(what, members, batch, device, compiled, e: Exception, log) -> Row:
+    """A row that could not be measured (out of memory, a compiler error): reported, and the bench goes on."""
+    msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    log(f"{what:<9} K={members:<4} batch {batch}: FAILED ({msg}); going on", flush=True)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return Row(what if what == "baseline" else "array", members, batch, math.nan, math.nan, math.nan,
+               compiled=compiled, error=msg)
+
+
 def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="cpu", dataset="synthetic",
               path=None, warmup=3, steps=5, windows=3, compile="off", baseline=True, workers=2, log=print,
-              precision: str = "auto", channels_last=None) -> dict:
+              precision: str = "auto", channels_last=None, on_row=None) -> dict:
+    """Every row, in order: the plain loop, then arrays (eager, then compiled). A row that fails is recorded
+    with its error and the others still run; `on_row(result)` sees the result so far after every row."""
     from .engine import resolve_channels_last, resolve_precision
 
     device = torch.device(device)
@@ -208,36 +242,35 @@ def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="
     data = data.to(device) if device.type == "cuda" else data
     rows: list[Row] = []
     depth = int(model.removeprefix("resnet")) if model.startswith("resnet") else 20
+
+    def result():
+        return _result(model, device, dataset, windows, steps, warmup, bf16, cl, compile, rows, baseline)
+
     if baseline:
-        base = bench_baseline(data.to("cpu"), depth, 128, device, warmup, steps, windows, workers, bf16, cl)
+        try:
+            base = bench_baseline(data.to("cpu"), depth, 128, device, warmup, steps, windows, workers, bf16, cl)
+            log(f"baseline  K=1   batch 128: {base.member_images_per_s:>10.0f} images/s  ({base.step_ms:.1f} ms/step)",
+                flush=True)
+        except Exception as e:  # noqa: BLE001 - the arrays are still worth measuring
+            base = _failed("baseline", 1, 128, device, False, e, log)
         rows.append(base)
-        log(f"baseline  K=1   batch 128: {base.member_images_per_s:>10.0f} images/s  ({base.step_ms:.1f} ms/step)")
+        if on_row:
+            on_row(result())
     for compiled in COMPILE_MODES[compile]:
+        what = "compiled" if compiled else "array"
         for b in batch_sizes:
             for k in members:
-                r = bench_array(data, model, k, b, device, warmup, steps, windows, compiled, precision, channels_last)
+                try:
+                    r = bench_array(data, model, k, b, device, warmup, steps, windows, compiled, precision, channels_last)
+                    log(f"{what:<9} K={k:<4} batch {b}: {r.member_images_per_s:>10.0f} member-images/s  "
+                        f"({r.step_ms:.1f} ms/step, peak {r.peak_memory_mb:.0f} MB"
+                        + (f", compile {r.compile_s:.1f} s)" if compiled else ")"), flush=True)
+                except Exception as e:  # noqa: BLE001 - e.g. out of memory at the largest K: the others stand
+                    r = _failed(what, k, b, device, compiled, e, log)
                 rows.append(r)
-                what = "compiled" if compiled else "array"
-                log(f"{what:<9} K={k:<4} batch {b}: {r.member_images_per_s:>10.0f} member-images/s  "
-                    f"({r.step_ms:.1f} ms/step, peak {r.peak_memory_mb:.0f} MB"
-                    + (f", compile {r.compile_s:.1f} s)" if compiled else ")"), flush=True)
-    out = [asdict(r) for r in rows]
-    single = {(r["compiled"], r["batch_size"]): r["member_images_per_s"] for r in out
-              if r["what"] == "array" and r["members"] == 1}
-    base_ips = out[0]["member_images_per_s"] if baseline else None
-    for r in out:
-        if r["what"] == "array":
-            r["vs_baseline"] = r["member_images_per_s"] / base_ips if base_ips else None
-            key = (r["compiled"], r["batch_size"])
-            r["vs_k1_same_batch"] = r["member_images_per_s"] / single[key] if key in single else None
-    return {"model": model, "device": str(device), "dataset": dataset,
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "settings": {"precision": "bf16" if bf16 else "fp32", "channels_last": cl, "compile": compile},
-            "peak_memory_mb": max((r["peak_memory_mb"] for r in out), default=0.0),
-            "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
-            "timing": f"median of {windows} windows of {steps} steps after {warmup} warm-up steps",
-            "rows": out}
+                if on_row:
+                    on_row(result())
+    return result()
 
 
 def format_table(result: dict) -> str:
@@ -248,6 +281,10 @@ def format_table(result: dict) -> str:
              f"{'what':<9} {'K':>4} {'batch':>5} {'member-img/s':>13} {'ms/step':>8} {'peak MB':>8} "
              f"{'x baseline':>10} {'x K=1':>6} {'compile s':>9}"]
     for r in result["rows"]:
+        if r.get("error"):
+            what = "compiled" if r.get("compiled") else r["what"]
+            lines.append(f"{what:<9} {r['members']:>4} {r['batch_size']:>5}  FAILED: {r['error']}")
+            continue
         vb = r.get("vs_baseline")
         vk = r.get("vs_k1_same_batch")
         what = "compiled" if r.get("compiled") else r["what"]

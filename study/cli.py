@@ -443,9 +443,10 @@ def cmd_bench(args) -> int:
     print(f"study bench: {args.model} on {device} ({args.dataset}), K={members}, batch={batches}, "
           f"precision={args.precision}, channels_last={args.channels_last}, compile={args.compile}", flush=True)
     channels_last = {"auto": None, "true": True, "false": False}[args.channels_last]
+    on_row = (lambda partial: write_json(partial, args.json)) if args.json else None  # a killed run keeps its rows
     result = run_bench(args.model, members, batches, str(device), args.dataset, args.data_path, args.warmup,
                        args.steps, args.windows, args.compile, not args.no_baseline, args.workers,
-                       precision=args.precision, channels_last=channels_last)
+                       precision=args.precision, channels_last=channels_last, on_row=on_row)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)

@@ -307,3 +307,14 @@ def test_train_cli_flags_and_spec_fields(tmp_path, capsys):
     assert main(["train", str(bad), "--out", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.precision" in err[0] and "fp16" in err[0]
+
+
+def test_bench_records_a_failing_row_and_goes_on():
+    from study.bench import format_table, run_bench
+
+    seen = []
+    result = run_bench("resnet7", members=(1, 2), batch_sizes=(32,), device="cpu", dataset="digits", warmup=1,
+                       steps=1, windows=1, baseline=False, log=lambda *a, **k: None, on_row=seen.append)
+    assert [r["members"] for r in result["rows"]] == [1, 2] and len(seen) == 2  # every row, each one reported
+    assert all(r["error"].startswith("ValueError: invalid model") for r in result["rows"])
+    assert "FAILED: ValueError" in format_table(result)
