@@ -2,7 +2,7 @@
 # The prepared GPU check (one H100, at most 8 minutes, data decoding included):
 #   bench/gpu_check.sh /path/to/cifar10-parquet-folder [out-dir]
 # Steps, each time-boxed; a step that fails or runs out of time is reported and the next one runs:
-#   1. environment (torch, device);
+#   1. environment (torch, device); 1b. a few training steps under torch.cuda.set_sync_debug_mode("error");
 #   2. `study bench`, eager: ResNet-20 arrays at K = 1, 16, 64, 128 (batch 512, bf16, channels-last) against
 #      the plain single-model loop (DataLoader, batch 128, same precision and memory format), same run;
 #   3. the CIFAR-10 landscape through the engine (`study train`, no services): SGD coupled vs independent,
@@ -53,6 +53,8 @@ print('torch', torch.__version__, '| python', platform.python_version(), '| cuda
 cpu = next((l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')), platform.processor())
 print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else f'cpu: {cpu}', '| cpus', os.cpu_count(),
       '| bf16 supported:', torch.cuda.is_bf16_supported() if torch.cuda.is_available() else 'cpu autocast')"
+step "1b. no host sync in the training step" 120 "$OUT/sync.txt" "$PY" bench/gpu_check_report.py synccheck "$OUT" \
+  --device "$DEVICE"
 step "2. throughput, eager ($DEVICE)" 150 "$OUT/bench_eager.txt" "$STUDY" bench --device "$DEVICE" --model resnet20 \
   --members "$MEMBERS" --batch-size "$BATCH" --dataset parquet --data-path "$DATA" "${FORCE[@]}" "${TIMING[@]}" \
   --json "$OUT/bench_eager.json"

@@ -2,6 +2,7 @@
 
   gpu_check_report.py plan OUT_DIR --tiny|--gpu [--budget-s S]   writes OUT_DIR/landscape.yaml
   gpu_check_report.py summary OUT_DIR [--tiny]                    prints throughput, landscape, memory, failures
+  gpu_check_report.py synccheck OUT_DIR --device cuda              training steps under set_sync_debug_mode("error")
 
 The plan keeps bench/gpu_landscape.yaml (SGD coupled vs independent, 6 lr × 8 λ, 10 epochs, batch 512,
 bf16 and channels-last) and, on the GPU, lowers the epochs only if the eager throughput measured just before
@@ -166,14 +167,57 @@ def summary(out: Path, tiny: bool) -> None:
     print("\n-- steps that failed: " + ("; ".join(failed) if failed else "none"))
 
 
+def sync_check(device: str) -> None:
+    """A few training steps (batch and augmentation on the device, bf16, channels-last, the divergence check,
+    the flat optimizer) under torch.cuda.set_sync_debug_mode("error"): any host synchronization raises and
+    names the operation. Without CUDA the steps run unchecked (the code path is rehearsed)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from study.data import load_dataset
+    from study.engine import ArrayConfig, ArrayTrainer
+    from study.spec import DataSpec, MemberSpec, ModelSpec, TrainSpec
+
+    data = load_dataset("synthetic", synthetic_size=(512, 64))
+    cuda = torch.device(device).type == "cuda"
+    for opt, decay in (("sgd", "independent"), ("adam", "decoupled")):
+        members = [MemberSpec(opt, decay, (0.1 if opt == "sgd" else 1e-3) * (k + 1), 1e-3, seed=k) for k in range(4)]
+        # on a CPU (the rehearsal) a smaller model and batch: bf16 + channels-last is slow there in eager mode
+        train = TrainSpec(epochs=1, batch_size=64 if cuda else 16, precision="bf16", channels_last=True, warmup_epochs=0.5)
+        tr = ArrayTrainer(members, data, ArrayConfig(ModelSpec("resnet20" if cuda else "resnet8"), train, DataSpec()), device)
+        order, aug = tr._generators(0)
+        perm = torch.randperm(len(data.train_y), generator=order).to(device)
+
+        def step(i):
+            x, y = tr._batch(perm[i * tr.batch:(i + 1) * tr.batch], aug)
+            return tr.train_step(x, y, tr._schedule[i])
+
+        step(0), step(1)  # the first steps create the optimizer state
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            for i in range(2, 6):
+                loss = step(i)
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode(0)
+        assert bool(torch.isfinite(loss).all()), "a member diverged in the sync check"
+        print(f"{opt}-{decay}: 4 training steps (batch, augmentation, bf16 forward, backward, divergence check, "
+              + ("optimizer) ran with no host synchronization" if cuda else "optimizer) ran; the sync check needs CUDA"))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("command", choices=["plan", "summary"])
+    p.add_argument("command", choices=["plan", "summary", "synccheck"])
     p.add_argument("out", type=Path)
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--budget-s", type=float, default=300.0)
+    p.add_argument("--device", default="cuda")
     a = p.parse_args(argv)
-    if a.command == "plan":
+    if a.command == "synccheck":
+        sync_check(a.device)
+    elif a.command == "plan":
         plan(a.out, a.tiny, a.budget_s)
     else:
         summary(a.out, a.tiny)

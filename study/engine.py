@@ -239,9 +239,20 @@ class ArrayTrainer:
     def _train_step(self, x: Tensor, y: Tensor, s) -> Tensor:
         return self.train_step(x, y, s if isinstance(s, Tensor) else torch.tensor(float(s), device=self.device))
 
+    def _normalize(self, x: Tensor) -> Tensor:
+        """data.normalize with the mean and std kept on the device: no host-to-device copy per batch (on CUDA
+        that copy, from pageable memory, waits for the stream: a host sync in every step)."""
+        dtype = torch.get_default_dtype()
+        if getattr(self, "_norm", (None,))[0] != dtype:
+            d = self.data
+            self._norm = (dtype, torch.tensor(d.mean, device=self.device, dtype=dtype).view(1, -1, 1, 1),
+                          torch.tensor(d.std, device=self.device, dtype=dtype).view(1, -1, 1, 1))
+        _, m, sd = self._norm
+        return (x.to(dtype) / 255.0 - m) / sd  # the arithmetic of data.normalize, bit for bit
+
     def _batch(self, idx: Tensor, aug_gen) -> tuple[Tensor, Tensor]:
         d = self.data
-        x = normalize(d.train_x[idx], d.mean, d.std, torch.get_default_dtype())
+        x = self._normalize(d.train_x[idx])
         x = augment(x, aug_gen, self.crop_padding, self.flip)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -296,7 +307,7 @@ class ArrayTrainer:
         loss = torch.zeros(self.K, device=self.device)
         wrong = torch.zeros(self.K, device=self.device)
         for i in range(0, len(d.test_y), bs):
-            x = normalize(d.test_x[i:i + bs], d.mean, d.std, torch.get_default_dtype())
+            x = self._normalize(d.test_x[i:i + bs])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             y = d.test_y[i:i + bs]

@@ -297,9 +297,12 @@ def test_train_cli_flags_and_spec_fields(tmp_path, capsys):
                     "model: {name: resnet8}\ntrain: {epochs: 1, batch_size: 32, precision: fp32}\n"
                     "members:\n  - {optimizer: sgd, decay: coupled, lr: 0.05, weight_decay: 0.001}\n"
                     "  - {optimizer: sgd, decay: coupled, lr: 0.1, weight_decay: 0.001, seed: 1}\n")
-    rc = main(["train", str(spec), "--out", str(tmp_path / "r.json"), "--precision", "bf16", "--channels-last", "true"])
+    # the shapes of the compile test above (resnet8, K=2, 32 digits): its compiled graphs serve this array too
+    rc = main(["train", str(spec), "--out", str(tmp_path / "r.json"), "--precision", "bf16", "--channels-last", "true",
+               "--compile"])
     out = capsys.readouterr().out
-    assert rc == 0 and "bf16, channels_last=True, compile=False" in out and "peak memory" in out
+    assert rc == 0 and "bf16, channels_last=True, compile=True" in out and "peak memory" in out
+    assert "first compiled step" in out
     rc = main(["train", str(spec), "--out", str(tmp_path / "r.json")])
     assert rc == 0 and "fp32, channels_last=False, compile=False" in capsys.readouterr().out  # auto on a CPU
     bad = tmp_path / "bad.yaml"
