@@ -68,8 +68,6 @@ class Driver:
         # every store checked (scheme, reachable, writable) before the first record is written anywhere
         check_optuna_url(stores.storage)
         ensure_store(stores.tracking, stores.artifacts())
-        for w in timescale_warnings(spec, self.train_size):
-            print(f"warning: {w}", file=self.out)
         self.tracker = Tracker(stores.tracking, spec, resume)  # refuses a name that has records, unless resuming
         (stores.home / spec.name).mkdir(parents=True, exist_ok=True)
         self.search = StudySearch(spec, stores.storage, finished=self.tracker.finished_members() if resume else ())
@@ -80,6 +78,8 @@ class Driver:
         self.progress = Progress(self.search.total, done, spec.train.epochs, spec.search.metric, out=self.out)
         self.outcome = Outcome(self.search.total, done)
         self.trials: dict[str, tuple[object, list[tuple[int, MemberSpec, str]]]] = {}
+        for w in timescale_warnings(spec, self.train_size):  # said once the study is ours to run
+            print(f"warning: {w}", file=self.out)
 
     # ------------------------------------------------------------------ hooks called by tune.py
 

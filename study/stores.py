@@ -9,8 +9,10 @@ time; here the schema is built in a private file and linked into place only once
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sqlite3
 import time
 import urllib.error
 import urllib.parse
@@ -116,7 +118,8 @@ def check_tracking_uri(uri: str) -> None:
 
 def create_sqlite_atomically(url: str, build: Callable[[str], None]) -> None:
     """Make sure the SQLite file of `url` exists with its full schema. `build(tmp_url)` creates the schema in
-    a private file, which is then linked into place in one step; a concurrent creator's file wins."""
+    a private file, which is set to write-ahead logging and then linked into place in one step; a
+    concurrent creator's file wins."""
     path = sqlite_path(url)
     if path is None or path.exists():
         return
@@ -128,6 +131,9 @@ def create_sqlite_atomically(url: str, build: Callable[[str], None]) -> None:
     tmp.unlink(missing_ok=True)
     try:
         build(f"sqlite:///{tmp}")
+        # write-ahead logging: readers (UIs, dashboards, search_runs) never block the driver's writes, nor it theirs
+        with contextlib.closing(sqlite3.connect(tmp)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
         try:
             os.link(tmp, path)  # atomic, and never replaces a file another process made meanwhile
         except FileExistsError:

@@ -142,6 +142,6 @@ def test_mlflow_ui_lists_the_study_and_its_member_runs(browser, tmp_path):
     # it stopped its whole tree: no process left, nothing listening on the port
     psutil.wait_procs(children, timeout=30)
     assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
