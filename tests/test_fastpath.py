@@ -111,7 +111,7 @@ def _run(name, decay, flat, steps=6, params=None, grads_seed=1):
     return params, opt
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "adagrad"])
+@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
 @pytest.mark.parametrize("decay", optim.DECAY_MODES)
 def test_flat_groups_equal_the_per_tensor_path_bitwise(name, decay):
     flat_p, flat_opt = _run(name, decay, flat=True)
