@@ -183,17 +183,19 @@ class Driver:
         t0 = time.time()
         self.progress.print()
         try:
-            tune.start_ray(self.address)
-            gpus = x.gpus_per_trial
-            if gpus and not tune.cluster_gpus():
-                print(f"warning: execution.gpus_per_trial={gpus} but the Ray cluster has no GPU: "
-                      f"training on CPUs", file=self.out)
-                gpus = 0.0
-            rounds = self.tracker.refine_rounds()
+            rounds, gpus = self.tracker.refine_rounds(), None
             while True:
-                name = self.spec.name if not rounds else f"{self.spec.name}-refine{rounds}"
-                tune.run_arrays(self, name, self.stores.home / self.spec.name / "ray", self.arrays_needed(),
-                                x.cpus_per_trial, gpus, x.max_concurrent, x.max_failures)
+                if any(a.has_work() for a in self.search.arms):  # a resumed, finished study starts no Ray
+                    if gpus is None:
+                        tune.start_ray(self.address)
+                        gpus = x.gpus_per_trial
+                        if gpus and not tune.cluster_gpus():
+                            print(f"warning: execution.gpus_per_trial={gpus} but the Ray cluster has no GPU: "
+                                  f"training on CPUs", file=self.out)
+                            gpus = 0.0
+                    name = self.spec.name if not rounds else f"{self.spec.name}-refine{rounds}"
+                    tune.run_arrays(self, name, self.stores.home / self.spec.name / "ray", self.arrays_needed(),
+                                    x.cpus_per_trial, gpus, x.max_concurrent, x.max_failures)
                 if self.trials or not self.outcome.complete or rounds >= self.spec.search.refine or not self.refine():
                     break
                 rounds += 1

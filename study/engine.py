@@ -26,10 +26,9 @@ from torch import Tensor
 from .data import Dataset, augment, normalize
 from .models import build_model
 from .optim import build_optimizer, flat_backward, param_groups
-from .spec import DataSpec, MemberSpec, ModelSpec, TrainSpec
+from .spec import EPOCH_METRICS, DataSpec, MemberSpec, ModelSpec, TrainSpec, final_metrics  # noqa: F401
 
-EPOCH_METRICS = ("train_loss", "test_loss", "test_error", "weight_norm", "effective_lr", "angular_update",
-                 "lr", "epoch_time", "wall_time", "diverged")
+
 ANGLE_STEPS = 8  # angular update: mean over the last (up to) 8 steps of each epoch
 
 
@@ -118,9 +117,9 @@ class ArrayConfig:
     data: DataSpec
 
     def augmentation(self, ds: Dataset) -> tuple[int, bool]:
-        big = ds.train_x.shape[-1] >= 32
-        pad = self.data.crop_padding if self.data.crop_padding is not None else (4 if big else 0)
-        flip = self.data.flip if self.data.flip is not None else (big and ds.name != "digits")
+        """The spec's crop padding and flip, else the dataset's default (study/datasets.py)."""
+        pad = self.data.crop_padding if self.data.crop_padding is not None else (4 if ds.padded_crop else 0)
+        flip = self.data.flip if self.data.flip is not None else ds.padded_crop
         return pad, flip
 
 
@@ -353,17 +352,3 @@ class ArrayTrainer:
             out.append({"optimizer": m.optimizer, "decay": m.decay, "lr": m.lr, "weight_decay": m.weight_decay,
                         "seed": m.seed, "final": final_metrics(hist), "history": hist})
         return out
-
-
-def final_metrics(history: list[dict]) -> dict:
-    """The last epoch's metrics; for a diverged member, its last finite epoch, flagged diverged."""
-    if not history:
-        return {}
-    last = dict(history[-1])
-    if last["diverged"]:
-        finite = [r for r in history if not r["diverged"]]
-        last = dict(finite[-1]) if finite else {k: (math.nan if k not in ("epoch", "diverged") else v)
-                                                for k, v in history[0].items()}
-        last["diverged"] = 1.0
-        last["diverged_epoch"] = next(r["epoch"] for r in history if r["diverged"])
-    return last

@@ -66,7 +66,7 @@ class TrainSpec:
     eval_batch_size: int = 1024
     compile: bool = False           # torch.compile the array step's forward and loss (CPU inductor or CUDA)
     precision: str = "auto"         # auto | fp32 | bf16 (bfloat16 autocast); auto: bf16 on CUDA, fp32 on a CPU
-    channels_last: bool | None = None  # channels-last activations and conv weights; null (auto): on for CUDA
+    channels_last: bool | str | None = None  # channels-last activations and conv weights: auto (or null): on for CUDA
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,13 @@ def _coerce(value, tp, file, where):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], file, where)
+        first = None
+        for tp_i in inner:  # the first member of the union the value fits
+            try:
+                return _coerce(value, tp_i, file, where)
+            except SpecError as e:
+                first = first or e
+        raise first
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, file, where)
     if origin is tuple:
@@ -287,6 +293,7 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check(0 < t.gamma <= 1, file, "train.gamma", f"must lie in (0, 1], but got gamma={t.gamma}")
     _check(t.device in ("auto", "cpu", "cuda"), file, "train.device", f"must be auto, cpu or cuda, but got device={excerpt(t.device)}")
     _check(t.precision in ("auto", "fp32", "bf16"), file, "train.precision", f"must be auto, fp32 or bf16, but got precision={excerpt(t.precision)}")
+    _check(t.channels_last in (None, True, False, "auto"), file, "train.channels_last", f"must be auto, true or false, but got channels_last={excerpt(t.channels_last)}")
     _check(s.sampler in SAMPLERS, file, "search.sampler", f"must be one of {', '.join(SAMPLERS)}, but got sampler={excerpt(s.sampler)}")
     _check(s.metric in LANDSCAPE_METRICS, file, "search.metric", f"must be one of {', '.join(LANDSCAPE_METRICS)}, but got metric={excerpt(s.metric)}")
     _check(s.points >= 1, file, "search.points", f"must be >= 1, but got points={s.points}")

@@ -9,10 +9,8 @@ time; here the schema is built in a private file and linked into place only once
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
-import sqlite3
 import time
 import urllib.error
 import urllib.parse
@@ -118,8 +116,9 @@ def check_tracking_uri(uri: str) -> None:
 
 def create_sqlite_atomically(url: str, build: Callable[[str], None]) -> None:
     """Make sure the SQLite file of `url` exists with its full schema. `build(tmp_url)` creates the schema in
-    a private file, which is set to write-ahead logging and then linked into place in one step; a
-    concurrent creator's file wins."""
+    a private file, which is linked into place in one step; a concurrent creator's file wins. (Write-ahead
+    logging was tried and left out: MLflow's store was found malformed after a second driver process
+    resumed a study under concurrent readers.)"""
     path = sqlite_path(url)
     if path is None or path.exists():
         return
@@ -131,9 +130,6 @@ def create_sqlite_atomically(url: str, build: Callable[[str], None]) -> None:
     tmp.unlink(missing_ok=True)
     try:
         build(f"sqlite:///{tmp}")
-        # write-ahead logging: readers (UIs, dashboards, search_runs) never block the driver's writes, nor it theirs
-        with contextlib.closing(sqlite3.connect(tmp)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
         try:
             os.link(tmp, path)  # atomic, and never replaces a file another process made meanwhile
         except FileExistsError:
