@@ -9,20 +9,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-# One torch thread in the test process: on a shared 2-core machine two OpenMP threads per process oversubscribe
-# the cores (a float64 engine test took 109 s with 2 threads under load, 7 s with 1). Ray trials set their own.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = (ROOT.parent / "shared" / "data" / "cifar10").resolve()
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_torch_thread():
-    import torch
-
-    torch.set_num_threads(1)
-    yield
 
 
 @pytest.fixture(autouse=True, scope="session")
