@@ -26,7 +26,7 @@ from torch import Tensor
 from .data import Dataset, augment, normalize
 from .models import build_model
 from .optim import build_optimizer, flat_backward, param_groups
-from .spec import EPOCH_METRICS, DataSpec, MemberSpec, ModelSpec, TrainSpec, final_metrics  # noqa: F401
+from .spec import EPOCH_METRICS, DataSpec, MemberSpec, ModelSpec, TrainSpec, final_metrics, steps_per_epoch  # noqa: F401
 
 
 ANGLE_STEPS = 8  # angular update: mean over the last (up to) 8 steps of each epoch
@@ -145,7 +145,7 @@ class ArrayTrainer:
         self.compiled = bool(t.compile)
         self.data = data.to(self.device)
         self.batch = min(t.batch_size, len(data.train_y))
-        self.steps_per_epoch = max(1, len(data.train_y) // self.batch)  # drop_last: every step sees `batch` images
+        self.steps_per_epoch = steps_per_epoch(t.batch_size, len(data.train_y))  # drop_last: full batches only
         self.total_steps = t.epochs * self.steps_per_epoch
         self.warmup_steps = round(t.warmup_epochs * self.steps_per_epoch)
         self.crop_padding, self.flip = config.augmentation(data)

@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .spec import decay_timescale
+
 PREDICTED_SLOPE = {  # SCIENCE.md: slope of log λ*(η) against log η
     ("sgd", "coupled"): (-1.0, "about −1 (diagonal basin)"),
     ("sgd", "decoupled"): (-1.0, "about −1 (same product η·λ)"),
@@ -532,9 +534,8 @@ def recommend(land: ArmLandscape, lr: float, level: float = LEVEL) -> dict:
     wd, wd_lo, wd_hi = math.exp(m), math.exp(lo) if math.isfinite(lo) else math.nan, \
         math.exp(hi) if math.isfinite(hi) else math.nan
     independent = land.decay == "independent"
-    rate = wd if independent else lr * wd
     return {"arm": land.arm, "lr": lr, "weight_decay": wd, "weight_decay_ci": [wd_lo, wd_hi],
-            "lr_x_weight_decay": lr * wd, "timescale_steps": 1.0 / rate if rate > 0 else math.inf,
+            "lr_x_weight_decay": lr * wd, "timescale_steps": decay_timescale(land.decay, lr, wd),
             "timescale_rule": "1/λ" if independent else "1/(η·λ)", "lr_range": [lo_lr, hi_lr],
             "rows": len(rows), "level": level}
 

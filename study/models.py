@@ -155,7 +155,7 @@ class MemberArrayNet(nn.Module):
         super().__init__()
         if len(seeds) != members:
             raise ValueError(f"invalid seeds: need one seed per member ({members}), but got {len(seeds)}")
-        self.members, self.preact, self.channels_last = members, preact, False
+        self.members, self.channels_last = members, False
         self.stem = MemberConv2d(members, in_channels, widths[0], 3, 1, 1, shared_input=True,
                                  scale_invariant=not preact)
         self.stem_bn = None if preact else MemberBatchNorm2d(members, widths[0])

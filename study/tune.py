@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -159,11 +160,14 @@ def start_ray(address: str | None) -> None:
     logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)  # "Wrote the latest version of all result files"
     env = {k: os.environ[k] for k in TRIAL_ENV if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
+    on_sigterm = signal.getsignal(signal.SIGTERM)
     if address:
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, logging_level=logging.WARNING)
     else:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env, logging_level=logging.WARNING)
+    if callable(on_sigterm):  # Ray's failure-signal handler would dump C stacks and exit on SIGTERM: keep the driver's
+        signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def cluster_gpus() -> float:

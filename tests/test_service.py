@@ -411,7 +411,8 @@ def _parent_exists(home: Path, name: str) -> bool:
 
 def test_one_driver_per_study(tmp_path):
     """Two `study run` of one spec released together make one parent run; the other is refused with one line.
-    While the winner runs, `study resume` is refused too, naming the driver that holds the study."""
+    While the winner runs, `study resume` is refused too, naming the driver that holds the study. SIGTERM then
+    stops the winner cleanly (exit 130, resume advised), and `study resume` finishes the study."""
     home = tmp_path / "home"
     spec = write_spec(tmp_path / "lease.yaml", "lease", small=True)
     env = {**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "2"}
@@ -432,9 +433,13 @@ def test_one_driver_per_study(tmp_path):
             time.sleep(0.2)
         resumed = subprocess.run(study_cmd(home, "resume", "lease"), capture_output=True, text=True, timeout=120)
         assert resumed.returncode == 2 and "being run by another driver (pid" in resumed.stderr, resumed.stderr[-2000:]
-        out, err = winner.communicate(timeout=400)
-        assert winner.returncode == 0, err[-3000:]
+        # SIGTERM (a scheduler stopping the job): what finished is recorded, the lease released, resume advised
+        winner.send_signal(signal.SIGTERM)
+        out, err = winner.communicate(timeout=120)
+        assert winner.returncode == 130, err[-3000:]
+        assert "interrupted; finish with: study resume lease" in err and "Traceback" not in err, err[-3000:]
     finally:
         if winner.poll() is None:
             winner.kill()
+    run_ok(home, "resume", "lease")  # the lease was released: no wait for it to go stale
     check_records(home, spec)  # one parent, every member once
