@@ -492,7 +492,18 @@ def refine_weight_decays(land: ArmLandscape, max_steps: int = 4) -> list[float]:
         edge = math.log(land.weight_decay[-1] if side == "high" else land.weight_decay[0])
         sign = 1 if side == "high" else -1
         out += [float(math.exp(edge + sign * h * j)) for j in range(1, k + 1)]
-    return sorted(out)
+    cap = max_weight_decay(land)
+    return sorted(w for w in out if w < cap)
+
+
+def max_weight_decay(land: ArmLandscape) -> float:
+    """The largest λ whose per-step decay factor stays positive: independent w·(1 − s_t·λ) needs λ < 1 (s_t ≤ 1),
+    decoupled w·(1 − η_t·λ) needs λ < 1/max η. Coupled decay enters the gradient and has no such bound."""
+    if land.decay == "independent":
+        return 1.0
+    if land.decay == "decoupled":
+        return 1.0 / max(land.lr)
+    return math.inf
 
 
 def edge_advice(land: ArmLandscape) -> str | None:
@@ -508,7 +519,11 @@ def edge_advice(land: ArmLandscape) -> str | None:
             k = _extension(land, side)
             edge = math.log(land.weight_decay[-1] if side == "high" else land.weight_decay[0])
             x = math.exp(edge + (h if side == "high" else -h) * k)
-            parts.append(f"extend weight_decay.{side} to about {x:.2g}")
+            cap = max_weight_decay(land)
+            if side == "high" and x >= cap:
+                parts.append(f"extend weight_decay.high to just below {cap:.2g} (the decay factor must stay positive)")
+            else:
+                parts.append(f"extend weight_decay.{side} to about {x:.2g}")
     return f"best λ at the edge in {len(rows)} of {measured} rows: " + " and ".join(parts)
 
 
