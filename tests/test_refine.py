@@ -58,3 +58,15 @@ def test_refine_completes_a_grid_whose_ridge_leaves_it(tmp_path):
     search.lease.release()
     again = StudySearch(spec, f"sqlite:///{tmp_path / 'optuna.db'}").arms[0]
     assert again.total == len(told) and not again.has_work()
+
+
+def test_refine_never_proposes_a_decay_factor_below_zero():
+    """Independent decay multiplies by 1 − s_t·λ: a column at λ ≥ 1 would flip the weights' sign. A ridge that
+    leaves the grid towards λ = 1 is completed only up to below it."""
+    members = [{"optimizer": "sgd", "decay": "independent", "lr": lr, "weight_decay": wd, "seed": 0,
+                "error": 0.1 + 0.05 * (math.log(wd) - math.log(3.0)) ** 2 + 0.01 * math.log(lr) ** 2, "diverged": False}
+               for lr in (0.01, 0.03, 0.1, 0.3) for wd in (0.01, 0.03, 0.1, 0.3)]
+    land = arm_landscape(members, metric="error")
+    assert all(c == "high" for c in land.censored)  # every row's best λ (3.0) lies beyond 0.3
+    new = refine_weight_decays(land)
+    assert new and max(new) < 1.0, new
