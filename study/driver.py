@@ -144,7 +144,7 @@ class Driver:
     def refine(self) -> int:
         """search.refine: where an arm's best λ lies beyond the grid's edge in some rows, add the weight decay
         columns that complete those rows (new members under the same arm, seeds and arrays); 0 when none."""
-        from .landscape import landscapes, refine_weight_decays
+        from .landscape import landscapes, refine_columns
         from .tracking import read_study
 
         self.writer.flush()
@@ -152,7 +152,7 @@ class Driver:
         added = 0
         for land in landscapes(members, metric=metric):
             arm = next((a for a in self.search.arms if a.arm.name == land.arm), None)
-            new = refine_weight_decays(land)
+            new = refine_columns(land)  # never a λ whose per-step decay factor would turn negative
             if arm is None or not new:
                 continue
             n = arm.extend(new)

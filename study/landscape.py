@@ -492,8 +492,13 @@ def refine_weight_decays(land: ArmLandscape, max_steps: int = 4) -> list[float]:
         edge = math.log(land.weight_decay[-1] if side == "high" else land.weight_decay[0])
         sign = 1 if side == "high" else -1
         out += [float(math.exp(edge + sign * h * j)) for j in range(1, k + 1)]
+    return sorted(out)
+
+
+def refine_columns(land: ArmLandscape, max_steps: int = 4) -> list[float]:
+    """What search.refine trains: refine_weight_decays, less any λ whose decay factor would not stay positive."""
     cap = max_weight_decay(land)
-    return sorted(w for w in out if w < cap)
+    return [w for w in refine_weight_decays(land, max_steps) if w < cap]
 
 
 def max_weight_decay(land: ArmLandscape) -> float:
@@ -519,11 +524,7 @@ def edge_advice(land: ArmLandscape) -> str | None:
             k = _extension(land, side)
             edge = math.log(land.weight_decay[-1] if side == "high" else land.weight_decay[0])
             x = math.exp(edge + (h if side == "high" else -h) * k)
-            cap = max_weight_decay(land)
-            if side == "high" and x >= cap:
-                parts.append(f"extend weight_decay.high to just below {cap:.2g} (the decay factor must stay positive)")
-            else:
-                parts.append(f"extend weight_decay.{side} to about {x:.2g}")
+            parts.append(f"extend weight_decay.{side} to about {x:.2g}")
     return f"best λ at the edge in {len(rows)} of {measured} rows: " + " and ".join(parts)
 
 

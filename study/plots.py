@@ -93,7 +93,7 @@ def heatmap_panel(ax, land: ArmLandscape, norm: Normalize, cmap="viridis", top: 
     return mesh
 
 
-def heatmaps(lands: list[ArmLandscape], title: str = "", columns: int = 2, metric: str = "test_error"):
+def heatmaps(lands: list[ArmLandscape], title: str = "", metric: str = "test_error", columns: int = 2):
     """One panel per arm with one shared colour scale, as in Loshchilov & Hutter Fig. 2."""
     n = len(lands)
     cols = max(1, min(columns, n))
@@ -112,7 +112,7 @@ def heatmaps(lands: list[ArmLandscape], title: str = "", columns: int = 2, metri
     return fig
 
 
-def ridge_figure(lands: list[ArmLandscape], title: str = ""):
+def ridge_figure(lands: list[ArmLandscape], title: str = "", metric: str = "test_error", columns: int = 2):
     """log λ*(η) against log η for all arms, with fitted slopes, 95 % intervals and SCIENCE.md's predictions."""
     fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
     for i, land in enumerate(lands):
@@ -151,7 +151,7 @@ def ridge_figure(lands: list[ArmLandscape], title: str = ""):
     return fig
 
 
-def collapse_figure(lands: list[ArmLandscape], title: str = "", metric: str = "test_error"):
+def collapse_figure(lands: list[ArmLandscape], title: str = "", metric: str = "test_error", columns: int = 2):
     """Error against η·λ (coupled, decoupled) or λ (independent): one curve per learning rate."""
     n = len(lands)
     fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.8), squeeze=False, layout="constrained")
@@ -173,4 +173,5 @@ def collapse_figure(lands: list[ArmLandscape], title: str = "", metric: str = "t
     return fig
 
 
+# the figures a dashboard may name, one signature: (landscapes, title, metric, columns) -> matplotlib Figure
 FIGURES = {"heatmaps": heatmaps, "ridge": ridge_figure, "collapse": collapse_figure}

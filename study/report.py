@@ -65,12 +65,8 @@ def render(study: str, metric: str, lands: list[ArmLandscape], dashboard: dict, 
         chosen = _select(lands, fig_def.get("arms"))
         if not chosen:
             continue
-        kwargs = {"title": fig_def.get("title", "").replace("{metric}", metric.replace("_", " "))}
-        if kind == "heatmaps":
-            kwargs["columns"] = fig_def.get("columns", 2)
-        if kind != "ridge":
-            kwargs["metric"] = metric
-        fig = FIGURES[kind](chosen, **kwargs)
+        title = fig_def.get("title", "").replace("{metric}", metric.replace("_", " "))
+        fig = FIGURES[kind](chosen, title=title, metric=metric, columns=fig_def.get("columns", 2))
         stem = fig_def.get("name", f"{i + 1:02d}-{kind}")
         for fmt in formats:
             if fmt in ("png", "svg"):
@@ -79,7 +75,7 @@ def render(study: str, metric: str, lands: list[ArmLandscape], dashboard: dict, 
                 written.append(path)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
-        pngs.append((fig_def.get("title") or kind, base64.b64encode(buf.getvalue()).decode()))
+        pngs.append((title or kind, base64.b64encode(buf.getvalue()).decode()))  # the caption, placeholder filled
         plt.close(fig)
     doc = {"study": study, "metric": metric, "verdict": study_verdict(lands), "arms": [L.to_json() for L in lands]}
     (out / "landscape.json").write_text(json.dumps(doc, indent=1))

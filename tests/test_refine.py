@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from study.landscape import arm_landscape, refine_weight_decays
+from study.landscape import arm_landscape, refine_columns, refine_weight_decays
 from study.search import StudySearch
 from study.spec import spec_from_dict
 
@@ -41,7 +41,7 @@ def test_refine_completes_a_grid_whose_ridge_leaves_it(tmp_path):
     before = arm_landscape(told, metric="error")
     assert sum(c == "high" for c in before.censored) >= 2  # the ridge leaves the grid at the high edge
     rounds = 0
-    while (new := refine_weight_decays(before if rounds == 0 else after)) and rounds < spec.search.refine:
+    while (new := refine_columns(before if rounds == 0 else after)) and rounds < spec.search.refine:
         assert min(new) > 1e-2  # only columns beyond the edge
         added = search.arms[0].extend(new)
         assert added == 6 * len(new) * 2 and search.total == len(told) + added
@@ -68,5 +68,6 @@ def test_refine_never_proposes_a_decay_factor_below_zero():
                for lr in (0.01, 0.03, 0.1, 0.3) for wd in (0.01, 0.03, 0.1, 0.3)]
     land = arm_landscape(members, metric="error")
     assert all(c == "high" for c in land.censored)  # every row's best λ (3.0) lies beyond 0.3
-    new = refine_weight_decays(land)
+    assert max(refine_weight_decays(land)) > 1.0  # where the fitted ridge points
+    new = refine_columns(land)  # what search.refine trains
     assert new and max(new) < 1.0, new

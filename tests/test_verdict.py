@@ -113,6 +113,13 @@ def test_report_json_html_and_summary_carry_the_verdict(tmp_path):
     assert "consistent with the prediction" in page and "extend weight_decay.high to about" in page
     lines = summary_lines(lands)
     assert "best test_loss" in lines[0] and "best error" not in "\n".join(lines)
+    # every shipped dashboard's captions and titles name the metric: no raw {metric} placeholder anywhere
+    from study.report import DASHBOARDS, load_dashboard
+
+    for dashboard in sorted(DASHBOARDS.glob("*.yaml")):
+        render("demo", "test_loss", lands, load_dashboard(dashboard.stem), tmp_path / dashboard.stem, ("svg", "html"))
+        page = (tmp_path / dashboard.stem / "report.html").read_text()
+        assert "{metric}" not in page, dashboard.stem
     assert any(line.strip().startswith("verdict: consistent with the prediction") for line in lines)
     assert any("extend weight_decay.high" in line for line in lines)
     assert any(line.strip().startswith("sgd-coupled − sgd-independent: slope difference") for line in lines)
