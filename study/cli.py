@@ -202,7 +202,7 @@ def _drive(args, spec, resume: bool) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     driver = Driver(spec, stores, resume, args.address)  # every check, then the records are opened
-    print(f"study {spec.name}: {planned_members(spec)} members in arrays of {spec.execution.members_per_trial}; "
+    print(f"study {spec.name}: {driver.search.total} members in arrays of {spec.execution.members_per_trial}; "
           f"records: MLflow {stores.tracking}, Optuna {stores.storage}", file=sys.stderr, flush=True)
     outcome = driver.run()
     hint = f" --home {home}" if args.home else ""
@@ -224,6 +224,10 @@ def _drive(args, spec, resume: bool) -> int:
     if outcome.interrupted:
         print(f"interrupted; finish with: study resume {spec.name}{hint}", file=sys.stderr)
         return 130
+    if outcome.error:
+        print(f"study: error: the study stopped: {outcome.error}; what was recorded is kept; "
+              f"finish with: study resume {spec.name}{hint}", file=sys.stderr)
+        return 1
     if not outcome.complete:
         print(f"  study resume {spec.name}{hint}   # {outcome.total - outcome.done} members are missing; "
               f"resume trains them (failed ones again)")

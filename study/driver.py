@@ -49,6 +49,7 @@ class Outcome:
     best: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     interrupted: bool = False
+    error: str | None = None  # why the study stopped early (the stores, Ray), one line
 
     @property
     def complete(self) -> bool:
@@ -71,9 +72,13 @@ class Driver:
         self.tracker = Tracker(stores.tracking, spec, resume)  # refuses a name that has records, unless resuming
         (stores.home / spec.name).mkdir(parents=True, exist_ok=True)
         self.search = StudySearch(spec, stores.storage, finished=self.tracker.finished_members() if resume else ())
-        self.tracker.start(stores.artifacts())
-        self.tracker.set_planned(self.search.total)
-        self.writer = RecordWriter(self.tracker, self.train_size)
+        try:
+            self.tracker.start(stores.artifacts())
+            self.tracker.set_planned(self.search.total)
+            self.writer = RecordWriter(self.tracker, self.train_size)
+        except BaseException:
+            self.search.lease.release()  # nothing started: the study is free again
+            raise
         done = self.search.done()
         self.progress = Progress(self.search.total, done, spec.train.epochs, spec.search.metric, out=self.out)
         self.outcome = Outcome(self.search.total, done)
@@ -112,31 +117,41 @@ class Driver:
     def on_retry(self, trial_id: str) -> None:
         self.progress.retried += 1
 
-    def on_trial_end(self, trial_id: str, error: str | None) -> None:
-        """An array finished (error None) or failed for good: its members are recorded and told to Optuna."""
+    def on_trial_end(self, trial_id: str, error: str | None, interrupted: bool = False) -> None:
+        """An array finished (error None) or failed for good: its members' final records go to MLflow first,
+        then Optuna is told. A crash in between leaves members finished in MLflow, from which `study resume`
+        rebuilds Optuna; the other order could leave a member done in Optuna with no final record."""
         if trial_id not in self.trials:
             return
-        arm, entries = self.trials.pop(trial_id)
+        arm, entries = self.trials[trial_id]
         self.writer.flush()
-        epochs = self.spec.train.epochs
+        epochs, outcomes = self.spec.train.epochs, []
         for number, member, key in entries:
             history = self.writer.history(key, epochs)
-            run_id = self.writer.run_ids.get(key)
             if error is not None or len(history) < epochs:
-                reason = error or f"only {len(history)} of {epochs} epochs were reported"
-                arm.tell(number, None, attrs={"mlflow_run_id": run_id}, reason=reason)
+                reason = error or (f"interrupted after {len(history)} of {epochs} epochs" if interrupted
+                                   else f"only {len(history)} of {epochs} epochs were reported")
                 self.writer.finish_member(key, None)
+                outcomes.append((number, member, key, None, False, reason))
+            else:
+                final = final_metrics(history)
+                self.writer.finish_member(key, final)
+                outcomes.append((number, member, key, final.get(self.spec.search.metric, math.nan),
+                                 bool(final.get("diverged")), None))
+        self.writer.flush()
+        for number, member, key, value, diverged, reason in outcomes:
+            attrs = {"mlflow_run_id": self.writer.run_ids.get(key)}
+            if reason is not None:
+                arm.tell(number, None, attrs=attrs, reason=reason)
                 self.outcome.failed[key] = reason
                 self.progress.member_done(member.arm, None)
-                continue
-            final = final_metrics(history)
-            diverged = bool(final.get("diverged"))
-            value = final.get(self.spec.search.metric, math.nan)
-            arm.tell(number, value, diverged=diverged, attrs={"mlflow_run_id": run_id})
-            self.writer.finish_member(key, final)
-            self.outcome.failed.pop(key, None)
-            self.outcome.done += 1
-            self.progress.member_done(member.arm, None if diverged else value)
+            else:
+                arm.tell(number, value, diverged=diverged, attrs=attrs)
+                self.outcome.failed.pop(key, None)
+                self.outcome.done += 1
+                self.progress.member_done(member.arm, None if diverged else value)
+            entries.remove((number, member, key))  # told: an interrupt from here on never records it again
+        del self.trials[trial_id]
         self.progress.print()
 
     # ------------------------------------------------------------------ the run
@@ -202,12 +217,21 @@ class Driver:
                 self.tracker.set_planned(self.search.total, rounds)
         except KeyboardInterrupt:
             self.outcome.interrupted = True
-        for trial_id in list(self.trials):  # arrays Tune ended without a result (interrupted, lost)
-            self.on_trial_end(trial_id, "interrupted" if self.outcome.interrupted else "the trial ended without a result")
-        self.writer.flush()
+        except Exception as e:  # the study stops; what was recorded stays, and the summary says why
+            self.outcome.error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        try:
+            for trial_id in list(self.trials):  # arrays Tune ended without a result (interrupted, lost)
+                self.on_trial_end(trial_id, None, interrupted=True)
+            self.writer.flush()
+        except Exception as e:
+            self.outcome.error = self.outcome.error or f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         self.outcome.seconds = time.time() - t0
         self.outcome.best = dict(self.progress.best)
         status = "FINISHED" if self.outcome.complete else ("KILLED" if self.outcome.interrupted else "FAILED")
-        self.tracker.finish_study(status, {"members_done": self.outcome.done, "members_failed": len(self.outcome.failed),
-                                           "minutes": self.outcome.seconds / 60})
+        try:
+            self.tracker.finish_study(status, {"members_done": self.outcome.done,
+                                               "members_failed": len(self.outcome.failed),
+                                               "minutes": self.outcome.seconds / 60})
+        except Exception as e:
+            self.outcome.error = self.outcome.error or f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
         return self.outcome

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import sys
 import threading
@@ -125,6 +126,15 @@ class ArmSearch:
         for t in self._trials(TrialState.RUNNING):
             self.study.tell(t.number, state=TrialState.FAIL)
         done = self.done_ids()
+        if self.spec.search.sampler == "grid":  # columns a refine round added, known to the records only
+            grid = set(grid_axis(self.arm.weight_decay, self.spec.search.points))
+            extra = sorted({f.member.weight_decay for f in finished} - grid - set(self.refined))
+            if extra:
+                self.refined += extra
+                self.study.set_user_attr("refined_weight_decay", self.refined)
+                wds = [self.distributions["weight_decay"].low, self.distributions["weight_decay"].high, *extra]
+                self.distributions["weight_decay"] = FloatDistribution(min(wds), max(wds), log=True)
+                self.total += self._lr_points() * len(extra) * len(self.seeds)
         for f in finished:
             m = f.member
             if (m.lr, m.weight_decay, m.seed) in done:
@@ -252,14 +262,18 @@ class Lease:
         threading.Thread(target=self._beat, name="study-lease", daemon=True).start()
 
     def _alive(self, attrs: dict) -> bool:
+        """A holder is alive while its heartbeat is fresh; on this host, a holder whose process is gone (or is
+        this very process: a restarted container reusing the PID) is stale at once."""
         if attrs.get("host") == socket.gethostname() and "pid" in attrs:
+            pid = int(attrs["pid"])
+            if pid == os.getpid():
+                return False
             try:
-                os.kill(int(attrs["pid"]), 0)
+                os.kill(pid, 0)
             except ProcessLookupError:
-                return False  # its process is gone: no need to wait for the heartbeat to age
+                return False
             except PermissionError:
-                return True
-            return True
+                pass
         return time.time() - float(attrs.get("heartbeat", 0.0)) < self.STALE_S
 
     def _beat(self) -> None:
@@ -270,10 +284,13 @@ class Lease:
                 print(f"[study] cannot renew the driver lease ({type(e).__name__})", file=sys.stderr, flush=True)
 
     def release(self) -> None:
+        """Give the lease back, if it is still ours (a driver that stalled past STALE_S may have lost it)."""
         self._stop.set()
         try:
-            optuna.delete_study(study_name=self.name, storage=self.storage)
-        except Exception:  # already gone (a takeover after a stall): nothing to release
+            held = optuna.load_study(study_name=self.name, storage=self.storage)
+            if held.user_attrs.get("holder") == self.holder:
+                optuna.delete_study(study_name=self.name, storage=self.storage)
+        except Exception:  # already gone: nothing to release
             pass
 
 
@@ -282,7 +299,14 @@ class StudySearch:
 
     def __init__(self, spec: StudySpec, storage_url: str, finished: Iterable[Finished] = ()):
         self.spec = spec
-        storage = open_storage(storage_url)
+        try:
+            storage = open_storage(storage_url)
+        except StoreError:
+            raise
+        except Exception as e:  # a server that answers but refuses the login, a foreign database …
+            shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", storage_url)
+            raise StoreError(f"invalid --storage: cannot open the Optuna storage {shown} "
+                             f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         self.lease = Lease(storage, spec.name)  # before anything is written: a second driver is refused here
         by_arm: dict[str, list[Finished]] = {}
         for f in finished:

@@ -267,6 +267,8 @@ class Tracker:
         return self.log_epochs(run_id, [row], tags) == 1
 
     def finish_member(self, run_id: str, final: dict | None) -> None:
+        if _retry("reading a member run", self.client.get_run, run_id).info.status == "FINISHED":
+            return  # recorded already (an interrupted driver's cleanup after the fact): never twice, never undone
         if final is None:
             _retry("closing a failed member run", self.client.set_terminated, run_id, "FAILED")
             return
@@ -307,7 +309,7 @@ class RecordWriter:
         self.epochs_written = 0                            # member-epochs newly recorded by this driver
         self._queue: queue.Queue = queue.Queue()
         self._errors: list[BaseException] = []
-        self._rows: dict[str, tuple[list[dict], dict]] = {}  # touched by the writer thread only
+        self._rows: dict[str, tuple[dict[int, dict], dict]] = {}  # key -> (epoch -> row, tags); writer thread only
         self._rows_written = 0.0
         threading.Thread(target=self._loop, name="mlflow-writer", daemon=True).start()
 
@@ -364,8 +366,9 @@ class RecordWriter:
         self.run_ids[key] = self.tracker.open_member(member, number, self.train_size, self.existing.get(key))
 
     def _gather(self, key: str, row: dict, tags: dict) -> None:
-        self._rows.setdefault(key, ([], {}))[0].append(row)
-        self._rows[key][1].update(tags)
+        rows, all_tags = self._rows.setdefault(key, ({}, {}))
+        rows[int(row["epoch"])] = row  # a retried trial may report an epoch again before the batch is written
+        all_tags.update(tags)
 
     def _write_rows(self, force: bool) -> None:
         if not self._rows or (not force and time.time() - self._rows_written < LOG_INTERVAL_S):
@@ -373,7 +376,7 @@ class RecordWriter:
         rows, self._rows = self._rows, {}
         self._rows_written = time.time()
         for key, (member_rows, tags) in rows.items():
-            self.epochs_written += self.tracker.log_epochs(self.run_ids[key], member_rows, tags)
+            self.epochs_written += self.tracker.log_epochs(self.run_ids[key], list(member_rows.values()), tags)
 
 
 def _reader(uri: str) -> MlflowClient:
