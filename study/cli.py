@@ -19,7 +19,7 @@ from pathlib import Path
 from .datasets import DataError, split_sizes
 from .spec import (NAME_RE, SpecError, grid_members, load_spec, planned_members, shrink_for_smoke, timescale_warnings,
                    total_steps)
-from .stores import StoreError
+from .stores import StoreError, default_storage, default_tracking_uri
 
 EXIT_USAGE = 2
 
@@ -29,14 +29,6 @@ def home_dir(args) -> Path:
     if home.exists() and not home.is_dir():
         raise SpecError(f"invalid --home: {home} is a file, not a folder")
     return home
-
-
-def default_tracking_uri(home: Path) -> str:
-    return f"sqlite:///{home / 'mlflow.db'}"  # absolute: Ray runs trials in their own working directories
-
-
-def default_storage(home: Path, name: str) -> str:
-    return f"sqlite:///{home / name / 'optuna.db'}"
 
 
 def check_name(name: str) -> str:

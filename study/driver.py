@@ -22,6 +22,7 @@ from .datasets import split_sizes
 from .progress import Progress
 from .search import StudySearch, check_optuna_url
 from .spec import MemberSpec, SpecError, StudySpec, final_metrics, timescale_warnings
+from .stores import default_storage, default_tracking_uri
 from .tracking import RecordWriter, Tracker, ensure_store
 
 
@@ -34,7 +35,7 @@ class Stores:
 
     @classmethod
     def default(cls, home: Path, name: str, tracking: str | None = None, storage: str | None = None) -> "Stores":
-        return cls(home, tracking or f"sqlite:///{home / 'mlflow.db'}", storage or f"sqlite:///{home / name / 'optuna.db'}")
+        return cls(home, tracking or default_tracking_uri(home), storage or default_storage(home, name))
 
     def artifacts(self) -> str | None:
         """Artifact root of a SQLite tracking store (a server keeps its own)."""

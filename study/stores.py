@@ -27,6 +27,16 @@ class StoreError(ValueError):
     """A store URL or location is unusable; str(e) is one line naming the flag and the value."""
 
 
+def default_tracking_uri(home: Path) -> str:
+    """The MLflow store under a studies' home: absolute, since Ray runs trials in their own folders."""
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def default_storage(home: Path, name: str) -> str:
+    """A study's Optuna storage under the studies' home."""
+    return f"sqlite:///{home / name / 'optuna.db'}"
+
+
 def _scheme(url: str) -> str:
     return url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else ""
 
