@@ -74,16 +74,13 @@ def _timed(step, device, warmup: int, steps: int, windows: int) -> tuple[float, 
     return statistics.median(times), warm
 
 
-def bench_array(data: Dataset, model: str, members: int, batch_size: int, device, warmup=3, steps=5, windows=3,
-                compile: bool = False, precision: str = "auto", channels_last=None) -> Row:
-    """The engine's training step for an array of `members` (SGD, coupled decay; the decay mode does not
-    change the cost)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+def array_step(data: Dataset, model: str, members: int, batch_size: int, device, compile: bool = False,
+               precision: str = "auto", channels_last=None):
+    """(step, trainer): one call of `step()` is one training step of the engine for an array of `members`
+    (SGD, coupled decay; the decay mode does not change the cost), on the next batch of a fixed order."""
     ms = [MemberSpec("sgd", "coupled", 0.05 * (1 + k % 7), 5e-4, seed=k) for k in range(members)]
     train = TrainSpec(epochs=1, batch_size=batch_size, compile=compile, precision=precision, channels_last=channels_last)
-    tr = ArrayTrainer(ms, data, ArrayConfig(ModelSpec(model), train, DataSpec()), device)
+    tr = ArrayTrainer(ms, data, ArrayConfig(ModelSpec(model), train, DataSpec()), torch.device(device))
     order, aug = tr._generators(0)
     n = len(data.train_y)
     perm = torch.randperm(n, generator=order).to(device)
@@ -95,6 +92,16 @@ def bench_array(data: Dataset, model: str, members: int, batch_size: int, device
         x, y = tr._batch(perm[i * tr.batch:(i + 1) * tr.batch], aug)
         tr.train_step(x, y, tr.one)
 
+    return step, tr
+
+
+def bench_array(data: Dataset, model: str, members: int, batch_size: int, device, warmup=3, steps=5, windows=3,
+                compile: bool = False, precision: str = "auto", channels_last=None) -> Row:
+    """The engine's training step for an array of `members`, timed."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step, tr = array_step(data, model, members, batch_size, device, compile, precision, channels_last)
     sec, _ = _timed(step, device, warmup, steps, windows)
     return Row("array", members, tr.batch, members * tr.batch / sec, sec * 1e3, _peak_mb(device), tr.compile_s,
                tr.compiled)
