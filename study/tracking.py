@@ -4,11 +4,19 @@ Owns every MLflow call (nothing else in the package imports mlflow). Only the dr
 one RecordWriter thread with batched calls, so SQLite is safe. A member's child run is found again
 by its stable key (tag `member_key`), and a metric step that is already recorded is never logged
 again: resume and Ray retries record each member once. The parent run holds the resolved spec as
-data (`spec.json`), which is what `study resume` runs.
+data (`spec.json`), which is what `study resume` runs, and the data section as a dataset input.
+
+What a researcher browses in MLflow: per-epoch metrics under grouped keys (`train/loss`, `test/error`,
+`decay/weight_norm`, `schedule/lr`, … see EPOCH_KEYS; the engine's rows and everything read back keep
+the internal names of spec.EPOCH_METRICS), each at the wall-clock time its epoch ended; `log10_lr` and
+`log10_weight_decay` metrics for MLflow's linear-axis charts; params lr and weight_decay as the short
+strings the run name shows ('%.4g', so `params.lr = '0.1282'` finds the member) with the exact values
+in `lr_exact` and `weight_decay_exact`, which is what everything reading records back uses.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -23,16 +31,28 @@ from pathlib import Path
 import mlflow
 import requests
 import yaml
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE, ErrorCode
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from . import __version__
 from .spec import EPOCH_METRICS, MemberSpec, StudySpec, decay_timescale, spec_from_dict, steps_per_epoch
 from .stores import check_tracking_uri, create_sqlite_atomically, sqlite_path
 
 PER_EPOCH = EPOCH_METRICS
+# internal per-epoch name (spec.EPOCH_METRICS, the engine's rows) -> MLflow metric key: the run page shows
+# one section per prefix, and no metric key equals a param key (the param lr vs the schedule's lr)
+EPOCH_KEYS = {"train_loss": "train/loss", "test_loss": "test/loss", "test_error": "test/error",
+              "weight_norm": "decay/weight_norm", "effective_lr": "decay/effective_lr",
+              "angular_update": "decay/angular_update", "lr": "schedule/lr", "epoch_time": "time/epoch_s",
+              "wall_time": "time/train_s", "diverged": "train/diverged"}
+EPOCH_KEYS.update({k: f"epoch/{k}" for k in PER_EPOCH if k not in EPOCH_KEYS})  # a metric added later
+EPOCH_NAMES = {v: k for k, v in EPOCH_KEYS.items()}  # MLflow key -> internal name
+# a row's key for the wall-clock time (unix seconds) its epoch ended; set by the trainer if it knows,
+# else by RecordWriter.log_epoch on receipt. Never logged as a metric: it is the metrics' timestamp.
+ENDED_AT = "ended_at"
 for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # "Creating initial MLflow database tables…"
     logging.getLogger(_name).setLevel(logging.WARNING)
 # per-epoch metrics reach MLflow in one batched call per member at most this many seconds late
@@ -111,12 +131,68 @@ def ensure_store(uri: str, artifact_root: str | None = None) -> None:
     create_sqlite_atomically(uri, build)
 
 
+def short(x: float) -> str:
+    """A float as params and run names show it: 4 significant digits (0.12818610191887028 -> '0.1282')."""
+    return f"{float(x):.4g}"
+
+
+def member_name(member: MemberSpec) -> str:
+    """A member run's name: arm, lr, λ and seed, the numbers as the params show them."""
+    return f"{member.arm} lr={short(member.lr)} wd={short(member.weight_decay)} seed={member.seed}"
+
+
+def log10_metrics(member: MemberSpec, ts: int) -> list[Metric]:
+    """log10 of lr and weight_decay (where positive), for MLflow's charts, whose axes are linear."""
+    return [Metric(f"log10_{k}", math.log10(v), ts, 0) for k, v in
+            (("lr", member.lr), ("weight_decay", member.weight_decay)) if v > 0]
+
+
+def _exact(params: dict, key: str) -> float:
+    """The exact lr or weight_decay of a member run (records from before `*_exact`: the param itself)."""
+    return float(params.get(f"{key}_exact", params[key]))
+
+
+def _param_str(k: str, v) -> str:
+    if k in ("lr", "weight_decay", "lr_x_weight_decay"):
+        return short(v)
+    if k in ("decay_timescale_steps", "decay_timescale_epochs"):
+        return f"{float(v):.6g}"
+    return str(v)
+
+
+def data_dataset(spec: StudySpec):
+    """The spec's data section as an MLflow dataset (metadata only: the images are never loaded here):
+    named after the dataset, its source the data path (or the code that makes it), its digest a hash of
+    the resolved data fields, so two studies on the same data show the same digest."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    fields = spec.to_dict()["data"]
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    source = None
+    if spec.data.path:
+        import warnings
+
+        with warnings.catch_warnings():  # "can be interpreted in multiple ways": any local source will do
+            warnings.simplefilter("ignore")
+            try:
+                source = resolve_dataset_source(Path(spec.data.path).expanduser().resolve().as_uri())
+            except Exception:
+                source = None
+    if source is None:
+        source = CodeDatasetSource({"dataset": spec.data.dataset, "loader": "study.datasets",
+                                    **({"path": str(spec.data.path)} if spec.data.path else {})})
+    return MetaDataset(source, name=spec.data.dataset, digest=digest)
+
+
 def member_params(spec: StudySpec, member: MemberSpec, train_size: int) -> dict:
     """Everything needed to place a member on the landscape, including the decay timescale τ."""
     spe = steps_per_epoch(spec.train.batch_size, train_size)
     tau = decay_timescale(member.decay, member.lr, member.weight_decay)
     params = {"optimizer": member.optimizer, "decay": member.decay, "lr": member.lr,
-              "weight_decay": member.weight_decay, "seed": member.seed, "model": spec.model.name,
+              "weight_decay": member.weight_decay, "lr_exact": repr(float(member.lr)),
+              "weight_decay_exact": repr(float(member.weight_decay)), "seed": member.seed, "model": spec.model.name,
               "width": spec.model.width, "data": spec.data.dataset, "train_size": train_size,
               "epochs": spec.train.epochs, "batch_size": spec.train.batch_size, "schedule": spec.train.schedule,
               "warmup_epochs": spec.train.warmup_epochs, "steps_per_epoch": spe,
@@ -144,6 +220,12 @@ class Tracker:
             raise LookupError(f"invalid name: no study {spec.name!r} is recorded in {uri}")
         self.parent_id = parents[0].info.run_id if parents else None
         self.logged_steps: dict[str, int] = {}  # run id -> last epoch recorded
+        self.last_ts: dict[str, int] = {}       # run id -> timestamp (ms) of the last epoch recorded here
+        self.flat_keys: set[str] = set()        # runs recorded before EPOCH_KEYS: written on as they began
+
+    def epoch_key(self, run_id: str, name: str) -> str:
+        """The MLflow key of per-epoch metric `name` in this run."""
+        return name if run_id in self.flat_keys else EPOCH_KEYS[name]
 
     def set_planned(self, members: int, refine_rounds: int | None = None) -> None:
         """How many members the study plans (it grows when search.refine adds columns): export's completeness."""
@@ -176,6 +258,8 @@ class Tracker:
         self.parent_id = run.info.run_id
         resolved = spec.to_dict()  # after --data-path and --smoke: exactly what runs, and what resume runs
         _retry("logging the spec", self.client.log_text, self.parent_id, json.dumps(resolved, indent=1), "spec.json")
+        _retry("logging the dataset", self.client.log_inputs, self.parent_id, datasets=[DatasetInput(
+            data_dataset(spec)._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
         _retry("logging the spec", self.client.log_text, self.parent_id,
                "# the resolved spec of this study (spec.json holds the same; `study resume` reads it)\n"
                + yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False, allow_unicode=True), "spec.yaml")
@@ -209,44 +293,61 @@ class Tracker:
             existing = existing[0] if existing else None
         if existing is not None:
             run_id = existing.info.run_id
-            hist = _retry("reading metric history", self.client.get_metric_history, run_id, "train_loss")
+            recorded = existing.data.metrics
+            if "train_loss" in recorded and EPOCH_KEYS["train_loss"] not in recorded:
+                self.flat_keys.add(run_id)  # begun by an older version: its epochs stay under one key each
+            hist = _retry("reading metric history", self.client.get_metric_history, run_id,
+                          self.epoch_key(run_id, "train_loss"))
             self.logged_steps[run_id] = max((m.step for m in hist), default=0)
+            self.last_ts[run_id] = max((m.timestamp for m in hist), default=0)
+            if "log10_lr" not in recorded:  # recorded before these existed
+                _retry("logging member metrics", self.client.log_batch, run_id,
+                       metrics=log10_metrics(member, int(time.time() * 1000)))
             _retry("reopening a member run", self.client.update_run, run_id, "RUNNING")
             return run_id
-        name = f"{member.arm} lr={member.lr:.3g} wd={member.weight_decay:.3g} seed={member.seed}"
-        run = _retry("creating a member run", self.client.create_run, self.experiment_id, run_name=name,
+        run = _retry("creating a member run", self.client.create_run, self.experiment_id, run_name=member_name(member),
                      tags={"mlflow.parentRunId": self.parent_id, "study": self.spec.name, "role": "member",
                            "member_key": key, "arm": member.arm, "seed": str(member.seed),
                            "optuna_trial": f"{self.spec.name}.{member.arm}#{arm_trial}"})
         params = member_params(self.spec, member, train_size)
         _retry("logging member params", self.client.log_batch, run.info.run_id,
-               params=[Param(k, str(v)) for k, v in params.items()])
+               params=[Param(k, _param_str(k, v)) for k, v in params.items()],
+               metrics=log10_metrics(member, int(time.time() * 1000)))
         self.logged_steps[run.info.run_id] = 0
         return run.info.run_id
 
     def log_epochs(self, run_id: str, rows: list[dict], tags: dict | None = None) -> int:
-        """Log epochs' metrics with step = epoch in batched calls, skipping epochs already recorded.
+        """Log epochs' metrics with step = epoch in batched calls, skipping epochs already recorded, each
+        epoch at the time it ended (its row's ENDED_AT, else now), strictly later than the epoch before.
         Returns how many epochs were new."""
         rows = sorted((r for r in rows if int(r["epoch"]) > self.logged_steps.get(run_id, 0)), key=lambda r: r["epoch"])
         if not rows:  # a retried trial re-reporting recorded epochs: only its tags (node, resume) are news
             if tags:
                 _retry("tagging a run", self.client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
             return 0
-        ts = int(time.time() * 1000)
-        metrics = [Metric(k, float(r[k]), ts, int(r["epoch"])) for r in rows for k in PER_EPOCH if k in r]
+        now, last, metrics = time.time(), self.last_ts.get(run_id, 0), []
+        for r in rows:
+            last = ts = max(int(float(r.get(ENDED_AT) or now) * 1000), last + 1)
+            metrics.extend(Metric(self.epoch_key(run_id, k), float(r[k]), ts, int(r["epoch"]))
+                           for k in PER_EPOCH if k in r)
         tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per call
             _retry("logging metrics", self.client.log_batch, run_id, metrics=metrics[i:i + 900],
                    tags=tag_list if i == 0 else [])
-        self.logged_steps[run_id] = int(rows[-1]["epoch"])
+        self.logged_steps[run_id], self.last_ts[run_id] = int(rows[-1]["epoch"]), last
         return len(rows)
 
     def metric_history(self, run_id: str) -> list[dict]:
-        """Per-epoch rows of a member, read back from MLflow (the records are the source of truth)."""
+        """Per-epoch rows of a member under the internal names, read back from MLflow (the records are the
+        source of truth); a run recorded with the older flat keys reads the same."""
         by_step: dict[int, dict] = {}
-        for key in PER_EPOCH:
-            for m in _retry("reading metric history", self.client.get_metric_history, run_id, key):
-                by_step.setdefault(m.step, {"epoch": m.step})[key] = m.value
+        flat = {k: k for k in PER_EPOCH}
+        for mapping in (flat,) if run_id in self.flat_keys else (EPOCH_KEYS, flat):  # flat: only if none are grouped
+            for name in PER_EPOCH:
+                for m in _retry("reading metric history", self.client.get_metric_history, run_id, mapping[name]):
+                    by_step.setdefault(m.step, {"epoch": m.step})[name] = m.value
+            if by_step:
+                break
         return [by_step[s] for s in sorted(by_step)]
 
     def finished_members(self) -> list:
@@ -258,7 +359,8 @@ class Tracker:
             if r.info.status != "FINISHED" or metric not in r.data.metrics:
                 continue
             p = r.data.params
-            member = MemberSpec.from_dict({k: _param_value(p[k]) for k in ("optimizer", "decay", "lr", "weight_decay", "seed")})
+            member = MemberSpec.from_dict({"optimizer": p["optimizer"], "decay": p["decay"], "lr": _exact(p, "lr"),
+                                           "weight_decay": _exact(p, "weight_decay"), "seed": int(p["seed"])})
             out.append(Finished(member, r.data.metrics[metric], r.data.tags.get("diverged") == "true", r.info.run_id))
         return out
 
@@ -287,15 +389,6 @@ class Tracker:
         _retry("closing the parent run", self.client.set_terminated, self.parent_id, status)
 
 
-def _param_value(v: str):
-    for cast in (int, float):
-        try:
-            return cast(v)
-        except ValueError:
-            pass
-    return v
-
-
 class RecordWriter:
     """The driver's one MLflow writer: a thread that runs the queued calls in order, so Ray Tune's event loop
     (and the trials waiting on it) never waits for the store. Epoch rows are gathered per member and written
@@ -320,7 +413,8 @@ class RecordWriter:
 
     def log_epoch(self, key: str, row: dict, tags: dict) -> None:
         self.reported.setdefault(key, {})[int(row["epoch"])] = row  # a retry may report an epoch again
-        self._queue.put((self._gather, (key, row, tags)))
+        # the epoch's end: the trainer's, else now (when the driver hears of it), not when the batch is written
+        self._queue.put((self._gather, (key, {**row, ENDED_AT: row.get(ENDED_AT) or time.time()}, tags)))
 
     def finish_member(self, key: str, final: dict | None) -> None:
         self._queue.put((lambda k, f: self.tracker.finish_member(self.run_ids[k], f), (key, final)))
@@ -442,8 +536,8 @@ def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str
         if f"final_{metric}" not in m:
             raise LookupError(f"invalid --metric: member runs have no final_{metric}; "
                               f"known: {', '.join(k[6:] for k in m if k.startswith('final_'))}")
-        members.append({"optimizer": p["optimizer"], "decay": p["decay"], "lr": float(p["lr"]),
-                        "weight_decay": float(p["weight_decay"]), "seed": int(p["seed"]),
+        members.append({"optimizer": p["optimizer"], "decay": p["decay"], "lr": _exact(p, "lr"),
+                        "weight_decay": _exact(p, "weight_decay"), "seed": int(p["seed"]),
                         "error": m[f"final_{metric}"], "diverged": r.data.tags.get("diverged") == "true",
                         "run_id": r.info.run_id,
                         "total_steps": int(float(p["total_steps"])) if "total_steps" in p else None})
