@@ -41,11 +41,68 @@ def _fmt_ci(land: ArmLandscape) -> str:
 
 
 def error_range(lands: list[ArmLandscape]) -> tuple[float, float]:
-    vals = np.array([v for L in lands for row in L.error for v in row], float)
-    vals = vals[np.isfinite(vals)]
+    """The shared colour limits: the minimum and a robust maximum (the 90th percentile above 10 values)."""
+    vals = _finite_values(lands)
     if not len(vals):
         return 0.0, 1.0
     return float(vals.min()), float(np.quantile(vals, 0.9)) if len(vals) > 10 else float(vals.max())
+
+
+def _finite_values(lands: list[ArmLandscape]) -> np.ndarray:
+    vals = np.array([v for L in lands for row in L.error for v in row], float)
+    return vals[np.isfinite(vals)]
+
+
+def color_extend(lands: list[ArmLandscape], lo: float, hi: float) -> str:
+    """matplotlib's colorbar `extend`: which ends of the colour scale clip values ("neither", "min", "max", "both")."""
+    vals = _finite_values(lands)
+    below, above = bool((vals < lo).any()), bool((vals > hi).any())
+    return {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[below, above]
+
+
+def compact(v: float, digits: int = 2) -> str:
+    """A short tick label with `digits` significant digits: 0.05, 0.3, 1, 30, 1.1e-3, 5e-4, 2e4."""
+    if v == 0 or not math.isfinite(v):
+        return format(v, "g")
+    r = float(f"{v:.{digits - 1}e}")
+    e = math.floor(math.log10(abs(r)))
+    if -2 <= e <= 2:
+        text = f"{r:.{max(0, digits - 1 - e)}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    mant = f"{r / 10 ** e:.{digits - 1}f}"
+    return f"{mant.rstrip('0').rstrip('.') if '.' in mant else mant}e{e}"
+
+
+def grid_labels(values) -> list[str]:
+    """One label per grid value, with as many significant digits as it takes to tell neighbours apart."""
+    for digits in (2, 3, 4):
+        labels = [compact(v, digits) for v in values]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
+
+
+def thin(labels: list[str], most: int = 12) -> list[str]:
+    """Every label up to `most` values; beyond that every k-th (the others blank, their ticks kept)."""
+    k = math.ceil(len(labels) / most)
+    return [t if i % k == 0 else "" for i, t in enumerate(labels)]
+
+
+def _grid_ticks(ax, land: ArmLandscape) -> None:
+    """Ticks at every grid value of λ (x) and η (y), labelled compactly (Loshchilov & Hutter label every cell)."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
+
+    for axis, values in ((ax.xaxis, land.weight_decay), (ax.yaxis, land.lr)):
+        axis.set_major_locator(FixedLocator(list(values)))
+        axis.set_major_formatter(FixedFormatter(thin(grid_labels(values))))
+        axis.set_minor_locator(NullLocator())
+    many = len(land.weight_decay) > 6
+    ax.tick_params(axis="x", labelsize=7 if many else 8, labelrotation=45 if many else 0)
+    ax.tick_params(axis="y", labelsize=7 if len(land.lr) > 8 else 8)
+    if many:
+        for t in ax.get_xticklabels():
+            t.set_horizontalalignment("right")
+            t.set_rotation_mode("anchor")
 
 
 def heatmap_panel(ax, land: ArmLandscape, norm: Normalize, cmap="viridis", top: int = 10):
@@ -87,6 +144,7 @@ def heatmap_panel(ax, land: ArmLandscape, norm: Normalize, cmap="viridis", top: 
                    edgecolors="k", linewidths=0.6, s=22, zorder=3, plotnonfinite=True)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _grid_ticks(ax, land)                               # after set_*scale, which resets the locators
     ax.set_xlabel(DECAY_LABEL.get(land.decay, "weight decay λ"))
     ax.set_ylabel("learning rate η")
     ax.set_title(f"{land.optimizer.upper()} + {land.decay}: {_fmt_ci(land)}", fontsize=10)
@@ -101,14 +159,19 @@ def heatmaps(lands: list[ArmLandscape], title: str = "", metric: str = "test_err
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.3 * rows), squeeze=False, layout="constrained")
     lo, hi = error_range(lands)
     norm = Normalize(lo, hi if hi > lo else lo + 1e-6)
+    extend = color_extend(lands, norm.vmin, norm.vmax)
     mesh = None
     for ax, land in zip(axes.flat, lands):
         mesh = heatmap_panel(ax, land, norm)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     if mesh is not None:
-        fig.colorbar(mesh, ax=axes, label=f"final {metric.replace('_', ' ')} (mean over seeds)", shrink=0.9)
-    fig.suptitle(title or "Final error over (λ, η); circles: 10 best; red: best λ per learning rate", fontsize=11)
+        label = f"final {metric.replace('_', ' ')} (mean over seeds)"
+        if extend in ("max", "both"):                   # the robust upper limit clips: say so, and draw the arrow
+            label += f"; arrow: ≥ {norm.vmax:.3g}"
+        fig.colorbar(mesh, ax=axes, label=label, shrink=0.9, extend=extend)
+    fig.suptitle(title or f"Final {metric.replace('_', ' ')} over (λ, η); circles: 10 best; red: best λ per learning rate",
+                 fontsize=11)
     return fig
 
 

@@ -91,40 +91,197 @@ def _num(v, fmt=".3g") -> str:
     return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "–"
 
 
-def _plotly_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str) -> str:
-    import plotly.graph_objects as go
+def _axis_map(values, centres):
+    """Position on a categorical cell axis of any value, linear in its log between cell centres (and beyond)."""
+    import numpy as np
 
-    text = [[("diverged" if (not math.isfinite(e) and d > 0) else f"{metric}={_num(e, '.4f')}")
-             for e, d in zip(er, dr)] for er, dr in zip(land.error, land.diverged)]
-    z = [[e if math.isfinite(e) else None for e in row] for row in land.error]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[f"{w:.3g}" for w in land.weight_decay], y=[f"{lr:.3g}" for lr in land.lr], zmin=zmin, zmax=zmax,
-        colorscale="Viridis", text=text, colorbar={"title": metric},
-        hovertemplate="λ=%{x}<br>η=%{y}<br>%{text}<extra></extra>"))
-    ridge_x = [f"{min(land.weight_decay, key=lambda w: abs(math.log(w / b))):.3g}" if math.isfinite(b) else None
-               for b in land.best_weight_decay]
-    fig.add_trace(go.Scatter(x=ridge_x, y=[f"{lr:.3g}" for lr in land.lr], mode="lines+markers",
-                             line={"color": "crimson"}, name="λ*(η) (nearest grid value)"))
-    fig.update_layout(title=f"{land.arm}: slope {_num(land.slope, '.2f')} "
-                            f"[{_num(land.slope_ci[0], '.2f')}, {_num(land.slope_ci[1], '.2f')}]",
-                      xaxis_title=f"weight decay λ ({land.decay})", yaxis_title="learning rate η",
-                      width=520, height=440, margin={"l": 60, "r": 20, "t": 50, "b": 50})
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"heatmap-{land.arm}")
+    lv, cs = np.log(np.asarray(values, float)), np.asarray(centres, float)
+    if len(lv) == 1:
+        return lambda v: cs[0]
+    lo_slope = (cs[1] - cs[0]) / (lv[1] - lv[0])
+    hi_slope = (cs[-1] - cs[-2]) / (lv[-1] - lv[-2])
+
+    def pos(v):
+        x = math.log(v)
+        if x < lv[0]:
+            return float(cs[0] + (x - lv[0]) * lo_slope)
+        if x > lv[-1]:
+            return float(cs[-1] + (x - lv[-1]) * hi_slope)
+        return float(np.interp(x, lv, cs))
+    return pos
+
+
+def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, extend: str = "neither") -> str:
+    """One arm's landscape as inline SVG: every cell carries its value as a <title> (the hover text), the
+    best λ per row and the fitted ridge in crimson with a legend, diverged cells grey with a cross, and a
+    colour bar whose clipped end is an arrow labelled "≥ x". `extend` (plots.color_extend: which ends of the
+    shared scale clip some arm's values) is the same for every arm. No JavaScript library: a few kB per arm."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+    from matplotlib.ticker import MaxNLocator
+
+    from .landscape import predict_log_wd
+    from .plots import grid_labels, thin
+
+    esc = html.escape
+    cmap = colormaps["viridis"]
+    span = zmax - zmin if zmax > zmin else 1e-6
+    colour = lambda v: to_hex(cmap(min(1.0, max(0.0, (v - zmin) / span))))  # noqa: E731
+    err, div = np.array(land.error, float), np.array(land.diverged, float)
+    nr, nc = err.shape
+    rotate = nc > 6
+    ml, mt, pw, ph, mr = 84, 58, 380, 300, 150
+    cw, ch = pw / nc, ph / nr
+    xc = [ml + (c + 0.5) * cw for c in range(nc)]
+    yc = [mt + (nr - 1 - r + 0.5) * ch for r in range(nr)]
+    xpos, ypos = _axis_map(land.weight_decay, xc), _axis_map(land.lr, yc)
+    uid = "".join(k if k.isalnum() else "-" for k in land.arm)
+    parts = [f'<defs><clipPath id="clip-{uid}"><rect x="{ml}" y="{mt}" width="{pw}" height="{ph}"/></clipPath>'
+             f'<linearGradient id="cbar-{uid}" x1="0" y1="1" x2="0" y2="0">'
+             + "".join(f'<stop offset="{t:.2f}" stop-color="{to_hex(cmap(t))}"/>' for t in np.linspace(0, 1, 11))
+             + "</linearGradient></defs>"]
+    n_seeds = len(land.seeds)
+    diverged_any = False
+    for r in range(nr):
+        for c in range(nc):
+            x, y = ml + c * cw, mt + (nr - 1 - r) * ch
+            where = f"λ={land.weight_decay[c]:.3g}, η={land.lr[r]:.3g}"
+            e, d = err[r, c], div[r, c]
+            if math.isfinite(e):
+                tip = f"{where}: {metric}={e:.4f}" + (f" ({d:.0%} of {n_seeds} seeds diverged)" if d > 0 else "")
+                if e > zmax:
+                    tip += f" (above the colour scale's {zmax:.3g})"
+                parts.append(f'<rect class="cell" x="{x:.1f}" y="{y:.1f}" width="{cw:.1f}" height="{ch:.1f}" '
+                             f'fill="{colour(e)}"><title>{esc(tip)}</title></rect>')
+            else:
+                diverged = d > 0
+                diverged_any |= diverged
+                tip = f"{where}: diverged (all {n_seeds} seeds)" if diverged else f"{where}: no data"
+                parts.append(f'<rect class="cell" x="{x:.1f}" y="{y:.1f}" width="{cw:.1f}" height="{ch:.1f}" '
+                             f'fill="#d9d9d9"><title>{esc(tip)}</title></rect>')
+                if diverged:
+                    cx, cy, h = x + cw / 2, y + ch / 2, min(cw, ch) * 0.18
+                    parts.append(f'<path d="M{cx - h:.1f},{cy - h:.1f}L{cx + h:.1f},{cy + h:.1f}M{cx - h:.1f},'
+                                 f'{cy + h:.1f}L{cx + h:.1f},{cy - h:.1f}" stroke="#595959" stroke-width="3" '
+                                 f'pointer-events="none"/>')
+    if not land.grid and land.samples:                  # the sampled points over the interpolated surface
+        for m in land.samples:
+            tip = (f"sample λ={m['weight_decay']:.3g}, η={m['lr']:.3g}: "
+                   + ("diverged" if m["diverged"] else f"{metric}={m['error']:.4f}"))
+            fill = "#d9d9d9" if m["diverged"] or not math.isfinite(m["error"]) else colour(m["error"])
+            parts.append(f'<circle cx="{xpos(m["weight_decay"]):.1f}" cy="{ypos(m["lr"]):.1f}" r="3.5" '
+                         f'fill="{fill}" stroke="black" stroke-width="0.7" clip-path="url(#clip-{uid})">'
+                         f"<title>{esc(tip)}</title></circle>")
+    parts.append(f'<rect x="{ml}" y="{mt}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>')
+    legend = []
+    censored = land.censored or [None] * nr
+    if math.isfinite(land.slope):                       # the fitted ridge (censored rows enter it as bounds)
+        xs = np.geomspace(min(land.lr), max(land.lr), 30)
+        ys = np.exp(predict_log_wd(land, xs)[0])
+        pts = " ".join(f"{xpos(w):.1f},{ypos(lr):.1f}" for w, lr in zip(ys, xs) if math.isfinite(w))
+        lo, hi = land.slope_ci
+        fit = f"fitted ridge: slope {land.slope:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else "")
+        parts.append(f'<polyline class="fit" points="{pts}" fill="none" stroke="crimson" stroke-width="2" '
+                     f'stroke-dasharray="2,3" clip-path="url(#clip-{uid})"><title>{esc(fit)}</title></polyline>')
+        legend.append(('<line x1="0" y1="0" x2="22" y2="0" stroke="crimson" stroke-width="2" '
+                       'stroke-dasharray="2,3"/>', fit))
+    ridge = [(w, lr) for w, lr, c in zip(land.best_weight_decay, land.lr, censored) if math.isfinite(w) and c is None]
+    if ridge:                                           # best λ of each lr row, joined
+        pts = [(xpos(w), ypos(lr), f"η={lr:.3g}: λ*={w:.3g}") for w, lr in ridge]
+        parts.append(f'<polyline class="ridge" points="{" ".join(f"{x:.1f},{y:.1f}" for x, y, _ in pts)}" '
+                     f'fill="none" stroke="crimson" stroke-width="1.5"/>')
+        parts += [f'<path d="M{x:.1f},{y - 5:.1f}L{x + 4:.1f},{y:.1f}L{x:.1f},{y + 5:.1f}L{x - 4:.1f},{y:.1f}Z" '
+                  f'fill="crimson"><title>{esc(t)}</title></path>' for x, y, t in pts]
+        legend.insert(0, ('<line x1="0" y1="0" x2="22" y2="0" stroke="crimson" stroke-width="1.5"/>'
+                          '<path d="M11,-5L15,0L11,5L7,0Z" fill="crimson"/>', "λ*(η): best λ per learning rate"))
+    beyond = False
+    for r, side in enumerate(censored):                 # best λ beyond the grid: open arrows at the edge
+        if side in ("high", "low"):
+            beyond = True
+            x, y = (ml + pw - 9, yc[r]) if side == "high" else (ml + 9, yc[r])
+            sgn = 1 if side == "high" else -1
+            parts.append(f'<path d="M{x - 6 * sgn:.1f},{y - 7:.1f}L{x + 6 * sgn:.1f},{y:.1f}L{x - 6 * sgn:.1f},'
+                         f'{y + 7:.1f}Z" fill="none" stroke="crimson" stroke-width="2">'
+                         f"<title>{esc(f'η={land.lr[r]:.3g}: best λ beyond the {side} edge of the grid')}</title>"
+                         "</path>")
+    if beyond:
+        legend.append(('<path d="M5,-7L17,0L5,7Z" fill="none" stroke="crimson" stroke-width="2"/>',
+                       "best λ beyond the grid edge (a bound)"))
+    if diverged_any:
+        legend.append(('<rect x="3" y="-8" width="16" height="16" fill="#d9d9d9"/>'
+                       '<path d="M7,-4L15,4M7,4L15,-4" stroke="#595959" stroke-width="2.5"/>', "diverged"))
+    # axes: every grid value labelled (thinned above 12), as in the static figures
+    for x, t in zip(xc, thin(grid_labels(land.weight_decay))):
+        parts.append(f'<line x1="{x:.1f}" y1="{mt + ph}" x2="{x:.1f}" y2="{mt + ph + 4}" stroke="#444"/>')
+        if t:
+            parts.append(f'<text class="tick" x="{x:.1f}" y="{mt + ph + 16}" text-anchor="end" '
+                         f'transform="rotate(-40 {x:.1f} {mt + ph + 16})">{esc(t)}</text>' if rotate else
+                         f'<text class="tick" x="{x:.1f}" y="{mt + ph + 17}" text-anchor="middle">{esc(t)}</text>')
+    for y, t in zip(yc, thin(grid_labels(land.lr))):
+        parts.append(f'<line x1="{ml - 4}" y1="{y:.1f}" x2="{ml}" y2="{y:.1f}" stroke="#444"/>')
+        if t:
+            parts.append(f'<text class="tick" x="{ml - 7}" y="{y + 4:.1f}" text-anchor="end">{esc(t)}</text>')
+    xt = mt + ph + (52 if rotate else 38)
+    parts.append(f'<text x="{ml + pw / 2:.1f}" y="{xt}" text-anchor="middle">weight decay λ ({esc(land.decay)})</text>')
+    parts.append(f'<text x="18" y="{mt + ph / 2:.1f}" text-anchor="middle" '
+                 f'transform="rotate(-90 18 {mt + ph / 2:.1f})">learning rate η</text>')
+    lo, hi = land.slope_ci
+    title = f"{land.arm}: slope {_num(land.slope, '.2f')} [{_num(lo, '.2f')}, {_num(hi, '.2f')}]"
+    parts.append(f'<text class="title" x="{(ml + pw + mr) / 2:.1f}" y="20" text-anchor="middle">{esc(title)}</text>'
+                 f'<text class="subtitle" x="{(ml + pw + mr) / 2:.1f}" y="38" text-anchor="middle">'
+                 f'predicted {esc(land.predicted[1])}</text>')
+    # the colour bar: arrows where values lie beyond the scale, whose end ticks then read "≥ x" / "≤ x"
+    over, under = extend in ("max", "both"), extend in ("min", "both")
+    bx, bw = ml + pw + 24, 14
+    parts.append(f'<rect x="{bx}" y="{mt}" width="{bw}" height="{ph}" fill="url(#cbar-{uid})" stroke="#444" '
+                 f'stroke-width="0.5"/>')
+    if over:
+        parts.append(f'<path class="extend-max" d="M{bx},{mt}L{bx + bw / 2},{mt - 12}L{bx + bw},{mt}Z" '
+                     f'fill="{to_hex(cmap(1.0))}" stroke="#444" stroke-width="0.5"><title>values above '
+                     f'{zmax:.3g} are drawn in this colour</title></path>')
+    if under:
+        parts.append(f'<path class="extend-min" d="M{bx},{mt + ph}L{bx + bw / 2},{mt + ph + 12}L{bx + bw},{mt + ph}Z" '
+                     f'fill="{to_hex(cmap(0.0))}" stroke="#444" stroke-width="0.5"/>')
+    ybar = lambda v: mt + ph * (1 - (v - zmin) / span)  # noqa: E731
+    ticks = [(ybar(zmax), f"≥ {zmax:.3g}", "cbar-top")] if over else []
+    ticks += [(ybar(zmin), f"≤ {zmin:.3g}", "cbar-bottom")] if under else []
+    for v in MaxNLocator(5).tick_values(zmin, zmax):
+        if zmin - 1e-12 <= v <= zmax + 1e-12 and all(abs(ybar(v) - y) > 13 for y, _, _ in ticks):
+            ticks.append((ybar(v), f"{v:.3g}", "cbar"))
+    for y, t, cls in ticks:
+        parts.append(f'<line x1="{bx + bw}" y1="{y:.1f}" x2="{bx + bw + 4}" y2="{y:.1f}" stroke="#444"/>'
+                     f'<text class="{cls}" x="{bx + bw + 7}" y="{y + 4:.1f}">{esc(t)}</text>')
+    cx = bx + bw + 72
+    parts.append(f'<text x="{cx}" y="{mt + ph / 2:.1f}" text-anchor="middle" transform="rotate(-90 {cx} '
+                 f'{mt + ph / 2:.1f})">final {esc(metric)} (mean over seeds)</text>')
+    ly = xt + 14
+    for i, (glyph, text) in enumerate(legend):
+        x, y = 14 + (i % 2) * 300, ly + 18 * (i // 2) + 8
+        parts.append(f'<g class="legend-item" transform="translate({x},{y})">{glyph}'
+                     f'<text x="28" y="4">{esc(text)}</text></g>')
+    height = ly + 18 * math.ceil(len(legend) / 2) + 10
+    width = ml + pw + mr
+    return (f'<figure class="heatmap" id="heatmap-{esc(land.arm)}"><svg xmlns="http://www.w3.org/2000/svg" '
+            f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+            f'aria-label="{esc(title)}">{"".join(parts)}</svg>'
+            f'<figcaption class="readout">hover a cell for its {esc(metric)}</figcaption></figure>')
 
 
 def report_html(study: str, metric: str, lands: list[ArmLandscape], pngs, spec_text: str, title: str) -> str:
-    """One HTML file, viewable offline: plotly's JavaScript is embedded, figures are inline PNGs."""
-    from plotly.offline import get_plotlyjs
-
-    from .plots import error_range
+    """One HTML file, viewable offline and fetching nothing: the heatmaps are inline SVG (hover: each cell's
+    <title>, echoed below the plot by a few lines of script), the figures inline PNGs."""
+    from .plots import color_extend, error_range
 
     zmin, zmax = error_range(lands)
+    zmax = zmax if zmax > zmin else zmin + 1e-6
+    extend = color_extend(lands, zmin, zmax)
     rows = "".join(
         f"<tr><td>{html.escape(L.arm)}</td><td>{_num(L.best['lr'])}</td><td>{_num(L.best['weight_decay'])}</td>"
         f"<td>{_num(L.best['error'], '.4f')}</td><td>{_num(L.slope, '.2f')}</td>"
         f"<td>[{_num(L.slope_ci[0], '.2f')}, {_num(L.slope_ci[1], '.2f')}]</td>"
         f"<td>{html.escape(L.predicted[1])}</td><td>{html.escape(L.ci_method)}</td></tr>" for L in lands)
-    interactive = "".join(f'<div class="cell">{_plotly_heatmap(L, zmin, zmax, metric)}</div>' for L in lands)
+    interactive = "".join(_svg_heatmap(L, zmin, zmax, metric, extend) for L in lands)
     verdict = study_verdict(lands)
     outcome_class = {"consistent": "ok", "contradicts": "bad", "differ": "ok"}
     verdict_items = "".join(
@@ -146,8 +303,19 @@ th {{ background: #eee; }} td:first-child {{ text-align: left; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 1em; }} figure img {{ max-width: 100%; border: 1px solid #ddd; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 #verdict li {{ margin: 0.3em 0; }} li.ok {{ color: #14622b; }} li.bad {{ color: #a11; }} li.open {{ color: #7a5600; }}
+figure.heatmap {{ margin: 0; }} figure.heatmap svg {{ font-size: 12px; }}
+figure.heatmap .title {{ font-size: 14px; font-weight: 600; }} figure.heatmap .subtitle {{ fill: #555; }} figure.heatmap .tick {{ font-size: 11px; }}
+figure.heatmap rect.cell:hover {{ stroke: #fff; stroke-width: 2; }}
+figure.heatmap .readout {{ font-size: 0.9em; color: #444; min-height: 1.3em; padding-left: 1em; }}
 </style>
-<script>{get_plotlyjs()}</script></head><body>
+<script>
+// hover: show the hovered element's <title> (its value) below the heatmap; the native tooltip shows it too
+document.addEventListener("mouseover", e => {{
+  const el = e.target.closest && e.target.closest("figure.heatmap svg *");
+  const tip = el && el.querySelector(":scope > title");
+  if (tip) el.closest("figure.heatmap").querySelector(".readout").textContent = tip.textContent;
+}});
+</script></head><body>
 <h1>{html.escape(title or "Weight decay vs learning rate")}: {html.escape(study)}</h1>
 <section id="verdict"><h2>Verdict</h2><ul>{verdict_items}</ul>{advice}</section>
 <p>Metric: final {html.escape(metric)}. λ*(η) is the best weight decay at each learning rate (the vertex of a
@@ -156,7 +324,8 @@ enters the fit as a bound. The slope is that of log λ* against log η, with a 9
 <h2>Best setting and slope per arm</h2>
 <table id="arms"><thead><tr><th>arm</th><th>best η</th><th>best λ</th><th>best {html.escape(metric)}</th>
 <th>slope</th><th>95 % interval</th><th>predicted</th><th>interval from</th></tr></thead><tbody>{rows}</tbody></table>
-<h2>Interactive landscapes</h2><div class="grid">{interactive}</div>
+<h2>Interactive landscapes</h2><p>Hover a cell for its value. One colour scale for all arms;
+an arrow on the colour bar marks values beyond it (drawn in the end colour).</p><div class="grid">{interactive}</div>
 <h2>Figures</h2>{figures}
 <h2>Spec</h2><pre>{html.escape(spec_text)}</pre>
 </body></html>

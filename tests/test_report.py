@@ -1,0 +1,230 @@
+"""The exported figures and report.html: every grid value labelled, clipped colour scales marked, the ridge
+in the legend, a small self-contained page, and what headless Chromium shows of it (offline, from file://)."""
+
+import math
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from study.landscape import landscapes
+from study.plots import heatmaps, ridge_figure
+from study.report import DASHBOARDS, load_dashboard, render
+
+LRS = np.geomspace(0.01, 0.3, 6)
+WDS = np.geomspace(1e-4, 1.0, 8)
+ARMS = (("sgd", "coupled", -1.0, 0.0), ("sgd", "independent", 0.0, 0.0), ("adam", "decoupled", -1.0, 5.2))
+
+
+def planted(arms=ARMS, lrs=LRS, wds=WDS, seeds=(0, 1), sigma=0.01, diverge=()):
+    """error = 0.1 + 0.02·(log λ − log λ*(η))², λ*(η) = 3e-3·e^shift·(η/0.055)^slope; shift 5.2 puts the
+    ridge beyond the high edge (censored rows). `diverge`: (arm, row, col) cells where every seed diverges."""
+    rng = np.random.default_rng(0)
+    out = []
+    for opt, decay, slope, shift in arms:
+        for seed in seeds:
+            for r, lr in enumerate(lrs):
+                c = math.log(3e-3) + shift + slope * math.log(lr / 0.055)
+                for k, wd in enumerate(wds):
+                    dead = (f"{opt}-{decay}", r, k) in diverge
+                    out.append(dict(optimizer=opt, decay=decay, lr=float(lr), weight_decay=float(wd), seed=seed,
+                                    error=1.0 if dead else 0.1 + 0.02 * (math.log(wd) - c) ** 2 + rng.normal(0, sigma),
+                                    diverged=dead))
+    return out
+
+
+@pytest.fixture(scope="module")
+def lands():
+    return landscapes(planted(diverge={("adam-decoupled", 5, 0)}), metric="test_loss")
+
+
+@pytest.fixture(scope="module")
+def exported(lands, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    render("demo", "test_loss", lands, load_dashboard("default"), out, ("png", "html"), "name: demo\n")
+    return out
+
+
+def _panels(fig):
+    return [ax for ax in fig.axes if ax.get_title()]   # the heatmap panels (the colour bar has no title)
+
+
+def _colorbar(fig):
+    bars = [c.colorbar for ax in _panels(fig) for c in ax.collections if getattr(c, "colorbar", None)]
+    assert len(bars) == 1   # one colour scale shared by every panel
+    return bars[0]
+
+
+def _labels(axis):
+    return [t.get_text() for t in axis.get_ticklabels()]
+
+
+def test_static_heatmaps_label_every_grid_value(lands):
+    fig = heatmaps(lands, metric="test_loss")
+    fig.canvas.draw()
+    panels = _panels(fig)
+    assert len(panels) == 3
+    for ax, land in zip(panels, lands):
+        for axis, values in ((ax.xaxis, land.weight_decay), (ax.yaxis, land.lr)):
+            assert np.allclose(axis.get_ticklocs(), values)
+            labels = _labels(axis)
+            assert len(labels) == len(values) and all(labels), labels
+            assert all(len(t) <= 7 for t in labels), labels                      # compact: 0.055, 3.7e-4
+            assert np.allclose([float(t) for t in labels], values, rtol=0.05), labels
+            assert not axis.get_minor_locator().tick_values(*sorted(axis.get_view_interval()))  # no decade ticks
+    assert _labels(panels[0].yaxis) == ["0.01", "0.02", "0.039", "0.077", "0.15", "0.3"]
+    assert _labels(panels[0].xaxis)[0] == "1e-4" and _labels(panels[0].xaxis)[-1] == "1"
+
+
+def test_many_grid_values_are_thinned_but_every_one_keeps_its_tick():
+    wds = np.geomspace(1e-5, 1.0, 21)
+    land, = landscapes(planted(arms=(ARMS[0],), wds=wds, seeds=(0,)), metric="test_loss")
+    fig = heatmaps([land])
+    fig.canvas.draw()
+    ax, = _panels(fig)
+    assert np.allclose(ax.xaxis.get_ticklocs(), wds)
+    shown = [t for t in _labels(ax.xaxis) if t]
+    assert 6 <= len(shown) <= 12 and shown[0] == "1e-5"
+    assert _labels(ax.yaxis) == ["0.01", "0.02", "0.039", "0.077", "0.15", "0.3"]   # 6 rows: all labelled
+
+
+def test_a_clipped_colour_scale_is_marked_and_diverged_cells_stay_grey(lands, exported):
+    fig = heatmaps(lands, metric="test_loss")
+    mesh, bar = _panels(fig)[0].collections[0], _colorbar(fig)
+    top = bar.norm.vmax
+    assert any(v > top for L in lands for row in L.error for v in row if math.isfinite(v))   # it clips
+    assert bar.extend in ("max", "both")
+    assert f"≥ {top:.3g}" in bar.ax.get_ylabel()
+    # a diverged cell is masked (drawn in the grey background with a cross), never a colour of the scale
+    adam = _panels(fig)[0]
+    assert adam.get_title().startswith("ADAM") and np.ma.getmaskarray(mesh.get_array())[-1, 0]
+    assert adam.get_facecolor()[:3] == pytest.approx((0.85, 0.85, 0.85))
+    # the same in the report: an arrow on every colour bar and a top tick that says "≥ x"
+    page = (exported / "report.html").read_text()
+    assert page.count('class="extend-max"') == 3
+    assert len(re.findall(rf'class="cbar-top"[^>]*>≥ {re.escape(f"{top:.3g}")}<', page)) == 3
+    cells = re.findall(r'<rect class="cell"[^>]*fill="(#[0-9a-f]{6})"><title>([^<]*)</title>', page)
+    assert len(cells) == 3 * 6 * 8
+    grey = {fill for fill, tip in cells if "diverged" in tip}
+    finite = {fill for fill, tip in cells if "test_loss=" in tip}
+    assert len(grey) == 1 and not grey & finite
+
+
+def test_an_unclipped_colour_scale_has_no_arrow(tmp_path):
+    small = landscapes(planted(arms=(ARMS[0],), lrs=LRS[:3], wds=WDS[:3], seeds=(0,)), metric="test_loss")
+    fig = heatmaps(small)
+    assert _colorbar(fig).extend == "neither"
+    render("small", "test_loss", small, {"figures": [{"kind": "heatmaps"}]}, tmp_path, ("html",))
+    page = (tmp_path / "report.html").read_text()
+    assert 'class="extend-max"' not in page and "≥" not in page
+
+
+def test_the_ridge_has_a_legend_in_every_figure(lands, exported):
+    fig = heatmaps(lands)
+    for ax in _panels(fig):
+        texts = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any(t.startswith("fitted ridge") for t in texts), texts
+    adam = _panels(fig)[0]
+    assert any("beyond the high edge" in t.get_text() for t in adam.get_legend().get_texts())
+    texts = [t.get_text() for t in ridge_figure(lands).axes[0].get_legend().get_texts()]
+    assert sum("fitted ridge" in t for t in texts) == 3
+    page = (exported / "report.html").read_text()
+    for land in lands:
+        fig_html = page[page.index(f'id="heatmap-{land.arm}"'):]
+        fig_html = fig_html[:fig_html.index("</figure>")]
+        items = re.findall(r'<g class="legend-item"[^>]*>.*?<text[^>]*>([^<]*)</text></g>', fig_html)
+        assert any(t.startswith("fitted ridge: slope") for t in items), items
+        assert "λ*(η): best λ per learning rate" in items
+        assert 'class="ridge"' in fig_html and 'class="fit"' in fig_html
+    adam_html = page[page.index('id="heatmap-adam-decoupled"'):]
+    assert "best λ beyond the grid edge (a bound)" in adam_html[:adam_html.index("</figure>")]
+
+
+def test_report_is_small_self_contained_and_its_captions_filled(exported, tmp_path):
+    page = (exported / "report.html").read_text()
+    size = (exported / "report.html").stat().st_size
+    assert size < 1.5e6, size                                  # plotly.js embedded made it 5.1 MB
+    assert not re.search(r'<(script|link|img)[^>]+(src|href)="(?!data:)', page)   # nothing fetched
+    assert page.count("<figure><img") == 3
+    for dashboard in sorted(DASHBOARDS.glob("*.yaml")):
+        out = tmp_path / dashboard.stem
+        lands = landscapes(planted(arms=(("sgd", "independent", 0.0, 0.0), ("adam", "independent", 0.0, 0.0)),
+                                   seeds=(0,)), metric="test_loss")
+        render("demo", "test_loss", lands, load_dashboard(dashboard.stem), out, ("html",))
+        page = (out / "report.html").read_text()
+        captions = re.findall(r"<figcaption>(.*?)</figcaption>", page) + re.findall(r'<img alt="([^"]*)"', page)
+        assert captions, dashboard.stem
+        for caption in captions:
+            assert not re.search(r"\{\w*\}", caption), (dashboard.stem, caption)
+        assert "{metric}" not in page
+
+
+def test_scattered_samples_show_each_sample_and_label_the_interpolated_grid(tmp_path):
+    rng = np.random.default_rng(1)
+    members = []
+    for _ in range(40):
+        lr, wd = math.exp(rng.uniform(math.log(0.01), math.log(0.3))), math.exp(rng.uniform(math.log(1e-4), 0))
+        c = math.log(3e-3) - math.log(lr / 0.055)
+        members.append(dict(optimizer="sgd", decay="coupled", lr=lr, weight_decay=wd, seed=0,
+                            error=0.1 + 0.02 * (math.log(wd) - c) ** 2, diverged=False))
+    land, = landscapes(members, metric="test_loss")
+    assert not land.grid
+    fig = heatmaps([land])
+    fig.canvas.draw()
+    ax, = _panels(fig)
+    assert np.allclose(ax.xaxis.get_ticklocs(), land.weight_decay) and all(_labels(ax.xaxis))
+    render("scatter", "test_loss", [land], {"figures": [{"kind": "heatmaps"}]}, tmp_path, ("html",))
+    page = (tmp_path / "report.html").read_text()
+    assert len(re.findall(r"<circle[^>]*><title>sample λ=[^<]*test_loss=0\.\d{4}</title>", page)) == 40
+
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+def test_report_in_headless_chromium_shows_values_on_hover(exported, lands, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
+              "--window-size=1400,1000"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        driver.get((exported / "report.html").as_uri())
+        wait = WebDriverWait(driver, 20)
+        n_cells = sum(len(L.lr) * len(L.weight_decay) for L in lands)
+        wait.until(lambda d: d.execute_script(
+            "return document.readyState === 'complete' && "
+            "document.querySelectorAll('figure.heatmap svg rect.cell').length") == n_cells)
+        assert driver.execute_script(
+            "return performance.getEntriesByType('resource').filter(e => !e.name.startsWith('data:')).length") == 0
+        figures = driver.find_elements(By.CSS_SELECTOR, "figure.heatmap")
+        assert [f.get_attribute("id") for f in figures] == [f"heatmap-{L.arm}" for L in lands]
+        for f in figures:   # drawn, and the title lies wholly inside its drawing (nothing clips or covers it)
+            box = driver.execute_script(
+                "const s = arguments[0].querySelector('svg'), t = s.querySelector('text.title').getBBox();"
+                "return [t.x, t.y, t.width, t.height, s.width.baseVal.value, s.height.baseVal.value];", f)
+            assert box[2] > 50 and box[0] >= 0 and box[0] + box[2] <= box[4] and box[1] >= 0, box
+            assert f.size["width"] > 300 and f.size["height"] > 300
+        # every cell's hover text (its <title>) holds the value; the best cell's is the best test_loss
+        adam = lands[0]
+        r, c = np.unravel_index(np.nanargmin(np.array(adam.error, float)), np.array(adam.error).shape)
+        cell = figures[0].find_elements(By.CSS_SELECTOR, "rect.cell")[r * len(adam.weight_decay) + c]
+        tip = driver.execute_script("return arguments[0].querySelector('title').textContent", cell)
+        assert tip == f"λ={adam.weight_decay[c]:.3g}, η={adam.lr[r]:.3g}: test_loss={adam.best['error']:.4f}"
+        readout = figures[0].find_element(By.CSS_SELECTOR, ".readout")
+        ActionChains(driver).move_to_element(cell).perform()
+        wait.until(lambda d: readout.text == tip)
+        driver.execute_script("arguments[0].scrollIntoView()", figures[0])
+        driver.save_screenshot(str(tmp_path / "report-heatmaps.png"))
+        assert (tmp_path / "report-heatmaps.png").stat().st_size > 10_000
+    finally:
+        driver.quit()
