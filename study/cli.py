@@ -1,4 +1,4 @@
-"""The `study` command: train | validate | run | resume | ui | export | bench.
+"""The `study` command: train | validate | run | resume | list | ui | export | recommend | bench.
 
 Owns argument parsing and the messages users read; the work is the driver's (run, resume), the
 report's (export) and the engine's (train, bench). Bad specs and flags stop before anything starts,
@@ -54,7 +54,7 @@ def cmd_train(args) -> int:
 
     import dataclasses
 
-    spec = load_spec(args.spec, args.data_path)
+    spec = load_spec(args.spec, args.data_path, args.set)
     overrides = {}
     if getattr(args, "precision", None):
         overrides["precision"] = args.precision
@@ -121,7 +121,7 @@ def cmd_train(args) -> int:
 # --------------------------------------------------------------------------- study validate
 
 def cmd_validate(args) -> int:
-    spec = load_spec(args.spec, args.data_path)
+    spec = load_spec(args.spec, args.data_path, args.set)
     if args.smoke:
         spec = shrink_for_smoke(spec)
     n, n_test = split_sizes(spec.data)
@@ -155,7 +155,7 @@ def tracking_uri(args, home: Path) -> str:
 
 
 def cmd_run(args) -> int:
-    spec = load_spec(args.spec, args.data_path)
+    spec = load_spec(args.spec, args.data_path, args.set)
     if args.smoke:
         spec = shrink_for_smoke(spec)
     return _drive(args, spec, resume=False)
@@ -203,12 +203,15 @@ def _drive(args, spec, resume: bool) -> int:
     for reason, n in sorted(_count(outcome.failed.values()).items(), key=lambda kv: -kv[1])[:5]:
         print(f"  {n} failed: {reason}")
     for arm, err in sorted(outcome.best.items()):
-        print(f"  best {spec.search.metric} of one member of {arm}: {err:.4g}")
+        print(f"  best single-seed {spec.search.metric} of {arm}: {err:.4g} (one member, one seed)")
     study_dir = home / spec.name
     if outcome.complete and spec.arms:
         from .report import export, summary_lines
         lands, _ = export(stores.tracking, spec.name, study_dir / "export", metric=spec.search.metric)
-        print(f"landscape (exported to {study_dir / 'export'}; also on the parent run in MLflow):")
+        seeds = spec.search.seeds
+        over = f"mean {spec.search.metric} over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 \
+            else f"{spec.search.metric} of seed {seeds[0]}"
+        print(f"landscape of the {over} (exported to {study_dir / 'export'}; also on the parent run in MLflow):")
         print("\n".join(summary_lines(lands)))
     print(f"records: MLflow {stores.tracking} (experiment {spec.experiment!r}), Optuna {stores.storage}")
     print(f"next:\n  study ui{hint}                     # browse the runs in MLflow\n"
@@ -232,6 +235,136 @@ def _count(values) -> dict:
     for v in values:
         out[v] = out.get(v, 0) + 1
     return out
+
+
+# --------------------------------------------------------------------------- study list
+
+def _lease_state(storage_url: str, name: str) -> tuple[bool | None, str]:
+    """Whether the driver lease of study `name` (the Optuna study NAME.driver, search.Lease) is held, and by
+    whom; (None, why) when it cannot be read. Looking never creates a store: a SQLite or journal file that
+    does not exist holds no lease."""
+    from .search import Lease, open_storage
+    from .stores import sqlite_path
+
+    path = sqlite_path(storage_url) if "://" in storage_url else Path(storage_url).expanduser()
+    if path is not None and not path.is_file():
+        return False, "no lease"
+    try:
+        storage = open_storage(storage_url)  # an existing file or server: nothing is created
+        study_id = storage.get_study_id_from_name(f"{name}.driver")
+        attrs = storage.get_study_user_attrs(study_id)
+    except KeyError:
+        return False, "no lease"
+    except Exception as e:
+        return None, f"lease unreadable: {type(e).__name__}"
+    age = time.time() - float(attrs.get("heartbeat", 0.0))
+    alive = age < Lease.STALE_S  # the rule of Lease._alive: a fresh heartbeat, or a live process on this host
+    if attrs.get("host") == socket.gethostname() and "pid" in attrs:
+        try:
+            os.kill(int(attrs["pid"]), 0)
+        except ProcessLookupError:
+            alive = False
+        except PermissionError:
+            pass
+    return alive, f"{attrs.get('holder', 'unknown driver')}, heartbeat {age:.0f} s ago"
+
+
+def _study_rows(tracking: str) -> list[dict]:
+    """Every study recorded in an MLflow store: its parent run and its members' run states. (The MLflow
+    calls go through tracking's reader, which never creates a store.)"""
+    from .tracking import _reader, _retry, recorded_spec
+
+    client = _reader(tracking)
+
+    def search(flt: str) -> list:
+        exps = [e.experiment_id for e in _retry("listing experiments", client.search_experiments)]
+        runs, token = [], None
+        while exps:
+            page = _retry("listing studies", client.search_runs, exps, flt, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        return runs
+
+    members: dict[str, list] = {}
+    for r in search("tags.role = 'member'"):
+        members.setdefault(r.data.tags.get("study", ""), []).append(r)
+    rows = []
+    for parent in search("tags.role = 'parent'"):
+        name = parent.data.tags.get("study", parent.info.run_name)
+        mine = members.get(name, [])
+        planned = parent.data.tags.get("members_planned")
+        if planned is None:  # records from before the tag: the recorded spec says
+            try:
+                planned = planned_members(recorded_spec(tracking, name))
+            except (LookupError, SpecError):
+                planned = None
+        times = [t for r in (parent, *mine) for t in (r.info.start_time, r.info.end_time) if t]
+        rows.append({"name": name, "status": parent.info.status, "planned": None if planned is None else int(planned),
+                     "done": sum(r.info.status == "FINISHED" for r in mine),
+                     "failed": sum(r.info.status == "FAILED" for r in mine),
+                     "training": sum(r.info.status == "RUNNING" for r in mine),
+                     "updated": max(times) / 1000 if times else None})
+    return rows
+
+
+def cmd_list(args) -> int:
+    """The studies of a home (or of --tracking-uri): members done of planned, failed, running or not, last update."""
+    from .stores import check_tracking_uri, sqlite_path
+
+    home = home_dir(args)
+    tracking = tracking_uri(args, home)
+    db = sqlite_path(tracking)
+    if args.tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
+        if not home.is_dir():
+            raise SpecError(f"invalid --home: {home} does not exist (no studies there); "
+                            f"`study run SPEC --home {home}` starts one")
+        if not db.is_file():
+            print(f"no studies in {home} yet (no MLflow store {db.name}); start one with `study run SPEC`")
+            return 0
+    elif db is not None and not db.is_file():
+        raise SpecError(f"invalid --tracking-uri: no MLflow store at {db} (the file does not exist)")
+    elif db is None:
+        check_tracking_uri(tracking)  # a server that does not answer is one line, not 15 minutes of retries
+    rows = _study_rows(tracking)
+    if not rows:
+        print(f"no studies in {tracking} yet; start one with `study run SPEC`")
+        return 0
+    for row in rows:
+        row["state"] = _state(row, args.storage or default_storage(home, row["name"]))
+    rows.sort(key=lambda r: -(r["updated"] or 0))
+    table = [("NAME", "MEMBERS", "FAILED", "STATE", "LAST UPDATE")]
+    for r in rows:
+        members = f"{r['done']}/{r['planned'] if r['planned'] is not None else '?'}"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["updated"])) if r["updated"] else "-"
+        table.append((r["name"], members, str(r["failed"]), r["state"], when))
+    widths = [max(len(row[i]) for row in table) for i in range(4)]
+    print(f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'} in {tracking}:")
+    for row in table:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+    return 0
+
+
+def _state(row: dict, storage: str) -> str:
+    """What a study is doing: its parent run's status, and for a RUNNING one whether its driver lease is held."""
+    status, name = row["status"], row["name"]
+    complete = row["planned"] is not None and row["done"] >= row["planned"]
+    if status == "RUNNING":
+        held, who = _lease_state(storage, name)
+        if held:
+            training = f", {row['training']} members training" if row["training"] else ""
+            return f"running ({who}{training})"
+        if held is None:
+            return f"running? ({who})"
+        return f"stopped: its driver is gone ({who}); study resume {name}"
+    if status == "FINISHED":
+        return "finished" if complete else "finished, incomplete"
+    if status == "KILLED":
+        return f"interrupted; study resume {name}"
+    if status == "FAILED":
+        return f"stopped with an error; study resume {name}"
+    return status.lower()
 
 
 # --------------------------------------------------------------------------- study ui
@@ -452,16 +585,86 @@ def cmd_bench(args) -> int:
 
 # --------------------------------------------------------------------------- entry point
 
+SET_HELP = ("override a spec field before it is checked: dotted KEY (train.epochs, search.seeds, "
+            "arms[0].lr.high), VALUE in YAML (3, 1e-3, [0,1], null); repeatable; recorded with the study")
+
+EPILOGS = {
+    "main": """examples:
+  study validate search_spaces/quickstart.yaml
+  study run search_spaces/quickstart.yaml --smoke
+  study list
+  study export quickstart --out ~/studies/quickstart/export
+  study SUBCOMMAND --help            # each subcommand's flags and examples""",
+    "train": """examples:
+  study train search_spaces/quickstart.yaml --out result.json --device cpu
+  study train SPEC --out result.json --set train.epochs=2 --set search.seeds=[0]
+  study train SPEC --out result.json --device cuda --precision bf16 --channels-last true --compile
+  study train SPEC --out result.json --data-path /data/cifar10""",
+    "validate": """examples:
+  study validate search_spaces/quickstart.yaml
+  study validate search_spaces/quickstart.yaml --smoke          # what `study run --smoke` would run
+  study validate SPEC --set train.epochs=3 --set search.seeds=[0,1,2]
+  study validate SPEC --data-path /data/cifar10""",
+    "run": """examples:
+  study run search_spaces/quickstart.yaml                       # local Ray, SQLite stores under ~/studies
+  study run search_spaces/quickstart.yaml --smoke               # a few members, one epoch: an end-to-end check
+  study --home /tmp/studies run SPEC                            # another home (or STUDY_HOME)
+  study run SPEC --set train.epochs=3 --set search.seeds=[0,1]  # override spec fields (recorded with the study)
+  study run SPEC --address HOST:6379                            # an existing Ray cluster (RAY_ADDRESS is honoured)
+  study run SPEC --tracking-uri http://127.0.0.1:5000 --storage postgresql://user@db/optuna
+  study run SPEC --data-path /data/cifar10                      # replaces data.path
+
+--smoke shrinks the spec after --set (one epoch, at most 2 x 2 grid points and one seed per arm).
+Progress goes to stderr: one updating bar on a terminal, a plain line every 10 s otherwise.""",
+    "resume": """examples:
+  study resume quickstart                                       # finish a study whose driver died
+  study --home /tmp/studies resume quickstart
+  study resume quickstart --tracking-uri http://127.0.0.1:5000 --storage postgresql://user@db/optuna
+
+resume runs the spec recorded when the study started (with its --set, --data-path and --smoke);
+give the same --tracking-uri and --storage the study was started with.""",
+    "list": """examples:
+  study list                                                    # the studies in ~/studies (or STUDY_HOME)
+  study --home /tmp/studies list
+  study list --tracking-uri http://127.0.0.1:5000 --storage postgresql://user@db/optuna
+
+MEMBERS is finished of planned; STATE is the parent run's status and, while it says RUNNING,
+whether a driver holds the study's lease (a driver that died leaves RUNNING without a lease).""",
+    "export": """examples:
+  study export quickstart --out ~/studies/quickstart/export
+  study export quickstart --out /tmp/qs --metric test_error --format png,html --no-log
+  study export quickstart --out /tmp/qs --dashboard sgd_vs_adam""",
+    "recommend": """examples:
+  study recommend quickstart --lr 0.05
+  study recommend quickstart --lr 0.05 --arm sgd-coupled --metric test_error""",
+    "bench": """examples:
+  study bench                                                   # resnet20, K=1,8,32 on synthetic data
+  study bench --model resnet8 --members 1,8 --steps 3 --device cpu --threads 2
+  study bench --device cuda --members 1,32,128 --compile both --json bench.json""",
+    "ui": """examples:
+  study ui                                                      # MLflow UI on 127.0.0.1:5000
+  study ui --port 5050 --study quickstart                       # and optuna-dashboard on port 5051
+  study --home /tmp/studies ui""",
+}
+
+
+def _sub(sub, name: str, helptext: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=helptext, description=helptext[:1].upper() + helptext[1:] + ".",
+                          epilog=EPILOGS[name], formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="study", description="Weight decay vs learning rate studies on member arrays.")
+    p = argparse.ArgumentParser(prog="study", description="Weight decay vs learning rate studies on member arrays.",
+                                epilog=EPILOGS["main"], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--home", help="studies' home directory (default $STUDY_HOME or ~/studies)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a spec's members in this process: no Ray, Optuna or MLflow")
+    t = _sub(sub, "train", "train a spec's members in this process: no Ray, Optuna or MLflow")
     t.add_argument("spec")
     t.add_argument("--out", required=True, help="result JSON")
     t.add_argument("--device", choices=["cpu", "cuda"])
     t.add_argument("--data-path", help="replaces the spec's data.path")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP.replace("; recorded with the study", ""))
     t.add_argument("--precision", choices=["auto", "fp32", "bf16"],
                    help="replaces train.precision (auto: bf16 autocast on CUDA, fp32 on a CPU)")
     t.add_argument("--channels-last", choices=["auto", "true", "false"],
@@ -469,14 +672,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="replaces train.compile: torch.compile the forward and loss (compile time is reported)")
 
-    v = sub.add_parser("validate", help="check a spec without running anything")
+    v = _sub(sub, "validate", "check a spec without running anything")
     v.add_argument("spec")
-    v.add_argument("--smoke", action="store_true")
+    v.add_argument("--smoke", action="store_true", help="check what `study run --smoke` would run")
     v.add_argument("--data-path", help="replaces the spec's data.path")
+    v.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP.replace("; recorded with the study", ""))
 
     for name, helptext in (("run", "run a study on Ray Tune with Optuna and MLflow"),
                            ("resume", "finish a study whose driver died")):
-        r = sub.add_parser(name, help=helptext)
+        r = _sub(sub, name, helptext)
         r.add_argument("name" if name == "resume" else "spec")
         r.add_argument("--address", help="Ray cluster address (default: start a local Ray; RAY_ADDRESS is honoured)")
         r.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///HOME/mlflow.db)")
@@ -485,8 +689,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             r.add_argument("--smoke", action="store_true", help="a few members and one epoch")
             r.add_argument("--data-path", help="replaces the spec's data.path (e.g. a folder with CIFAR-10 Parquet files)")
+            r.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
 
-    e = sub.add_parser("export", help="heatmaps, λ*(η) slopes, landscape.json and an HTML report from MLflow")
+    ls = _sub(sub, "list", "the studies in a home: members done, failed, running or not, last update")
+    ls.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///HOME/mlflow.db)")
+    ls.add_argument("--storage", help="Optuna storage holding the studies' driver leases "
+                                      "(default sqlite:///HOME/NAME/optuna.db per study)")
+    ls.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+    e = _sub(sub, "export", "heatmaps, λ*(η) slopes, landscape.json and an HTML report from MLflow")
     e.add_argument("name")
     e.add_argument("--out", required=True)
     e.add_argument("--tracking-uri")
@@ -496,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-log", action="store_true", help="write the files only; log nothing to the parent run")
     e.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    c = sub.add_parser("recommend", help="the best weight decay at a learning rate, from a study's fitted ridge")
+    c = _sub(sub, "recommend", "the best weight decay at a learning rate, from a study's fitted ridge")
     c.add_argument("name")
     c.add_argument("--lr", required=True, help="learning rate η, within the study's measured range")
     c.add_argument("--arm", help="optimizer-decay, e.g. sgd-coupled (default: every arm)")
@@ -504,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--tracking-uri")
     c.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
-    b = sub.add_parser("bench", help="member-images/s of arrays vs a plain single-model loop, same run")
+    b = _sub(sub, "bench", "member-images/s of arrays vs a plain single-model loop, same run")
     b.add_argument("--model", default="resnet20")
     b.add_argument("--members", default="1,8,32", help="array sizes K, comma-separated")
     b.add_argument("--batch-size", default="128", help="comma-separated")
@@ -526,7 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-baseline", action="store_true")
     b.add_argument("--json", help="write the results here")
 
-    u = sub.add_parser("ui", help="MLflow UI (and optuna-dashboard when installed) on 127.0.0.1")
+    u = _sub(sub, "ui", "MLflow UI (and optuna-dashboard when installed) on 127.0.0.1")
     u.add_argument("--tracking-uri")
     u.add_argument("--host", default="127.0.0.1")
     u.add_argument("--port", type=int, default=5000)
@@ -545,7 +756,7 @@ def main(argv=None) -> int:
     if getattr(args, "address", None) is None and os.environ.get("RAY_ADDRESS") and args.command in ("run", "resume"):
         args.address = os.environ["RAY_ADDRESS"]  # launched by `ray job submit`
     handlers = {"train": cmd_train, "validate": cmd_validate, "run": cmd_run, "resume": cmd_resume, "ui": cmd_ui,
-                "export": cmd_export, "bench": cmd_bench, "recommend": cmd_recommend}
+                "export": cmd_export, "bench": cmd_bench, "recommend": cmd_recommend, "list": cmd_list}
     try:
         return handlers[args.command](args)
     except (SpecError, DataError, StoreError, FileExistsError) as e:

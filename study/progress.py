@@ -1,15 +1,22 @@
-"""Progress of a running study, for the person watching it: members and member-epochs done, failures,
-elapsed time, an ETA, and the best metric so far per arm.
+"""Progress of a running study, for the person watching it: members and member-epochs done, failed and
+diverged members, retried arrays, elapsed time, an ETA, and the best metric so far per arm.
 
-Plain lines on stderr (what `ray job logs` and CI show), at most one every `interval` seconds, and
-one whenever a member array finishes. Imports nothing but the standard library.
+On a terminal (the output stream's isatty()) one progress bar line, redrawn in place with a carriage
+return at most every `refresh` seconds; otherwise (`ray job logs`, CI, a file) plain lines, at most one
+every `interval` seconds, and one whenever a member array finishes. The best value per arm is that of a
+single member (one seed); the landscape in the final summary averages seeds. Imports nothing but the
+standard library.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import sys
 import time
+
+BAR_WIDTH = 20
 
 
 def fmt_duration(seconds: float) -> str:
@@ -18,48 +25,167 @@ def fmt_duration(seconds: float) -> str:
             else f"{seconds // 60}:{seconds % 60:02d}")
 
 
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # closed or a plain object
+        return False
+
+
 class Progress:
-    def __init__(self, total: int, done: int, epochs: int, metric: str, interval: float = 10.0, out=None):
-        self.total, self.done, self.failed, self.retried = total, done, 0, 0
+    """Counts and timing of one driver's study. The driver reports to it:
+
+        epochs(n, seconds=epoch_time, key=trial_id, epoch=epoch)   an array reported an epoch of n members
+        member_done(arm, value, diverged=False)                    a member finished (value None: it failed)
+        retry(key)                                                 an array is retried (its worker died)
+        message(text)                                              any other line for the same stream
+        print() / close()                                          draw now / end the bar's line
+
+    The ETA is only given once a full epoch of some member array was measured: from the epoch's own time
+    (`seconds`), or the time between two reports of the same array; never from the time since start,
+    which holds Ray's start-up, data loading and compilation. Arrays training at the same time add up."""
+
+    def __init__(self, total: int, done: int, epochs: int, metric: str, interval: float = 10.0, out=None,
+                 refresh: float = 0.5):
+        self.total, self.done, self.failed, self.retried, self.diverged = total, done, 0, 0, 0
+        self.epochs_per_member = epochs
         self.epochs_total, self.epochs_done = total * epochs, done * epochs
         self.epochs_at_start = self.epochs_done
-        self.metric, self.interval, self.out = metric, interval, out or sys.stderr
+        self.metric, self.interval, self.refresh = metric, interval, refresh
+        self.out = out or sys.stderr
+        self.tty = _isatty(self.out)
         self.best: dict[str, float] = {}  # arm -> best final metric of one member (one seed)
         self.started = time.time()
         self._last = 0.0
+        self._drawn = False  # a bar is on screen without its newline
+        # array key -> [member-epochs per report, seconds per epoch or None, last report time, last epoch]
+        self._arrays: dict = {}
+        self._first_report: tuple[float, int] | None = None  # (time, epochs_done) of the first unkeyed report
+        self._throughput = 0.0  # member-epochs per second when last measured
 
-    def epochs(self, n: int) -> None:
-        self.epochs_done += n
-        if time.time() - self._last >= self.interval:
+    # ------------------------------------------------------------------ what the driver reports
+
+    def epochs(self, n: int, seconds: float | None = None, key=None, epoch: int | None = None) -> None:
+        """An array reported one epoch of `n` members. `seconds`: that epoch's measured time (the rows'
+        epoch_time); `key`: the array (Ray trial id); `epoch`: its number, so that a retried array that
+        reports an epoch again is not counted twice."""
+        now = time.time()
+        if key is not None:
+            a = self._arrays.get(key)
+            if a is not None and epoch is not None and a[3] is not None and epoch <= a[3]:
+                a[2] = now  # re-reported after a retry: alive, but no new epochs
+                return
+            between = now - a[2] if a is not None else None
+            if seconds is not None and math.isfinite(seconds) and seconds > 0:
+                per_epoch = max(seconds, between or 0.0)  # between reports also holds evaluation and overhead
+            else:
+                per_epoch = between
+            self._arrays[key] = [n, per_epoch, now, epoch]
+        elif self._first_report is None:
+            self._first_report = (now, self.epochs_done + n)
+        self.epochs_done = min(self.epochs_done + n, self.epochs_total)
+        if now - self._last >= (self.refresh if self.tty else self.interval):
             self.print()
 
-    def member_done(self, arm: str, value: float | None) -> None:
-        if value is None:
+    def member_done(self, arm: str, value: float | None, diverged: bool = False) -> None:
+        """A member's end: its final metric, or None when it failed. A diverged member is done (recorded)
+        and counted as diverged; it never is an arm's best."""
+        if value is None and not diverged:
             self.failed += 1
             return
         self.done += 1
-        if math.isfinite(value):
+        if diverged:
+            self.diverged += 1
+        elif math.isfinite(value):
             self.best[arm] = min(self.best.get(arm, math.inf), value)
 
-    def eta(self) -> str:
-        """From the member-epochs trained by this driver; '?' until there is at least one minute of them to go on."""
-        new = self.epochs_done - self.epochs_at_start
+    def retry(self, key=None) -> None:
+        """An array is retried (its worker or node died); it continues from its checkpoint."""
+        self.retried += 1
+        if self.tty:
+            self.print()
+
+    # ------------------------------------------------------------------ the estimate
+
+    def eta_seconds(self) -> float | None:
+        """Seconds left at the measured rate, or None until a full epoch has been measured."""
         left = self.epochs_total - self.epochs_done
-        elapsed = time.time() - self.started
         if left <= 0:
-            return "0:00"
-        if new <= 0 or elapsed < 30:
-            return "?"
-        return fmt_duration(elapsed / new * left)
+            return 0.0
+        now = time.time()
+        rate = 0.0
+        for n, per_epoch, last, _ in self._arrays.values():
+            if per_epoch and now - last <= 2 * per_epoch + 30:  # arrays still training: their rates add up
+                rate += n / per_epoch
+        if rate > 0:
+            self._throughput = rate
+        elif not self._arrays and self._first_report is not None:  # reports without keys: the rate since the first
+            t0, e0 = self._first_report
+            if now - t0 >= 30 and self.epochs_done > e0:
+                self._throughput = (self.epochs_done - e0) / (now - t0)
+        if self._throughput <= 0:
+            return None
+        return left / self._throughput
+
+    def eta(self) -> str:
+        s = self.eta_seconds()
+        return "?" if s is None else fmt_duration(s)
+
+    # ------------------------------------------------------------------ what is shown
+
+    def _best(self) -> str:
+        best = ", ".join(f"{a} {e:.4g}" for a, e in sorted(self.best.items())) or "-"
+        return f"best single-seed {self.metric}: {best}"
+
+    def _counts(self, retried_word: str) -> str:
+        return "".join((f", {self.failed} failed" if self.failed else "",
+                        f", {self.diverged} diverged" if self.diverged else "",
+                        f", {self.retried} {retried_word}" if self.retried else ""))
 
     def line(self) -> str:
-        best = ", ".join(f"{a} {e:.4g}" for a, e in sorted(self.best.items())) or "-"
-        failed = f", {self.failed} failed" if self.failed else ""
-        retried = f", {self.retried} arrays retried" if self.retried else ""
-        return (f"[study] {self.done}/{self.total} members done{failed}{retried} "
+        """The plain progress line."""
+        return (f"[study] {self.done}/{self.total} members done{self._counts('arrays retried')} "
                 f"({self.epochs_done}/{self.epochs_total} member-epochs) | elapsed {fmt_duration(time.time() - self.started)}"
-                f" | ETA {self.eta()} | best single-seed {self.metric}: {best}")
+                f" | ETA {self.eta()} | {self._best()}")
+
+    def bar(self, width: int | None = None) -> str:
+        """The terminal's progress bar line, cut to `width` columns."""
+        width = width or self._columns()
+        frac = self.done / self.total if self.total else 1.0
+        fill = min(BAR_WIDTH, int(frac * BAR_WIDTH))
+        text = (f"[study] [{'#' * fill}{'.' * (BAR_WIDTH - fill)}] {self.done}/{self.total} members"
+                f"{self._counts('retried')} | {self.epochs_done}/{self.epochs_total} epochs"
+                f" | {fmt_duration(time.time() - self.started)} | ETA {self.eta()} | {self._best()}")
+        return text if len(text) < width else text[:max(width - 2, 10)] + "…"
+
+    def _columns(self) -> int:
+        try:
+            return os.get_terminal_size(self.out.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            return shutil.get_terminal_size((120, 24)).columns
 
     def print(self) -> None:
         self._last = time.time()
-        print(self.line(), file=self.out, flush=True)
+        if self.tty:
+            self.out.write("\r" + self.bar() + "\x1b[K")
+            self.out.flush()
+            self._drawn = True
+        else:
+            print(self.line(), file=self.out, flush=True)
+
+    def message(self, text: str) -> None:
+        """A line of its own (a warning, a refine round) on the progress stream; on a terminal the bar is
+        cleared first and drawn again below it."""
+        if self.tty and self._drawn:
+            self.out.write("\r\x1b[K")
+        print(text, file=self.out, flush=True)
+        if self.tty and self._drawn:
+            self.print()
+
+    def close(self) -> None:
+        """End the bar's line (a terminal), so what is printed next starts on a line of its own."""
+        if self.tty and self._drawn:
+            self.print()
+            self.out.write("\n")
+            self.out.flush()
+            self._drawn = False

@@ -430,12 +430,77 @@ def read_spec_file(p: Path) -> dict:
     return raw
 
 
-def load_spec(path, data_path: str | None = None, overrides: dict | None = None) -> StudySpec:
+_SET_SEGMENT = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[[0-9]+\])*)$")
+
+
+def _dataclass_of(tp):
+    """The dataclass inside an annotation (`X`, `X | None`), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    for a in typing.get_args(tp):
+        if dataclasses.is_dataclass(a):
+            return a
+    return None
+
+
+def apply_overrides(raw: dict, sets, file=None) -> dict:
+    """`--set KEY=VALUE` overrides on a spec's raw mapping, before it is parsed and validated: KEY is dotted
+    (`train.epochs`, `search.seeds`, `arms[0].lr.high`), VALUE a YAML scalar or flow collection (`3`,
+    `1e-3`, `[0, 1]`, `{low: 0.01, high: 0.1}`, `null`). An unknown key is one line naming it; a bad value
+    gets the same line the file would (the spec is validated after). Returns `raw`, changed in place."""
+    for item in sets or ():
+        key, eq, text = str(item).partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise SpecError(f"invalid --set: expected KEY=VALUE (e.g. train.epochs=3), but got {excerpt(item)}")
+        try:
+            value = yaml.load(text, Loader=_NoAliasLoader) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise SpecError(f"invalid --set {key}: not a YAML value ({excerpt(str(e).splitlines()[0], 120)[1:-1]}), "
+                            f"but got {excerpt(text)}") from None
+        cls, node, where, parts = StudySpec, raw, "", key.split(".")
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            m = _SET_SEGMENT.match(part)
+            fields = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+            if m is None or m.group(1) not in fields:
+                loc = f"{where}.{part}" if where else part
+                allowed = f"allowed keys{' in ' + where if where else ''}: {', '.join(sorted(fields))}" if fields \
+                    else f"{where} has no fields"
+                loc = loc if len(loc) <= 60 else f"{loc[:48]}… ({len(loc)} chars)"
+                raise SpecError(f"invalid --set: unknown key {loc!r}; {allowed}")
+            name, indices = m.group(1), [int(i) for i in re.findall(r"\[([0-9]+)\]", m.group(2))]
+            where = f"{where}.{name}" if where else name
+            tp = typing.get_type_hints(cls)[name]
+            holder, slot = node, name  # the container and the key or index the segment names
+            for i in indices:  # arms[0].lr.high: an element of a list the file holds
+                seq = holder.get(slot) if isinstance(holder, dict) else holder[slot]
+                if not isinstance(seq, list) or i >= len(seq):
+                    size = len(seq) if isinstance(seq, list) else 0
+                    raise SpecError(f"invalid --set {key}: {where} has {size} entr{'y' if size == 1 else 'ies'}, "
+                                    f"so there is no {where}[{i}]")
+                holder, slot, where = seq, i, f"{where}[{i}]"
+                tp = next((a for a in typing.get_args(tp) if a is not Ellipsis and a is not type(None)), tp)
+            if last:
+                holder[slot] = value
+                break
+            if isinstance(holder, dict) and holder.get(slot) is None:
+                holder[slot] = {}  # train.epochs=3 on a file without a train section
+            node = holder[slot]
+            if not isinstance(node, dict):
+                _fail(file, where, f"expected a mapping, but got {where.split('.')[-1]}={excerpt(node)}")
+            cls = _dataclass_of(tp)
+    return raw
+
+
+def load_spec(path, data_path: str | None = None, overrides=None) -> StudySpec:
     """Read, strictly parse and validate a spec file. A relative data.path is relative to the spec's folder
     (Ray runs trials in other working directories); `data_path` (the --data-path flag) replaces it.
-    The spec returned is resolved: what it says is what runs, and what a study records."""
+    `overrides` (the --set flags, ["train.epochs=3", …]) change the file's mapping before it is parsed, so
+    they are checked like the file and are part of the resolved spec. The spec returned is resolved: what
+    it says is what runs, and what a study records."""
     p = Path(path)
-    raw = read_spec_file(p)
+    raw = apply_overrides(read_spec_file(p), overrides, p.name)
     raw.setdefault("name", p.stem)
     spec = _build(StudySpec, raw, p.name, "")
     new_path = data_path if data_path is not None else spec.data.path

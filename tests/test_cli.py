@@ -1,0 +1,240 @@
+"""The CLI's own features: `study list`, `--set` overrides, the progress bar and its ETA, help examples.
+Real stores throughout: one finished `study run --smoke` of the quickstart (module fixture), real Optuna leases."""
+
+import io
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from study.cli import build_parser
+from study.progress import Progress
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "search_spaces" / "quickstart.yaml"
+
+
+def study(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "study.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "STUDY_HOME": "/nonexistent-study-home"})
+
+
+def files_under(folder: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def smoke_home(tmp_path_factory):
+    """A home holding one finished quickstart --smoke study, started with a --set override (seeds 3, 4: the
+    smoke run keeps the first)."""
+    home = tmp_path_factory.mktemp("cli") / "home"
+    out = study("--home", str(home), "run", "--smoke", str(QUICKSTART), "--set", "search.seeds=[3,4]", timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return home
+
+
+# --------------------------------------------------------------------------- study list
+
+def test_list_shows_a_finished_study(smoke_home):
+    before = files_under(smoke_home)
+    out = study("--home", str(smoke_home), "list")
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if "quickstart-smoke" in line)
+    done, planned, failed = re.search(r"quickstart-smoke\s+(\d+)/(\d+)\s+(\d+)\s", row).groups()
+    assert int(done) == int(planned) > 0 and failed == "0"
+    assert "finished" in row and "running" not in row
+    assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row)  # last update
+    assert "1 study in" in out.stdout
+    assert files_under(smoke_home) == before  # looking writes nothing
+
+
+def test_set_override_is_recorded_with_the_study(smoke_home):
+    from study.stores import default_tracking_uri
+    from study.tracking import recorded_spec
+
+    spec = recorded_spec(default_tracking_uri(smoke_home), "quickstart-smoke")
+    assert spec.search.seeds == (3,)  # --set applied to the file, then --smoke kept the first seed
+    assert spec.train.epochs == 1
+
+
+def test_list_on_an_absent_home_is_one_line_and_creates_nothing(tmp_path):
+    home = tmp_path / "no" / "home"
+    out = study("--home", str(home), "list")
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and "invalid --home" in out.stderr and str(home) in out.stderr
+    assert not (tmp_path / "no").exists()
+
+
+def test_list_on_an_empty_home_says_so(tmp_path):
+    out = study("--home", str(tmp_path), "list")
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.strip().splitlines()) == 1 and "no studies" in out.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_list_with_a_missing_tracking_file_creates_nothing(tmp_path):
+    db = tmp_path / "sub" / "mlflow.db"
+    out = study("list", "--tracking-uri", f"sqlite:///{db}")
+    assert out.returncode == 2 and "--tracking-uri" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "sub").exists()
+
+
+def test_lease_state_reads_a_real_lease_and_never_creates_a_store(tmp_path):
+    from study.cli import _lease_state
+    from study.search import Lease, open_storage
+
+    absent = tmp_path / "absent" / "optuna.db"
+    assert _lease_state(f"sqlite:///{absent}", "x") == (False, "no lease")
+    assert not absent.parent.exists()
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    lease = Lease(open_storage(url), "x")
+    held, who = _lease_state(url, "x")
+    assert held is True and f"pid {os.getpid()}" in who
+    assert _lease_state(url, "other") == (False, "no lease")
+    lease._stop.set()  # no more heartbeats: a holder whose process is gone on this host is stale at once
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lease.study.set_user_attr("pid", int(dead.stdout))
+    assert _lease_state(url, "x")[0] is False
+    lease.study.set_user_attr("pid", os.getpid())
+    lease.release()
+    assert _lease_state(url, "x") == (False, "no lease")
+
+
+# --------------------------------------------------------------------------- --set
+
+def test_set_overrides_spec_fields_before_validation():
+    out = study("validate", str(QUICKSTART), "--set", "train.epochs=3", "--set", "search.seeds=[0,1,2]")
+    assert out.returncode == 0, out.stderr
+    assert "3 epochs" in out.stdout and f"{5 * 6 * 2 * 3} members" in out.stdout  # 2 arms of 5 × 6, 3 seeds
+
+
+@pytest.mark.parametrize("flag, field", [("train.epochs=-1", "train.epochs"), ("train.epochs=ten", "train.epochs"),
+                                         ("train.epoch=3", "train.epoch"), ("arms[0].lr.low=0", "arms[0].lr.low"),
+                                         ("arms[7].lr.low=0.1", "arms[7]"), ("search.seeds=[0,", "search.seeds"),
+                                         ("train.epochs", "KEY=VALUE")])
+def test_a_bad_set_is_one_line_naming_the_field(flag, field, tmp_path):
+    out = study("--home", str(tmp_path / "home"), "run", str(QUICKSTART), "--set", flag)
+    assert out.returncode == 2, out.stdout + out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("study: error:") and field in lines[0], lines
+    assert not (tmp_path / "home").exists()
+
+
+def test_set_error_is_the_line_the_file_would_give(tmp_path):
+    bad = tmp_path / "quickstart.yaml"
+    bad.write_text(QUICKSTART.read_text().replace("epochs: 40", "epochs: -1"))
+    from_file = study("validate", str(bad))
+    from_flag = study("validate", str(QUICKSTART), "--set", "train.epochs=-1")
+    assert from_file.returncode == from_flag.returncode == 2
+    assert from_file.stderr == from_flag.stderr
+
+
+def test_set_reaches_nested_lists_and_new_sections(tmp_path):
+    from study.spec import load_spec
+
+    spec = load_spec(QUICKSTART, overrides=["arms[1].weight_decay.high=0.5", "tracking.experiment=other",
+                                            "arms[0].lr={low: 0.02, high: 0.2, points: 3}"])
+    assert spec.arms[1].weight_decay.high == 0.5 and spec.experiment == "other"
+    assert (spec.arms[0].lr.low, spec.arms[0].lr.high, spec.arms[0].lr.points) == (0.02, 0.2, 3)
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("arms:\n  - {optimizer: sgd, decay: coupled, lr: {low: 0.01, high: 0.1}, "
+                     "weight_decay: {low: 0.001, high: 0.1}}\n")
+    assert load_spec(plain, overrides=["train.epochs=2", "model.name=resnet20"]).train.epochs == 2
+
+
+# --------------------------------------------------------------------------- progress
+
+class FakeTTY(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_on_a_terminal_is_one_updating_line(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")
+    out = FakeTTY()
+    p = Progress(total=8, done=0, epochs=2, metric="test_loss", out=out, refresh=0.0)
+    p.print()
+    p.epochs(4, seconds=1.0, key="a", epoch=1)
+    p.member_done("sgd-coupled", 0.41)
+    p.member_done("sgd-coupled", None)
+    p.member_done("sgd-coupled", float("nan"), diverged=True)
+    p.retry("a")
+    p.print()
+    text = out.getvalue()
+    assert "\n" not in text and text.count("\r") >= 3  # redrawn in place
+    last = text.rsplit("\r", 1)[1]
+    assert "2/8 members" in last and "1 failed" in last and "1 diverged" in last and "1 retried" in last
+    assert "4/16 epochs" in last and "best single-seed test_loss: sgd-coupled 0.41" in last
+    p.message("[study] refine sgd-coupled: …")
+    assert out.getvalue().count("\n") == 1 and out.getvalue().endswith("\x1b[K")  # the bar drawn again below
+    p.close()
+    assert out.getvalue().endswith("\n")
+
+
+def test_progress_bar_fits_the_terminal():
+    p = Progress(total=8, done=0, epochs=2, metric="test_loss", out=FakeTTY())
+    for arm in ("sgd-coupled", "sgd-independent", "adam-decoupled", "adam-coupled"):
+        p.member_done(arm, 0.5)
+    assert len(p.bar(60)) <= 60
+
+
+def test_progress_off_a_terminal_prints_plain_lines():
+    out = io.StringIO()
+    p = Progress(total=8, done=0, epochs=2, metric="test_error", interval=3600, out=out)
+    p.print()
+    p.epochs(4, seconds=1.0, key="a", epoch=1)  # within the interval: no line
+    p.print()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "\r" not in out.getvalue()
+    assert lines[1].startswith("[study] 0/8 members done") and "best single-seed test_error" in lines[1]
+
+
+def test_no_eta_before_a_full_epoch_then_a_sane_one():
+    p = Progress(total=100, done=0, epochs=10, metric="test_loss", out=io.StringIO())
+    p.started -= 3600  # an hour of Ray start-up, data loading and compilation before the first report
+    assert p.eta() == "?"
+    p.epochs(20, seconds=5.0, key="a", epoch=1)  # 20 members, one 5-s epoch: 4 member-epochs/s
+    assert p.eta_seconds() == pytest.approx((1000 - 20) / 4, rel=0.01)  # not 3600/20 × 980 s (49 hours)
+    p.epochs(20, seconds=5.0, key="b", epoch=1)  # a second array at the same time: the rates add up
+    assert p.eta_seconds() == pytest.approx((1000 - 40) / 8, rel=0.01)
+    p.epochs(20, seconds=5.0, key="a", epoch=1)  # a retried array reports epoch 1 again: not counted twice
+    assert p.epochs_done == 40
+
+
+def test_no_eta_from_unmeasured_reports():
+    """Reports without an epoch time or array (older callers): no ETA until 30 s after the first report."""
+    p = Progress(total=100, done=0, epochs=10, metric="test_loss", out=io.StringIO())
+    p.started -= 3600
+    p.epochs(20)
+    p.epochs(20)
+    assert p.eta() == "?"
+    p._first_report = (time.time() - 60, 20)
+    assert p.eta_seconds() == pytest.approx((1000 - 40) / (20 / 60), rel=0.05)
+
+
+def test_eta_is_zero_when_nothing_is_left():
+    p = Progress(total=2, done=2, epochs=3, metric="test_loss", out=io.StringIO())
+    assert p.eta() == "0:00"
+
+
+# --------------------------------------------------------------------------- help
+
+COMMANDS = ("train", "validate", "run", "resume", "list", "export", "recommend", "bench", "ui")
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_examples_use_real_flags(command):
+    """Every example in a subcommand's help parses with that command's parser."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    examples = [line.split("#")[0].strip() for line in (sub.epilog or "").splitlines() if line.startswith("  study ")]
+    assert examples, f"study {command} --help shows no examples"
+    for ex in examples:
+        argv = ex.split()[1:]
+        argv = [a.replace("SPEC", str(QUICKSTART)) for a in argv]
+        assert command in argv, ex
+        parser.parse_args(argv)  # SystemExit (a failing test) on a flag the command does not take
