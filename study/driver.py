@@ -11,6 +11,7 @@ writes to the stores. The CLI parses, builds a Driver, calls `run()`, and prints
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -22,7 +23,7 @@ from .datasets import split_sizes
 from .progress import Progress
 from .search import StudySearch, check_optuna_url
 from .spec import MemberSpec, SpecError, StudySpec, final_metrics, timescale_warnings
-from .stores import default_storage, default_tracking_uri
+from .stores import StoreWatch, default_storage, default_tracking_uri
 from .tracking import RecordWriter, Tracker, ensure_store
 
 
@@ -57,6 +58,28 @@ class Outcome:
         return self.done >= self.total
 
 
+def _hook(method):
+    """A hook that Tune calls. Once the driver has halted it does nothing; before it writes, the stores are
+    checked; an error inside it halts the driver. (Raised into Tune, an error is only logged with its
+    traceback and the array retried, writing into whatever the stores have become.)"""
+    @functools.wraps(method)
+    def hook(self, *args, **kwargs):
+        if self.halted is not None or not self._stores_ok():
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:
+            lost = self.watch.lost()
+            self._halt(lost[1] if lost else _one_line(e), lost[0] if lost else None)
+            return None
+    return hook
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
 class Driver:
     """The driver of one study (see the module docstring). Construct, then `run()`."""
 
@@ -77,6 +100,7 @@ class Driver:
             self.tracker.start(stores.artifacts())
             self.tracker.set_planned(self.search.total)
             self.writer = RecordWriter(self.tracker, self.train_size)
+            self.watch = StoreWatch({"Optuna storage": stores.storage, "MLflow tracking store": stores.tracking})
         except BaseException:
             self.search.lease.release()  # nothing started: the study is free again
             raise
@@ -84,11 +108,28 @@ class Driver:
         self.progress = Progress(self.search.total, done, spec.train.epochs, spec.search.metric, out=self.out)
         self.outcome = Outcome(self.search.total, done)
         self.trials: dict[str, tuple[object, list[tuple[int, MemberSpec, str]]]] = {}
+        self.halted: str | None = None     # why the driver stopped writing, one line (tune.py then stops Tune)
+        self.lost: str | None = None       # the store that vanished, if that was why
         for w in timescale_warnings(spec, self.train_size):  # said once the study is ours to run
             print(f"warning: {w}", file=self.out)
 
     # ------------------------------------------------------------------ hooks called by tune.py
 
+    def _stores_ok(self) -> bool:
+        lost = self.watch.lost()
+        if lost:
+            self._halt(lost[1], lost[0])
+        return lost is None
+
+    def _halt(self, why: str, lost: str | None = None) -> None:
+        """Stop the study: no more writes (none at all to a lost store); Tune stops its trials."""
+        if self.halted is None:
+            self.halted, self.lost = why, lost
+            if lost == "Optuna storage":
+                self.search.lease.abandon()  # its heartbeat would write into a new, empty file
+            print(f"[study] stopping: {why}", file=self.out, flush=True)
+
+    @_hook
     def suggest(self, trial_id: str) -> dict | None:
         nxt = self.search.next_array(self.spec.execution.members_per_trial)
         if nxt is None:
@@ -105,6 +146,7 @@ class Driver:
         return {"arm": arm.arm.name, "threads": max(1, int(self.spec.execution.cpus_per_trial)),
                 "spec": {**trial_spec, "members": [dataclasses.asdict(m) for _, m, _ in entries]}}
 
+    @_hook
     def on_epoch(self, trial_id: str, result: dict) -> None:
         rows = json.loads(result["rows"])
         tags = {"ray_node_id": result.get("node_id", ""), "ray_trial_id": trial_id}
@@ -115,9 +157,11 @@ class Driver:
             self.writer.log_epoch(key, row, tags)
         self.progress.epochs(len(rows))
 
+    @_hook
     def on_retry(self, trial_id: str) -> None:
         self.progress.retried += 1
 
+    @_hook
     def on_trial_end(self, trial_id: str, error: str | None, interrupted: bool = False) -> None:
         """An array finished (error None) or failed for good: its members' final records go to MLflow first,
         then Optuna is told. A crash in between leaves members finished in MLflow, from which `study resume`
@@ -190,7 +234,7 @@ class Driver:
         try:
             return self._run()
         finally:
-            self.search.lease.release()
+            self.search.lease.release()  # a no-op once abandoned
 
     def _run(self) -> Outcome:
         from . import tune  # Ray loads only here, once every input is known good
@@ -219,20 +263,36 @@ class Driver:
         except KeyboardInterrupt:
             self.outcome.interrupted = True
         except Exception as e:  # the study stops; what was recorded stays, and the summary says why
-            self.outcome.error = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+            self.outcome.error = _one_line(e)
+        if self.halted is None:
+            self._stores_ok()
+        halted_before_cleanup = self.halted is not None
+        mlflow_ok = self.lost != "MLflow tracking store"
         try:
-            for trial_id in list(self.trials):  # arrays Tune ended without a result (interrupted, lost)
-                self.on_trial_end(trial_id, None, interrupted=True)
-            self.writer.flush()
+            if not halted_before_cleanup:
+                for trial_id in list(self.trials):  # arrays Tune ended without a result (interrupted, lost)
+                    self.on_trial_end(trial_id, None, interrupted=True)
+            elif mlflow_ok:  # Optuna cannot be told: the members in flight are closed in MLflow alone
+                for _, entries in self.trials.values():
+                    for _, _, key in entries:
+                        self.writer.finish_member(key, None)
+            if mlflow_ok:
+                self.writer.flush()
         except Exception as e:
-            self.outcome.error = self.outcome.error or f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            self.outcome.error = self.outcome.error or _one_line(e)
+        if self.halted is not None:
+            mlflow_ok = self.lost != "MLflow tracking store"
+            self.outcome.error = self.halted + (
+                "; restore it from a backup before resuming" if not mlflow_ok else
+                "; `study resume` rebuilds it from MLflow" if self.lost == "Optuna storage" else "")
         self.outcome.seconds = time.time() - t0
         self.outcome.best = dict(self.progress.best)
         status = "FINISHED" if self.outcome.complete else ("KILLED" if self.outcome.interrupted else "FAILED")
         try:
-            self.tracker.finish_study(status, {"members_done": self.outcome.done,
-                                               "members_failed": len(self.outcome.failed),
-                                               "minutes": self.outcome.seconds / 60})
+            if mlflow_ok:
+                self.tracker.finish_study(status, {"members_done": self.outcome.done,
+                                                   "members_failed": len(self.outcome.failed),
+                                                   "minutes": self.outcome.seconds / 60})
         except Exception as e:
-            self.outcome.error = self.outcome.error or f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            self.outcome.error = self.outcome.error or _one_line(e)
         return self.outcome

@@ -329,10 +329,10 @@ class ArrayTrainer:
                 "weight_norm": sq.sqrt(), "effective_lr": eff, "angular_update": angle, "lr": lr_now}
         cols = {k: v.float().cpu().tolist() for k, v in cols.items()}  # the one host sync of the epoch
         alive = self.alive.cpu().tolist()
-        rows = []
+        rows, ended_at = [], time.time()  # when the epoch ended: MLflow's time axis (tracking.py)
         for k in range(self.K):
             row = {"epoch": self.epoch, **{name: cols[name][k] for name in cols}, "epoch_time": epoch_time,
-                   "wall_time": self.elapsed, "diverged": 0.0 if alive[k] else 1.0}
+                   "wall_time": self.elapsed, "diverged": 0.0 if alive[k] else 1.0, "ended_at": ended_at}
             if not alive[k]:  # the weights are frozen at their last finite values; the losses are not defined
                 row.update(train_loss=math.nan, test_loss=math.nan, test_error=math.nan)
             rows.append(row)

@@ -242,6 +242,7 @@ class Lease:
         self.storage, self.name = storage, f"{study}.driver"
         self.holder = f"pid {os.getpid()} on {socket.gethostname()}"
         self._stop = threading.Event()
+        self._abandoned = False
         for attempt in range(2):
             try:
                 self.study = optuna.create_study(study_name=self.name, storage=storage)
@@ -283,9 +284,16 @@ class Lease:
             except Exception as e:  # the storage is gone or unreachable: say so, the driver's own calls will stop it
                 print(f"[study] cannot renew the driver lease ({type(e).__name__})", file=sys.stderr, flush=True)
 
+    def abandon(self) -> None:
+        """Stop the heartbeat and never write again (the storage was lost); release() is then a no-op."""
+        self._abandoned = True
+        self._stop.set()
+
     def release(self) -> None:
         """Give the lease back, if it is still ours (a driver that stalled past STALE_S may have lost it)."""
         self._stop.set()
+        if self._abandoned:
+            return
         try:
             held = optuna.load_study(study_name=self.name, storage=self.storage)
             if held.user_attrs.get("holder") == self.holder:

@@ -146,3 +146,29 @@ def create_sqlite_atomically(url: str, build: Callable[[str], None]) -> None:
             pass
     finally:
         tmp.unlink(missing_ok=True)
+
+
+class StoreWatch:
+    """Notices a SQLite store deleted, moved or replaced while a study runs. SQLite keeps writing an open,
+    deleted file (the records then vanish with the process) and a new connection would start an empty store,
+    so the driver asks `lost()` before it writes and stops with one line instead. Server stores have no file
+    to watch; their outages are retried (tracking._retry) or stop the study with the server's error."""
+
+    def __init__(self, stores: dict[str, str]):  # label -> URL
+        self.files = {}
+        for label, url in stores.items():
+            path = sqlite_path(url)
+            if path is not None:
+                st = path.stat()
+                self.files[label] = (path, (st.st_dev, st.st_ino))
+
+    def lost(self) -> tuple[str, str] | None:
+        """(label, one line) for the first store whose file is gone or is another file now; None if all are."""
+        for label, (path, ident) in self.files.items():
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                return label, f"the {label} {path} was deleted or moved during the run"
+            if (st.st_dev, st.st_ino) != ident:
+                return label, f"the {label} {path} was replaced by another file during the run"
+        return None

@@ -139,6 +139,19 @@ class RecordCallback(tune.Callback):
         self.hooks.driver.on_trial_end(trial.trial_id, _error_line(trial))
 
 
+class HaltStopper(tune.Stopper):
+    """Stops every trial once the driver has halted (a store lost, an error in a hook): see driver._hook."""
+
+    def __init__(self, hooks: _Hooks):
+        self.hooks = hooks
+
+    def __call__(self, trial_id, result) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.hooks.driver.halted is not None
+
+
 def _error_line(trial) -> str:
     """The last line of a failed trial's traceback (the exception), for the study's summary."""
     try:
@@ -187,6 +200,7 @@ def run_arrays(driver, name: str, storage_path: Path, arrays: int, cpus: float, 
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
         run_config=tune.RunConfig(
             name=name, storage_path=str(storage_path), callbacks=[RecordCallback(hooks)], verbose=0,
+            stop=HaltStopper(hooks),
             failure_config=tune.FailureConfig(max_failures=max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )

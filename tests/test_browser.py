@@ -79,9 +79,9 @@ def test_report_renders_offline_with_figures_and_arm_table(browser, tmp_path):
     assert len(images) == 3
     assert all(browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 200", im)
                for im in images)
-    plots = browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
-    assert len(plots) == 3  # plotly's embedded JavaScript drew every interactive heatmap
-    assert all(p.find_elements(By.CSS_SELECTOR, "svg") for p in plots)
+    plots = browser.find_elements(By.CSS_SELECTOR, "figure.heatmap svg")
+    assert len(plots) == 3  # every interactive heatmap drawn as inline SVG
+    assert all(p.find_elements(By.CSS_SELECTOR, "rect.cell title") for p in plots)
     browser.save_screenshot(str(SHOTS / "report.png"))
 
 

@@ -16,6 +16,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from study.spec import grid_axis, load_spec, planned_members
+from study.tracking import EPOCH_KEYS
 
 EPOCHS = 2
 PER_EPOCH = ("train_loss", "test_loss", "test_error", "weight_norm", "effective_lr", "angular_update",
@@ -74,8 +75,8 @@ def check_records(home: Path, spec_path: Path, tracking_uri: str | None = None, 
         assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         assert r.info.status == "FINISHED"
         assert set(PARAMS) <= set(r.data.params), set(PARAMS) - set(r.data.params)
-        for key in PER_EPOCH:
-            steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
+        for key in PER_EPOCH:  # grouped MLflow keys: train/loss, test/error, decay/weight_norm, …
+            steps = [m.step for m in client.get_metric_history(r.info.run_id, EPOCH_KEYS[key])]
             assert sorted(steps) == list(range(1, EPOCHS + 1)), (key, steps)
         assert "final_test_error" in r.data.metrics
     storage = storage or f"sqlite:///{home / spec.name / 'optuna.db'}"
@@ -306,7 +307,7 @@ def test_diverging_members_are_recorded_as_diverged(tmp_path):
     assert {float(r.data.params["lr"]) for r in diverged} == {1.0e8} and len(healthy) == 2
     for r in diverged:
         assert r.data.metrics["final_diverged"] == 1.0 and "final_diverged_epoch" in r.data.metrics
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "test_error")]
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "test/error")]
         assert sorted(steps) == list(range(1, EPOCHS + 1))  # still one value per epoch
     for r in healthy:
         assert 0 <= r.data.metrics["final_test_error"] < 1 and r.data.metrics["final_diverged"] == 0.0
@@ -443,3 +444,45 @@ def test_one_driver_per_study(tmp_path):
             winner.kill()
     run_ok(home, "resume", "lease")  # the lease was released: no wait for it to go stale
     check_records(home, spec)  # one parent, every member once
+
+
+@pytest.mark.parametrize("store", ["optuna", "mlflow"])
+def test_store_deleted_mid_run_stops_with_one_line(tmp_path, store):
+    """A SQLite store deleted while the study runs: the driver stops with one line naming it, writes nothing
+    more (no new, empty store appears in its place), and exits 1. A lost Optuna storage is rebuilt from MLflow by
+    `study resume`, which then records every member exactly once."""
+    home = tmp_path / "home"
+    spec = write_spec(tmp_path / "lost.yaml", "lost", small=True)
+    db = home / "lost" / "optuna.db" if store == "optuna" else home / "mlflow.db"
+    proc = subprocess.Popen(study_cmd(home, "run", str(spec)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "2"})
+    try:
+        deadline = time.time() + 180
+        while not _member_runs(home, "lost"):  # training has started: members are open in MLflow
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()
+            time.sleep(0.2)
+        for f in db.parent.glob(db.name + "*"):
+            f.unlink()
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    label = "Optuna storage" if store == "optuna" else "MLflow tracking store"
+    assert proc.returncode == 1, err[-3000:]
+    assert f"[study] stopping: the {label} {db} was deleted or moved during the run" in err, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert not db.exists(), "a new store was created in place of the lost one"
+    if store == "optuna":
+        assert "`study resume` rebuilds it from MLflow" in err.splitlines()[-1], err[-1000:]
+        run_ok(home, "resume", "lost")
+        check_records(home, spec)
+    else:
+        assert "restore it from a backup before resuming" in err.splitlines()[-1], err[-1000:]
+
+
+def _member_runs(home: Path, name: str) -> int:
+    if not (home / "mlflow.db").exists():
+        return 0
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    return len(client.search_runs([exp.experiment_id], "tags.role = 'member'")) if exp else 0

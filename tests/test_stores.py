@@ -67,7 +67,7 @@ def test_tracking_server_down_for_a_while_loses_nothing(tmp_path):
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
             exp = client.get_experiment_by_name("outage")
-            if exp and client.search_runs([exp.experiment_id], "metrics.train_loss > 0", max_results=1):
+            if exp and client.search_runs([exp.experiment_id], "metrics.`train/loss` > 0", max_results=1):
                 break  # epochs are being recorded: now take the server away
             time.sleep(0.5)
         assert proc.poll() is None
