@@ -95,7 +95,7 @@ class Driver:
         ensure_store(stores.tracking, stores.artifacts())
         self.tracker = Tracker(stores.tracking, spec, resume)  # refuses a name that has records, unless resuming
         (stores.home / spec.name).mkdir(parents=True, exist_ok=True)
-        self.search = StudySearch(spec, stores.storage, finished=self.tracker.finished_members() if resume else ())
+        self.search = StudySearch(spec, stores.storage, finished=self.tracker.recorded_members() if resume else ())
         try:
             self.tracker.start(stores.artifacts())
             self.tracker.set_planned(self.search.total)
@@ -127,7 +127,7 @@ class Driver:
             self.halted, self.lost = why, lost
             if lost == "Optuna storage":
                 self.search.lease.abandon()  # its heartbeat would write into a new, empty file
-            print(f"[study] stopping: {why}", file=self.out, flush=True)
+            self.progress.message(f"[study] stopping: {why}")
 
     @_hook
     def suggest(self, trial_id: str) -> dict | None:
@@ -155,11 +155,12 @@ class Driver:
         tags.update({f"decay_counts.{k}": v for k, v in json.loads(result.get("decay_counts", "{}")).items()})
         for (_, _, key), row in zip(self.trials[trial_id][1], rows):
             self.writer.log_epoch(key, row, tags)
-        self.progress.epochs(len(rows))
+        self.progress.epochs(len(rows), seconds=max((float(r.get("epoch_time", 0.0)) for r in rows), default=None),
+                             key=trial_id, epoch=int(rows[0]["epoch"]) if rows else None)
 
     @_hook
     def on_retry(self, trial_id: str) -> None:
-        self.progress.retried += 1
+        self.progress.retry(trial_id)
 
     @_hook
     def on_trial_end(self, trial_id: str, error: str | None, interrupted: bool = False) -> None:
@@ -194,7 +195,7 @@ class Driver:
                 arm.tell(number, value, diverged=diverged, attrs=attrs)
                 self.outcome.failed.pop(key, None)
                 self.outcome.done += 1
-                self.progress.member_done(member.arm, None if diverged else value)
+                self.progress.member_done(member.arm, value, diverged=diverged)
             entries.remove((number, member, key))  # told: an interrupt from here on never records it again
         del self.trials[trial_id]
         self.progress.print()
@@ -217,9 +218,9 @@ class Driver:
                 continue
             n = arm.extend(new)
             added += n
-            print(f"[study] refine {land.arm}: best λ at the grid's edge in {sum(c is not None for c in land.censored)} "
-                  f"of {len(land.lr)} rows; adding weight_decay {', '.join(f'{w:.3g}' for w in new)} "
-                  f"({n} members)", file=self.out, flush=True)
+            self.progress.message(f"[study] refine {land.arm}: best λ at the grid's edge in "
+                                  f"{sum(c is not None for c in land.censored)} of {len(land.lr)} rows; adding weight_decay "
+                                  f"{', '.join(f'{w:.3g}' for w in new)} ({n} members)")
         self.outcome.total = self.progress.total = self.search.total
         self.progress.epochs_total = self.search.total * self.spec.train.epochs
         return added
@@ -250,8 +251,8 @@ class Driver:
                         tune.start_ray(self.address)
                         gpus = x.gpus_per_trial
                         if gpus and not tune.cluster_gpus():
-                            print(f"warning: execution.gpus_per_trial={gpus} but the Ray cluster has no GPU: "
-                                  f"training on CPUs", file=self.out)
+                            self.progress.message(f"warning: execution.gpus_per_trial={gpus} but the Ray cluster "
+                                                  f"has no GPU: training on CPUs")
                             gpus = 0.0
                     name = self.spec.name if not rounds else f"{self.spec.name}-refine{rounds}"
                     tune.run_arrays(self, name, self.stores.home / self.spec.name / "ray", self.arrays_needed(),
@@ -286,6 +287,7 @@ class Driver:
                 "; restore it from a backup before resuming" if not mlflow_ok else
                 "; `study resume` rebuilds it from MLflow" if self.lost == "Optuna storage" else "")
         self.outcome.seconds = time.time() - t0
+        self.progress.close()
         self.outcome.best = dict(self.progress.best)
         status = "FINISHED" if self.outcome.complete else ("KILLED" if self.outcome.interrupted else "FAILED")
         try:

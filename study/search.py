@@ -68,9 +68,10 @@ def _sampler(spec: StudySpec):
 
 @dataclass(frozen=True)
 class Finished:
-    """A member finished according to the tracking store (used to rebuild a lost Optuna storage)."""
+    """A member as the tracking store records it (used to rebuild a lost Optuna storage); value None: the member
+    was started but did not finish."""
     member: MemberSpec
-    value: float
+    value: float | None
     diverged: bool
     run_id: str
 
@@ -120,7 +121,8 @@ class ArmSearch:
         """Make the Optuna study agree with what is recorded, before anything is asked:
         1. trials asked but never told (their driver died) are closed as FAIL: their members go again;
         2. members the tracking store holds as finished but Optuna does not (a lost or restored storage)
-           are added as COMPLETE trials from those records, so they are never trained twice;
+           are added as COMPLETE trials from those records, so they are never trained twice (members it holds
+           as started tell which columns a refine round added);
         3. every member not done and not queued is enqueued (grids: all points and refined columns;
            samplers: the settings sampled so far)."""
         for t in self._trials(TrialState.RUNNING):
@@ -137,7 +139,7 @@ class ArmSearch:
                 self.total += self._lr_points() * len(extra) * len(self.seeds)
         for f in finished:
             m = f.member
-            if (m.lr, m.weight_decay, m.seed) in done:
+            if f.value is None or (m.lr, m.weight_decay, m.seed) in done:
                 continue
             value = 1.0 if f.diverged or not math.isfinite(f.value) else float(f.value)
             self.study.add_trial(optuna.trial.create_trial(

@@ -350,18 +350,19 @@ class Tracker:
                 break
         return [by_step[s] for s in sorted(by_step)]
 
-    def finished_members(self) -> list:
-        """Members whose runs are FINISHED with their final metric: what a lost Optuna storage is rebuilt from."""
+    def recorded_members(self) -> list:
+        """Every member run, finished (with its final metric) or not (value None): what a lost Optuna storage is
+        rebuilt from. The unfinished ones matter too: they hold the columns a refine round added."""
         from .search import Finished  # the type the search takes; search.py imports no MLflow
 
         out, metric = [], f"final_{self.spec.search.metric}"
         for r in self._search(f"tags.study = '{self.spec.name}' and tags.role = 'member'"):
-            if r.info.status != "FINISHED" or metric not in r.data.metrics:
-                continue
+            done = r.info.status == "FINISHED" and metric in r.data.metrics
             p = r.data.params
             member = MemberSpec.from_dict({"optimizer": p["optimizer"], "decay": p["decay"], "lr": _exact(p, "lr"),
                                            "weight_decay": _exact(p, "weight_decay"), "seed": int(p["seed"])})
-            out.append(Finished(member, r.data.metrics[metric], r.data.tags.get("diverged") == "true", r.info.run_id))
+            out.append(Finished(member, r.data.metrics[metric] if done else None,
+                                r.data.tags.get("diverged") == "true", r.info.run_id))
         return out
 
     def log_epoch(self, run_id: str, row: dict, tags: dict | None = None) -> bool:

@@ -71,3 +71,31 @@ def test_refine_never_proposes_a_decay_factor_below_zero():
     assert max(refine_weight_decays(land)) > 1.0  # where the fitted ridge points
     new = refine_columns(land)  # what search.refine trains
     assert new and max(new) < 1.0, new
+
+
+def test_a_lost_storage_is_rebuilt_with_refined_columns_that_never_finished(tmp_path):
+    """A refine round added columns, then the Optuna storage was lost before any of their members finished:
+    the records hold those members only as started. Rebuilt from them, the search knows the columns and trains
+    exactly the members not finished; the finished ones are never trained again."""
+    from study.search import Finished
+    from study.spec import MemberSpec
+
+    spec = spec_from_dict({
+        "name": "lostrefine", "search": {"sampler": "grid", "seeds": [0], "refine": 1, "points": 2},
+        "arms": [{"optimizer": "sgd", "decay": "coupled", "lr": {"low": 0.01, "high": 0.1},
+                  "weight_decay": {"low": 1e-3, "high": 1e-2}}]})
+    first = StudySearch(spec, f"sqlite:///{tmp_path / 'first.db'}")
+    told: list[dict] = []
+    _train_all(first, told)
+    first.arms[0].extend([1e-1])  # the refine round's column
+    first.lease.release()
+    records = [Finished(MemberSpec("sgd", "coupled", t["lr"], t["weight_decay"], seed=0), t["error"], False, f"r{i}")
+               for i, t in enumerate(told)]
+    records += [Finished(MemberSpec("sgd", "coupled", lr, 1e-1, seed=0), None, False, f"s{i}")
+                for i, lr in enumerate((0.01, 0.1))]  # started, never finished
+    rebuilt = StudySearch(spec, f"sqlite:///{tmp_path / 'rebuilt.db'}", finished=records)  # a new, empty storage
+    assert rebuilt.total == 6 and rebuilt.done() == 4
+    again: list[dict] = []
+    _train_all(rebuilt, again)
+    assert sorted((t["lr"], t["weight_decay"]) for t in again) == [(0.01, 1e-1), (0.1, 1e-1)]
+    assert rebuilt.done() == rebuilt.total == 6
