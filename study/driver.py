@@ -153,8 +153,11 @@ class Driver:
         if result.get("resumed_from_epoch", -1) >= 0:
             tags["resumed_from_epoch"] = result["resumed_from_epoch"]
         tags.update({f"decay_counts.{k}": v for k, v in json.loads(result.get("decay_counts", "{}")).items()})
-        for (_, _, key), row in zip(self.trials[trial_id][1], rows):
+        arm, entries = self.trials[trial_id]
+        metric = self.spec.search.metric
+        for (number, _, key), row in zip(entries, rows):
             self.writer.log_epoch(key, row, tags)
+            arm.report(number, int(row["epoch"]), float(row.get(metric, math.nan)))  # Optuna's learning curves
         self.progress.epochs(len(rows), seconds=max((float(r.get("epoch_time", 0.0)) for r in rows), default=None),
                              key=trial_id, epoch=int(rows[0]["epoch"]) if rows else None)
 

@@ -96,6 +96,7 @@ class ArmSearch:
         self.distributions = {"lr": FloatDistribution(arm.lr.low, arm.lr.high, log=True),
                               "weight_decay": FloatDistribution(min(wds), max(wds), log=True)}
         self._live: dict[int, optuna.Trial] = {}
+        self._reported: dict[int, set[int]] = {}  # trial number -> epochs reported
         self._reconcile(list(finished))
 
     # ------------------------------------------------------------------ state
@@ -214,11 +215,21 @@ class ArmSearch:
             out.append((trial.number, member))
         return out
 
+    def report(self, number: int, epoch: int, value: float) -> None:
+        """A member's metric after `epoch`: Optuna's intermediate values, the dashboards' learning curves. An
+        epoch reported again (an array resumed from its checkpoint) keeps its first value."""
+        trial, seen = self._live.get(number), self._reported.setdefault(number, set())
+        if trial is None or not math.isfinite(value) or epoch in seen:
+            return
+        seen.add(epoch)
+        trial.report(float(value), step=int(epoch))
+
     def tell(self, number: int, error: float | None, diverged: bool = False, attrs: dict | None = None,
              reason: str = "") -> None:
         """The member's final metric; None marks the attempt failed (with its reason). A diverged member is
         told 1.0, the worst error. Each trial is told once."""
         trial = self._live.pop(number, None)
+        self._reported.pop(number, None)
         if trial is None:
             return  # not asked by this driver: nothing to tell
         for k, v in (attrs or {}).items():

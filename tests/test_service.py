@@ -89,6 +89,9 @@ def check_records(home: Path, spec_path: Path, tracking_uri: str | None = None, 
         grid = {(lr, wd, s) for lr in grid_axis(arm.lr, 2) for wd in grid_axis(arm.weight_decay, 2)
                 for s in spec.search.seeds}
         assert all(set(t.params) == {"lr", "weight_decay"} for t in trials)  # the seed is repeated, not searched
+        for t in trials:  # learning curves for the dashboards (a trial rebuilt from MLflow has none)
+            steps = set(t.intermediate_values)
+            assert "rebuilt_from" in t.user_attrs or (EPOCHS in steps and steps <= set(range(1, EPOCHS + 1))), steps
         seen = [(t.params["lr"], t.params["weight_decay"], t.user_attrs["seed"]) for t in trials]
         assert sorted(seen) == sorted(grid)  # every grid point exactly once per seed
         total += len(trials)
