@@ -250,3 +250,33 @@ def test_ui_refuses_a_bad_or_taken_port_at_once(tmp_path, capsys, port, needle):
         code = main(["--home", str(home), "ui", "--port", str(port or taken.getsockname()[1])])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only mount (root ignores file modes, so a chmod proves nothing here): a bind mount of an empty
+    folder remounted read-only. Skipped where mounting is not allowed."""
+    src, mnt = tmp_path / "src", tmp_path / "ro"
+    src.mkdir(), mnt.mkdir()
+    ok = subprocess.run(["mount", "--bind", str(src), str(mnt)], capture_output=True).returncode == 0
+    if ok and subprocess.run(["mount", "-o", "remount,bind,ro", str(mnt)], capture_output=True).returncode != 0:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+        ok = False
+    if not ok:
+        pytest.skip("cannot make a read-only mount here (needs root with mount rights)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+@pytest.mark.parametrize("where", ["home", "inside"])
+def test_home_on_a_read_only_mount_is_refused(read_only_dir, capsys, where):
+    """`--home` on a read-only mount (the folder itself, or one to be created inside it): one line, exit 2."""
+    spec = read_only_dir.parent / "spec.yaml"
+    spec.write_text(yaml.safe_dump(GOOD))
+    home = read_only_dir if where == "home" else read_only_dir / "studies"
+    out = _study(capsys, ["--home", str(home), "run", str(spec)])
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("study: error:") and str(read_only_dir) in lines[0], lines
