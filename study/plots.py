@@ -5,11 +5,15 @@ Owns drawing only: takes ArmLandscape objects, returns matplotlib figures. Reads
 
 from __future__ import annotations
 
+import logging
 import math
 
 import matplotlib
 
 matplotlib.use("Agg")
+# mathtext looks for the STIX and Computer Modern families and falls back to DejaVu, logging ~20 "findfont" lines
+# per export on machines without them: noise, the figures are the same
+logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
