@@ -119,7 +119,10 @@ class Driver:
         lost = self.watch.lost()
         if lost:
             self._halt(lost[1], lost[0])
-        return lost is None
+        elif self.search.lease.taken_by:  # two drivers must never write one study: the other one goes on
+            self._halt(f"another driver ({self.search.lease.taken_by}) took this study over while this one stalled; "
+                       f"it goes on, this one writes nothing more", "lease")
+        return self.halted is None
 
     def _halt(self, why: str, lost: str | None = None) -> None:
         """Stop the study: no more writes (none at all to a lost store); Tune stops its trials."""
@@ -271,7 +274,7 @@ class Driver:
         if self.halted is None:
             self._stores_ok()
         halted_before_cleanup = self.halted is not None
-        mlflow_ok = self.lost != "MLflow tracking store"
+        mlflow_ok = self.lost not in ("MLflow tracking store", "lease")  # a study taken over is the other's to write
         try:
             if not halted_before_cleanup:
                 for trial_id in list(self.trials):  # arrays Tune ended without a result (interrupted, lost)
@@ -285,9 +288,8 @@ class Driver:
         except Exception as e:
             self.outcome.error = self.outcome.error or _one_line(e)
         if self.halted is not None:
-            mlflow_ok = self.lost != "MLflow tracking store"
             self.outcome.error = self.halted + (
-                "; restore it from a backup before resuming" if not mlflow_ok else
+                "; restore it from a backup before resuming" if self.lost == "MLflow tracking store" else
                 "; `study resume` rebuilds it from MLflow" if self.lost == "Optuna storage" else "")
         self.outcome.seconds = time.time() - t0
         self.progress.close()

@@ -256,6 +256,7 @@ class Lease:
         self.holder = f"pid {os.getpid()} on {socket.gethostname()}"
         self._stop = threading.Event()
         self._abandoned = False
+        self.taken_by: str | None = None  # set by the heartbeat when another driver holds the lease now
         for attempt in range(2):
             try:
                 self.study = optuna.create_study(study_name=self.name, storage=storage)
@@ -273,7 +274,8 @@ class Lease:
         self.study.set_user_attr("host", socket.gethostname())
         self.study.set_user_attr("pid", os.getpid())
         self.study.set_user_attr("heartbeat", time.time())
-        threading.Thread(target=self._beat, name="study-lease", daemon=True).start()
+        self.heartbeat = threading.Thread(target=self._beat, name="study-lease", daemon=True)
+        self.heartbeat.start()
 
     def _alive(self, attrs: dict) -> bool:
         """A holder is alive while its heartbeat is fresh; on this host, a holder whose process is gone (or is
@@ -293,6 +295,10 @@ class Lease:
     def _beat(self) -> None:
         while not self._stop.wait(self.BEAT_S):
             try:
+                holder = optuna.load_study(study_name=self.name, storage=self.storage).user_attrs.get("holder")
+                if holder != self.holder:  # this driver stalled past STALE_S and another took the study over
+                    self.taken_by = holder or "another driver"
+                    return
                 self.study.set_user_attr("heartbeat", time.time())
             except Exception as e:  # the storage is gone or unreachable: say so, the driver's own calls will stop it
                 print(f"[study] cannot renew the driver lease ({type(e).__name__})", file=sys.stderr, flush=True)

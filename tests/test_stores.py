@@ -118,3 +118,28 @@ def test_postgres_as_optuna_storage_and_mlflow_backend(tmp_path, postgres_dbs):
     finally:
         server.stop()
 
+
+
+def test_a_driver_whose_lease_was_taken_over_notices(tmp_path, monkeypatch):
+    """A driver that stalled past the lease's stale time and lost it to another: its heartbeat sees the other
+    holder, stops renewing, and says who holds the study now (the driver then halts and writes nothing)."""
+    import optuna
+
+    from study.search import Lease, open_storage
+
+    monkeypatch.setattr(Lease, "BEAT_S", 0.05)
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    lease = Lease(storage, "taken")
+    try:
+        other = "pid 4242 on another-host"
+        optuna.load_study(study_name="taken.driver", storage=storage).set_user_attr("holder", other)
+        deadline = time.time() + 60
+        while lease.taken_by is None:
+            assert time.time() < deadline, "the heartbeat never noticed the other holder"
+            time.sleep(0.05)
+        assert lease.taken_by == other
+        lease.heartbeat.join(timeout=30)  # the heartbeat has stopped: it never renews the other's lease
+        assert not lease.heartbeat.is_alive()
+    finally:
+        lease.release()  # not ours any more: left to its holder
+    assert optuna.load_study(study_name="taken.driver", storage=storage).user_attrs["holder"] == other
