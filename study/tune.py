@@ -171,6 +171,8 @@ def start_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)  # "Wrote the latest version of all result files"
+    # "Token authentication is enabled for this Ray cluster": the local cluster's own default, not something to act on
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     env = {k: os.environ[k] for k in TRIAL_ENV if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
     on_sigterm = signal.getsignal(signal.SIGTERM)
