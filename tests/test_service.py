@@ -260,6 +260,9 @@ def test_smoke_quickstart_end_to_end(tmp_path):
     spec = Path(__file__).parents[1] / "search_spaces" / "quickstart.yaml"
     out = run_ok(tmp_path / "home", "run", "--smoke", str(spec), timeout=600)
     assert "members recorded" in out.stdout and "slope of log" in out.stdout
+    # no third-party noise (Ray, Tune, MLflow's table creation, matplotlib's font search): the study's own lines only
+    noise = [ln for ln in out.stderr.splitlines() if ln.strip() and not ln.startswith(("[study]", "study ", "warning:"))]
+    assert not noise, noise[:10]
 
 
 @pytest.mark.parametrize("spec_file", SPECS)
