@@ -22,10 +22,13 @@ import logging
 import math
 import os
 import queue
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -39,7 +42,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from . import __version__
 from .spec import EPOCH_METRICS, MemberSpec, StudySpec, decay_timescale, spec_from_dict, steps_per_epoch
-from .stores import check_tracking_uri, create_sqlite_atomically, sqlite_path
+from .stores import StoreError, check_tracking_uri, create_sqlite_atomically, sqlite_path
 
 PER_EPOCH = EPOCH_METRICS
 # internal per-epoch name (spec.EPOCH_METRICS, the engine's rows) -> MLflow metric key: the run page shows
@@ -129,6 +132,105 @@ def ensure_store(uri: str, artifact_root: str | None = None) -> None:
         SqlAlchemyStore(tmp_uri, artifact_root or "/tmp/unused").engine.dispose()
 
     create_sqlite_atomically(uri, build)
+    adopt_home(uri)  # a moved or copied home: before anything here reads or writes an artifact
+
+
+# where MLflow keeps artifact locations: (table, column, extra condition); the runs' own artifact_uri is what
+# every client and the UI (`mlflow server`) read and write artifacts by
+_ARTIFACT_COLUMNS = (("experiments", "artifact_location", ""), ("runs", "artifact_uri", ""),
+                     ("logged_models", "artifact_location", ""),
+                     ("trace_tags", "value", " AND key = 'mlflow.artifactLocation'"))
+
+
+def _file_path(uri: str) -> Path | None:
+    """The local path of a file: URI, None for anything else."""
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        return None
+    return Path(os.path.normpath(urllib.request.url2pathname(parsed.path)))
+
+
+def _under(column: str) -> str:
+    """SQL: `column` is the URI ? or lies under it (?s: the URI, its length + 1, the URI + '/')."""
+    return f"({column} = ? OR substr({column}, 1, ?) = ?)"
+
+
+def _foreign_roots(con: sqlite3.Connection, own: Path) -> list[str]:
+    """The artifact roots (`file://…/artifacts` URIs) of this store's experiments that lie outside the store's
+    own folder `own` and that the store has left behind: that folder is gone, or `own` holds a copy of it (the
+    artifact folder of a run recorded under it is in `own`, at the same place). A root elsewhere that holds its
+    own artifacts (`--tracking-uri` into one home's store with `--home` another) is not foreign."""
+    roots: dict[str, Path] = {}
+    for exp_id, loc in con.execute("SELECT experiment_id, artifact_location FROM experiments"):
+        path = _file_path(loc or "")
+        if path is None:
+            continue
+        if loc.endswith(f"/{exp_id}"):  # MLflow's default root + experiment id (the Default experiment)
+            loc, path = loc[:-len(f"/{exp_id}")], path.parent
+        if path.name == "artifacts" and path != own:
+            roots.setdefault(loc, path)
+    out = []
+    for root, path in roots.items():
+        try:
+            if path.exists() and os.path.samefile(path, own):  # the same folder by another name (a symlink)
+                continue
+        except OSError:
+            pass
+        if not path.exists() or any((own / urllib.request.url2pathname(u[len(root) + 1:])).is_dir()
+                                    for (u,) in con.execute(f"SELECT artifact_uri FROM runs WHERE {_under('artifact_uri')}",
+                                                            (root, len(root) + 1, root + "/"))):
+            out.append(root)
+    return out
+
+
+def adopt_home(uri: str) -> list[str]:
+    """Make a moved or copied studies' home work on its own. MLflow records artifact locations as absolute
+    URIs (`file:///old/home/artifacts/RUN/artifacts`), so a copy of a home would read and write the original's
+    artifacts (and a moved one would recreate the old folder). For a SQLite store `D/mlflow.db` whose `D/artifacts`
+    holds the copied artifacts, every location under the old root is rewritten to `D/artifacts` in one short
+    transaction (MLflow has no API for it), before this process reads or writes anything. A store already
+    adopted, a server store, or a root that is not a left-behind copy (see `_foreign_roots`) is left as it is,
+    so this only writes once per move: a driver running on the store has adopted it at its start, and the UI
+    reads each run's location afresh. Returns the old roots rewritten; StoreError if the store cannot be written."""
+    db = sqlite_path(uri)
+    if db is None or not db.is_file():
+        return []
+    own = Path(os.path.normpath(os.path.abspath(db.parent / "artifacts")))
+    if not own.is_dir():
+        return []
+    own_uri = own.as_uri()
+    try:  # mode=rw: never creates a file; the busy timeout waits out a writer's short transaction
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(db))}?mode=rw", uri=True, timeout=60,
+                              isolation_level=None)
+    except sqlite3.Error as e:
+        raise StoreError(f"invalid store: cannot open {db} to adopt the moved home ({e})") from None
+    try:
+        if not _foreign_roots(con, own):  # the usual case: reads only, no lock taken
+            return []
+        con.execute("BEGIN IMMEDIATE")
+        roots = _foreign_roots(con, own)  # again, under the write lock
+        tables = {t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for root in roots:
+            for table, column, where in _ARTIFACT_COLUMNS:
+                if table in tables:
+                    con.execute(f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE {_under(column)}{where}",
+                                (own_uri, len(root) + 1, root, len(root) + 1, root + "/"))
+        con.execute("COMMIT")
+    except sqlite3.Error as e:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        raise StoreError(f"invalid store: {db} points at the artifacts of another home and could not be "
+                         f"rewritten to {own} ({e})") from None
+    finally:
+        con.close()
+    if roots:  # this process's clients cache each run's artifact location: forget the old ones
+        from mlflow.tracking._tracking_service import utils as _service_utils
+
+        getattr(_service_utils, "_artifact_repos_cache", {}).clear()
+    for root in roots:
+        print(f"[study] this home was moved or copied: artifacts recorded under {_file_path(root)} are now read "
+              f"and written in {own}", file=sys.stderr, flush=True)
+    return roots
 
 
 def short(x: float) -> str:
@@ -479,6 +581,10 @@ def _reader(uri: str) -> MlflowClient:
     path = sqlite_path(uri)
     if path is not None and not path.is_file():
         raise LookupError(f"invalid name: no studies are recorded in {uri} (the file does not exist)")
+    try:
+        adopt_home(uri)  # a moved or copied home reads (and export writes) its own artifacts
+    except StoreError as e:  # read-only or busy: reads still work while the original home exists
+        print(f"warning: {e}", file=sys.stderr)
     return MlflowClient(uri)
 
 
@@ -560,7 +666,7 @@ def log_export(uri: str, parent_run_id: str, folder: Path, artifact_path: str, m
     """The exported figures, landscape.json and report as artifacts of the study's parent run (under
     `artifact_path`), with the answer as parent metrics (per-arm slope, interval, best η, λ and metric) and
     the verdicts as tags."""
-    client = MlflowClient(uri)
+    client = _reader(uri)
     _retry("logging the export", client.log_artifacts, parent_run_id, str(folder), artifact_path)
     ts = int(time.time() * 1000)
     ms = [Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items() if v is not None and math.isfinite(float(v))]
