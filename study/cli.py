@@ -395,12 +395,96 @@ def _wait_answering(url: str, procs, stopping=(), timeout: float = 180.0) -> boo
     return False
 
 
+# MLflow 3.x's UI opens an experiment on the view of the browser's "workflow type": the `workflowType` query
+# parameter of the page, else localStorage['mlflow.workflowType_v1'] (set by the sidebar's GenAI / Model
+# training switch), else "genai", whose landing page is an empty Traces overview. The experiment tag
+# mlflow.experimentKind is not read for it. So the UI `study ui` serves makes "Model training" the default
+# of a browser that has not chosen: one line in the page's <head>; the switch still works and is remembered.
+WORKFLOW_KEY = "mlflow.workflowType_v1"
+WORKFLOW_DEFAULT = (f"<script>try{{if(localStorage.getItem('{WORKFLOW_KEY}')===null)localStorage.setItem("
+                    f"'{WORKFLOW_KEY}','\"machine_learning\"')}}catch(e){{}}</script>").encode()
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
+              "trailer", "transfer-encoding", "upgrade"}
+
+
+def _ui_proxy(host: str, port: int, upstream_port: int):
+    """A threaded HTTP server on host:port passing every request to the MLflow server on 127.0.0.1:upstream_port
+    unchanged (Host and Origin headers included, so MLflow's own host and CORS checks see what the browser sent),
+    except the app's page itself, which gets WORKFLOW_DEFAULT. Each response ends its connection."""
+    import http.client
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):  # no access log on the terminal
+            pass
+
+        def _forward(self):
+            n = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(n) if n else None
+            page = self.command == "GET" and self.path.split("?")[0] in ("/", "/index.html")
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP
+                       and not (page and k.lower() == "accept-encoding")}  # the page as plain text, to add a line
+            conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=600)
+            try:
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                except OSError:
+                    self.send_error(502, "the MLflow server does not answer (yet)")
+                    return
+                page = page and resp.getheader("Content-Type", "").startswith("text/html")
+                data = resp.read().replace(b"<head>", b"<head>" + WORKFLOW_DEFAULT, 1) if page else None
+                self.send_response_only(resp.status, resp.reason)
+                for k, v in resp.getheaders():
+                    if k.lower() not in HOP_BY_HOP and not (page and k.lower() == "content-length"):
+                        self.send_header(k, v)
+                if page:
+                    self.send_header("Content-Length", str(len(data)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                if page:
+                    self.wfile.write(data)
+                elif self.command != "HEAD":
+                    while chunk := resp.read1(1 << 16):  # streamed: artifacts, long metric histories
+                        self.wfile.write(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the browser went away
+            finally:
+                conn.close()
+                self.close_connection = True
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _forward
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    return Server((host, port), Handler)
+
+
+def _experiment_urls(base: str) -> list[tuple[str, str]]:
+    """(name, URL of its runs table) of each study's experiment the server lists (all of them if none is a
+    study's), read through the UI's own address with MLflow's REST API."""
+    import urllib.request
+
+    req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search", method="POST",
+                                 data=json.dumps({"max_results": 1000, "view_type": "ACTIVE_ONLY"}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        exps = json.load(r).get("experiments", [])
+    studies = [e for e in exps if any(t.get("key") == "study" for t in e.get("tags", []))] or exps
+    return [(e["name"], f"{base}/#/experiments/{e['experiment_id']}/runs?workflowType=machine_learning")
+            for e in sorted(studies, key=lambda e: e["name"])]
+
+
 def cmd_ui(args) -> int:
-    """The MLflow UI (and optuna-dashboard) as child process groups; SIGINT and SIGTERM stop every process."""
+    """The MLflow UI (and optuna-dashboard) as child process groups behind a small proxy on --port (see
+    WORKFLOW_DEFAULT); SIGINT and SIGTERM stop every process."""
     import shutil
     import signal
     import subprocess
     import tempfile
+    import threading
 
     from .stores import sqlite_path
 
@@ -417,10 +501,18 @@ def cmd_ui(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: anyone who reaches this address can read and change the "
               f"records; MLflow has no login here. Prefer 127.0.0.1 with an SSH tunnel.", file=sys.stderr)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking, "--host", args.host,
-           "--port", str(args.port), "--workers", "1"]
+    with socket.socket() as s:  # the MLflow server itself listens on loopback only, behind the proxy
+        s.bind(("127.0.0.1", 0))
+        inner = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking, "--host", "127.0.0.1",
+           "--port", str(inner), "--workers", "1"]
     if db is not None:
         cmd += ["--default-artifact-root", (home / "artifacts").as_uri()]
+    try:
+        proxy = _ui_proxy(args.host, args.port, inner)
+    except OSError as e:
+        raise SpecError(f"invalid --port: {args.host}:{args.port} is not free ({e.strerror}); choose another port") \
+            from None
     stopping: list[int] = []  # the signal handler only records the signal; the main loop stops the servers
     signal.signal(signal.SIGTERM, lambda signum, frame: stopping.append(signum))
     signal.signal(signal.SIGINT, lambda signum, frame: stopping.append(signum))
@@ -430,7 +522,9 @@ def cmd_ui(args) -> int:
     if dash:
         procs.append(subprocess.Popen([dash, storage, "--host", args.host, "--port", str(args.port + 1)],
                                       start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    base = f"http://{args.host}:{args.port}"
+    serving = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    serving.start()
+    base = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{args.port}"
     print(f"starting the MLflow UI on {base} (store {tracking}) …", file=sys.stderr, flush=True)
     try:
         if not _wait_answering(f"{base}/health", procs[:1], stopping):
@@ -441,13 +535,22 @@ def cmd_ui(args) -> int:
             print(f"study: error: the MLflow server did not come up ({(err or ['no answer in 180 s'])[-1][:200]})",
                   file=sys.stderr)
             return 1
-        print(f"MLflow UI: {base}/#/experiments  (store {tracking}); Ctrl-C stops it", flush=True)
+        try:
+            runs = _experiment_urls(base)
+        except (OSError, ValueError, KeyError) as e:
+            runs = []
+            print(f"warning: could not list the experiments ({type(e).__name__}: {e})", file=sys.stderr)
+        print(f"MLflow UI: {base}/  (store {tracking}); Ctrl-C stops it", flush=True)
+        for name, url in runs:
+            print(f"  {name}: {url}", flush=True)
         if dash:
             print(f"optuna-dashboard: http://{args.host}:{args.port + 1}  (storage {storage})", flush=True)
         while not stopping and procs[0].poll() is None:
             time.sleep(0.2)
         return 0
     finally:
+        proxy.shutdown()
+        proxy.server_close()
         _stop_tree(procs)
 
 

@@ -145,3 +145,205 @@ def test_mlflow_ui_lists_the_study_and_its_member_runs(browser, tmp_path):
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
+
+
+# --------------------------------------------------------------------------- a researcher's walk through `study ui`
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def quickstart_home(tmp_path_factory):
+    """A home holding one real finished study: `study run search_spaces/quickstart.yaml --smoke` (parent run with
+    the exported figures and per-arm metrics, a child run per member with grouped per-epoch metrics)."""
+    home = tmp_path_factory.mktemp("quickstart_home")
+    out = subprocess.run([sys.executable, "-m", "study.cli", "--home", str(home), "run",
+                          str(ROOT / "search_spaces" / "quickstart.yaml"), "--smoke"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return home
+
+
+def _records(home: Path):
+    """What the store holds, read with MLflow's client: the experiment, its parent run and its member runs."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("quickstart")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parent = next(r for r in runs if r.data.tags.get("role") == "parent")
+    members = sorted((r for r in runs if r.data.tags.get("role") == "member"), key=lambda r: r.info.run_name)
+    figures = parent.data.tags[f"landscape.{parent.data.params['metric']}.default"]  # landscape/<metric>/default
+    files = [a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(parent.info.run_id, figures)]
+    return exp, runs, parent, members, figures, files
+
+
+def _start_ui(home: Path, port: int):
+    """`study ui` with its stdout read line by line; at the moment each line arrives the reader asks the server's
+    /health, so the test knows whether a URL was printed before the server answered."""
+    import queue
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "--home", str(home), "ui", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+
+    def read():
+        for line in proc.stdout:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
+                    answering = r.status == 200
+            except OSError:
+                answering = False
+            lines.put((line.rstrip("\n"), answering))
+        lines.put((None, False))
+
+    threading.Thread(target=read, daemon=True).start()
+    return proc, lines
+
+
+def _wait_line(proc, lines, startswith: str, timeout: float = 180) -> tuple[str, bool, list[str]]:
+    import queue
+
+    seen = []
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            line, answering = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        assert line is not None, f"study ui ended (rc {proc.poll()}) before printing {startswith!r}: {seen}"
+        seen.append(line)
+        if line.strip().startswith(startswith):
+            return line, answering, seen
+    raise AssertionError(f"study ui printed no {startswith!r} line in {timeout} s: {seen}")
+
+
+def test_study_ui_walk_from_home_page_to_runs_members_and_figures(browser, quickstart_home, tmp_path):
+    """By clicks only, from the printed root URL: the home page, the experiment (its runs table, not MLflow's
+    GenAI Traces overview), a member run's grouped metric sections, back, the parent run's metrics and figures."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    exp, runs, parent, members, figures, files = _records(quickstart_home)
+    member = members[0]
+    arm_metrics = [k for k in parent.data.metrics if "." in k]
+    assert "sgd-coupled.slope" in arm_metrics and "sgd-independent.best_test_loss" in arm_metrics  # study run exports
+    sections = {}
+    for key in member.data.metrics:
+        if "/" in key:
+            sections[key.split("/")[0]] = sections.get(key.split("/")[0], 0) + 1
+    assert {"train", "test", "decay", "schedule"} <= set(sections)
+    assert "heatmaps.png" in files
+
+    port = _free_port()
+    root = f"http://127.0.0.1:{port}/"
+    runs_url = f"{root}#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+    proc, lines = _start_ui(quickstart_home, port)
+    children = []
+    wait = WebDriverWait(browser, 60, poll_frequency=0.25)
+    shots = []
+
+    def shot(name):
+        path = tmp_path / f"{len(shots) + 1:02d}_{name}.png"
+        browser.save_screenshot(str(path))
+        shutil.copy(path, SHOTS / f"ui_walk_{path.name}")
+        shots.append(path)
+
+    def body():
+        return browser.find_element(By.TAG_NAME, "body").text
+
+    def charts_drawn(prefix):
+        """Every chart of a metric section `prefix/` has its plot drawn (the chart's own box holds a Plotly plot)."""
+        return browser.execute_script("""
+            const titles = [...document.querySelectorAll('h4[title^="' + arguments[0] + '/"]')];
+            return titles.length > 0 && titles.every(h => {
+                for (let a = h.parentElement; a && a.querySelectorAll('h4[title]').length === 1; a = a.parentElement)
+                    if (a.querySelector('.js-plotly-plot')) return true;
+                return false;
+            });""", prefix)
+
+    def scroll_to(text):
+        """Scroll the element reading exactly `text` to the middle of the window (for the screenshot)."""
+        el = next(e for e in browser.find_elements(By.XPATH, f"//*[normalize-space(text())='{text}']")
+                  if e.is_displayed())
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
+
+    def click_text(text, css="a"):
+        """Click the first visible element matching css whose text is exactly `text`, once it is shown."""
+        el = wait.until(lambda d: next((e for e in d.find_elements(By.CSS_SELECTOR, css)
+                                        if e.is_displayed() and e.text.strip() == text), False),
+                        f"no {css} reading {text!r} on {browser.current_url}")
+        el.click()
+
+    try:
+        # the URLs come only once the server answers: the root and each study's runs table, exactly
+        line, answering, seen = _wait_line(proc, lines, "MLflow UI:")
+        assert line.split()[2] == root and answering, (line, answering)
+        line, answering, seen = _wait_line(proc, lines, "quickstart:")
+        assert line.split(": ", 1)[1] == runs_url and answering, (line, answering)
+        children = psutil.Process(proc.pid).children(recursive=True)
+
+        # the home page, as a browser that never chose GenAI or Model training sees it
+        browser.get(root)
+        click_text(exp.name)  # the experiment in the home page's list
+        wait.until(lambda d: f"/experiments/{exp.experiment_id}/runs" in d.current_url
+                   and d.find_elements(By.CSS_SELECTOR, ".ag-row"), "the click did not open the runs table")
+        assert browser.current_url.startswith(runs_url)  # where the printed URL leads, too
+        wait.until(lambda d: f"{len(runs)} matching runs" in body())  # the parent run and its members
+        text = body()
+        assert parent.info.run_name in text and "No data available" not in text and "/overview" not in \
+            browser.current_url  # the runs table, not the GenAI Traces overview
+        assert browser.execute_script("return localStorage.getItem('mlflow.workflowType_v1')") == \
+            '"machine_learning"'
+        shot("runs_table")
+
+        # a member run: expand the parent row, click the member, its "Model metrics" tab: one section per prefix
+        browser.find_element(By.CSS_SELECTOR, ".ag-row button[data-component-id*='runnamecellrenderer']").click()
+        click_text(member.info.run_name, ".ag-row a")
+        wait.until(lambda d: d.current_url.rstrip("/").endswith(f"/runs/{member.info.run_id}"))
+        click_text("Model metrics", "[role=tab]")
+        lined = lambda: "\n" + body() + "\n"  # noqa: E731
+        wait.until(lambda d: all(f"\n{p}\n({n})\n" in lined() for p, n in sections.items()),
+                   f"metric sections {sections} not shown")
+        text = body()
+        assert member.info.run_name in text and "weight_norm" in text and "angular_update" in text
+        wait.until(lambda d: charts_drawn("decay"), "the decay/ charts were not drawn")
+        shot("member_metric_sections")
+        scroll_to("train")  # the sections further down: test, time, train
+        wait.until(lambda d: charts_drawn("train"), "the train/ charts were not drawn")
+        shot("member_metric_sections_train_test")
+
+        # back to the runs table, then the parent run: the study's metrics, per arm, and its figures
+        for _ in range(4):
+            if "/runs?" in browser.current_url and browser.find_elements(By.CSS_SELECTOR, ".ag-row"):
+                break
+            browser.back()
+            WebDriverWait(browser, 10, poll_frequency=0.25).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".ag-row")
+                                                                  or "/runs/" in d.current_url)
+        wait.until(lambda d: f"/experiments/{exp.experiment_id}/runs?" in d.current_url
+                   and d.find_elements(By.CSS_SELECTOR, ".ag-row"), "back did not return to the runs table")
+        click_text(parent.info.run_name, ".ag-row a")
+        wait.until(lambda d: d.current_url.rstrip("/").endswith(f"/runs/{parent.info.run_id}")
+                   and f"Metrics ({len(parent.data.metrics)})" in body())
+        text = body()
+        missing = [k for k in parent.data.metrics if k not in text]
+        assert not missing, missing
+        scroll_to("sgd-coupled.slope")
+        shot("parent_metrics")
+        click_text("Artifacts", "[role=tab]")
+        for name in figures.split("/") + ["heatmaps.png"]:
+            click_text(name, "[data-testid=artifact-tree-node]")
+        wait.until(lambda d: any(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 600",
+                                                  im) for im in d.find_elements(By.TAG_NAME, "img")),
+                   "the heatmaps figure never showed")
+        assert f"{figures}/heatmaps.png" in body()
+        shot("parent_figure")
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)  # the `study ui` process alone, as a service manager would
+        proc.wait(timeout=60)
+    psutil.wait_procs(children, timeout=30)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    assert len(shots) == 5
