@@ -494,6 +494,13 @@ def cmd_ui(args) -> int:
     if db is not None and not db.is_file():
         raise SpecError(f"invalid --home: no studies are recorded in {tracking} yet; start one with `study run`")
     _check_port(args.host, args.port)
+    if db is not None:  # a moved or copied home shows its own figures (MLflow records absolute locations)
+        from .stores import StoreError
+        from .tracking import adopt_home
+        try:
+            adopt_home(tracking)
+        except StoreError as e:
+            print(f"warning: {e}", file=sys.stderr)
     dash = shutil.which("optuna-dashboard") if args.study else None
     storage = args.storage or (default_storage(home, check_name(args.study)) if args.study else None)
     if dash:

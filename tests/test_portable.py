@@ -144,8 +144,6 @@ def test_moved_home_resumes_exports_and_shows_its_figures(home, tmp_path):
         assert not home.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="cmd_ui (study/cli.py) must call tracking.adopt_home(tracking) before it "
-                                       "starts the server; until then a copy is adopted by any other command")
 def test_ui_alone_on_a_moved_home_shows_its_figures(home, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(home, moved)
