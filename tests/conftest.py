@@ -1,5 +1,8 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -25,3 +28,17 @@ def _cache_dir(tmp_path_factory):
 def _no_inherited_tracking_uri(monkeypatch):
     """A test's stores are its own: never inherit an MLFLOW_TRACKING_URI (mlflow.set_tracking_uri sets it)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory):
+    """One finished `study run --smoke` of the main job's spec (quickstart) through Ray, Optuna and MLflow, shared
+    by every test that reads a real finished study (CLI, browser, portable homes, the smoke test itself): `.home`,
+    and `.out` the finished command. Started with a --set override (seeds 3, 4; --smoke keeps the first). Tests
+    must leave it as they found it: copy it to change it."""
+    home = tmp_path_factory.mktemp("smoke") / "home"
+    out = subprocess.run([sys.executable, "-m", "study.cli", "--home", str(home), "run", "--smoke",
+                          str(ROOT / "search_spaces" / "quickstart.yaml"), "--set", "search.seeds=[3,4]"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return SimpleNamespace(home=home, out=out)

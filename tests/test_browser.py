@@ -152,16 +152,12 @@ def test_mlflow_ui_lists_the_study_and_its_member_runs(browser, tmp_path):
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def quickstart_home(tmp_path_factory):
-    """A home holding one real finished study: `study run search_spaces/quickstart.yaml --smoke` (parent run with
-    the exported figures and per-arm metrics, a child run per member with grouped per-epoch metrics)."""
-    home = tmp_path_factory.mktemp("quickstart_home")
-    out = subprocess.run([sys.executable, "-m", "study.cli", "--home", str(home), "run",
-                          str(ROOT / "search_spaces" / "quickstart.yaml"), "--smoke"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    return home
+@pytest.fixture
+def quickstart_home(smoke_study):
+    """A home holding one real finished study: the session's `study run search_spaces/quickstart.yaml --smoke`
+    (conftest; parent run with the exported figures and per-arm metrics, a child run per member with grouped
+    per-epoch metrics)."""
+    return smoke_study.home
 
 
 def _records(home: Path):

@@ -27,14 +27,10 @@ def files_under(folder: Path) -> dict:
     return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
-@pytest.fixture(scope="module")
-def smoke_home(tmp_path_factory):
-    """A home holding one finished quickstart --smoke study, started with a --set override (seeds 3, 4: the
-    smoke run keeps the first)."""
-    home = tmp_path_factory.mktemp("cli") / "home"
-    out = study("--home", str(home), "run", "--smoke", str(QUICKSTART), "--set", "search.seeds=[3,4]", timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return home
+@pytest.fixture
+def smoke_home(smoke_study):
+    """The session's finished quickstart --smoke study (conftest), started with --set search.seeds=[3,4]."""
+    return smoke_study.home
 
 
 # --------------------------------------------------------------------------- study list

@@ -106,11 +106,11 @@ def _ui_listing(home: Path, run_id: str, path: str = "") -> list[str]:
         proc.wait(timeout=60)
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    """A home with a finished smoke study (exported, so its parent run holds figures)."""
-    home = tmp_path_factory.mktemp("portable") / "original"
-    run_ok(home, "run", "--smoke", str(QUICKSTART), timeout=600)
+@pytest.fixture
+def home(smoke_study) -> Path:
+    """The session's finished smoke study (conftest; exported, so its parent run holds figures). Tests copy it or
+    move it away and back, and check that nothing in it changed."""
+    home = smoke_study.home
     assert (home / "artifacts").is_dir()
     assert all(loc.startswith((home / "artifacts").as_uri()) for loc in _locations(home))
     return home

@@ -255,10 +255,10 @@ SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar1
 SPECS = sorted(p.name for p in (Path(__file__).parents[1] / "search_spaces").glob("*.yaml"))
 
 
-def test_smoke_quickstart_end_to_end(tmp_path):
-    """`study run --smoke` of the main job's spec through Ray, Optuna and MLflow (`make smoke` runs every spec)."""
-    spec = Path(__file__).parents[1] / "search_spaces" / "quickstart.yaml"
-    out = run_ok(tmp_path / "home", "run", "--smoke", str(spec), timeout=600)
+def test_smoke_quickstart_end_to_end(smoke_study):
+    """`study run --smoke` of the main job's spec through Ray, Optuna and MLflow (the session's run, conftest;
+    `make smoke` runs every spec)."""
+    out = smoke_study.out
     assert "members recorded" in out.stdout and "slope of log" in out.stdout
     # no third-party noise (Ray, Tune, MLflow's table creation, matplotlib's font search): the study's own lines only
     noise = [ln for ln in out.stderr.splitlines() if ln.strip() and not ln.startswith(("[study]", "study ", "warning:"))]
