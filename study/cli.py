@@ -374,6 +374,8 @@ def _check_port(host: str, port: int, flag: str = "--port") -> None:
     if not 1 <= port <= 65535:
         raise SpecError(f"invalid {flag}: a TCP port lies in [1, 65535], but got port={port}")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        # as the servers bind: connections of a UI just stopped (TIME_WAIT) do not make the port taken
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:
@@ -501,7 +503,10 @@ def cmd_ui(args) -> int:
             adopt_home(tracking)
         except StoreError as e:
             print(f"warning: {e}", file=sys.stderr)
-    dash = shutil.which("optuna-dashboard") if args.study else None
+    dash = None
+    if args.study:  # installed beside this Python (a venv not on PATH), or on PATH
+        beside = Path(sys.executable).with_name("optuna-dashboard")
+        dash = str(beside) if beside.is_file() else shutil.which("optuna-dashboard")
     storage = args.storage or (default_storage(home, check_name(args.study)) if args.study else None)
     if dash:
         _check_port(args.host, args.port + 1, "--port (+1, optuna-dashboard)")

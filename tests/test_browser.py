@@ -110,7 +110,7 @@ def test_mlflow_ui_lists_the_study_and_its_member_runs(browser, tmp_path):
         names.append(f"sgd-coupled lr={lr:.3g} wd={wd:.3g} seed=0")
     tracker.finish_study()
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "--home", str(home), "ui", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "--home", str(home), "ui", "--port", str(port), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.time() + 90
@@ -174,13 +174,13 @@ def _records(home: Path):
     return exp, runs, parent, members, figures, files
 
 
-def _start_ui(home: Path, port: int):
+def _start_ui(home: Path, port: int, *extra: str):
     """`study ui` with its stdout read line by line; at the moment each line arrives the reader asks the server's
     /health, so the test knows whether a URL was printed before the server answered."""
     import queue
     import threading
 
-    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "--home", str(home), "ui", "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "--home", str(home), "ui", "--port", str(port), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: queue.Queue = queue.Queue()
 
@@ -343,3 +343,60 @@ def test_study_ui_walk_from_home_page_to_runs_members_and_figures(browser, quick
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
     assert len(shots) == 5
+
+
+def test_optuna_dashboard_contour_is_lr_by_weight_decay(browser, quickstart_home, tmp_path):
+    """`study ui --study NAME` also serves optuna-dashboard. By clicks from its home page: an arm's study, its
+    analytics page, whose contour is lr × weight_decay (the seed is a repetition, never a parameter), with the
+    objective named after the study's metric; its top page has learning curves (intermediate values)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    if not Path(sys.executable).with_name("optuna-dashboard").is_file():
+        pytest.skip("optuna-dashboard is not installed (the `dashboard` extra)")
+    name = next(p.name for p in quickstart_home.iterdir() if (p / "optuna.db").is_file())
+    port = _free_port()
+    proc, lines = _start_ui(quickstart_home, port, "--study", name)
+    wait = WebDriverWait(browser, 120, poll_frequency=0.25)
+    body = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
+    try:
+        line, _, _ = _wait_line(proc, lines, "optuna-dashboard:")
+        url = line.split()[1]
+        deadline = time.time() + 120
+        while True:  # printed once MLflow answers; the dashboard starts beside it
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, "optuna-dashboard never answered"
+                time.sleep(0.5)
+        browser.get(url)
+        study = f"{name}.sgd-coupled"
+        link = wait.until(lambda d: next((a for a in d.find_elements(By.CSS_SELECTOR, "a[href*='/dashboard/studies/']")
+                                          if study in a.text), None), "the arm's study is not on the home page")
+        link.click()
+        wait.until(lambda d: "Intermediate values" in body() and "Hyperparameter Importance" in body())
+        top = body()
+        assert "test_loss" in top, top[:2000]  # the objective is named after the study's metric
+        importance = top[top.index("Hyperparameter Importance"):]
+        importance = importance[:importance.index("Timeline")] if "Timeline" in importance else importance
+        assert "lr" in importance.split() and "weight_decay" in importance.split(), importance
+        assert "seed" not in importance, importance  # the seed is a repetition, never a searched parameter
+        browser.save_screenshot(str(tmp_path / "dashboard_top.png"))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "a[href$='/analytics']")).pop().click()
+        wait.until(lambda d: "Contour" in body() and len(d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")) >= 2)
+        text = body()
+        contour = text[text.index("Contour"):]
+        assert contour.split()[:5] == ["Contour", "x:", "lr", "y:", "weight_decay"], contour[:200]
+        assert "Param seed" not in text
+        browser.execute_script("arguments[0].scrollIntoView()",
+                               browser.find_element(By.XPATH, "//*[normalize-space(text())='Contour']"))
+        browser.save_screenshot(str(tmp_path / "dashboard_contour.png"))
+        browser.save_screenshot(str(SHOTS / "dashboard_contour.png"))
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 0
+    for p in (port, port + 1):  # MLflow's proxy and the dashboard: nothing left listening
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", p), timeout=5).close()
