@@ -162,11 +162,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
-    from .tracking import recorded_spec
+    from .tracking import recorded_spec, recorded_storage
 
     home = home_dir(args)
     try:  # the resolved spec the study started with: same data, same --smoke shrinking, same everything
         spec = recorded_spec(tracking_uri(args, home), check_name(args.name))
+        if args.storage is None:  # the Optuna storage it was started with, when that was not the home's default
+            args.storage = recorded_storage(tracking_uri(args, home), spec.name)
     except LookupError as e:
         raise SpecError(str(e).strip("'\"")) from None
     return _drive(args, spec, resume=True)

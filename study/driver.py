@@ -97,7 +97,8 @@ class Driver:
         (stores.home / spec.name).mkdir(parents=True, exist_ok=True)
         self.search = StudySearch(spec, stores.storage, finished=self.tracker.recorded_members() if resume else ())
         try:
-            self.tracker.start(stores.artifacts())
+            default = default_storage(stores.home, spec.name)
+            self.tracker.start(stores.artifacts(), None if stores.storage == default else stores.storage)
             self.tracker.set_planned(self.search.total)
             self.writer = RecordWriter(self.tracker, self.train_size)
             self.watch = StoreWatch({"Optuna storage": stores.storage, "MLflow tracking store": stores.tracking})

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import socket
 import sys
 import threading
@@ -29,7 +28,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from .spec import ArmSpec, MemberSpec, StudySpec, arm_member, arm_settings, grid_axis
-from .stores import StoreError, check_optuna_url, create_sqlite_atomically
+from .stores import StoreError, check_optuna_url, create_sqlite_atomically, masked
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -331,7 +330,7 @@ class StudySearch:
         except StoreError:
             raise
         except Exception as e:  # a server that answers but refuses the login, a foreign database …
-            shown = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", storage_url)
+            shown = masked(storage_url)
             raise StoreError(f"invalid --storage: cannot open the Optuna storage {shown} "
                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         self.lease = Lease(storage, spec.name)  # before anything is written: a second driver is refused here

@@ -10,6 +10,7 @@ time; here the schema is built in a private file and linked into place only once
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 import urllib.error
@@ -35,6 +36,11 @@ def default_tracking_uri(home: Path) -> str:
 def default_storage(home: Path, name: str) -> str:
     """A study's Optuna storage under the studies' home."""
     return f"sqlite:///{home / name / 'optuna.db'}"
+
+
+def masked(url: str) -> str:
+    """A store URL fit to print or record: its password replaced by ***."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
 
 def _scheme(url: str) -> str:

@@ -42,7 +42,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from . import __version__
 from .spec import EPOCH_METRICS, MemberSpec, StudySpec, decay_timescale, spec_from_dict, steps_per_epoch
-from .stores import StoreError, check_tracking_uri, create_sqlite_atomically, sqlite_path
+from .stores import StoreError, check_tracking_uri, create_sqlite_atomically, masked, sqlite_path
 
 PER_EPOCH = EPOCH_METRICS
 # internal per-epoch name (spec.EPOCH_METRICS, the engine's rows) -> MLflow metric key: the run page shows
@@ -341,7 +341,9 @@ class Tracker:
             return 0
         return int(_retry("reading the parent run", self.client.get_run, self.parent_id).data.tags.get("refine_rounds", 0))
 
-    def start(self, artifact_location: str | None = None) -> None:
+    def start(self, artifact_location: str | None = None, storage: str | None = None) -> None:
+        """Open the study's records (the experiment and the parent run; reopened on resume). `storage`: an Optuna
+        storage other than the home's default, recorded (password masked) so that `study resume` finds it."""
         spec = self.spec
         if self.experiment_id is None:
             self.experiment_id = _retry(
@@ -356,6 +358,7 @@ class Tracker:
                      run_name=spec.name, tags={"study": spec.name, "role": "parent", "git_commit": commit,
                                                "mlflow.source.git.commit": commit, "package_version": __version__,
                                                "mlflow.source.name": "study run",
+                                               **({"optuna_storage": masked(storage)} if storage else {}),
                                                "mlflow.note.content": spec.description or f"study {spec.name}"})
         self.parent_id = run.info.run_id
         resolved = spec.to_dict()  # after --data-path and --smoke: exactly what runs, and what resume runs
@@ -609,6 +612,16 @@ def recorded_spec(uri: str, name: str) -> StudySpec:
         raise LookupError(f"invalid name: study {name!r} in {uri} has no spec.json on its parent run "
                           f"(recorded by an older version); start it again under a new name") from None
     return spec_from_dict(json.loads(Path(path).read_text()))
+
+
+def recorded_storage(uri: str, name: str) -> str | None:
+    """The Optuna storage a study was started with, if it was not the home's default (None); LookupError if its
+    URL held a password, which is never recorded: then `--storage` must say it again."""
+    url = find_parent(uri, name).data.tags.get("optuna_storage")
+    if url and "***@" in url:
+        raise LookupError(f"invalid --storage: study {name!r} was started with the Optuna storage {url}; "
+                          f"pass it again with its password: study resume {name} --storage URL")
+    return url
 
 
 def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str, str, list[dict]]:

@@ -115,6 +115,13 @@ def test_postgres_as_optuna_storage_and_mlflow_backend(tmp_path, postgres_dbs):
         exp = MlflowClient(server.uri).get_experiment_by_name("pg")
         parent = MlflowClient(server.uri).search_runs([exp.experiment_id], "tags.role = 'parent'")[0]
         assert {"spec.yaml", "spec.json"} <= {f.path for f in MlflowClient(server.uri).list_artifacts(parent.info.run_id)}
+        # resume finds the study's own Optuna storage, whose password was never recorded: it asks for it again
+        out = subprocess.run(study_cmd(home, "resume", "pg", "--tracking-uri", server.uri), capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 2 and "pass it again with its password" in out.stderr.strip().splitlines()[-1], out.stderr
+        assert "study:study@" not in out.stderr and not (home / "pg" / "optuna.db").exists()  # no password, no default
+        run_ok(home, "resume", "pg", "--storage", optuna_url, "--tracking-uri", server.uri)
+        check_records(home, spec, tracking_uri=server.uri, storage=optuna_url)
     finally:
         server.stop()
 
