@@ -20,24 +20,15 @@ from study.report import load_dashboard, render
 from study.spec import MemberSpec, spec_from_dict
 from study.tracking import Tracker
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
-                                reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+from conftest import headless_chromium, needs_chromium
+
+pytestmark = needs_chromium
 SHOTS = Path(__file__).resolve().parents[1] / "build" / "screenshots"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
-              "--window-size=1400,1000"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver = headless_chromium()
     SHOTS.mkdir(parents=True, exist_ok=True)
     yield driver
     driver.quit()
@@ -83,6 +74,20 @@ def test_report_renders_offline_with_figures_and_arm_table(browser, tmp_path):
     assert len(plots) == 3  # every interactive heatmap drawn as inline SVG
     assert all(p.find_elements(By.CSS_SELECTOR, "rect.cell title") for p in plots)
     browser.save_screenshot(str(SHOTS / "report.png"))
+
+
+def _stop_ui(proc) -> None:
+    os.kill(proc.pid, signal.SIGTERM)  # the `study ui` process alone, as a service manager would
+    proc.wait(timeout=60)
+
+
+def _assert_stopped(children, *ports) -> None:
+    """`study ui` stopped its whole tree: no process left, nothing listening on its ports."""
+    psutil.wait_procs(children, timeout=30)
+    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+    for port in ports:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 def _free_port() -> int:
@@ -137,13 +142,8 @@ def test_mlflow_ui_lists_the_study_and_its_member_runs(browser, tmp_path):
         children = psutil.Process(proc.pid).children(recursive=True)
         assert children  # mlflow server and its workers
     finally:
-        os.kill(proc.pid, signal.SIGTERM)  # the `study ui` process alone, as a service manager would
-        proc.wait(timeout=60)
-    # it stopped its whole tree: no process left, nothing listening on the port
-    psutil.wait_procs(children, timeout=30)
-    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        _stop_ui(proc)
+    _assert_stopped(children, port)
 
 
 
@@ -336,12 +336,8 @@ def test_study_ui_walk_from_home_page_to_runs_members_and_figures(browser, quick
         assert f"{figures}/heatmaps.png" in body()
         shot("parent_figure")
     finally:
-        os.kill(proc.pid, signal.SIGTERM)  # the `study ui` process alone, as a service manager would
-        proc.wait(timeout=60)
-    psutil.wait_procs(children, timeout=30)
-    assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
-    with pytest.raises(ConnectionRefusedError):
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        _stop_ui(proc)
+    _assert_stopped(children, port)
     assert len(shots) == 5
 
 
@@ -393,10 +389,8 @@ def test_optuna_dashboard_contour_is_lr_by_weight_decay(browser, quickstart_home
                                browser.find_element(By.XPATH, "//*[normalize-space(text())='Contour']"))
         browser.save_screenshot(str(tmp_path / "dashboard_contour.png"))
         browser.save_screenshot(str(SHOTS / "dashboard_contour.png"))
+        children = psutil.Process(proc.pid).children(recursive=True)
     finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        _stop_ui(proc)
     assert proc.returncode == 0
-    for p in (port, port + 1):  # MLflow's proxy and the dashboard: nothing left listening
-        with pytest.raises(ConnectionRefusedError):
-            socket.create_connection(("127.0.0.1", p), timeout=5).close()
+    _assert_stopped(children, port, port + 1)  # MLflow's proxy and the dashboard

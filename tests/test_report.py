@@ -3,10 +3,11 @@ in the legend, a small self-contained page, and what headless Chromium shows of 
 
 import math
 import re
-import shutil
 
 import numpy as np
 import pytest
+
+from conftest import headless_chromium, needs_chromium
 
 from study.landscape import landscapes
 from study.plots import heatmaps, ridge_figure
@@ -179,24 +180,15 @@ def test_scattered_samples_show_each_sample_and_label_the_interpolated_grid(tmp_
     assert len(re.findall(r"<circle[^>]*><title>sample λ=[^<]*test_loss=0\.\d{4}</title>", page)) == 40
 
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
+@needs_chromium
 def test_report_in_headless_chromium_shows_values_on_hover(exported, lands, tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
-              "--window-size=1400,1000"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    driver = headless_chromium()
     try:
         driver.get((exported / "report.html").as_uri())
         wait = WebDriverWait(driver, 20)

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -71,12 +72,24 @@ def test_tracking_server_down_for_a_while_loses_nothing(tmp_path):
                 break  # epochs are being recorded: now take the server away
             time.sleep(0.5)
         assert proc.poll() is None
+        lines: list[str] = []
+        told = threading.Event()  # the driver has met the outage and says it is retrying
+
+        def read_stderr():
+            for line in proc.stderr:
+                lines.append(line)
+                if "tracking store unreachable" in line and "retrying" in line:
+                    told.set()
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
         server.stop()
-        time.sleep(10)
+        assert told.wait(timeout=180), "".join(lines)[-3000:]  # the outage was met, not just scheduled
         server.start()  # same port, same backend store
-        out, err = proc.communicate(timeout=400)
+        proc.wait(timeout=400)
+        reader.join(timeout=60)
+        err = "".join(lines)
         assert proc.returncode == 0, err[-3000:]
-        assert "tracking store unreachable" in err and "retrying" in err  # the user is told what happens
         check_records(home, spec, tracking_uri=server.uri)  # nothing lost, nothing twice
     finally:
         if proc.poll() is None:
