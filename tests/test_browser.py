@@ -115,7 +115,7 @@ def test_mlflow_ui_lists_the_study_and_its_member_runs(browser, tmp_path):
         names.append(f"sgd-coupled lr={lr:.3g} wd={wd:.3g} seed=0")
     tracker.finish_study()
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "--home", str(home), "ui", "--port", str(port), *extra],
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "--home", str(home), "ui", "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.time() + 90
