@@ -195,11 +195,16 @@ def _drive(args, spec, resume: bool) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    driver = Driver(spec, stores, resume, args.address)  # every check, then the records are opened
-    print(f"study {spec.name}: {driver.search.total} members in arrays of {spec.execution.members_per_trial}; "
-          f"records: MLflow {stores.tracking}, Optuna {stores.storage}", file=sys.stderr, flush=True)
-    outcome = driver.run()
     hint = f" --home {home}" if args.home else ""
+    try:
+        driver = Driver(spec, stores, resume, args.address)  # every check, then the records are opened
+        print(f"study {spec.name}: {driver.search.total} members in arrays of {spec.execution.members_per_trial}; "
+              f"records: MLflow {stores.tracking}, Optuna {stores.storage}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM while the records were being opened: nothing was trained
+        print(f"interrupted before training started; nothing was trained: run it again (or `study resume "
+              f"{spec.name}{hint}` if the name now has records)", file=sys.stderr)
+        return 130
+    outcome = driver.run()
     failed = f", {len(outcome.failed)} failed" if outcome.failed else ""
     print(f"\nstudy {spec.name}: {outcome.done}/{outcome.total} members recorded{failed} in {outcome.seconds:.0f} s")
     for reason, n in sorted(_count(outcome.failed.values()).items(), key=lambda kv: -kv[1])[:5]:

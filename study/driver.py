@@ -245,12 +245,12 @@ class Driver:
             self.search.lease.release()  # a no-op once abandoned
 
     def _run(self) -> Outcome:
-        from . import tune  # Ray loads only here, once every input is known good
-
         x = self.spec.execution
         t0 = time.time()
-        self.progress.print()
-        try:
+        try:  # from here on an interrupt (Ctrl-C, SIGTERM) at any point ends in the summary and exit 130
+            self.progress.print()
+            from . import tune  # Ray loads only here, once every input is known good
+
             rounds, gpus = self.tracker.refine_rounds(), None
             while True:
                 if any(a.has_work() for a in self.search.arms):  # a resumed, finished study starts no Ray

@@ -56,8 +56,10 @@ EPOCH_NAMES = {v: k for k, v in EPOCH_KEYS.items()}  # MLflow key -> internal na
 # a row's key for the wall-clock time (unix seconds) its epoch ended; set by the trainer if it knows,
 # else by RecordWriter.log_epoch on receipt. Never logged as a metric: it is the metrics' timestamp.
 ENDED_AT = "ended_at"
-for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):  # "Creating initial MLflow database tables…"
-    logging.getLogger(_name).setLevel(logging.WARNING)
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)  # "Running upgrade …" per migration
+# "Creating initial MLflow database tables…", and a full traceback per failed attempt on a locked or lost SQLite
+# store, which _retry already reports in one line (and the driver's StoreWatch names a lost store)
+logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 # per-epoch metrics reach MLflow in one batched call per member at most this many seconds late
 LOG_INTERVAL_S = float(os.environ.get("STUDY_LOG_INTERVAL_S", "10"))
 TEMPORARILY_UNAVAILABLE_CODE = ErrorCode.Name(TEMPORARILY_UNAVAILABLE)

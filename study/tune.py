@@ -175,14 +175,24 @@ def start_ray(address: str | None) -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     env = {k: os.environ[k] for k in TRIAL_ENV if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
+    # Ray's C++ failure-signal handler would dump stacks and abort on a SIGTERM that arrives while ray.init runs
+    # (before the driver's handler is restored below): the driver stops cleanly instead, whenever it comes
+    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     on_sigterm = signal.getsignal(signal.SIGTERM)
-    if address:
-        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, logging_level=logging.WARNING)
-    else:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-        ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env, logging_level=logging.WARNING)
-    if callable(on_sigterm):  # Ray's failure-signal handler would dump C stacks and exit on SIGTERM: keep the driver's
-        signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, logging_level=logging.WARNING)
+        else:
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+            ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
+                     logging_level=logging.WARNING)
+    except SystemExit as e:  # ray.init's own SIGTERM handler exits: the driver's interrupt path instead
+        if e.code == signal.SIGTERM:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if callable(on_sigterm):  # Ray's handler (sys.exit) would skip the driver's records: keep the driver's
+            signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def cluster_gpus() -> float:

@@ -17,8 +17,6 @@ import pytest
 
 from study.landscape import landscapes
 from study.report import load_dashboard, render
-from study.spec import MemberSpec, spec_from_dict
-from study.tracking import Tracker
 
 from conftest import headless_chromium, needs_chromium
 
@@ -94,62 +92,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def test_mlflow_ui_lists_the_study_and_its_member_runs(browser, tmp_path):
-    from selenium.webdriver.common.by import By
-
-    home = tmp_path / "home"
-    home.mkdir()
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    spec = spec_from_dict({"name": "uicheck", "arms": [{"optimizer": "sgd", "decay": "coupled",
-                                                         "lr": {"low": 0.01, "high": 0.1},
-                                                         "weight_decay": {"low": 1e-3, "high": 1e-2}}]})
-    tracker = Tracker(uri, spec)
-    tracker.start(artifact_location=(home / "artifacts").as_uri())
-    names = []
-    for i, (lr, wd) in enumerate([(0.01, 1e-3), (0.01, 1e-2), (0.1, 1e-3), (0.1, 1e-2)]):
-        run_id = tracker.open_member(MemberSpec("sgd", "coupled", lr, wd), i, 128)
-        tracker.log_epoch(run_id, {"epoch": 1, "train_loss": 1.0, "test_error": 0.5, "diverged": 0.0})
-        tracker.finish_member(run_id, {"test_error": 0.5, "diverged": 0.0})
-        names.append(f"sgd-coupled lr={lr:.3g} wd={wd:.3g} seed=0")
-    tracker.finish_study()
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "--home", str(home), "ui", "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and proc.poll() is None, "study ui did not come up"
-                time.sleep(1)
-        browser.get(f"http://127.0.0.1:{port}/#/experiments/{tracker.experiment_id}/runs")
-        deadline = time.time() + 60
-        while not browser.find_elements(By.CSS_SELECTOR, ".ag-row button"):
-            assert time.time() < deadline, "the experiment's runs never showed"
-            time.sleep(1)
-        body = browser.find_element(By.TAG_NAME, "body").text
-        assert "uicheck" in body and "5 matching runs" in body  # the parent run and its 4 member runs
-        browser.find_elements(By.CSS_SELECTOR, ".ag-row button")[0].click()  # expand the parent run
-        deadline = time.time() + 30
-        while not all(n in browser.find_element(By.TAG_NAME, "body").text for n in names):
-            assert time.time() < deadline, "member runs not listed under the study's parent run"
-            time.sleep(1)
-        browser.save_screenshot(str(SHOTS / "mlflow_ui.png"))
-        children = psutil.Process(proc.pid).children(recursive=True)
-        assert children  # mlflow server and its workers
-    finally:
-        _stop_ui(proc)
-    _assert_stopped(children, port)
-
-
-
-# --------------------------------------------------------------------------- a researcher's walk through `study ui`
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

@@ -129,25 +129,19 @@ def test_copied_home_writes_only_into_the_copy(home, tmp_path):
     _check_own(copy, tmp_path / "nothing-here")
 
 
-def test_moved_home_resumes_exports_and_shows_its_figures(home, tmp_path):
+def test_moved_home_shows_its_figures_resumes_and_exports(home, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(home, moved)
     with _away(home):  # the original is gone: only the moved home has the records and artifacts
+        # `study ui` first, before any other command has opened the moved home: it adopts it itself
+        run_id = next(p.name for p in (moved / "artifacts").iterdir() if (p / "artifacts" / "spec.json").is_file())
+        assert "spec.json" in _ui_listing(moved, run_id)
         out = run_ok(moved, "resume", NAME, timeout=600)  # reads spec.json, reopens the parent run
-        assert "moved or copied" in out.stderr
         run_ok(moved, "export", NAME, "--out", str(moved / "x"))
         _check_own(moved, home)
         names = _ui_listing(moved, _parent(moved), "landscape/test_loss/default")
         assert {"heatmaps.svg", "report.html"} <= set(names), names
         assert not home.exists()
-
-
-def test_ui_alone_on_a_moved_home_shows_its_figures(home, tmp_path):
-    moved = tmp_path / "moved"
-    shutil.copytree(home, moved)
-    with _away(home):
-        run_id = next(p.name for p in (moved / "artifacts").iterdir() if (p / "artifacts" / "spec.json").is_file())
-        assert "spec.json" in _ui_listing(moved, run_id)
 
 
 # ---------------------------------------------------------------------------------------- the store alone
