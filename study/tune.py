@@ -18,7 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import ray
+# Ray's C++ failure-signal handler, installed once Ray loads, dumps stacks and aborts on a SIGTERM (exit -6 or -11
+# instead of the driver's clean interrupt, exit 130): off, before Ray is imported
+os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
+
+import ray  # noqa: E402
 from ray import tune
 from ray.tune.search import Searcher
 
@@ -175,9 +179,6 @@ def start_ray(address: str | None) -> None:
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     env = {k: os.environ[k] for k in TRIAL_ENV if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
-    # Ray's C++ failure-signal handler would dump stacks and abort on a SIGTERM that arrives while ray.init runs
-    # (before the driver's handler is restored below): the driver stops cleanly instead, whenever it comes
-    os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     on_sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address:
