@@ -58,7 +58,12 @@ def test_node_stopped_mid_study_trials_move_to_the_other_node(cluster, tmp_path)
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()
     c.remove_node(worker)  # the node dies with its trial mid-way
-    out, err = proc.communicate(timeout=400)
+    try:
+        out, err = proc.communicate(timeout=400)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"the study did not finish within 400 s of the node stopping:\n{out[-3000:]}\n{err[-3000:]}")
     assert proc.returncode == 0, err[-3000:]
     check_records(home, spec)  # every member once, every epoch once
     resumed = [r for r in _member_runs(home, "nodefail") if "resumed_from_epoch" in r.data.tags]
