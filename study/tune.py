@@ -185,7 +185,9 @@ def start_ray(address: str | None) -> None:
             ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, logging_level=logging.WARNING)
         else:
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-            ray.init(include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
+            # "local": a Ray of the study's own, even where another Ray runs on this machine (a bare ray.init()
+            # would join the latest `ray start`ed one, and die with it)
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,
                      logging_level=logging.WARNING)
     except SystemExit as e:  # ray.init's own SIGTERM handler exits: the driver's interrupt path instead
         if e.code == signal.SIGTERM:

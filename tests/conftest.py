@@ -52,6 +52,14 @@ def _no_inherited_tracking_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
+def pytest_collection_modifyitems(items):
+    """`make test` runs the suite on two pytest-xdist workers (--dist loadgroup): the tests that share the session's
+    smoke study run on one worker, one after another, since some of them open its stores."""
+    for item in items:
+        if "smoke_study" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smoke_study"))
+
+
 @pytest.fixture(scope="session")
 def smoke_study(tmp_path_factory):
     """One finished `study run --smoke` of the main job's spec (quickstart) through Ray, Optuna and MLflow, shared

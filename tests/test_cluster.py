@@ -106,5 +106,13 @@ def test_study_submitted_with_ray_job_submit(tmp_path):
         assert [j.status for j in jobs] == [JobStatus.SUCCEEDED]
         assert "4/4 members recorded" in out.stdout
         check_records(home, spec)
+        # without an address a study starts a Ray of its own, even with this cluster running on the machine (a bare
+        # ray.init() joins the cluster last started here, and its trials die with it)
+        probe = subprocess.run([sys.executable, "-c", "import ray; from study.tune import start_ray; start_ray(None); "
+                                "print(ray.get_runtime_context().gcs_address)"],
+                               capture_output=True, text=True, timeout=120,
+                               env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+        assert probe.returncode == 0, probe.stderr[-3000:]
+        assert probe.stdout.split()[-1] != c.address
     finally:
         c.shutdown()
