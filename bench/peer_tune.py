@@ -100,52 +100,6 @@ def unsupported(optimizer: str, decay: str) -> None:
 
 # --------------------------------------------------------------------------- the peer's trainable (Ray worker)
 
-def plain_resnet(depth: int, width: int, num_classes: int, in_channels: int):
-    """An ordinary CIFAR ResNet (He et al. 2016: depth 6n+2, option A shortcuts), torchvision's conv init."""
-    import torch.nn.functional as F
-    from torch import nn
-
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.stride, self.pad = stride, cout - cin
-
-        def forward(self, x):
-            out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
-            sc = x
-            if self.stride != 1 or self.pad:
-                sc = F.pad(x[:, :, ::self.stride, ::self.stride], (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
-            return F.relu(out + sc)
-
-    class ResNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            n = (depth - 2) // 6
-            widths = [16 * width, 32 * width, 64 * width]
-            self.conv = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-            self.bn = nn.BatchNorm2d(widths[0])
-            layers, cin = [], widths[0]
-            for i, cout in enumerate(widths):
-                for j in range(n):
-                    layers.append(Block(cin, cout, 2 if i > 0 and j == 0 else 1))
-                    cin = cout
-            self.layers = nn.Sequential(*layers)
-            self.fc = nn.Linear(cin, num_classes)
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-        def forward(self, x):
-            x = self.layers(F.relu(self.bn(self.conv(x))))
-            return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-    return ResNet()
-
-
 def make_optimizer(model, s: dict):
     """(optimizer, manual decay) for the setting `s`, the way a typical user writes it: torch.optim's own
     weight_decay (coupled; AdamW for decoupled Adam; AdamW with λ/lr for independent Adam) on all parameters,
@@ -177,7 +131,6 @@ def make_optimizer(model, s: dict):
 def make_scheduler(opt, t, steps_per_epoch: int):
     """torch.optim.lr_scheduler for the spec's schedule, stepped once per batch: the same multiplier s_t as the
     study's at every step (linear warm-up (i+1)/w, then cosine over the rest, or step at the milestones)."""
-    import torch
     from torch.optim import lr_scheduler as ls
 
     total = t.epochs * steps_per_epoch
@@ -194,19 +147,6 @@ def make_scheduler(opt, t, steps_per_epoch: int):
     return ls.SequentialLR(opt, [start, main], milestones=[warm])
 
 
-class _Images:
-    """uint8 (N, C, H, W) tensors as a torch Dataset with a per-image transform (the torchvision idiom)."""
-
-    def __init__(self, x, y, transform):
-        self.x, self.y, self.transform = x, y, transform
-
-    def __len__(self):
-        return len(self.y)
-
-    def __getitem__(self, i):
-        return self.transform(self.x[i]), self.y[i]
-
-
 def train_one(config: dict, spec_dict: dict) -> None:
     """One setting, one model: the usual Tune function trainable."""
     import tempfile
@@ -216,6 +156,7 @@ def train_one(config: dict, spec_dict: dict) -> None:
     from ray import tune
     from torchvision.transforms import v2
 
+    from study.bench import PlainResNet, UInt8Images
     from study.data import load_spec_data
     from study.engine import resolve_channels_last, resolve_device, resolve_precision
     from study.spec import spec_from_dict
@@ -235,12 +176,13 @@ def train_one(config: dict, spec_dict: dict) -> None:
     workers = int(os.environ.get("PEER_WORKERS", "0"))
     torch.manual_seed(s["seed"])  # the setting's seed: initial weights (and, as usual, the shuffling)
     batch = min(t.batch_size, len(data.train_y))
-    train_loader = torch.utils.data.DataLoader(_Images(data.train_x, data.train_y, train_tf), batch_size=batch,
+    train_loader = torch.utils.data.DataLoader(UInt8Images(data.train_x, data.train_y, train_tf), batch_size=batch,
                                                shuffle=True, drop_last=True, num_workers=workers)
-    test_loader = torch.utils.data.DataLoader(_Images(data.test_x, data.test_y, v2.Compose(norm)),
+    test_loader = torch.utils.data.DataLoader(UInt8Images(data.test_x, data.test_y, v2.Compose(norm)),
                                               batch_size=t.eval_batch_size, num_workers=workers)
     depth = int(spec.model.name.removeprefix("resnet"))
-    model = plain_resnet(depth, spec.model.width, data.num_classes, data.in_channels).to(device, memory_format=fmt)
+    model = PlainResNet(depth, data.num_classes, data.in_channels, spec.model.width, fan_out_init=True)
+    model = model.to(device, memory_format=fmt)
     opt, manual = make_optimizer(model, s)
     sched = make_scheduler(opt, t, len(train_loader))
     start = 0

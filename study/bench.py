@@ -128,27 +128,34 @@ class _Block(nn.Module):
 
 
 class PlainResNet(nn.Module):
-    """An ordinary CIFAR ResNet (depth 6n+2, option A shortcuts), written as the usual examples write it."""
+    """An ordinary CIFAR ResNet (He et al. 2016: depth 6n+2, option A shortcuts), written as the usual examples
+    write it: widths 16, 32, 64 times `width`; PyTorch's default init, or torchvision's (`fan_out_init`)."""
 
-    def __init__(self, depth=20, num_classes=10, in_channels=3):
+    def __init__(self, depth=20, num_classes=10, in_channels=3, width=1, fan_out_init=False):
         super().__init__()
-        n = (depth - 2) // 6
-        self.conv = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
-        self.bn = nn.BatchNorm2d(16)
-        layers, cin = [], 16
-        for i, cout in enumerate((16, 32, 64)):
+        n, widths = (depth - 2) // 6, [16 * width, 32 * width, 64 * width]
+        self.conv = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(widths[0])
+        layers, cin = [], widths[0]
+        for i, cout in enumerate(widths):
             for j in range(n):
                 layers.append(_Block(cin, cout, 2 if i > 0 and j == 0 else 1))
                 cin = cout
         self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(cin, num_classes)
+        if fan_out_init:
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x):
         x = self.layers(F.relu(self.bn(self.conv(x))))
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
-class _UInt8Images(torch.utils.data.Dataset):
+class UInt8Images(torch.utils.data.Dataset):
+    """uint8 (N, C, H, W) tensors as a torch Dataset with a per-image transform (the torchvision idiom)."""
+
     def __init__(self, x, y, transform):
         self.x, self.y, self.transform = x, y, transform
 
@@ -171,7 +178,7 @@ def bench_baseline(data: Dataset, depth: int, batch_size: int, device, warmup=3,
     size = data.train_x.shape[-1]
     tf = v2.Compose([v2.RandomCrop(size, padding=4 if size >= 32 else 0), v2.RandomHorizontalFlip(),
                      v2.ToDtype(torch.float32, scale=True), v2.Normalize(data.mean, data.std)])
-    loader = torch.utils.data.DataLoader(_UInt8Images(data.train_x, data.train_y, tf), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(UInt8Images(data.train_x, data.train_y, tf), batch_size=batch_size,
                                          shuffle=True, drop_last=True, num_workers=workers,
                                          pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     model = PlainResNet(depth, data.num_classes, data.in_channels).to(device)

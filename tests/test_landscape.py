@@ -281,14 +281,19 @@ def test_diverged_members_are_not_numbers_on_the_grid():
     assert land.slope == pytest.approx(-1.0, abs=1e-6)
 
 
-def test_scattered_samples_are_interpolated():
-    rng = np.random.default_rng(0)
+def scattered(rng, n):
+    """n SGD-coupled members at log-uniform (lr, wd), as a random sampler places them, on a ridge of slope −1."""
     members = []
-    for _ in range(120):
+    for _ in range(n):
         lr, wd = math.exp(rng.uniform(math.log(0.01), math.log(0.3))), math.exp(rng.uniform(math.log(1e-4), 0))
         c = math.log(3e-3) - math.log(lr / 0.055)
         members.append(dict(optimizer="sgd", decay="coupled", lr=lr, weight_decay=wd, seed=0,
                             error=0.1 + 0.02 * (math.log(wd) - c) ** 2, diverged=False))
+    return members
+
+
+def test_scattered_samples_are_interpolated():
+    members = scattered(np.random.default_rng(0), 120)
     land = arm_landscape(members)
     assert not land.grid and len(land.samples) == 120
     assert land.slope == pytest.approx(-1.0, abs=0.25)

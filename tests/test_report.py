@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import headless_chromium, needs_chromium
+from test_landscape import scattered
 
 from study.landscape import landscapes
 from study.plots import heatmaps, ridge_figure
@@ -162,14 +163,7 @@ def test_report_is_small_self_contained_and_its_captions_filled(exported, tmp_pa
 
 
 def test_scattered_samples_show_each_sample_and_label_the_interpolated_grid(tmp_path):
-    rng = np.random.default_rng(1)
-    members = []
-    for _ in range(40):
-        lr, wd = math.exp(rng.uniform(math.log(0.01), math.log(0.3))), math.exp(rng.uniform(math.log(1e-4), 0))
-        c = math.log(3e-3) - math.log(lr / 0.055)
-        members.append(dict(optimizer="sgd", decay="coupled", lr=lr, weight_decay=wd, seed=0,
-                            error=0.1 + 0.02 * (math.log(wd) - c) ** 2, diverged=False))
-    land, = landscapes(members, metric="test_loss")
+    land, = landscapes(scattered(np.random.default_rng(1), 40), metric="test_loss")
     assert not land.grid
     fig = heatmaps([land])
     fig.canvas.draw()
