@@ -246,79 +246,10 @@ def _count(values) -> dict:
 
 # --------------------------------------------------------------------------- study list
 
-def _lease_state(storage_url: str, name: str) -> tuple[bool | None, str]:
-    """Whether the driver lease of study `name` (the Optuna study NAME.driver, search.Lease) is held, and by
-    whom; (None, why) when it cannot be read. Looking never creates a store: a SQLite or journal file that
-    does not exist holds no lease."""
-    from .search import Lease, open_storage
-    from .stores import sqlite_path
-
-    path = sqlite_path(storage_url) if "://" in storage_url else Path(storage_url).expanduser()
-    if path is not None and not path.is_file():
-        return False, "no lease"
-    try:
-        storage = open_storage(storage_url)  # an existing file or server: nothing is created
-        study_id = storage.get_study_id_from_name(f"{name}.driver")
-        attrs = storage.get_study_user_attrs(study_id)
-    except KeyError:
-        return False, "no lease"
-    except Exception as e:
-        return None, f"lease unreadable: {type(e).__name__}"
-    age = time.time() - float(attrs.get("heartbeat", 0.0))
-    alive = age < Lease.STALE_S  # the rule of Lease._alive: a fresh heartbeat, or a live process on this host
-    if attrs.get("host") == socket.gethostname() and "pid" in attrs:
-        try:
-            os.kill(int(attrs["pid"]), 0)
-        except ProcessLookupError:
-            alive = False
-        except PermissionError:
-            pass
-    return alive, f"{attrs.get('holder', 'unknown driver')}, heartbeat {age:.0f} s ago"
-
-
-def _study_rows(tracking: str) -> list[dict]:
-    """Every study recorded in an MLflow store: its parent run and its members' run states. (The MLflow
-    calls go through tracking's reader, which never creates a store.)"""
-    from .tracking import _reader, _retry, recorded_spec
-
-    client = _reader(tracking)
-
-    def search(flt: str) -> list:
-        exps = [e.experiment_id for e in _retry("listing experiments", client.search_experiments)]
-        runs, token = [], None
-        while exps:
-            page = _retry("listing studies", client.search_runs, exps, flt, max_results=1000, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                break
-        return runs
-
-    members: dict[str, list] = {}
-    for r in search("tags.role = 'member'"):
-        members.setdefault(r.data.tags.get("study", ""), []).append(r)
-    rows = []
-    for parent in search("tags.role = 'parent'"):
-        name = parent.data.tags.get("study", parent.info.run_name)
-        mine = members.get(name, [])
-        planned = parent.data.tags.get("members_planned")
-        if planned is None:  # records from before the tag: the recorded spec says
-            try:
-                planned = planned_members(recorded_spec(tracking, name))
-            except (LookupError, SpecError):
-                planned = None
-        times = [t for r in (parent, *mine) for t in (r.info.start_time, r.info.end_time) if t]
-        rows.append({"name": name, "status": parent.info.status, "planned": None if planned is None else int(planned),
-                     "done": sum(r.info.status == "FINISHED" for r in mine),
-                     "failed": sum(r.info.status == "FAILED" for r in mine),
-                     "training": sum(r.info.status == "RUNNING" for r in mine),
-                     "updated": max(times) / 1000 if times else None})
-    return rows
-
-
 def cmd_list(args) -> int:
     """The studies of a home (or of --tracking-uri): members done of planned, failed, running or not, last update."""
     from .stores import check_tracking_uri, sqlite_path
+    from .tracking import list_studies
 
     home = home_dir(args)
     tracking = tracking_uri(args, home)
@@ -334,7 +265,7 @@ def cmd_list(args) -> int:
         raise SpecError(f"invalid --tracking-uri: no MLflow store at {db} (the file does not exist)")
     elif db is None:
         check_tracking_uri(tracking)  # a server that does not answer is one line, not 15 minutes of retries
-    rows = _study_rows(tracking)
+    rows = list_studies(tracking)
     if not rows:
         print(f"no studies in {tracking} yet; start one with `study run SPEC`")
         return 0
@@ -355,10 +286,12 @@ def cmd_list(args) -> int:
 
 def _state(row: dict, storage: str) -> str:
     """What a study is doing: its parent run's status, and for a RUNNING one whether its driver lease is held."""
+    from .search import read_lease
+
     status, name = row["status"], row["name"]
     complete = row["planned"] is not None and row["done"] >= row["planned"]
     if status == "RUNNING":
-        held, who = _lease_state(storage, name)
+        held, who = read_lease(storage, name)
         if held:
             training = f", {row['training']} members training" if row["training"] else ""
             return f"running ({who}{training})"

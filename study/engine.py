@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import Dataset, augment, normalize
+from .data import Dataset, augment
 from .models import build_model
 from .optim import build_optimizer, flat_backward, param_groups
 from .spec import EPOCH_METRICS, DataSpec, MemberSpec, ModelSpec, TrainSpec, final_metrics, steps_per_epoch  # noqa: F401

@@ -348,7 +348,7 @@ def export(uri: str, study: str, out: Path, metric: str | None = None, formats=(
     from .tracking import is_complete
 
     if log_to_mlflow and not is_complete(uri, study, len(members)):
-        print(f"warning: not logged to the parent run: a half-done study's landscape is not the study's", file=sys.stderr)
+        print("warning: not logged to the parent run: a half-done study's landscape is not the study's", file=sys.stderr)
         log_to_mlflow = False
     if log_to_mlflow:  # one folder per metric and dashboard: an export never replaces another's figures
         name = Path(dashboard).stem

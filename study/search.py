@@ -28,7 +28,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from .spec import ArmSpec, MemberSpec, StudySpec, arm_member, arm_settings, grid_axis
-from .stores import StoreError, check_optuna_url, create_sqlite_atomically, masked
+from .stores import StoreError, check_optuna_url, create_sqlite_atomically, masked, sqlite_path
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -241,6 +241,19 @@ class ArmSearch:
         self.study.tell(trial, 1.0 if diverged or not math.isfinite(error) else float(error))
 
 
+def holder_alive(attrs: dict, stale_s: float) -> bool:
+    """Whether the driver named by a lease's attributes is alive: its heartbeat is fresher than `stale_s`, and on
+    this host its process still exists."""
+    if attrs.get("host") == socket.gethostname() and "pid" in attrs:
+        try:
+            os.kill(int(attrs["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+    return time.time() - float(attrs.get("heartbeat", 0.0)) < stale_s
+
+
 class Lease:
     """One driver per study, across machines: the lease is an Optuna study named `NAME.driver` in the study's
     own storage (creating a study is atomic: its name is unique), whose user attributes name the holder
@@ -277,19 +290,11 @@ class Lease:
         self.heartbeat.start()
 
     def _alive(self, attrs: dict) -> bool:
-        """A holder is alive while its heartbeat is fresh; on this host, a holder whose process is gone (or is
-        this very process: a restarted container reusing the PID) is stale at once."""
-        if attrs.get("host") == socket.gethostname() and "pid" in attrs:
-            pid = int(attrs["pid"])
-            if pid == os.getpid():
-                return False
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return False
-            except PermissionError:
-                pass
-        return time.time() - float(attrs.get("heartbeat", 0.0)) < self.STALE_S
+        """A holder is alive while its heartbeat is fresh (holder_alive); this very process as the holder (a
+        restarted container reusing the PID) is stale at once."""
+        if attrs.get("host") == socket.gethostname() and int(attrs.get("pid", -1)) == os.getpid():
+            return False
+        return holder_alive(attrs, self.STALE_S)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.BEAT_S):
@@ -360,3 +365,22 @@ class StudySearch:
                 self._next = (self._next + i + 1) % len(self.arms)
                 return arm, batch
         return None
+
+
+def read_lease(storage_url: str, name: str) -> tuple[bool | None, str]:
+    """Whether the driver lease of study `name` (the Optuna study NAME.driver, search.Lease) is held, and by
+    whom; (None, why) when it cannot be read. Looking never creates a store: a SQLite or journal file that
+    does not exist holds no lease."""
+    path = sqlite_path(storage_url) if "://" in storage_url else Path(storage_url).expanduser()
+    if path is not None and not path.is_file():
+        return False, "no lease"
+    try:
+        storage = open_storage(storage_url)  # an existing file or server: nothing is created
+        study_id = storage.get_study_id_from_name(f"{name}.driver")
+        attrs = storage.get_study_user_attrs(study_id)
+    except KeyError:
+        return False, "no lease"
+    except Exception as e:
+        return None, f"lease unreadable: {type(e).__name__}"
+    age = time.time() - float(attrs.get("heartbeat", 0.0))
+    return holder_alive(attrs, Lease.STALE_S), f"{attrs.get('holder', 'unknown driver')}, heartbeat {age:.0f} s ago"

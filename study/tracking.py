@@ -41,7 +41,8 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from . import __version__
-from .spec import EPOCH_METRICS, MemberSpec, StudySpec, decay_timescale, spec_from_dict, steps_per_epoch
+from .spec import (EPOCH_METRICS, MemberSpec, SpecError, StudySpec, decay_timescale, planned_members,
+                   spec_from_dict, steps_per_epoch)
 from .stores import StoreError, check_tracking_uri, create_sqlite_atomically, masked, sqlite_path
 
 PER_EPOCH = EPOCH_METRICS
@@ -579,6 +580,44 @@ class RecordWriter:
         self._rows_written = time.time()
         for key, (member_rows, tags) in rows.items():
             self.epochs_written += self.tracker.log_epochs(self.run_ids[key], list(member_rows.values()), tags)
+
+
+def list_studies(tracking: str) -> list[dict]:
+    """Every study recorded in an MLflow store (`study list`): its parent run and its members' run states, as
+    rows {name, status, planned, done, failed, training, updated}. Reading never creates a store."""
+    client = _reader(tracking)
+
+    def search(flt: str) -> list:
+        exps = [e.experiment_id for e in _retry("listing experiments", client.search_experiments)]
+        runs, token = [], None
+        while exps:
+            page = _retry("listing studies", client.search_runs, exps, flt, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                break
+        return runs
+
+    members: dict[str, list] = {}
+    for r in search("tags.role = 'member'"):
+        members.setdefault(r.data.tags.get("study", ""), []).append(r)
+    rows = []
+    for parent in search("tags.role = 'parent'"):
+        name = parent.data.tags.get("study", parent.info.run_name)
+        mine = members.get(name, [])
+        planned = parent.data.tags.get("members_planned")
+        if planned is None:  # records from before the tag: the recorded spec says
+            try:
+                planned = planned_members(recorded_spec(tracking, name))
+            except (LookupError, SpecError):
+                planned = None
+        times = [t for r in (parent, *mine) for t in (r.info.start_time, r.info.end_time) if t]
+        rows.append({"name": name, "status": parent.info.status, "planned": None if planned is None else int(planned),
+                     "done": sum(r.info.status == "FINISHED" for r in mine),
+                     "failed": sum(r.info.status == "FAILED" for r in mine),
+                     "training": sum(r.info.status == "RUNNING" for r in mine),
+                     "updated": max(times) / 1000 if times else None})
+    return rows
 
 
 def _reader(uri: str) -> MlflowClient:

@@ -5,7 +5,6 @@ on a scale-invariant toy problem, where Kosson et al. (Rotational Equilibrium, I
 θ = √(2ηλ/(1+μ)) per step for coupled (L2) decay.
 """
 
-import math
 from types import SimpleNamespace
 
 import numpy as np

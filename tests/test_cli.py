@@ -79,25 +79,24 @@ def test_list_with_a_missing_tracking_file_creates_nothing(tmp_path):
     assert not (tmp_path / "sub").exists()
 
 
-def test_lease_state_reads_a_real_lease_and_never_creates_a_store(tmp_path):
-    from study.cli import _lease_state
-    from study.search import Lease, open_storage
+def test_read_lease_reads_a_real_lease_and_never_creates_a_store(tmp_path):
+    from study.search import Lease, open_storage, read_lease
 
     absent = tmp_path / "absent" / "optuna.db"
-    assert _lease_state(f"sqlite:///{absent}", "x") == (False, "no lease")
+    assert read_lease(f"sqlite:///{absent}", "x") == (False, "no lease")
     assert not absent.parent.exists()
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     lease = Lease(open_storage(url), "x")
-    held, who = _lease_state(url, "x")
+    held, who = read_lease(url, "x")
     assert held is True and f"pid {os.getpid()}" in who
-    assert _lease_state(url, "other") == (False, "no lease")
+    assert read_lease(url, "other") == (False, "no lease")
     lease._stop.set()  # no more heartbeats: a holder whose process is gone on this host is stale at once
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lease.study.set_user_attr("pid", int(dead.stdout))
-    assert _lease_state(url, "x")[0] is False
+    assert read_lease(url, "x")[0] is False
     lease.study.set_user_attr("pid", os.getpid())
     lease.release()
-    assert _lease_state(url, "x") == (False, "no lease")
+    assert read_lease(url, "x") == (False, "no lease")
 
 
 # --------------------------------------------------------------------------- --set

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from ray.cluster_utils import Cluster
 
-from test_service import check_records, run_ok, study_cmd, write_spec
+from test_service import check_records, study_cmd, write_spec
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from study import optim
 from study.cli import main
 from study.data import load_dataset
 from study.engine import ArrayConfig, ArrayTrainer
-from study.models import MemberConv2d, build_model
+from study.models import build_model
 from study.spec import DataSpec, MemberSpec, ModelSpec, TrainSpec
 
 TOL = 1e-2        # see the module docstring

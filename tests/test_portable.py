@@ -136,7 +136,7 @@ def test_moved_home_shows_its_figures_resumes_and_exports(home, tmp_path):
         # `study ui` first, before any other command has opened the moved home: it adopts it itself
         run_id = next(p.name for p in (moved / "artifacts").iterdir() if (p / "artifacts" / "spec.json").is_file())
         assert "spec.json" in _ui_listing(moved, run_id)
-        out = run_ok(moved, "resume", NAME, timeout=600)  # reads spec.json, reopens the parent run
+        run_ok(moved, "resume", NAME, timeout=600)  # reads spec.json, reopens the parent run
         run_ok(moved, "export", NAME, "--out", str(moved / "x"))
         _check_own(moved, home)
         names = _ui_listing(moved, _parent(moved), "landscape/test_loss/default")

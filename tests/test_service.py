@@ -369,7 +369,7 @@ def test_resume_trains_on_the_data_it_started_with(tmp_path):
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("folder").experiment_id], "tags.role = 'member'")
     check_records(home, spec, data_path=str(started / "imgs"))  # every member once, every epoch once
-    assert f"/4 members done" in out.stderr
+    assert "/4 members done" in out.stderr
     assert {r.data.params["train_size"] for r in runs} == {"24"}  # the started-with folder, never the decoy's 60
     parent = next(iter(client.search_runs([runs[0].info.experiment_id], "tags.role = 'parent'")))
     recorded = json.loads(Path(client.download_artifacts(parent.info.run_id, "spec.json", str(tmp_path))).read_text())
