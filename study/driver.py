@@ -14,7 +14,9 @@ import dataclasses
 import functools
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +26,7 @@ from .progress import Progress
 from .search import StudySearch, check_optuna_url
 from .spec import MemberSpec, SpecError, StudySpec, final_metrics, timescale_warnings
 from .stores import StoreWatch, default_storage, default_tracking_uri
-from .tracking import RecordWriter, Tracker, ensure_store
+from .tracking import RecordWriter, Tracker, ensure_store, stop_retrying
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,38 @@ class Outcome:
         return self.done >= self.total
 
 
+INTERRUPTED = threading.Event()  # set by interrupt(): a SIGTERM or Ctrl-C has come
+
+
+def interrupt(signum=None, frame=None) -> None:
+    """The handler for SIGTERM and SIGINT (catch_interrupts): a KeyboardInterrupt where the main thread is, as
+    Ctrl-C gives, remembered too. Python swallows an exception raised while a finalizer runs (seen: a SIGTERM
+    that landed in SQLAlchemy's weakref cleanup, after which the study ran on to its end and exited 0), so the
+    driver's hooks raise it again at their next call, and so does the start of the run."""
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+def catch_interrupts() -> None:
+    """SIGTERM and SIGINT end a driver cleanly wherever they land (interrupt); the one a finalizer swallowed is
+    not reported as an ignored exception, since the driver raises it again."""
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
+
+    def unraisable(u):
+        if not (isinstance(u.exc_value, KeyboardInterrupt) and INTERRUPTED.is_set()):
+            sys.__unraisablehook__(u)
+    sys.unraisablehook = unraisable
+
+
 def _hook(method):
     """A hook that Tune calls. Once the driver has halted it does nothing; before it writes, the stores are
     checked; an error inside it halts the driver. (Raised into Tune, an error is only logged with its
     traceback and the array retried, writing into whatever the stores have become.)"""
     @functools.wraps(method)
     def hook(self, *args, **kwargs):
+        if INTERRUPTED.is_set() and not self.outcome.interrupted:
+            raise KeyboardInterrupt  # an interrupt Python swallowed: see interrupt()
         if self.halted is not None or not self._stores_ok():
             return None
         try:
@@ -95,7 +123,7 @@ class Driver:
         ensure_store(stores.tracking, stores.artifacts())
         self.tracker = Tracker(stores.tracking, spec, resume)  # refuses a name that has records, unless resuming
         (stores.home / spec.name).mkdir(parents=True, exist_ok=True)
-        self.search = StudySearch(spec, stores.storage, finished=self.tracker.recorded_members() if resume else ())
+        self.search = StudySearch(spec, stores.storage, finished=self.tracker.recorded_members if resume else None)
         try:
             default = default_storage(stores.home, spec.name)
             self.tracker.start(stores.artifacts(), None if stores.storage == default else stores.storage)
@@ -111,6 +139,7 @@ class Driver:
         self.trials: dict[str, tuple[object, list[tuple[int, MemberSpec, str]]]] = {}
         self.halted: str | None = None     # why the driver stopped writing, one line (tune.py then stops Tune)
         self.lost: str | None = None       # the store that vanished, if that was why
+        self.tune = None                   # study.tune, once Ray is loaded
         for w in timescale_warnings(spec, self.train_size):  # said once the study is ours to run
             print(f"warning: {w}", file=self.out)
 
@@ -129,6 +158,8 @@ class Driver:
         """Stop the study: no more writes (none at all to a lost store); Tune stops its trials."""
         if self.halted is None:
             self.halted, self.lost = why, lost
+            if lost in ("MLflow tracking store", "lease"):  # nothing more is written there: no more retries either
+                stop_retrying()
             if lost == "Optuna storage":
                 self.search.lease.abandon()  # its heartbeat would write into a new, empty file
             self.progress.message(f"[study] stopping: {why}")
@@ -241,15 +272,21 @@ class Driver:
     def run(self) -> Outcome:
         try:
             return self._run()
-        finally:
+        finally:  # the driver's threads and Ray stop here, in order, not in the interpreter's exit
             self.search.lease.release()  # a no-op once abandoned
+            self.writer.close()
+            if self.tune is not None:  # Ray was loaded: leave it (a local Ray stops)
+                self.tune.stop_ray()
 
     def _run(self) -> Outcome:
         x = self.spec.execution
         t0 = time.time()
         try:  # from here on an interrupt (Ctrl-C, SIGTERM) at any point ends in the summary and exit 130
+            if INTERRUPTED.is_set():
+                raise KeyboardInterrupt  # one that came while the records opened, and Python swallowed
             self.progress.print()
             from . import tune  # Ray loads only here, once every input is known good
+            self.tune = tune
 
             rounds, gpus = self.tracker.refine_rounds(), None
             while True:
@@ -269,7 +306,7 @@ class Driver:
                 rounds += 1
                 self.tracker.set_planned(self.search.total, rounds)
         except KeyboardInterrupt:
-            self.outcome.interrupted = True
+            self.outcome.interrupted = True  # the hooks that close the members now run as they should
         except Exception as e:  # the study stops; what was recorded stays, and the summary says why
             self.outcome.error = _one_line(e)
         if self.halted is None:

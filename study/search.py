@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,25 +269,47 @@ class Lease:
         self._stop = threading.Event()
         self._abandoned = False
         self.taken_by: str | None = None  # set by the heartbeat when another driver holds the lease now
-        for attempt in range(2):
+        for attempt in range(3):
             try:
                 self.study = optuna.create_study(study_name=self.name, storage=storage)
                 break
             except optuna.exceptions.DuplicatedStudyError:
-                held = optuna.load_study(study_name=self.name, storage=storage)
-                if attempt == 1 or self._alive(held.user_attrs):
-                    a = held.user_attrs
+                a = self._stamped(storage)
+                if a is None:  # released meanwhile: try again
+                    continue
+                if attempt == 2 or self._alive(a):
                     age = time.time() - float(a.get("heartbeat", 0.0))
                     raise StoreError(f"invalid name: study {study!r} is being run by another driver "
                                      f"({a.get('holder', 'unknown')}, heartbeat {age:.0f} s ago); wait for it, or stop it "
                                      f"(a lease is taken over {self.STALE_S:.0f} s after its driver stops)") from None
-                optuna.delete_study(study_name=self.name, storage=storage)  # stale: take it over
+                try:
+                    optuna.delete_study(study_name=self.name, storage=storage)  # stale: take it over
+                except KeyError:
+                    pass  # another driver took it over first: the next attempt meets its lease
+        else:
+            raise StoreError(f"invalid name: study {study!r} is being started by other drivers at this moment; "
+                             f"try again") from None
         self.study.set_user_attr("holder", self.holder)
         self.study.set_user_attr("host", socket.gethostname())
         self.study.set_user_attr("pid", os.getpid())
         self.study.set_user_attr("heartbeat", time.time())
         self.heartbeat = threading.Thread(target=self._beat, name="study-lease", daemon=True)
         self.heartbeat.start()
+
+    def _stamped(self, storage) -> dict | None:
+        """The attributes of a lease another driver holds, once it has stamped them (holder, host, pid, then the
+        heartbeat: creating the lease and stamping it are two steps, and a loaded machine may stretch the gap).
+        A lease still unstamped after STALE_S is returned as it is (its creator died): stale. None if the lease
+        is gone."""
+        deadline = time.time() + self.STALE_S
+        while True:
+            try:
+                attrs = optuna.load_study(study_name=self.name, storage=storage).user_attrs
+            except KeyError:
+                return None
+            if "heartbeat" in attrs or time.time() > deadline:
+                return attrs
+            time.sleep(0.1)
 
     def _alive(self, attrs: dict) -> bool:
         """A holder is alive while its heartbeat is fresh (holder_alive); this very process as the holder (a
@@ -315,6 +337,7 @@ class Lease:
     def release(self) -> None:
         """Give the lease back, if it is still ours (a driver that stalled past STALE_S may have lost it)."""
         self._stop.set()
+        self.heartbeat.join(self.BEAT_S)  # a renewal in flight ends before the lease goes
         if self._abandoned:
             return
         try:
@@ -328,7 +351,9 @@ class Lease:
 class StudySearch:
     """The study's search: the arms' Optuna studies, asked round-robin for arrays of one arm each."""
 
-    def __init__(self, spec: StudySpec, storage_url: str, finished: Iterable[Finished] = ()):
+    def __init__(self, spec: StudySpec, storage_url: str, finished: Callable[[], Iterable[Finished]] | None = None):
+        """`finished`: reads the members the records hold (resume), called once this driver holds the lease, so
+        that no other driver is writing them meanwhile."""
         self.spec = spec
         try:
             storage = open_storage(storage_url)
@@ -340,7 +365,12 @@ class StudySearch:
                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         self.lease = Lease(storage, spec.name)  # before anything is written: a second driver is refused here
         by_arm: dict[str, list[Finished]] = {}
-        for f in finished:
+        try:
+            recorded = list(finished()) if finished else []
+        except BaseException:
+            self.lease.release()
+            raise
+        for f in recorded:
             by_arm.setdefault(f.member.arm, []).append(f)
         try:
             self.arms = [ArmSearch(spec, arm, storage, by_arm.get(arm.name, ())) for arm in spec.arms]

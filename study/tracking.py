@@ -102,6 +102,17 @@ def transient(e: BaseException) -> bool:
 RETRY_PATIENCE_S = 15 * 60  # an outage of the tracking store during a run is waited out this long
 
 
+_GIVE_UP = threading.Event()   # set by stop_retrying(): the store is lost to this process
+_SAY = threading.Lock()        # a retry line is said before stop_retrying() returns, or never
+
+
+def stop_retrying() -> None:
+    """The tracking store is lost to this process (deleted, or the study taken over): every retry loop gives
+    up at its next attempt, and none says "retrying" after this returns (the driver says why, once)."""
+    with _SAY:
+        _GIVE_UP.set()
+
+
 def _retry(what: str, fn, *args, **kwargs):
     """Call fn; while the tracking store is unreachable or busy (see `transient`), wait and say so, retrying
     every few seconds for up to RETRY_PATIENCE_S. Other errors are raised at once."""
@@ -111,12 +122,16 @@ def _retry(what: str, fn, *args, **kwargs):
             return fn(*args, **kwargs)
         except Exception as e:
             attempt += 1
-            if not transient(e) or time.time() + delay > deadline:
+            if not transient(e) or time.time() + delay > deadline or _GIVE_UP.is_set():
                 raise
             if attempt > 1 or not _locked(e):  # a busy SQLite file clears in a moment: no need to say so once
-                print(f"[study] tracking store unreachable while {what} ({type(e).__name__}); "
-                      f"retrying in {delay:g} s (attempt {attempt})", file=sys.stderr, flush=True)
-            time.sleep(delay)
+                with _SAY:
+                    if _GIVE_UP.is_set():
+                        raise
+                    print(f"[study] tracking store unreachable while {what} ({type(e).__name__}); "
+                          f"retrying in {delay:g} s (attempt {attempt})", file=sys.stderr, flush=True)
+            if _GIVE_UP.wait(delay):
+                raise
             delay = min(delay * 2, 5.0)
 
 
@@ -408,6 +423,9 @@ class Tracker:
                           self.epoch_key(run_id, "train_loss"))
             self.logged_steps[run_id] = max((m.step for m in hist), default=0)
             self.last_ts[run_id] = max((m.timestamp for m in hist), default=0)
+            if "optimizer" not in existing.data.params:  # its driver died before logging them: complete it
+                _retry("logging member params", self.client.log_batch, run_id,
+                       params=self._member_params(member, train_size))
             if "log10_lr" not in recorded:  # recorded before these existed
                 _retry("logging member metrics", self.client.log_batch, run_id,
                        metrics=log10_metrics(member, int(time.time() * 1000)))
@@ -417,12 +435,13 @@ class Tracker:
                      tags={"mlflow.parentRunId": self.parent_id, "study": self.spec.name, "role": "member",
                            "member_key": key, "arm": member.arm, "seed": str(member.seed),
                            "optuna_trial": f"{self.spec.name}.{member.arm}#{arm_trial}"})
-        params = member_params(self.spec, member, train_size)
         _retry("logging member params", self.client.log_batch, run.info.run_id,
-               params=[Param(k, _param_str(k, v)) for k, v in params.items()],
-               metrics=log10_metrics(member, int(time.time() * 1000)))
+               params=self._member_params(member, train_size), metrics=log10_metrics(member, int(time.time() * 1000)))
         self.logged_steps[run.info.run_id] = 0
         return run.info.run_id
+
+    def _member_params(self, member: MemberSpec, train_size: int) -> list[Param]:
+        return [Param(k, _param_str(k, v)) for k, v in member_params(self.spec, member, train_size).items()]
 
     def log_epochs(self, run_id: str, rows: list[dict], tags: dict | None = None) -> int:
         """Log epochs' metrics with step = epoch in batched calls, skipping epochs already recorded, each
@@ -467,6 +486,8 @@ class Tracker:
         for r in self._search(f"tags.study = '{self.spec.name}' and tags.role = 'member'"):
             done = r.info.status == "FINISHED" and metric in r.data.metrics
             p = r.data.params
+            if not {"optimizer", "decay", "lr", "weight_decay", "seed"} <= set(p):
+                continue  # a driver died between creating the run and logging its params: nothing of it counts
             member = MemberSpec.from_dict({"optimizer": p["optimizer"], "decay": p["decay"], "lr": _exact(p, "lr"),
                                            "weight_decay": _exact(p, "weight_decay"), "seed": int(p["seed"])})
             out.append(Finished(member, r.data.metrics[metric] if done else None,
@@ -513,7 +534,8 @@ class RecordWriter:
         self._errors: list[BaseException] = []
         self._rows: dict[str, tuple[dict[int, dict], dict]] = {}  # key -> (epoch -> row, tags); writer thread only
         self._rows_written = 0.0
-        threading.Thread(target=self._loop, name="mlflow-writer", daemon=True).start()
+        self._thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
+        self._thread.start()
 
     # ------------------------------------------------------------------ called by the driver (any thread)
 
@@ -544,15 +566,24 @@ class RecordWriter:
                 seen.setdefault(int(row["epoch"]), row)
         return [seen[e] for e in sorted(seen)]
 
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the writer thread once what is queued is done (call flush() first to know it was recorded)."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
     # ------------------------------------------------------------------ the writer thread
 
     def _loop(self) -> None:
         while True:
             try:
-                fn, args = self._queue.get(timeout=1.0)
+                item = self._queue.get(timeout=1.0)
             except queue.Empty:
                 self._guarded(self._write_rows, False)
                 continue
+            if item is None:
+                self._queue.task_done()
+                return
+            fn, args = item
             try:
                 self._guarded(fn, *args)
                 self._guarded(self._write_rows, False)

@@ -259,3 +259,21 @@ def test_old_flat_records_still_read(tmp_path):
     assert [x.step for x in client.get_metric_history(run, "train_loss")] == [1, 2, 3]
     assert not client.get_metric_history(run, "train/loss")
     assert client.get_run(run).data.metrics["log10_lr"] == pytest.approx(math.log10(m.lr))
+
+
+def test_a_member_run_its_driver_left_without_params_is_completed_on_resume(tmp_path):
+    """A driver died between creating a member's run and logging its params (two MLflow calls): resume neither
+    counts that run as a recorded member nor trips over it, and reopening the member completes its params."""
+    uri = _store(tmp_path)
+    spec = spec_from_dict({**SPEC, "name": "halfopen"})
+    tracker = Tracker(uri, spec)
+    tracker.start((tmp_path / "artifacts").as_uri())
+    whole = tracker.open_member(MEMBERS[1], 1, 256)
+    key = MEMBERS[0].key(spec.name)
+    half = tracker.client.create_run(tracker.experiment_id, tags={  # what create_run alone leaves
+        "mlflow.parentRunId": tracker.parent_id, "study": spec.name, "role": "member", "member_key": key}).info.run_id
+    resumed = Tracker(uri, spec, resume=True)
+    assert [f.run_id for f in resumed.recorded_members()] == [whole]
+    assert resumed.open_member(MEMBERS[0], 0, 256, resumed.member_runs()[key]) == half  # the same run, not a second
+    params = MlflowClient(uri).get_run(half).data.params
+    assert float(params["lr_exact"]) == MEMBERS[0].lr and params["optimizer"] == "sgd" and params["seed"] == "1"

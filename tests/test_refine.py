@@ -93,7 +93,7 @@ def test_a_lost_storage_is_rebuilt_with_refined_columns_that_never_finished(tmp_
                for i, t in enumerate(told)]
     records += [Finished(MemberSpec("sgd", "coupled", lr, 1e-1, seed=0), None, False, f"s{i}")
                 for i, lr in enumerate((0.01, 0.1))]  # started, never finished
-    rebuilt = StudySearch(spec, f"sqlite:///{tmp_path / 'rebuilt.db'}", finished=records)  # a new, empty storage
+    rebuilt = StudySearch(spec, f"sqlite:///{tmp_path / 'rebuilt.db'}", finished=lambda: records)  # a new, empty storage
     assert rebuilt.total == 6 and rebuilt.done() == 4
     again: list[dict] = []
     _train_all(rebuilt, again)

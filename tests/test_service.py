@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -450,6 +451,33 @@ def test_one_driver_per_study(tmp_path):
             winner.kill()
     run_ok(home, "resume", "lease")  # the lease was released: no wait for it to go stale
     check_records(home, spec)  # one parent, every member once
+
+
+def test_an_interrupt_python_swallows_in_a_finalizer_still_stops_the_driver():
+    """A SIGTERM that lands while a finalizer runs: Python swallows the KeyboardInterrupt raised there (seen in
+    SQLAlchemy's weakref cleanup; the study then ran to its end and exited 0). The driver remembers it, raises it
+    again at its next hook, and no "Exception ignored" traceback is printed."""
+    script = textwrap.dedent("""
+        import os, signal, sys, types
+        from study.driver import INTERRUPTED, _hook, catch_interrupts
+        catch_interrupts()
+        class Finalized:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)  # handled here, inside the finalizer
+        Finalized()
+        print("went on", INTERRUPTED.is_set())
+        driver = types.SimpleNamespace(outcome=types.SimpleNamespace(interrupted=False))
+        try:
+            _hook(lambda self: "hook ran")(driver)
+        except KeyboardInterrupt:
+            print("hook raised it")
+        driver.outcome.interrupted = True  # handled: the hooks that close the members run again
+        print(_hook(lambda self: "hook ran")(types.SimpleNamespace(outcome=driver.outcome, halted=None,
+                                                                   _stores_ok=lambda: True)))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split("\n")[:3] == ["went on True", "hook raised it", "hook ran"], out.stdout + out.stderr
+    assert "Exception ignored" not in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("store", ["optuna", "mlflow"])

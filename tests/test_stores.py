@@ -163,3 +163,48 @@ def test_a_driver_whose_lease_was_taken_over_notices(tmp_path, monkeypatch):
     finally:
         lease.release()  # not ours any more: left to its holder
     assert optuna.load_study(study_name="taken.driver", storage=storage).user_attrs["holder"] == other
+
+
+def test_a_lease_created_but_not_yet_stamped_is_not_taken_over(tmp_path, monkeypatch):
+    """Two drivers started together on a loaded machine: one has created the lease and not yet written its
+    holder and heartbeat. The other waits for them and is refused; it never deletes that lease as stale."""
+    import socket
+
+    import optuna
+
+    from study import search
+    from study.search import Lease, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    first = optuna.create_study(study_name="race.driver", storage=storage)  # created, unstamped
+    holder = f"pid {os.getppid()} on {socket.gethostname()}"  # a live process on this host
+    real_sleep, stamped = time.sleep, []
+
+    def stamp_while_the_other_waits(s):  # the first driver stamps its lease while the second polls it
+        if not stamped:
+            for k, v in (("holder", holder), ("host", socket.gethostname()), ("pid", os.getppid()),
+                         ("heartbeat", time.time())):
+                first.set_user_attr(k, v)
+            stamped.append(True)
+        real_sleep(s)
+
+    monkeypatch.setattr(search.time, "sleep", stamp_while_the_other_waits)
+    with pytest.raises(search.StoreError, match="being run by another driver"):
+        Lease(storage, "race")
+    assert stamped, "the second driver did not wait for the lease to be stamped"
+    assert optuna.load_study(study_name="race.driver", storage=storage).user_attrs["holder"] == holder
+
+
+def test_a_lease_whose_creator_died_before_stamping_it_is_taken_over(tmp_path, monkeypatch):
+    import optuna
+
+    from study.search import Lease, open_storage
+
+    monkeypatch.setattr(Lease, "STALE_S", 0.5)
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    optuna.create_study(study_name="orphan.driver", storage=storage)  # its creator died right after
+    lease = Lease(storage, "orphan")
+    try:
+        assert optuna.load_study(study_name="orphan.driver", storage=storage).user_attrs["holder"] == lease.holder
+    finally:
+        lease.release()
