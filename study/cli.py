@@ -192,7 +192,10 @@ def _drive(args, spec, resume: bool) -> int:
 
     import faulthandler
 
-    faulthandler.enable()  # a crash in native code (Ray, torch, SQLite) says where, thread by thread
+    try:
+        faulthandler.enable()  # a crash in native code (Ray, torch, SQLite) says where, thread by thread
+    except (AttributeError, OSError, ValueError):  # stderr is no file (called in-process, output captured)
+        pass
 
     catch_interrupts()  # SIGTERM as Ctrl-C: a KeyboardInterrupt, which the driver turns into its clean stop
     hint = f" --home {home}" if args.home else ""
