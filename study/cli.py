@@ -215,7 +215,7 @@ def _drive(args, spec, resume: bool) -> int:
     for arm, err in sorted(outcome.best.items()):
         print(f"  best single-seed {spec.search.metric} of {arm}: {err:.4g} (one member, one seed)")
     study_dir = home / spec.name
-    if outcome.complete and spec.arms:
+    if outcome.complete and not outcome.interrupted and spec.arms:  # Ctrl-C meant stop: resume exports
         from .report import export, summary_lines
         lands, _ = export(stores.tracking, spec.name, study_dir / "export", metric=spec.search.metric)
         seeds = spec.search.seeds
@@ -826,7 +826,11 @@ def entry() -> None:
     study's records are closed, Ray is shut down and the output is flushed, and what is skipped is the
     interpreter's teardown, in which an interrupted driver was seen to die of SIGSEGV (about one SIGTERM in five,
     idle or loaded, after its last line and past faulthandler), turning exit 130 into -11."""
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # Ctrl-C where no command stops cleanly by itself (the drivers do: exit 130 too)
+        print("study: interrupted", file=sys.stderr)
+        code = 130
     if "ray" in sys.modules:
         logging.shutdown()
         sys.stdout.flush()

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -61,15 +62,18 @@ class Outcome:
 
 
 INTERRUPTED = threading.Event()  # set by interrupt(): a SIGTERM or Ctrl-C has come
+STOPPING = threading.Event()     # set while a driver closes its records: a further interrupt is remembered only
 
 
 def interrupt(signum=None, frame=None) -> None:
     """The handler for SIGTERM and SIGINT (catch_interrupts): a KeyboardInterrupt where the main thread is, as
     Ctrl-C gives, remembered too. Python swallows an exception raised while a finalizer runs (seen: a SIGTERM
     that landed in SQLAlchemy's weakref cleanup, after which the study ran on to its end and exited 0), so the
-    driver's hooks raise it again at their next call, and so does the start of the run."""
+    driver's hooks raise it again at their next call, and so does the start of the run. While the driver closes
+    its records (STOPPING) a second Ctrl-C or SIGTERM raises nothing: it would cut the closing short."""
     INTERRUPTED.set()
-    raise KeyboardInterrupt
+    if not STOPPING.is_set():
+        raise KeyboardInterrupt
 
 
 def catch_interrupts() -> None:
@@ -273,10 +277,14 @@ class Driver:
         try:
             return self._run()
         finally:  # the driver's threads and Ray stop here, in order, not in the interpreter's exit
+            STOPPING.set()
+            self.writer.close()  # the queued records land while the lease is still this driver's
             self.search.lease.release()  # a no-op once abandoned
-            self.writer.close()
             if self.tune is not None:  # Ray was loaded: leave it (a local Ray stops)
                 self.tune.stop_ray()
+            if INTERRUPTED.is_set():  # one that came while the records were closed counts too
+                self.outcome.interrupted = True
+            STOPPING.clear()  # what the caller does next (the export) stops at the next Ctrl-C
 
     def _run(self) -> Outcome:
         x = self.spec.execution
@@ -285,6 +293,8 @@ class Driver:
             if INTERRUPTED.is_set():
                 raise KeyboardInterrupt  # one that came while the records opened, and Python swallowed
             self.progress.print()
+            if self.address is None:  # a Ray of the study's own binds 127.0.0.1 only; Ray reads this as it loads
+                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             from . import tune  # Ray loads only here, once every input is known good
             self.tune = tune
 
@@ -306,9 +316,15 @@ class Driver:
                 rounds += 1
                 self.tracker.set_planned(self.search.total, rounds)
         except KeyboardInterrupt:
+            STOPPING.set()
             self.outcome.interrupted = True  # the hooks that close the members now run as they should
         except Exception as e:  # the study stops; what was recorded stays, and the summary says why
+            STOPPING.set()
             self.outcome.error = _one_line(e)
+        STOPPING.set()  # from here on the records are closed: a second Ctrl-C or SIGTERM does not cut that short
+        if self.outcome.interrupted:
+            self.progress.message("[study] interrupted: closing the records of the members in flight "
+                                  "(a second Ctrl-C waits for that)")
         if self.halted is None:
             self._stores_ok()
         halted_before_cleanup = self.halted is not None

@@ -274,18 +274,16 @@ class Lease:
                 self.study = optuna.create_study(study_name=self.name, storage=storage)
                 break
             except optuna.exceptions.DuplicatedStudyError:
-                a = self._stamped(storage)
-                if a is None:  # released meanwhile: try again
+                found = self._stamped(storage)
+                if found is None:  # released meanwhile: try again
                     continue
+                study_id, a = found
                 if attempt == 2 or self._alive(a):
                     age = time.time() - float(a.get("heartbeat", 0.0))
                     raise StoreError(f"invalid name: study {study!r} is being run by another driver "
                                      f"({a.get('holder', 'unknown')}, heartbeat {age:.0f} s ago); wait for it, or stop it "
                                      f"(a lease is taken over {self.STALE_S:.0f} s after its driver stops)") from None
-                try:
-                    optuna.delete_study(study_name=self.name, storage=storage)  # stale: take it over
-                except KeyError:
-                    pass  # another driver took it over first: the next attempt meets its lease
+                self._take_over(storage, study_id, a)  # stale; the next attempt creates ours, or meets another's
         else:
             raise StoreError(f"invalid name: study {study!r} is being started by other drivers at this moment; "
                              f"try again") from None
@@ -296,20 +294,33 @@ class Lease:
         self.heartbeat = threading.Thread(target=self._beat, name="study-lease", daemon=True)
         self.heartbeat.start()
 
-    def _stamped(self, storage) -> dict | None:
-        """The attributes of a lease another driver holds, once it has stamped them (holder, host, pid, then the
-        heartbeat: creating the lease and stamping it are two steps, and a loaded machine may stretch the gap).
-        A lease still unstamped after STALE_S is returned as it is (its creator died): stale. None if the lease
-        is gone."""
+    def _stamped(self, storage) -> tuple[int, dict] | None:
+        """The id and attributes of a lease another driver holds, once it has stamped them (holder, host, pid,
+        then the heartbeat: creating the lease and stamping it are two steps, and a loaded machine may stretch the
+        gap). A lease still unstamped after STALE_S is returned as it is (its creator died): stale. None if the
+        lease is gone."""
         deadline = time.time() + self.STALE_S
         while True:
             try:
-                attrs = optuna.load_study(study_name=self.name, storage=storage).user_attrs
+                study_id = storage.get_study_id_from_name(self.name)
+                attrs = storage.get_study_user_attrs(study_id)
             except KeyError:
                 return None
             if "heartbeat" in attrs or time.time() > deadline:
-                return attrs
+                return study_id, attrs
             time.sleep(0.1)
+
+    @staticmethod
+    def _take_over(storage, study_id: int, stale: dict) -> None:
+        """Delete the stale lease this driver read: by its id, and only while it still carries the attributes
+        read. Two drivers that find one stale lease both come here; the slower one must not delete the lease the
+        faster one has created meanwhile under the same name (SQLite may even give it the same id). What is left
+        open is the moment between this read and the delete."""
+        try:
+            if storage.get_study_user_attrs(study_id) == stale:
+                storage.delete_study(study_id)
+        except KeyError:
+            pass  # gone: another driver took it over first, and the next attempt meets its lease
 
     def _alive(self, attrs: dict) -> bool:
         """A holder is alive while its heartbeat is fresh (holder_alive); this very process as the holder (a

@@ -122,7 +122,7 @@ def _retry(what: str, fn, *args, **kwargs):
             return fn(*args, **kwargs)
         except Exception as e:
             attempt += 1
-            if not transient(e) or time.time() + delay > deadline or _GIVE_UP.is_set():
+            if not transient(e) or time.time() + delay > deadline:
                 raise
             if attempt > 1 or not _locked(e):  # a busy SQLite file clears in a moment: no need to say so once
                 with _SAY:
@@ -130,7 +130,7 @@ def _retry(what: str, fn, *args, **kwargs):
                         raise
                     print(f"[study] tracking store unreachable while {what} ({type(e).__name__}); "
                           f"retrying in {delay:g} s (attempt {attempt})", file=sys.stderr, flush=True)
-            if _GIVE_UP.wait(delay):
+            if _GIVE_UP.wait(delay):  # set (the store is lost): give up at once
                 raise
             delay = min(delay * 2, 5.0)
 

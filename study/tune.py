@@ -184,7 +184,6 @@ def start_ray(address: str | None) -> None:
         if address:
             ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, logging_level=logging.WARNING)
         else:
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             # "local": a Ray of the study's own, even where another Ray runs on this machine (a bare ray.init()
             # would join the latest `ray start`ed one, and die with it)
             ray.init(address="local", include_dashboard=False, log_to_driver=False, runtime_env=runtime_env,

@@ -52,9 +52,9 @@ def study_cmd(home: Path, *args) -> list[str]:
     return [sys.executable, "-m", "study.cli", "--home", str(home), *args]
 
 
-def run_ok(home, *args, env=None, timeout=300):
-    out = subprocess.run(study_cmd(home, *args), capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, **(env or {})})
+def run_ok(home, *args, env=None, timeout=300, unset=()):
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
+    out = subprocess.run(study_cmd(home, *args), capture_output=True, text=True, timeout=timeout, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
 
@@ -157,7 +157,8 @@ def test_study_run_records_every_member_once(tmp_path):
     with Readers(tmp_path / "home", "e2e") as readers:  # hammering the stores from the first second
         out = run_ok(tmp_path / "home", "run", str(spec),
                      env={"AWS_SECRET_ACCESS_KEY": SECRET, "STUDY_API_TOKEN": SECRET, "MLFLOW_TRACKING_PASSWORD": SECRET,
-                          "STUDY_LOG_INTERVAL_S": "0", "RAY_TMPDIR": str(ray_tmp)})
+                          "STUDY_LOG_INTERVAL_S": "0", "RAY_TMPDIR": str(ray_tmp)},
+                     unset=("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",))  # the study's own Ray binds 127.0.0.1 by itself
     assert min(readers.reads.values()) > 10, (readers.reads, readers.errors[:5])  # they really read meanwhile
     assert "16/16 members" in out.stdout and "study ui" in out.stdout
     assert "members done" in out.stderr and "best single-seed test_error" in out.stderr  # live progress
@@ -173,6 +174,8 @@ def test_study_run_records_every_member_once(tmp_path):
             assert SECRET.encode() not in store.read_bytes(), store
     ray_files = [f for f in ray_tmp.rglob("*") if f.is_file() and not f.is_symlink()]
     assert any("runtime_env" in f.name for f in ray_files) or len(ray_files) > 10, ray_files[:5]  # Ray's logs are here
+    raylet = "".join(f.read_text(errors="replace") for f in ray_files if f.name == "raylet.out")
+    assert "node_manager address: 127.0.0.1:" in raylet, raylet[:2000]  # no other address of the machine
     for f in ray_files:  # nor in Ray's own logs: trials get an allow-list of the driver's environment
         try:
             assert SECRET.encode() not in f.read_bytes(), f
@@ -420,7 +423,8 @@ def _parent_exists(home: Path, name: str) -> bool:
 def test_one_driver_per_study(tmp_path):
     """Two `study run` of one spec released together make one parent run; the other is refused with one line.
     While the winner runs, `study resume` is refused too, naming the driver that holds the study. SIGTERM then
-    stops the winner cleanly (exit 130, resume advised), and `study resume` finishes the study."""
+    stops the winner cleanly (exit 130, resume advised; a second SIGTERM while it closes its records does not cut
+    that short), and `study resume` finishes the study."""
     home = tmp_path / "home"
     spec = write_spec(tmp_path / "lease.yaml", "lease", small=True)
     env = {**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "2"}
@@ -441,9 +445,17 @@ def test_one_driver_per_study(tmp_path):
             time.sleep(0.2)
         resumed = subprocess.run(study_cmd(home, "resume", "lease"), capture_output=True, text=True, timeout=120)
         assert resumed.returncode == 2 and "being run by another driver (pid" in resumed.stderr, resumed.stderr[-2000:]
-        # SIGTERM (a scheduler stopping the job): what finished is recorded, the lease released, resume advised
+        # SIGTERM (a scheduler stopping the job): what finished is recorded, the lease released, resume advised;
+        # a second SIGTERM while the driver closes its records (an impatient scheduler, a second Ctrl-C) waits for it
         winner.send_signal(signal.SIGTERM)
+        seen = []
+        for line in winner.stderr:  # the driver says when it has begun closing its records
+            seen.append(line)
+            if "[study] interrupted: closing the records" in line:
+                winner.send_signal(signal.SIGTERM)
+                break
         out, err = winner.communicate(timeout=120)
+        err = "".join(seen) + err
         assert winner.returncode == 130, err[-3000:]
         assert "interrupted; finish with: study resume lease" in err and "Traceback" not in err, err[-3000:]
     finally:

@@ -208,3 +208,40 @@ def test_a_lease_whose_creator_died_before_stamping_it_is_taken_over(tmp_path, m
         assert optuna.load_study(study_name="orphan.driver", storage=storage).user_attrs["holder"] == lease.holder
     finally:
         lease.release()
+
+
+def test_two_drivers_taking_over_one_stale_lease_never_delete_each_others(tmp_path, monkeypatch):
+    """The driver of a study died (its lease is stale) and two new drivers start at once: both read the stale
+    lease. The faster one deletes it and creates its own under the same name (in SQLite with the same id, the
+    lease being the newest study); the slower one must then be refused, not delete that new lease and run too."""
+    import socket
+
+    import optuna
+
+    from study import search
+    from study.search import Lease, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    stale = optuna.create_study(study_name="both.driver", storage=storage)
+    for k, v in (("holder", "pid 4242 on gone-host"), ("host", "gone-host"), ("pid", 4242), ("heartbeat", 0.0)):
+        stale.set_user_attr(k, v)
+    faster = f"pid {os.getppid()} on {socket.gethostname()}"  # a live process on this host
+    read_stale, took_over = Lease._stamped, []
+
+    def the_faster_takes_over_now(self, st):  # the slower driver has read the stale lease; the faster one acts
+        found = read_stale(self, st)
+        if not took_over:
+            old_id = st.get_study_id_from_name("both.driver")
+            optuna.delete_study(study_name="both.driver", storage=st)
+            new = optuna.create_study(study_name="both.driver", storage=st)
+            for k, v in (("holder", faster), ("host", socket.gethostname()), ("pid", os.getppid()),
+                         ("heartbeat", time.time())):
+                new.set_user_attr(k, v)
+            took_over.append(new._study_id == old_id)
+        return found
+
+    monkeypatch.setattr(Lease, "_stamped", the_faster_takes_over_now)
+    with pytest.raises(search.StoreError, match="being run by another driver"):
+        Lease(storage, "both")
+    assert took_over == [True]  # the new lease got the stale one's id: deleting by id alone would not do
+    assert optuna.load_study(study_name="both.driver", storage=storage).user_attrs["holder"] == faster
