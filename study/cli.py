@@ -831,6 +831,9 @@ def entry() -> None:
     except KeyboardInterrupt:  # Ctrl-C where no command stops cleanly by itself (the drivers do: exit 130 too)
         print("study: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # `study list | head`: the reader has gone, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as stdout is flushed
+        code = 1
     if "ray" in sys.modules:
         logging.shutdown()
         sys.stdout.flush()

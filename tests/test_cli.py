@@ -233,3 +233,36 @@ def test_help_examples_use_real_flags(command):
         argv = [a.replace("SPEC", str(QUICKSTART)) for a in argv]
         assert command in argv, ex
         parser.parse_args(argv)  # SystemExit (a failing test) on a flag the command does not take
+
+
+# --------------------------------------------------------------------------- interrupts and closed pipes
+
+def test_ctrl_c_in_study_train_is_exit_130_with_one_line(tmp_path):
+    """A command with no clean stop of its own (here `study train`) ends on Ctrl-C with exit 130 and one line,
+    not a traceback."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "train", str(QUICKSTART), "--out",
+                             str(tmp_path / "r.json"), "--set", "train.epochs=1000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # training has begun: the per-epoch table's header
+            if line.split()[:2] == ["epoch", "member"]:
+                proc.send_signal(signal.SIGINT)
+                break
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err.strip().splitlines() == ["study: interrupted"], err[-3000:]
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_output_into_a_closed_pipe_ends_quietly():
+    """`study validate … | head -n 1`: the reader goes away; no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "study.cli", "validate", str(QUICKSTART)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before the first line
+    err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err[-3000:]
