@@ -19,7 +19,7 @@ quickstart: $(BIN)/study   ## the main job: a CPU study of coupled vs independen
 	$(BIN)/study run search_spaces/quickstart.yaml
 
 test: $(BIN)/study         ## the test suite (CPU, real Ray / Optuna / MLflow)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
+	$(BIN)/python -m pytest -q -n 2 tests
 
 # CIFAR-10 Parquet files for the CIFAR specs (offline)
 SMOKE_DATA ?= ../shared/data/cifar10

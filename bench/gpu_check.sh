@@ -3,8 +3,10 @@
 #   bench/gpu_check.sh /path/to/cifar10-parquet-folder [out-dir]
 # Steps, each time-boxed; a step that fails or runs out of time is reported and the next one runs:
 #   1. environment (torch, device); 1b. a few training steps under torch.cuda.set_sync_debug_mode("error");
-#   2. `study bench`, eager: ResNet-20 arrays at K = 1, 16, 64, 128 (batch 512, bf16, channels-last) against
-#      the plain single-model loop (DataLoader, batch 128, same precision and memory format), same run;
+#   2. `study bench`, eager: ResNet-20 arrays at K = 1, 16, 64, 128 (batch 512, bf16, channels-last, cuDNN
+#      autotuning) against the plain single-model loop (DataLoader, batch 128, same settings), same run;
+#   2b, 2c. the largest K again, each with one setting turned off: cuDNN autotuning (2b), channels-last (2c);
+#      the summary gives each as a ratio to step 2's row of the same K;
 #   3. the CIFAR-10 landscape through the engine (`study train`, no services): SGD coupled vs independent,
 #      6 lr × 8 λ, 10 epochs (bench/gpu_landscape.yaml; fewer epochs only if the measured throughput says
 #      10 would not fit the time left, and it says so), with its slopes;
@@ -13,7 +15,7 @@
 #   5. the summary: throughput table (eager and compiled), landscape and slopes, peak memory, targets, and
 #      which steps failed.
 # GPU_CHECK_TINY=1 (or SMALL=1): the same steps on a CPU at tiny size with the GPU settings forced (bf16,
-# channels-last, torch.compile), so nothing can fail on the GPU that a CPU could have shown.
+# channels-last, cuDNN autotuning, torch.compile), so nothing can fail on the GPU that a CPU could have shown.
 # GPU_CHECK_BUDGET_S: wall-clock budget of the whole script (default 480 on a GPU, 1500 tiny).
 set -uo pipefail  # no -e: one failing step must not stop the others
 cd "$(dirname "$0")/.."
@@ -23,12 +25,12 @@ OUT=${2:-${OUT:-build/gpu_check}}
 mkdir -p "$OUT"; OUT=$(cd "$OUT" && pwd)
 STUDY=${STUDY:-.venv/bin/study}; PY=${PY:-.venv/bin/python}
 TINY=${GPU_CHECK_TINY:-${SMALL:-0}}
-FORCE=(--precision bf16 --channels-last true)  # the GPU settings (auto on CUDA; forced so a CPU takes them too)
+FORCE=(--precision bf16 --channels-last true --cudnn-benchmark true)  # the GPU settings (auto on CUDA; forced so a CPU takes them too)
 if [[ "$TINY" == 1 ]]; then
-  DEVICE=cpu; MEMBERS=1,2; CMEMBERS=1,2; BATCH=16; BUDGET=${GPU_CHECK_BUDGET_S:-1500}
+  DEVICE=cpu; MEMBERS=1,2; KMAX=2; CMEMBERS=1,2; BATCH=16; BUDGET=${GPU_CHECK_BUDGET_S:-1500}
   TIMING=(--warmup 1 --steps 2 --windows 2 --workers 0); TINYFLAG=--tiny
 else
-  DEVICE=cuda; MEMBERS=1,16,64,128; CMEMBERS=${GPU_CHECK_COMPILE_MEMBERS:-1,128}; BATCH=512
+  DEVICE=cuda; MEMBERS=1,16,64,128; KMAX=128; CMEMBERS=${GPU_CHECK_COMPILE_MEMBERS:-1,128}; BATCH=512
   BUDGET=${GPU_CHECK_BUDGET_S:-480}; TIMING=(--warmup 5 --steps 10 --windows 3 --workers 4); TINYFLAG=
 fi
 T0=$(date +%s); : > "$OUT/failed.txt"
@@ -58,6 +60,12 @@ step "1b. no host sync in the training step" 120 "$OUT/sync.txt" "$PY" bench/gpu
 step "2. throughput, eager ($DEVICE)" 150 "$OUT/bench_eager.txt" "$STUDY" bench --device "$DEVICE" --model resnet20 \
   --members "$MEMBERS" --batch-size "$BATCH" --dataset parquet --data-path "$DATA" "${FORCE[@]}" "${TIMING[@]}" \
   --json "$OUT/bench_eager.json"
+ABLATE=(bench --device "$DEVICE" --model resnet20 --members "$KMAX" --batch-size "$BATCH" --dataset parquet
+        --data-path "$DATA" --precision bf16 --no-baseline "${TIMING[@]}")
+step "2b. K=$KMAX without cuDNN autotuning" 90 "$OUT/bench_no_autotune.txt" "$STUDY" "${ABLATE[@]}" \
+  --channels-last true --cudnn-benchmark false --json "$OUT/bench_no_autotune.json"
+step "2c. K=$KMAX without channels-last (NCHW)" 90 "$OUT/bench_nchw.txt" "$STUDY" "${ABLATE[@]}" \
+  --channels-last false --cudnn-benchmark true --json "$OUT/bench_nchw.json"
 COMPILE_RESERVE=$([[ "$TINY" == 1 ]] && echo 600 || echo 150)  # left for step 4
 rm -f "$OUT/landscape.yaml"
 if ! "$PY" bench/gpu_check_report.py plan "$OUT" $TINYFLAG --budget-s $(( $(left) - COMPILE_RESERVE - 30 )); then

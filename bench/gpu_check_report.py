@@ -26,7 +26,7 @@ TARGETS = {"k128_member_images_per_s": 300_000, "k1_images_per_s": 25_000, "k128
 
 def plan(out: Path, tiny: bool, budget_s: float) -> None:
     spec = yaml.safe_load((ROOT / "bench" / "gpu_landscape.yaml").read_text())
-    spec["train"].update(precision="bf16", channels_last=True)
+    spec["train"].update(precision="bf16", channels_last=True, cudnn_benchmark=True)
     if tiny:
         spec["name"] = "gpu_landscape_tiny"
         spec["data"].update(train_subset=512, test_subset=256)
@@ -85,7 +85,34 @@ def _throughput(out: Path) -> list[str]:
                          f"{cs:>9} {r['peak_memory_mb']:>8.0f}")
         st = res.get("settings", {})
         lines.append(f"{'':<8} ({res['device_name']}, torch {res['torch']}, {st.get('precision')}, "
-                     f"channels_last={st.get('channels_last')}; {res['timing']})")
+                     f"channels_last={st.get('channels_last')}, cudnn_benchmark={st.get('cudnn_benchmark')}; "
+                     f"{res['timing']})")
+    return lines
+
+
+ABLATIONS = (("no_autotune", "cuDNN autotuning off"), ("nchw", "channels-last off (NCHW)"))
+
+
+def _ablations(out: Path) -> list[str]:
+    """Steps 2b and 2c: the largest K with one setting off, as a ratio to step 2's row of the same K and batch."""
+    eager = _rows(out / "bench_eager.json")
+    full = {(r["members"], r["batch_size"]): r["member_images_per_s"] for r in (eager or {}).get("rows", [])
+            if r["what"] == "array" and not r.get("error")}
+    lines = []
+    for name, what in ABLATIONS:
+        res = _rows(out / f"bench_{name}.json")
+        rows = [r for r in (res or {}).get("rows", []) if r["what"] == "array"]
+        if not rows:
+            lines.append(f"{what}: no result (the step failed or was skipped)")
+            continue
+        for r in rows:
+            if r.get("error"):
+                lines.append(f"{what}, K={r['members']}: FAILED: {r['error']}")
+                continue
+            ref = full.get((r["members"], r["batch_size"]))
+            ratio = f"{r['member_images_per_s'] / ref:.2f}x step 2's row" if ref else "step 2 has no row to compare"
+            lines.append(f"{what}, K={r['members']} batch {r['batch_size']}: {r['member_images_per_s']:.0f} "
+                         f"member-images/s, {ratio} (peak {r['peak_memory_mb']:.0f} MB)")
     return lines
 
 
@@ -150,10 +177,13 @@ def _targets(out: Path, lands) -> list[str]:
 def summary(out: Path, tiny: bool) -> None:
     print("\n======== GPU check summary ========")
     if tiny:
-        print("CPU REHEARSAL at tiny size with the GPU settings forced (bf16, channels-last, torch.compile): "
+        print("CPU REHEARSAL at tiny size with the GPU settings forced (bf16, channels-last, cuDNN autotuning, "
+              "torch.compile): "
               "these are CPU numbers, no GPU figure was measured.")
     print("\n-- throughput: arrays vs the plain single-model loop (same run), eager and compiled")
     print("\n".join(_throughput(out)))
+    print("\n-- the largest array with one setting off (same shapes, eager; ratio < 1: the setting pays)")
+    print("\n".join(_ablations(out)))
     print("\n-- landscape: SGD coupled vs independent (test error)")
     lines, lands = _landscape(out)
     print("\n".join(lines))
@@ -182,7 +212,8 @@ def sync_check(device: str) -> None:
     for opt, decay in (("sgd", "independent"), ("adam", "decoupled")):
         members = [MemberSpec(opt, decay, (0.1 if opt == "sgd" else 1e-3) * (k + 1), 1e-3, seed=k) for k in range(4)]
         # on a CPU (the rehearsal) a smaller model and batch: bf16 + channels-last is slow there in eager mode
-        train = TrainSpec(epochs=1, batch_size=64 if cuda else 16, precision="bf16", channels_last=True, warmup_epochs=0.5)
+        train = TrainSpec(epochs=1, batch_size=64 if cuda else 16, precision="bf16", channels_last=True, cudnn_benchmark=True,
+                          warmup_epochs=0.5)
         tr = ArrayTrainer(members, data, ArrayConfig(ModelSpec("resnet20" if cuda else "resnet8"), train, DataSpec()), device)
         order, aug = tr._generators(0)
         perm = torch.randperm(len(data.train_y), generator=order).to(device)

@@ -158,7 +158,7 @@ def train_one(config: dict, spec_dict: dict) -> None:
 
     from study.bench import PlainResNet, UInt8Images
     from study.data import load_spec_data
-    from study.engine import resolve_channels_last, resolve_device, resolve_precision
+    from study.engine import resolve_channels_last, resolve_cudnn_benchmark, resolve_device, resolve_precision
     from study.spec import spec_from_dict
 
     spec = spec_from_dict(spec_dict)
@@ -167,6 +167,7 @@ def train_one(config: dict, spec_dict: dict) -> None:
     device = resolve_device(t.device)
     bf16, cl = resolve_precision(t.precision, device), resolve_channels_last(t.channels_last, device)
     fmt = torch.channels_last if cl else torch.contiguous_format
+    torch.backends.cudnn.benchmark = resolve_cudnn_benchmark(t.cudnn_benchmark, device)  # as the study's arrays
     data = load_spec_data(spec.data)
     pad = spec.data.crop_padding if spec.data.crop_padding is not None else (4 if data.padded_crop else 0)
     flip = spec.data.flip if spec.data.flip is not None else data.padded_crop

@@ -7,8 +7,8 @@ what a typical Ray Tune example does: an ordinary nn.Module ResNet, a torch Data
 augmentation (torchvision transforms), batch 128, one model at a time, eager, under the same precision and
 memory format as the arrays.
 
-Device settings: `precision` (auto | fp32 | bf16), `channels_last` (None = auto, True, False) and
-`compile` ("off" | "on" | "both": eager rows, compiled rows, or both in the same run). Compiled rows report
+Device settings: `precision` (auto | fp32 | bf16), `channels_last` and `cudnn_benchmark` (None = auto, True,
+False; the plain loop follows both) and `compile` ("off" | "on" | "both": eager rows, compiled rows, or both in the same run). Compiled rows report
 compile_s, the time of the first compiled step (tracing and code generation), never counted in the
 throughput; arrays of equal shapes share the compiled graphs.
 """
@@ -75,11 +75,12 @@ def _timed(step, device, warmup: int, steps: int, windows: int) -> tuple[float, 
 
 
 def array_step(data: Dataset, model: str, members: int, batch_size: int, device, compile: bool = False,
-               precision: str = "auto", channels_last=None):
+               precision: str = "auto", channels_last=None, cudnn_benchmark=None):
     """(step, trainer): one call of `step()` is one training step of the engine for an array of `members`
     (SGD, coupled decay; the decay mode does not change the cost), on the next batch of a fixed order."""
     ms = [MemberSpec("sgd", "coupled", 0.05 * (1 + k % 7), 5e-4, seed=k) for k in range(members)]
-    train = TrainSpec(epochs=1, batch_size=batch_size, compile=compile, precision=precision, channels_last=channels_last)
+    train = TrainSpec(epochs=1, batch_size=batch_size, compile=compile, precision=precision, channels_last=channels_last,
+                      cudnn_benchmark=cudnn_benchmark)
     tr = ArrayTrainer(ms, data, ArrayConfig(ModelSpec(model), train, DataSpec()), torch.device(device))
     order, aug = tr._generators(0)
     n = len(data.train_y)
@@ -96,12 +97,12 @@ def array_step(data: Dataset, model: str, members: int, batch_size: int, device,
 
 
 def bench_array(data: Dataset, model: str, members: int, batch_size: int, device, warmup=3, steps=5, windows=3,
-                compile: bool = False, precision: str = "auto", channels_last=None) -> Row:
+                compile: bool = False, precision: str = "auto", channels_last=None, cudnn_benchmark=None) -> Row:
     """The engine's training step for an array of `members`, timed."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    step, tr = array_step(data, model, members, batch_size, device, compile, precision, channels_last)
+    step, tr = array_step(data, model, members, batch_size, device, compile, precision, channels_last, cudnn_benchmark)
     sec, _ = _timed(step, device, warmup, steps, windows)
     return Row("array", members, tr.batch, members * tr.batch / sec, sec * 1e3, _peak_mb(device), tr.compile_s,
                tr.compiled)
@@ -167,9 +168,10 @@ class UInt8Images(torch.utils.data.Dataset):
 
 
 def bench_baseline(data: Dataset, depth: int, batch_size: int, device, warmup=3, steps=5, windows=3,
-                   workers: int = 2, bf16: bool = False, channels_last: bool = False) -> Row:
+                   workers: int = 2, bf16: bool = False, channels_last: bool = False,
+                   cudnn_benchmark: bool = False) -> Row:
     """One model, torch DataLoader with torchvision CPU augmentation, SGD with weight decay: the usual loop,
-    under the arrays' precision and memory format."""
+    under the arrays' precision, memory format and cuDNN autotuning."""
     from torchvision.transforms import v2
 
     device = torch.device(device)
@@ -181,6 +183,7 @@ def bench_baseline(data: Dataset, depth: int, batch_size: int, device, warmup=3,
     loader = torch.utils.data.DataLoader(UInt8Images(data.train_x, data.train_y, tf), batch_size=batch_size,
                                          shuffle=True, drop_last=True, num_workers=workers,
                                          pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    torch.backends.cudnn.benchmark = cudnn_benchmark
     model = PlainResNet(depth, data.num_classes, data.in_channels).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -209,7 +212,7 @@ def bench_baseline(data: Dataset, depth: int, batch_size: int, device, warmup=3,
 COMPILE_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
-def _result(model, device, dataset, windows, steps, warmup, bf16, cl, compile, rows, baseline) -> dict:
+def _result(model, device, dataset, windows, steps, warmup, bf16, cl, cudnn, compile, rows, baseline) -> dict:
     out = [asdict(r) for r in rows]
     single = {(r["compiled"], r["batch_size"]): r["member_images_per_s"] for r in out
               if r["what"] == "array" and r["members"] == 1 and not r["error"]}
@@ -222,7 +225,8 @@ def _result(model, device, dataset, windows, steps, warmup, bf16, cl, compile, r
     return {"model": model, "device": str(device), "dataset": dataset,
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "settings": {"precision": "bf16" if bf16 else "fp32", "channels_last": cl, "compile": compile},
+            "settings": {"precision": "bf16" if bf16 else "fp32", "channels_last": cl, "cudnn_benchmark": cudnn,
+                         "compile": compile},
             "peak_memory_mb": max((r["peak_memory_mb"] for r in out if not r["error"]), default=0.0),
             "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
             "timing": f"median of {windows} windows of {steps} steps after {warmup} warm-up steps",
@@ -241,10 +245,10 @@ def _failed(what, members, batch, device, compiled, e: Exception, log) -> Row:
 
 def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="cpu", dataset="synthetic",
               path=None, warmup=3, steps=5, windows=3, compile="off", baseline=True, workers=2, log=print,
-              precision: str = "auto", channels_last=None, on_row=None) -> dict:
+              precision: str = "auto", channels_last=None, cudnn_benchmark=None, on_row=None) -> dict:
     """Every row, in order: the plain loop, then arrays (eager, then compiled). A row that fails is recorded
     with its error and the others still run; `on_row(result)` sees the result so far after every row."""
-    from .engine import resolve_channels_last, resolve_precision
+    from .engine import resolve_channels_last, resolve_cudnn_benchmark, resolve_precision
 
     device = torch.device(device)
     if isinstance(compile, bool):
@@ -252,17 +256,18 @@ def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="
     if compile not in COMPILE_MODES:
         raise ValueError(f"invalid compile: must be off, on or both, but got compile={compile!r}")
     bf16, cl = resolve_precision(precision, device), resolve_channels_last(channels_last, device)
+    cudnn = resolve_cudnn_benchmark(cudnn_benchmark, device)
     data = load_dataset(dataset, path, synthetic_size=(4096, 256)) if dataset != "digits" else load_dataset("digits")
     data = data.to(device) if device.type == "cuda" else data
     rows: list[Row] = []
     depth = int(model.removeprefix("resnet")) if model.startswith("resnet") else 20
 
     def result():
-        return _result(model, device, dataset, windows, steps, warmup, bf16, cl, compile, rows, baseline)
+        return _result(model, device, dataset, windows, steps, warmup, bf16, cl, cudnn, compile, rows, baseline)
 
     if baseline:
         try:
-            base = bench_baseline(data.to("cpu"), depth, 128, device, warmup, steps, windows, workers, bf16, cl)
+            base = bench_baseline(data.to("cpu"), depth, 128, device, warmup, steps, windows, workers, bf16, cl, cudnn)
             log(f"baseline  K=1   batch 128: {base.member_images_per_s:>10.0f} images/s  ({base.step_ms:.1f} ms/step)",
                 flush=True)
         except Exception as e:  # noqa: BLE001 - the arrays are still worth measuring
@@ -275,7 +280,8 @@ def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="
         for b in batch_sizes:
             for k in members:
                 try:
-                    r = bench_array(data, model, k, b, device, warmup, steps, windows, compiled, precision, channels_last)
+                    r = bench_array(data, model, k, b, device, warmup, steps, windows, compiled, precision, channels_last,
+                                    cudnn_benchmark)
                     log(f"{what:<9} K={k:<4} batch {b}: {r.member_images_per_s:>10.0f} member-images/s  "
                         f"({r.step_ms:.1f} ms/step, peak {r.peak_memory_mb:.0f} MB"
                         + (f", compile {r.compile_s:.1f} s)" if compiled else ")"), flush=True)
@@ -290,7 +296,7 @@ def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="
 def format_table(result: dict) -> str:
     st = result.get("settings", {})
     lines = [f"settings: {st.get('precision', '?')}, channels_last={st.get('channels_last', '?')}, "
-             f"compile={st.get('compile', '?')}; peak memory {result.get('peak_memory_mb', 0):.0f} MB "
+             f"cudnn_benchmark={st.get('cudnn_benchmark', '?')}, compile={st.get('compile', '?')}; peak memory {result.get('peak_memory_mb', 0):.0f} MB "
              f"({result.get('peak_memory_kind', '')})",
              f"{'what':<9} {'K':>4} {'batch':>5} {'member-img/s':>13} {'ms/step':>8} {'peak MB':>8} "
              f"{'x baseline':>10} {'x K=1':>6} {'compile s':>9}"]

@@ -47,6 +47,8 @@ def _fail(msg: str) -> int:
 
 # --------------------------------------------------------------------------- study train
 
+AUTO_BOOL = {"auto": None, "true": True, "false": False}  # --channels-last, --cudnn-benchmark -> the spec's value
+
 def cmd_train(args) -> int:
     import torch
 
@@ -60,7 +62,9 @@ def cmd_train(args) -> int:
     if getattr(args, "precision", None):
         overrides["precision"] = args.precision
     if getattr(args, "channels_last", None):
-        overrides["channels_last"] = {"auto": None, "true": True, "false": False}[args.channels_last]
+        overrides["channels_last"] = AUTO_BOOL[args.channels_last]
+    if getattr(args, "cudnn_benchmark", None):
+        overrides["cudnn_benchmark"] = AUTO_BOOL[args.cudnn_benchmark]
     if getattr(args, "compile", None) is not None:
         overrides["compile"] = args.compile
     if overrides:
@@ -82,7 +86,8 @@ def cmd_train(args) -> int:
         c, st = trainer.decay_counts, trainer.settings()
         print(f"array {i}/{len(arrays)}: {array[0].arm}, {len(array)} members; decays {c['decayed_tensors']} "
               f"tensors ({c['decayed_params']} params), never {c['no_decay_tensors']} ({c['no_decay_params']}); "
-              f"{st['precision']}, channels_last={st['channels_last']}, compile={st['compile']}")
+              f"{st['precision']}, channels_last={st['channels_last']}, cudnn_benchmark={st['cudnn_benchmark']}, "
+              f"compile={st['compile']}")
         print(f"{'epoch':>5} {'member':>6} {'lr':>9} {'wd':>9} {'seed':>4} {'train_loss':>10} {'test_err':>8} "
               f"{'|w|':>8} {'angle':>8} {'time':>6}")
 
@@ -628,12 +633,13 @@ def cmd_bench(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"study bench: {args.model} on {device} ({args.dataset}), K={members}, batch={batches}, "
-          f"precision={args.precision}, channels_last={args.channels_last}, compile={args.compile}", flush=True)
-    channels_last = {"auto": None, "true": True, "false": False}[args.channels_last]
+          f"precision={args.precision}, channels_last={args.channels_last}, cudnn_benchmark={args.cudnn_benchmark}, "
+          f"compile={args.compile}", flush=True)
     on_row = (lambda partial: write_json(partial, args.json)) if args.json else None  # a killed run keeps its rows
     result = run_bench(args.model, members, batches, str(device), args.dataset, args.data_path, args.warmup,
                        args.steps, args.windows, args.compile, not args.no_baseline, args.workers,
-                       precision=args.precision, channels_last=channels_last, on_row=on_row)
+                       precision=args.precision, channels_last=AUTO_BOOL[args.channels_last],
+                       cudnn_benchmark=AUTO_BOOL[args.cudnn_benchmark], on_row=on_row)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
@@ -727,6 +733,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replaces train.precision (auto: bf16 autocast on CUDA, fp32 on a CPU)")
     t.add_argument("--channels-last", choices=["auto", "true", "false"],
                    help="replaces train.channels_last (auto: on for CUDA): channels-last activations and conv weights")
+    t.add_argument("--cudnn-benchmark", choices=["auto", "true", "false"],
+                   help="replaces train.cudnn_benchmark (auto: on for CUDA): cuDNN autotunes each convolution shape")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="replaces train.compile: torch.compile the forward and loss (compile time is reported)")
 
@@ -789,6 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: bf16 autocast on CUDA, fp32 on a CPU (the plain loop uses the same)")
     b.add_argument("--channels-last", default="auto", choices=["auto", "true", "false"],
                    help="channels-last activations and conv weights (auto: on for CUDA; the plain loop follows)")
+    b.add_argument("--cudnn-benchmark", default="auto", choices=["auto", "true", "false"],
+                   help="cuDNN autotunes each convolution shape (auto: on for CUDA; the plain loop follows)")
     b.add_argument("--compile", nargs="?", const="on", default="off", choices=["off", "on", "both"],
                    help="torch.compile the array step: compiled rows only (--compile), or eager and compiled "
                         "rows in the same run (--compile both); compile time is reported, not timed")

@@ -5,8 +5,10 @@ SCIENCE.md. Pure torch: it must not import ray, optuna or mlflow (tests/test_eng
 Adapters (Ray Tune, the CLI) give it members and a `report(epoch, rows)` callback.
 
 Device settings (TrainSpec): `precision` (auto | fp32 | bf16: autocast to bfloat16), `channels_last`
-(None = auto | True | False: channels-last activations and conv weights) and `compile` (torch.compile of
-the forward and loss; AOTAutograd compiles their backward). auto means on for CUDA, off for a CPU; every
+(None = auto | True | False: channels-last activations and conv weights), `cudnn_benchmark` (None = auto |
+True | False: cuDNN times its convolution algorithms for each new shape and keeps the fastest; a process-wide
+switch of torch, set by every trainer) and `compile` (torch.compile of the forward and loss; AOTAutograd
+compiles their backward). auto means on for CUDA, off for a CPU; every
 setting runs on a CPU too, so no code path is CUDA-only. The optimizer works on one flat (K, P) buffer
 per param group (study.optim flat groups): the update, the divergence check and the masking of diverged
 members are a few kernels per group, and the step has no host synchronization.
@@ -75,6 +77,17 @@ def resolve_channels_last(channels_last, device: torch.device) -> bool:
     return channels_last
 
 
+def resolve_cudnn_benchmark(cudnn_benchmark, device: torch.device) -> bool:
+    """True when cuDNN autotunes its convolutions (torch.backends.cudnn.benchmark): True, or None/"auto" on
+    CUDA. On a CPU the switch is set all the same and changes nothing."""
+    if cudnn_benchmark in (None, "auto"):
+        return torch.device(device).type == "cuda"
+    if not isinstance(cudnn_benchmark, bool):
+        raise ValueError(f"invalid train.cudnn_benchmark: must be auto, true or false, but got "
+                         f"cudnn_benchmark={cudnn_benchmark!r}")
+    return cudnn_benchmark
+
+
 def member_loss(model: torch.nn.Module, x: Tensor, y: Tensor, bf16: bool) -> Tensor:
     """Per-member mean cross-entropy of a member array, shape (K,), in float32."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -130,7 +143,7 @@ class ArrayTrainer:
     diverged: from that step on its weights and optimizer receive no update (its gradient is zeroed and
     its lr is 0), and the other members continue exactly as they would have.
 
-    `bf16`, `channels_last` and `compiled` are the resolved device settings; `compile_s` is the time of the
+    `bf16`, `channels_last`, `cudnn_benchmark` and `compiled` are the resolved device settings; `compile_s` is the time of the
     first compiled step (tracing and code generation, or a cache hit), 0 when not compiled.
     """
 
@@ -143,6 +156,8 @@ class ArrayTrainer:
         self.bf16 = resolve_precision(getattr(t, "precision", "auto"), self.device)
         self.channels_last = resolve_channels_last(getattr(t, "channels_last", None), self.device)
         self.compiled = bool(t.compile)
+        self.cudnn_benchmark = resolve_cudnn_benchmark(getattr(t, "cudnn_benchmark", None), self.device)
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
         self.data = data.to(self.device)
         self.batch = min(t.batch_size, len(data.train_y))
         self.steps_per_epoch = steps_per_epoch(t.batch_size, len(data.train_y))  # drop_last: full batches only
@@ -182,7 +197,7 @@ class ArrayTrainer:
     def settings(self) -> dict:
         """The resolved device settings, as reported by `study train` and `study bench`."""
         return {"device": str(self.device), "precision": "bf16" if self.bf16 else "fp32",
-                "channels_last": self.channels_last, "compile": self.compiled}
+                "channels_last": self.channels_last, "cudnn_benchmark": self.cudnn_benchmark, "compile": self.compiled}
 
     # ------------------------------------------------------------------ state (checkpoints)
 

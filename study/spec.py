@@ -67,6 +67,7 @@ class TrainSpec:
     compile: bool = False           # torch.compile the array step's forward and loss (CPU inductor or CUDA)
     precision: str = "auto"         # auto | fp32 | bf16 (bfloat16 autocast); auto: bf16 on CUDA, fp32 on a CPU
     channels_last: bool | str | None = None  # channels-last activations and conv weights: auto (or null): on for CUDA
+    cudnn_benchmark: bool | str | None = None  # cuDNN autotunes its convolutions: auto (or null): on for CUDA
 
 
 @dataclass(frozen=True)
@@ -294,6 +295,7 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check(t.device in ("auto", "cpu", "cuda"), file, "train.device", f"must be auto, cpu or cuda, but got device={excerpt(t.device)}")
     _check(t.precision in ("auto", "fp32", "bf16"), file, "train.precision", f"must be auto, fp32 or bf16, but got precision={excerpt(t.precision)}")
     _check(t.channels_last in (None, True, False, "auto"), file, "train.channels_last", f"must be auto, true or false, but got channels_last={excerpt(t.channels_last)}")
+    _check(t.cudnn_benchmark in (None, True, False, "auto"), file, "train.cudnn_benchmark", f"must be auto, true or false, but got cudnn_benchmark={excerpt(t.cudnn_benchmark)}")
     _check(s.sampler in SAMPLERS, file, "search.sampler", f"must be one of {', '.join(SAMPLERS)}, but got sampler={excerpt(s.sampler)}")
     _check(s.metric in LANDSCAPE_METRICS, file, "search.metric", f"must be one of {', '.join(LANDSCAPE_METRICS)}, but got metric={excerpt(s.metric)}")
     _check(s.points >= 1, file, "search.points", f"must be >= 1, but got points={s.points}")

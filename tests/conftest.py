@@ -52,20 +52,13 @@ def _no_inherited_tracking_uri(monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook, which turns the marks into the nodeid's group
-def pytest_collection_modifyitems(items):
-    """`make test` runs the suite on two pytest-xdist workers (--dist loadgroup): the tests that read the session's
-    smoke study run on one worker, which then builds it once."""
-    for item in items:
-        if "smoke_study" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("smoke_study"))
-
-
 @pytest.fixture(scope="session")
 def smoke_study(tmp_path_factory):
     """One finished `study run --smoke` of the main job's spec (quickstart) through Ray, Optuna and MLflow, shared
-    by every test that reads a real finished study (CLI, browser, portable homes, the smoke test itself; on one
-    pytest-xdist worker, see pytest_collection_modifyitems): `.home`,
+    by every test that reads a real finished study (CLI, browser, portable homes, the smoke test itself; one per
+    pytest-xdist worker, in the worker's own temp folder, since the portable-home tests move it away and back;
+    pytest-xdist's grouping, xdist_group with --dist loadgroup, renames items through a field pytest 9.2 no longer
+    reads, so it cannot put these tests on one worker): `.home`,
     and `.out` the finished command. Started with a --set override (seeds 3, 4; --smoke keeps the first). Tests
     must leave it as they found it: copy it to change it."""
     home = tmp_path_factory.mktemp("smoke") / "home"

@@ -181,7 +181,8 @@ def test_flat_group_takes_a_gradient_assigned_elsewhere():
 # --------------------------------------------------------------------------- the engine under each setting
 
 SETTINGS = {"fp32+channels_last": dict(channels_last=True), "bf16": dict(precision="bf16"),
-            "bf16+channels_last": dict(precision="bf16", channels_last=True)}
+            "cudnn_benchmark": dict(cudnn_benchmark=True),  # on a CPU: torch's switch is set, and changes nothing
+            "bf16+channels_last+cudnn_benchmark": dict(precision="bf16", channels_last=True, cudnn_benchmark=True)}
 
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
@@ -202,6 +203,7 @@ def test_member_in_array_ends_where_it_ends_alone(digits, setting, opt):
     assert dtype == (torch.bfloat16 if "bf16" in setting else torch.float32)
     assert cl == ("channels_last" in setting)
     assert array.settings()["precision"] == ("bf16" if "bf16" in setting else "fp32")
+    assert array.settings()["cudnn_benchmark"] == torch.backends.cudnn.benchmark == ("cudnn_benchmark" in setting)
     assert _deviation(array, 1, alone, 0, init) < (TOL_ADAM_BF16 if opt == "adam" and "bf16" in setting else TOL)
     assert _deviation(array, 0, alone, 0, init) > 1.0  # the negative control: another member is far away
     assert array.history[1][-1]["train_loss"] == pytest.approx(alone.history[0][-1]["train_loss"], rel=1e-3)
@@ -274,11 +276,12 @@ def test_bench_cli_runs_with_every_flag(tmp_path, capsys):
     """Same shapes as the compile test above (resnet8, K=2, 32 digits): the compiled rows reuse its graphs."""
     out = tmp_path / "bench.json"
     rc = main(["bench", "--device", "cpu", "--model", "resnet8", "--dataset", "digits", "--members", "2",
-               "--batch-size", "32", "--precision", "bf16", "--channels-last", "true", "--compile", "both",
+               "--batch-size", "32", "--precision", "bf16", "--channels-last", "true", "--cudnn-benchmark", "true",
+               "--compile", "both",
                "--warmup", "1", "--steps", "1", "--windows", "1", "--workers", "0", "--json", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
-    assert result["settings"] == {"precision": "bf16", "channels_last": True, "compile": "both"}
+    assert result["settings"] == {"precision": "bf16", "channels_last": True, "cudnn_benchmark": True, "compile": "both"}
     rows = {(r["what"], r["compiled"]): r for r in result["rows"]}
     assert set(rows) == {("baseline", False), ("array", False), ("array", True)}
     assert rows[("array", True)]["compile_s"] > 0 and rows[("array", False)]["vs_baseline"] > 0
@@ -288,7 +291,7 @@ def test_bench_cli_runs_with_every_flag(tmp_path, capsys):
     rc = main(["bench", "--device", "cpu", "--model", "resnet8", "--dataset", "digits", "--members", "1,2",
                "--batch-size", "32", "--precision", "fp32", "--channels-last", "false", "--compile", "off",
                "--warmup", "1", "--steps", "1", "--windows", "1", "--no-baseline"])
-    assert rc == 0 and "fp32, channels_last=False, compile=off" in capsys.readouterr().out
+    assert rc == 0 and "fp32, channels_last=False, cudnn_benchmark=False, compile=off" in capsys.readouterr().out
 
 
 def test_train_cli_flags_and_spec_fields(tmp_path, capsys):
@@ -299,12 +302,12 @@ def test_train_cli_flags_and_spec_fields(tmp_path, capsys):
                     "  - {optimizer: sgd, decay: coupled, lr: 0.1, weight_decay: 0.001, seed: 1}\n")
     # the shapes of the compile test above (resnet8, K=2, 32 digits): its compiled graphs serve this array too
     rc = main(["train", str(spec), "--out", str(tmp_path / "r.json"), "--precision", "bf16", "--channels-last", "true",
-               "--compile"])
+               "--cudnn-benchmark", "true", "--compile"])
     out = capsys.readouterr().out
-    assert rc == 0 and "bf16, channels_last=True, compile=True" in out and "peak memory" in out
+    assert rc == 0 and "bf16, channels_last=True, cudnn_benchmark=True, compile=True" in out and "peak memory" in out
     assert "first compiled step" in out
     rc = main(["train", str(spec), "--out", str(tmp_path / "r.json")])
-    assert rc == 0 and "fp32, channels_last=False, compile=False" in capsys.readouterr().out  # auto on a CPU
+    assert rc == 0 and "fp32, channels_last=False, cudnn_benchmark=False, compile=False" in capsys.readouterr().out  # auto
     bad = tmp_path / "bad.yaml"
     bad.write_text(spec.read_text().replace("precision: fp32", "precision: fp16"))
     assert main(["train", str(bad), "--out", str(tmp_path / "r.json")]) == 2
