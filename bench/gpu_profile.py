@@ -4,7 +4,8 @@
 
 Prints, per K, the kernels (CUDA) or operators (CPU) that take the most time, and that time grouped into
 convolution, normalization, elementwise/optimizer, copies and the rest, as shares of the step. The step is
-`study.bench.array_step`, the one `study bench` times (bf16 and channels-last as on the GPU; forced on a CPU).
+`study.bench.array_step`, the one `study bench` times (bf16 and channels-last as on the GPU, forced on a CPU;
+cuDNN autotuning as auto: on for CUDA).
 """
 
 from __future__ import annotations

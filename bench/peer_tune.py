@@ -262,13 +262,19 @@ def run(args) -> int:
     settings = [setting(m) for m in grid_members(spec)]
     assert len(settings) == planned_members(spec)
     t0 = time.perf_counter()
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)  # as `study run` starts it
+    ray.init(address="local", include_dashboard=False, log_to_driver=False,  # as `study run` starts it
+             logging_level=logging.WARNING)
     cpus = ray.cluster_resources().get("CPU", 0)
     x = spec.execution
+    gpus = x.gpus_per_trial
+    if gpus and not ray.cluster_resources().get("GPU", 0):  # as `study run` does: train on CPUs, never wait for one
+        print(f"peer: warning: execution.gpus_per_trial={gpus} but the Ray cluster has no GPU: training on CPUs",
+              flush=True)
+        gpus = 0.0
     uri = f"sqlite:///{out / 'mlflow.db'}"
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(train_one, spec_dict=spec.to_dict()),
-                            {"cpu": x.cpus_per_trial, "gpu": x.gpus_per_trial}),
+                            {"cpu": x.cpus_per_trial, "gpu": gpus}),
         param_space={"setting": tune.grid_search(settings)},
         tune_config=tune.TuneConfig(max_concurrent_trials=x.max_concurrent),
         run_config=tune.RunConfig(

@@ -232,6 +232,8 @@ def _drive(args, spec, resume: bool) -> int:
     print(f"next:\n  study ui{hint}                     # browse the runs in MLflow\n"
           f"  study export {spec.name}{hint} --out {study_dir / 'export'}   # heatmaps, slopes, report")
     if outcome.interrupted:
+        if outcome.error:  # it had stopped on an error already, and was interrupted while closing its records
+            print(f"study: error: the study stopped: {outcome.error}", file=sys.stderr)
         print(f"interrupted; finish with: study resume {spec.name}{hint}", file=sys.stderr)
         return 130
     if outcome.error:
@@ -831,6 +833,18 @@ def main(argv=None) -> int:
         return _fail(str(e))
 
 
+def _stdout_gone() -> bool:
+    """Whether the reader of stdout has gone away (a pipe whose read end is closed reports POLLERR)."""
+    import select
+
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLERR)
+        return bool(poll.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def entry() -> None:
     """The `study` command. A process that loaded Ray ends with os._exit once main() has returned: by then the
     study's records are closed, Ray is shut down and the output is flushed, and what is skipped is the
@@ -838,10 +852,14 @@ def entry() -> None:
     idle or loaded, after its last line and past faulthandler), turning exit 130 into -11."""
     try:
         code = main()
+        sys.stdout.flush()  # here, not at the interpreter's exit, so that a reader gone away is met below
     except KeyboardInterrupt:  # Ctrl-C where no command stops cleanly by itself (the drivers do: exit 130 too)
         print("study: interrupted", file=sys.stderr)
         code = 130
-    except BrokenPipeError:  # `study list | head`: the reader has gone, nothing more to say
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # another pipe (a subprocess, a socket): a real error
+        # `study list | head`: the reader of the output has gone, nothing more to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error as stdout is flushed
         code = 1
     if "ray" in sys.modules:

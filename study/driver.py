@@ -63,6 +63,7 @@ class Outcome:
 
 INTERRUPTED = threading.Event()  # set by interrupt(): a SIGTERM or Ctrl-C has come
 STOPPING = threading.Event()     # set while a driver closes its records: a further interrupt is remembered only
+_WHILE_STOPPING = [0]            # interrupts that came while STOPPING
 
 
 def interrupt(signum=None, frame=None) -> None:
@@ -70,15 +71,25 @@ def interrupt(signum=None, frame=None) -> None:
     Ctrl-C gives, remembered too. Python swallows an exception raised while a finalizer runs (seen: a SIGTERM
     that landed in SQLAlchemy's weakref cleanup, after which the study ran on to its end and exited 0), so the
     driver's hooks raise it again at their next call, and so does the start of the run. While the driver closes
-    its records (STOPPING) a second Ctrl-C or SIGTERM raises nothing: it would cut the closing short."""
+    its records (STOPPING) the next Ctrl-C or SIGTERM raises nothing (it would cut the closing short); one more
+    ends the process at once (a store that does not answer can hold the closing for minutes)."""
     INTERRUPTED.set()
     if not STOPPING.is_set():
         raise KeyboardInterrupt
+    _WHILE_STOPPING[0] += 1
+    if _WHILE_STOPPING[0] >= 2:
+        os.write(2, b"\n[study] stopped at once: the members in flight are not closed; `study resume` trains them "
+                    b"again (once this driver's lease is stale, 60 s)\n")
+        os._exit(130)
 
 
 def catch_interrupts() -> None:
     """SIGTERM and SIGINT end a driver cleanly wherever they land (interrupt); the one a finalizer swallowed is
-    not reported as an ignored exception, since the driver raises it again."""
+    not reported as an ignored exception, since the driver raises it again. Each call starts afresh (a process
+    may drive several studies, as the tests do)."""
+    INTERRUPTED.clear()
+    STOPPING.clear()
+    _WHILE_STOPPING[0] = 0
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)
 
@@ -94,7 +105,7 @@ def _hook(method):
     traceback and the array retried, writing into whatever the stores have become.)"""
     @functools.wraps(method)
     def hook(self, *args, **kwargs):
-        if INTERRUPTED.is_set() and not self.outcome.interrupted:
+        if INTERRUPTED.is_set() and not self.outcome.interrupted and not STOPPING.is_set():
             raise KeyboardInterrupt  # an interrupt Python swallowed: see interrupt()
         if self.halted is not None or not self._stores_ok():
             return None
@@ -278,13 +289,16 @@ class Driver:
             return self._run()
         finally:  # the driver's threads and Ray stop here, in order, not in the interpreter's exit
             STOPPING.set()
-            self.writer.close()  # the queued records land while the lease is still this driver's
-            self.search.lease.release()  # a no-op once abandoned
-            if self.tune is not None:  # Ray was loaded: leave it (a local Ray stops)
-                self.tune.stop_ray()
-            if INTERRUPTED.is_set():  # one that came while the records were closed counts too
-                self.outcome.interrupted = True
-            STOPPING.clear()  # what the caller does next (the export) stops at the next Ctrl-C
+            try:
+                self.writer.close()  # the queued records land while the lease is still this driver's
+                self.search.lease.release()  # a no-op once abandoned
+                if self.tune is not None:  # Ray was loaded: leave it (a local Ray stops)
+                    self.tune.stop_ray()
+            finally:
+                if INTERRUPTED.is_set():  # one that came while the records were closed counts too
+                    self.outcome.interrupted = True
+                STOPPING.clear()  # what the caller does next (the export) stops at the next Ctrl-C
+                _WHILE_STOPPING[0] = 0
 
     def _run(self) -> Outcome:
         x = self.spec.execution
@@ -324,7 +338,7 @@ class Driver:
         STOPPING.set()  # from here on the records are closed: a second Ctrl-C or SIGTERM does not cut that short
         if self.outcome.interrupted:
             self.progress.message("[study] interrupted: closing the records of the members in flight "
-                                  "(a second Ctrl-C waits for that)")
+                                  "(a second Ctrl-C waits for that; a third stops at once)")
         if self.halted is None:
             self._stores_ok()
         halted_before_cleanup = self.halted is not None

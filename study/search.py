@@ -351,10 +351,10 @@ class Lease:
         self.heartbeat.join(self.BEAT_S)  # a renewal in flight ends before the lease goes
         if self._abandoned:
             return
-        try:
-            held = optuna.load_study(study_name=self.name, storage=self.storage)
-            if held.user_attrs.get("holder") == self.holder:
-                optuna.delete_study(study_name=self.name, storage=self.storage)
+        try:  # this driver's own lease, by its id: never one another driver created under the name meanwhile
+            study_id = self.study._study_id
+            if self.study._storage.get_study_user_attrs(study_id).get("holder") == self.holder:
+                self.study._storage.delete_study(study_id)
         except Exception:  # already gone: nothing to release
             pass
 

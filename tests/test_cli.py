@@ -260,9 +260,11 @@ def test_ctrl_c_in_study_train_is_exit_130_with_one_line(tmp_path):
 
 def test_output_into_a_closed_pipe_ends_quietly():
     """`study validate … | head -n 1`: the reader goes away; no BrokenPipeError traceback."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # output buffered, as usual
     proc = subprocess.Popen([sys.executable, "-m", "study.cli", "validate", str(QUICKSTART)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     proc.stdout.close()  # the reader is gone before the first line
     err = proc.stderr.read()
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err[-3000:]
+    assert proc.returncode == 1

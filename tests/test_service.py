@@ -456,6 +456,7 @@ def test_one_driver_per_study(tmp_path):
                 break
         out, err = winner.communicate(timeout=120)
         err = "".join(seen) + err
+        assert "[study] interrupted: closing the records" in err, err[-3000:]  # the second SIGTERM was sent
         assert winner.returncode == 130, err[-3000:]
         assert "interrupted; finish with: study resume lease" in err and "Traceback" not in err, err[-3000:]
     finally:
@@ -490,6 +491,29 @@ def test_an_interrupt_python_swallows_in_a_finalizer_still_stops_the_driver():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.stdout.split("\n")[:3] == ["went on True", "hook raised it", "hook ran"], out.stdout + out.stderr
     assert "Exception ignored" not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_interrupts_while_the_driver_closes_its_records():
+    """While the driver closes its records (STOPPING), the next SIGTERM is remembered and raises nothing, not even
+    at the driver's hooks, whatever stopped the study (here an error: the outcome is not marked interrupted); one
+    more ends the process at once, exit 130, saying what it leaves undone."""
+    script = textwrap.dedent("""
+        import os, signal, types
+        from study.driver import INTERRUPTED, STOPPING, _hook, catch_interrupts
+        catch_interrupts()
+        STOPPING.set()  # as Driver._run does once the study has stopped
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("remembered", INTERRUPTED.is_set(), flush=True)
+        driver = types.SimpleNamespace(outcome=types.SimpleNamespace(interrupted=False), halted=None,
+                                       _stores_ok=lambda: True)
+        print(_hook(lambda self: "hook ran")(driver), flush=True)  # the closing goes on
+        os.kill(os.getpid(), signal.SIGTERM)
+        print("not reached", flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.splitlines() == ["remembered True", "hook ran"], out.stdout + out.stderr
+    assert out.returncode == 130 and "[study] stopped at once" in out.stderr, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("store", ["optuna", "mlflow"])
