@@ -68,24 +68,24 @@ def resolve_precision(precision: str, device: torch.device) -> bool:
     return precision == "bf16" or (precision == "auto" and torch.device(device).type == "cuda")
 
 
+def _resolve_switch(field: str, value, device: torch.device) -> bool:
+    """A device setting that is auto | true | false: None or "auto" is on for CUDA, off for a CPU."""
+    if value in (None, "auto"):
+        return torch.device(device).type == "cuda"
+    if not isinstance(value, bool):
+        raise ValueError(f"invalid train.{field}: must be auto, true or false, but got {field}={value!r}")
+    return value
+
+
 def resolve_channels_last(channels_last, device: torch.device) -> bool:
     """True when activations and conv weights are channels-last: True, or None/"auto" on CUDA."""
-    if channels_last in (None, "auto"):
-        return torch.device(device).type == "cuda"
-    if not isinstance(channels_last, bool):
-        raise ValueError(f"invalid train.channels_last: must be auto, true or false, but got channels_last={channels_last!r}")
-    return channels_last
+    return _resolve_switch("channels_last", channels_last, device)
 
 
 def resolve_cudnn_benchmark(cudnn_benchmark, device: torch.device) -> bool:
     """True when cuDNN autotunes its convolutions (torch.backends.cudnn.benchmark): True, or None/"auto" on
     CUDA. On a CPU the switch is set all the same and changes nothing."""
-    if cudnn_benchmark in (None, "auto"):
-        return torch.device(device).type == "cuda"
-    if not isinstance(cudnn_benchmark, bool):
-        raise ValueError(f"invalid train.cudnn_benchmark: must be auto, true or false, but got "
-                         f"cudnn_benchmark={cudnn_benchmark!r}")
-    return cudnn_benchmark
+    return _resolve_switch("cudnn_benchmark", cudnn_benchmark, device)
 
 
 def member_loss(model: torch.nn.Module, x: Tensor, y: Tensor, bf16: bool) -> Tensor:

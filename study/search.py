@@ -353,8 +353,8 @@ class Lease:
             return
         try:  # this driver's own lease, by its id: never one another driver created under the name meanwhile
             study_id = self.study._study_id
-            if self.study._storage.get_study_user_attrs(study_id).get("holder") == self.holder:
-                self.study._storage.delete_study(study_id)
+            if self.storage.get_study_user_attrs(study_id).get("holder") == self.holder:
+                self.storage.delete_study(study_id)
         except Exception:  # already gone: nothing to release
             pass
 
