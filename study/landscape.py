@@ -5,38 +5,26 @@ t quantiles, the normal CDF and scattered-sample interpolation): reads no store 
 (tracking.py reads MLflow, plots.py draws). A member is a dict with optimizer, decay, lr, weight_decay,
 seed, error and diverged.
 
-λ*(η), one learning-rate row at a time, on the seed-averaged grid: a least-squares quadratic in log λ
-through a window of five neighbouring columns (the window centred on the row's best column, shifted
-inwards at the grid's ends, so that rows near an edge all use the same outermost five columns); its
-vertex is the row's optimum. A row whose vertex lies beyond the first or last column (or whose best
-column is an edge column and shows no curvature) is **censored**: its optimum is only known to lie
-beyond that edge. Censored rows are flagged ("low"/"high"), drawn as such, and enter the fit as bounds.
+λ*(η) per row, for display and refinement (row_optima): the best cell of the seed-averaged row counts as a
+measured optimum only when the measurements bracket it (a worse neighbour on each side); its position is the
+vertex of a quadratic in log λ through five neighbouring columns, kept between those two neighbours. A row
+whose best cell is an edge column is **censored** ("low"/"high"): its optimum is only known to lie at or
+beyond that edge, whatever a fitted curve says. Censored rows are drawn as such and drive `refine`.
 
-The ridge log λ* = a + b·log η is fitted by least squares on the measured rows when no row is
-censored, and otherwise by maximum likelihood with censored rows as bounds (a censored-normal, "Tobit",
-likelihood; measured rows enter with their value, censored ones with P(optimum beyond the edge)).
-Without censored rows this is exactly ordinary least squares.
+The slope of log λ* = a + b·log η and its 95 % interval come from the valley model (study.valley): every
+seed-averaged cell within two columns of its row's best, one quadratic valley per row with its own height
+and curvature, the floor's line shared, and the profile-likelihood interval of b. It uses every cell
+instead of one vertex per row (far more residual degrees of freedom at the same budget), and rows whose
+best cell sits at an edge inform the line through the cells they have without their optimum being
+claimed. Its coverage on planted landscapes, lopsided valleys, seed offsets and censored rows included,
+is checked in tests/test_valley.py; docs/statistics.md gives the measurements.
 
-The 95 % interval of the slope is a t-interval: b ± t(0.975, n−2)·se, with n the number of measured
-rows and se the usual least-squares standard error, s²/Σ(x−x̄)² with s² = RSS/(n−2) (for the
-censored-normal fit: its inverse-information standard error scaled by n/(n−2), which is the same
-number when nothing is censored). Why this interval: each row optimum comes from the seed-averaged
-grid, so its scatter about the line already holds every source of noise once (seed-to-seed noise,
-evaluation noise, and the lack of fit of a straight line), and rows are independent measurements, so
-the residual spread across rows is the right yardstick, with n−2 degrees of freedom for the small
-numbers of rows these grids have. The bootstrap this module used before resampled seeds and then rows,
-which counted seed noise twice (2.3–2.9× too wide). Measured on planted landscapes (6 lr × 8 λ, noise
-σ = 0.02 and 0.05 per member, 1–3 seeds, true slopes −1 and 0, 4000 intervals per case): coverage
-0.941–0.950, median width 0.95–1.00× that of the textbook OLS t-interval on the seed-averaged row optima
-(tests/test_landscape.py asserts 0.92–0.98 and ≤ 1.25× over 1000 intervals per case). With 3 of 6 rows
-beyond the grid edge (truth −1, 2–3 seeds) the mean slope is −0.99 to −1.01 where clipping those rows to
-the edge gave −0.54 to −0.57, and the intervals cover 95–96 % when ≥ 3 rows are measured.
+Verdicts: an interval *decides* when it is at most DECISIVE_WIDTH (1.5) wide and excludes at least one of
+the two laws (−1, 0); anything else is "inconclusive at this budget", with what would decide it.
 
-Arm comparison (compare_arms): the difference of two arms' slopes. When both arms measured the same
-learning rates and no row is censored, the difference is the least-squares slope of the row-wise
-differences of log λ* (a paired t-interval with n−2 dof): noise the arms share, such as shared seeds'
-initial weights and batch order, cancels in it. Otherwise the two fits are combined as independent
-(Welch–Satterthwaite).
+Arm comparison (compare_arms): the difference of two arms' slopes, the two fits combined as independent
+(Welch–Satterthwaite). A pair whose difference an identity fixes (decoupled vs independent decay of the
+same optimizer: exactly −1) is printed as a self-check of the estimator, not as a finding.
 """
 
 from __future__ import annotations
@@ -48,8 +36,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .spec import decay_timescale
+from .valley import valley_fit
 
-PREDICTED_SLOPE = {  # SCIENCE.md: slope of log λ*(η) against log η
+PREDICTED_SLOPE = {  # docs/science.md: slope of log λ*(η) against log η
     ("sgd", "coupled"): (-1.0, "about −1 (diagonal basin)"),
     ("sgd", "decoupled"): (-1.0, "about −1 (same product η·λ)"),
     ("sgd", "independent"): (0.0, "about 0 (separable)"),
@@ -62,7 +51,9 @@ PREDICTED_SLOPE = {  # SCIENCE.md: slope of log λ*(η) against log η
 }
 ALTERNATIVE = {-1.0: 0.0, 0.0: -1.0}  # the other law: the verdict needs the interval to tell the two apart
 LEVEL = 0.95
-WINDOW = 5            # columns in a row's quadratic fit
+DECISIVE_WIDTH = 1.5  # an interval wider than this decides nothing, whatever it excludes
+WINDOW = 5            # columns in a row's quadratic fit (row_optima)
+MIN_MEASURED_ROWS = 2  # rows whose optimum the grid brackets, needed before an arm's slope is reported
 MAX_SEEDS_ADVICE = 64
 
 
@@ -83,7 +74,7 @@ class ArmLandscape:
     grid: bool = True                 # False: scattered samples interpolated onto a grid
     samples: list[dict] = field(default_factory=list)  # non-grid studies: the sampled points
     censored: list = field(default_factory=list)       # per row: None, "low" or "high" (optimum beyond that edge)
-    ridge_fit: dict = field(default_factory=dict)      # the fitted line and its covariance (see fit_ridge)
+    ridge_fit: dict = field(default_factory=dict)      # the fitted line and its covariance (valley model)
     metric: str = "error"             # the final metric the grid holds (e.g. test_loss)
 
     @property
@@ -141,8 +132,12 @@ CENSOR_CODE = {-1: "low", 0: None, 1: "high"}
 def row_optima(log_wd, err, window: int = WINDOW) -> tuple[np.ndarray, np.ndarray]:
     """log λ* of every row of err[..., col] and its censoring: (log_opt, code), code −1 low, +1 high, 0 measured.
 
-    Vectorized over any leading dims. A censored row's log_opt is its edge (the bound); a row without
-    a finite value is NaN (code 0)."""
+    An optimum counts as measured only where the measurements bracket it: the row's best cell has a worse
+    neighbour on each side (a diverged neighbour is worse). Its position is then the vertex of a quadratic in
+    log λ through a window of `window` columns around the best, kept between the two bracketing neighbours.
+    A row whose best cell is its first or last column is censored at that edge (its log_opt is the edge, a
+    bound), whatever a fitted curve would say. Vectorized over any leading dims; a row without a finite value
+    is NaN (code 0)."""
     log_wd = np.asarray(log_wd, float)
     err = np.asarray(err, float)
     C = err.shape[-1]
@@ -168,9 +163,11 @@ def row_optima(log_wd, err, window: int = WINDOW) -> tuple[np.ndarray, np.ndarra
         scale = np.where(inwin, np.abs(err), 0.0).max(-1)
         curved = enough & (a > 1e-12 * np.maximum(scale, 1e-300))
         vertex = np.where(curved, xc - b / (2 * np.where(curved, a, 1.0)), log_wd[i])
-    tol = 1e-9 * max(1.0, float(np.ptp(log_wd)) if C > 1 else 1.0)
-    high = (curved & (vertex > log_wd[-1] + tol)) | (~curved & (i == C - 1) & (C > 1))
-    low = (curved & (vertex < log_wd[0] - tol)) | (~curved & (i == 0) & (C > 1))
+    bracket_lo = log_wd[np.clip(i - 1, 0, C - 1)]
+    bracket_hi = log_wd[np.clip(i + 1, 0, C - 1)]
+    vertex = np.clip(vertex, bracket_lo, bracket_hi)
+    high = (i == C - 1) & (C > 1)
+    low = (i == 0) & (C > 1)
     code = np.where(high, 1, np.where(low, -1, 0))
     opt = np.where(high, log_wd[-1], np.where(low, log_wd[0], vertex))
     return np.where(any_f, opt, np.nan), np.where(any_f, code, 0)
@@ -187,168 +184,36 @@ def ridge(lr, wd, err) -> tuple[np.ndarray, np.ndarray]:
     return row_optima(np.log(np.asarray(wd, float)), err)
 
 
-# --------------------------------------------------------------------------- the ridge line
-
-def _solve(A, b):
-    """Batched solve that tolerates singular systems (least-squares answer there)."""
-    try:
-        return np.linalg.solve(A, b[..., None])[..., 0]
-    except np.linalg.LinAlgError:
-        return (np.linalg.pinv(A) @ b[..., None])[..., 0]
-
-
-def _tobit(xc, y, unc, cen_hi, cen_lo, upper, lower, iters: int = 100):
-    """Censored-normal maximum likelihood of y = a + b·xc + N(0, s²), batched over rows of the inputs (D, R).
-
-    Olsen's parameters (a/s, b/s, 1/s) make the log-likelihood concave; Newton with step halving.
-    Returns coef (D, 2) = (a, b) and its inverse-information covariance (D, 2, 2)."""
-    from scipy import special
-
-    D, R = y.shape
-    X = np.stack([np.ones_like(xc), xc], -1)                      # (D, R, 2)
-    yv = np.where(unc, y, 0.0)
-    w = unc.astype(float)
-    A = np.einsum("dr,dri,drj->dij", w, X, X)
-    beta = _solve(A, np.einsum("dr,dri,dr->di", w, X, yv))
-    res = (yv - np.einsum("drk,dk->dr", X, beta)) * w
-    s = np.sqrt((res ** 2).sum(-1) / np.maximum(w.sum(-1), 1))
-    s = np.maximum(s, 0.05 * (upper - lower) / max(R, 1) + 1e-6)  # a start the censored rows can pull on
-    th = np.concatenate([beta / s[:, None], 1 / s[:, None]], -1)
-    cen = cen_hi | cen_lo
-    c = np.where(cen_hi, upper, np.where(cen_lo, lower, 0.0))
-    sign = np.where(cen_hi, 1.0, np.where(cen_lo, -1.0, 0.0))
-    V = np.concatenate([X, -c[..., None]], -1) * sign[..., None]  # z = V·θ = ±(a + b·x − c)/s
-    half_log_2pi = 0.5 * math.log(2 * math.pi)
-
-    def evaluate(th):
-        d, g = th[:, :2], th[:, 2]
-        e = g[:, None] * yv - np.einsum("drk,dk->dr", X, d)
-        z = np.einsum("drk,dk->dr", V, th)
-        log_phi = special.log_ndtr(z)
-        mills = np.exp(-0.5 * z ** 2 - half_log_2pi - log_phi)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ll = np.where(unc, np.log(g)[:, None] - 0.5 * e ** 2, 0.0).sum(-1) + np.where(cen, log_phi, 0.0).sum(-1)
-        gu = np.concatenate([e[..., None] * X, (1 / g[:, None] - e * yv)[..., None]], -1)
-        grad = np.where(unc[..., None], gu, 0.0).sum(1) + np.where(cen[..., None], mills[..., None] * V, 0.0).sum(1)
-        Hu = np.zeros((D, R, 3, 3))
-        Hu[..., :2, :2] = -X[..., :, None] * X[..., None, :]
-        Hu[..., :2, 2] = Hu[..., 2, :2] = X * yv[..., None]
-        Hu[..., 2, 2] = -1 / g[:, None] ** 2 - yv ** 2
-        Hc = -(mills * (z + mills))[..., None, None] * V[..., :, None] * V[..., None, :]
-        H = np.where(unc[..., None, None], Hu, 0.0).sum(1) + np.where(cen[..., None, None], Hc, 0.0).sum(1)
-        return ll, grad, H
-
-    ll, grad, H = evaluate(th)
-    active = np.ones(D, bool)
-    for _ in range(iters):
-        with np.errstate(all="ignore"):
-            step = _solve(H - 1e-12 * np.eye(3), grad)
-        step = np.where(active[:, None] & np.isfinite(step), step, 0.0)
-        t = np.ones(D)
-        for _ in range(30):
-            new = th - t[:, None] * step
-            ok_g = new[:, 2] > 0
-            ll_new = np.where(ok_g, evaluate(np.where(ok_g[:, None], new, th))[0], -np.inf)
-            bad = ~(ll_new >= ll - 1e-12 * np.abs(ll)) & active
-            if not bad.any():
-                break
-            t = np.where(bad, t / 2, t)
-        th = np.where(active[:, None], new, th)
-        active &= np.abs(t[:, None] * step).max(-1) > 1e-10 * (1 + np.abs(th).max(-1))
-        ll, grad, H = evaluate(th)
-        if not active.any():
-            break
-    with np.errstate(all="ignore"):
-        cov_th = np.linalg.pinv(-H)
-    d0, d1, g = th[:, 0], th[:, 1], th[:, 2]
-    J = np.zeros((D, 2, 3))
-    J[:, 0, 0] = J[:, 1, 1] = 1 / g
-    J[:, 0, 2], J[:, 1, 2] = -d0 / g ** 2, -d1 / g ** 2
-    return np.stack([d0 / g, d1 / g], -1), J @ cov_th @ J.transpose(0, 2, 1)
-
-
-def fit_ridge(log_lr, log_opt, code, lower: float, upper: float) -> dict:
-    """The line log λ* = a + b·(log η − x0) through row optima, censored rows as bounds; vectorized over
-    leading dims of log_opt/code (rows last). lower/upper: log of the grid's first/last weight decay.
-
-    Returns arrays: slope b, x0, a (log λ* at x0), cov (2×2 of a, b, small-sample scaled), dof (n−2 with
-    n measured rows; the t-interval's degrees of freedom), n (measured rows), low/high (censored rows),
-    tobit (whether censored rows entered the fit)."""
-    log_opt = np.asarray(log_opt, float)
-    code = np.asarray(code)
-    lead, R = log_opt.shape[:-1], log_opt.shape[-1]
-    y = log_opt.reshape(-1, R)
-    cd = code.reshape(-1, R)
-    x = np.broadcast_to(np.asarray(log_lr, float), log_opt.shape).reshape(-1, R)
-    D = y.shape[0]
-    fin = np.isfinite(y)
-    unc, hi, lo = fin & (cd == 0), fin & (cd == 1), fin & (cd == -1)
-    n = unc.sum(-1)
-    w = unc.astype(float)
-    with np.errstate(all="ignore"):
-        x0 = (w * x).sum(-1) / n
-        xc = np.where(fin, x - x0[:, None], 0.0)
-        ym = (w * np.where(unc, y, 0.0)).sum(-1) / n
-        dx, dy = xc * w, (np.where(unc, y, 0.0) - ym[:, None]) * w
-        sxx = (dx ** 2).sum(-1)
-        b = (dx * dy).sum(-1) / sxx
-        rss = ((dy - b[:, None] * dx) ** 2).sum(-1)
-        s2 = rss / (n - 2)
-    a = ym
-    cov = np.full((D, 2, 2), np.nan)
-    ok3 = n >= 3
-    cov[ok3, 0, 0] = s2[ok3] / n[ok3]
-    cov[ok3, 1, 1] = s2[ok3] / sxx[ok3]
-    cov[ok3, 0, 1] = cov[ok3, 1, 0] = 0.0
-    cens = (hi | lo).any(-1)
-    exact = (n == 2) | (rss <= 1e-20 * np.maximum(1.0, (w * np.where(unc, y, 0.0) ** 2).sum(-1)))
-    with np.errstate(invalid="ignore"):
-        line = a[:, None] + b[:, None] * xc        # an exact line that respects every bound is the likelihood's
-        kept = ~(hi & (line < upper)).any(-1) & ~(lo & (line > lower)).any(-1)  # maximum (s → 0)
-    tob = (n >= 2) & cens & ~(exact & kept)
-    if tob.any():
-        coef, c2 = _tobit(xc[tob], y[tob], unc[tob], hi[tob], lo[tob], upper, lower)
-        a[tob], b[tob] = coef[:, 0], coef[:, 1]
-        with np.errstate(all="ignore"):
-            cov[tob] = np.where((n[tob] >= 3)[:, None, None], c2 * (n[tob] / (n[tob] - 2))[:, None, None], np.nan)
-    b = np.where(n >= 2, b, np.nan)
-    a = np.where(n >= 2, a, np.nan)
-    shape = lambda v: v.reshape(lead + v.shape[1:])  # noqa: E731
-    return {"slope": shape(b), "x0": shape(x0), "a": shape(a), "cov": shape(cov), "dof": shape(np.maximum(n - 2, 0)),
-            "n": shape(n), "low": shape(lo.sum(-1)), "high": shape(hi.sum(-1)), "tobit": shape(tob)}
-
+# --------------------------------------------------------------------------- the ridge line: the valley model
 
 def slope_intervals(lr, wd, per_seed, level: float = LEVEL) -> dict:
     """Everything the slope rests on, vectorized: per_seed[..., seed, row, col] errors (NaN = diverged).
 
-    Returns fit_ridge's arrays plus log_opt and code per row and the interval lo/hi of the slope."""
+    The valley model (study.valley) on the seed-averaged grid gives the slope, its profile interval lo/hi,
+    the line (a, x0, cov) and its degrees of freedom; row_optima gives each row's measured optimum and
+    censoring (log_opt, code), which are what the heatmap and refine read, not what the slope is fitted to."""
     per_seed = np.asarray(per_seed, float)
     mean = _nanmean(per_seed, axis=-3)
     log_wd = np.log(np.asarray(wd, float))
     log_opt, code = row_optima(log_wd, mean)
-    fit = fit_ridge(np.log(np.asarray(lr, float)), log_opt, code, log_wd[0], log_wd[-1])
-    half = _tq(fit["dof"], level) * np.sqrt(fit["cov"][..., 1, 1])
-    fit.update(log_opt=log_opt, code=code, lo=fit["slope"] - half, hi=fit["slope"] + half)
+    fit = valley_fit(np.log(np.asarray(lr, float)), log_wd, mean, level)
+    fit.update(log_opt=log_opt, code=code, n=(code == 0).sum(-1) - (~np.isfinite(log_opt)).sum(-1),
+               low=(code == -1).sum(-1), high=(code == 1).sum(-1))
     return fit
 
 
 def _method(fit: dict, seeds: int, rows: int) -> str:
-    n, dof = int(fit["n"]), int(fit["dof"])
-    k = int(fit["low"]) + int(fit["high"])
     seeds_txt = f"{seeds} seeds averaged" if seeds > 1 else "one seed"
-    if n < 3:
-        return f"no interval: {n} of {rows} rows measured inside the grid ({seeds_txt})"
-    if k:
-        return (f"t-interval ({dof} dof), censored-normal fit: {n} rows measured, {k} beyond the grid edge "
-                f"as bounds ({seeds_txt})")
-    return f"t-interval ({dof} dof) on the ridge of {n} rows ({seeds_txt})"
-
-
-def slope_with_ci(lr, wd, per_seed: np.ndarray, n_boot=None, rng=None) -> tuple[float, list[float], str]:
-    """Slope of log λ*(η) on log η, its 95 % interval and how it was made. per_seed: [seed][row][col] errors.
-    (n_boot and rng are accepted for old callers; the interval is analytic.)"""
-    f = slope_intervals(lr, wd, per_seed)
-    return float(f["slope"]), [float(f["lo"]), float(f["hi"])], _method(f, per_seed.shape[0], per_seed.shape[1])
+    used, cells, dof = int(fit["rows"]), int(fit["cells"]), int(fit["dof"])
+    k = int(fit["low"]) + int(fit["high"])
+    if int(fit["n"]) < MIN_MEASURED_ROWS:
+        return (f"no slope: {int(fit['n'])} of {rows} rows have their optimum bracketed inside the grid "
+                f"(the valley model needs {MIN_MEASURED_ROWS}; {seeds_txt})")
+    if not math.isfinite(float(fit["lo"])) and not math.isinf(float(fit["lo"])):
+        return f"no interval: {cells} cells in {used} of {rows} rows are too few for the valley model ({seeds_txt})"
+    edge = f"; {k} of {rows} rows have their best cell at a grid edge" if k else ""
+    return (f"profile interval of the valley model ({dof} dof): {cells} cells near the floor of {used} rows "
+            f"({seeds_txt}){edge}")
 
 
 # --------------------------------------------------------------------------- arm landscapes
@@ -401,6 +266,8 @@ def arm_landscape(members: list[dict], n_boot=None, metric: str = "error") -> Ar
         per_seed = g[None]
         diverged_frac = np.zeros_like(g)
     f = slope_intervals(np.array(lr), np.array(wd), per_seed)
+    if int(f["n"]) < MIN_MEASURED_ROWS:       # a ridge through fewer measured optima is an extrapolation
+        f.update(slope=np.float64(math.nan), lo=np.float64(math.nan), hi=np.float64(math.nan))
     method = _method(f, len(seeds), len(lr))
     if not grid:
         method += ", on a surface interpolated from the samples (not calibrated: interpolated cells are not independent)"
@@ -417,7 +284,7 @@ def arm_landscape(members: list[dict], n_boot=None, metric: str = "error") -> Ar
     ridge_fit = {"slope": float(f["slope"]), "log_lr_center": float(f["x0"]), "log_wd_at_center": float(f["a"]),
                  "cov": f["cov"].tolist(), "dof": int(f["dof"]), "rows_measured": int(f["n"]),
                  "rows_censored_low": int(f["low"]), "rows_censored_high": int(f["high"]),
-                 "censored_rows_as_bounds": bool(f["tobit"])}
+                 "model": "valley", "rows_fitted": int(f["rows"]), "cells": int(f["cells"])}
     return ArmLandscape(opt, decay, [float(v) for v in lr], [float(v) for v in wd], mean.tolist(),
                         diverged_frac.tolist(), seeds,
                         [float(math.exp(v)) if math.isfinite(v) else math.nan for v in f["log_opt"]],
@@ -562,144 +429,166 @@ def _fmt(v, fmt=".2f") -> str:
     return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
 
 
-def _rows_needed(n: int, hw: float, target: float, dof: int) -> int | None:
-    """Evenly spread rows over the same lr range that would bring the half-width to `target`."""
-    if n < 3:
+def _rows_needed(n: int, hw: float, target: float) -> int | None:
+    """Evenly spread rows over the same lr range that would bring the half-width to `target` (the slope's
+    standard error shrinks as 1/√Σ(x−x̄)²)."""
+    if n < 2:
         return None
     sxx = lambda k: k * (k + 1) / (k - 1)  # noqa: E731  Σ(x−x̄)² of k evenly spaced points, up to the range²
-    t_now = float(_tq(dof))
     for k in range(n + 1, 65):
-        if hw * float(_tq(k - 2)) / t_now * math.sqrt(sxx(n) / sxx(k)) <= target:
+        if hw * math.sqrt(sxx(n) / sxx(k)) <= target:
             return k
     return None
 
 
 def arm_verdict(land: ArmLandscape) -> dict:
     """One of: consistent with the prediction, contradicts it, inconclusive at this budget (and what would
-    decide it), or no prediction (SCIENCE.md states no law for the arm)."""
+    decide it), or no prediction (docs/science.md states no law for the arm).
+
+    Consistent and contradicts are decisive verdicts: the interval is at most DECISIVE_WIDTH wide and
+    excludes the alternative law (consistent) or the predicted one (contradicts)."""
     pred, pred_text = land.predicted
     lo, hi = land.slope_ci
     s = land.slope
     measured = [c for c, w in zip(land.censored, land.best_weight_decay) if math.isfinite(w)]
     k = sum(c is not None for c in measured)
     n = len(measured) - k
+    fitted = int((land.ridge_fit or {}).get("rows_fitted", n))
     S = len(land.seeds)
     alt = ALTERNATIVE.get(pred) if pred is not None else None
     out = {"arm": land.arm, "predicted": pred, "alternative": alt, "slope": s, "ci": [lo, hi],
            "offset": (s - pred) if pred is not None else math.nan, "rows_measured": n, "rows_censored": k,
-           "decide": []}
+           "decide": [], "decisive": False}
     ci = f"slope {_fmt(s)} [{_fmt(lo)}, {_fmt(hi)}]"
-    edge = f"; {k} of {n + k} rows have their best λ beyond the grid edge" if k else ""
+    edge = f"; {k} of {n + k} rows have their best λ at the grid edge" if k else ""
     if pred is None:
         out.update(outcome="no prediction", text=f"no prediction to test ({pred_text}); {ci}{edge}")
         return out
     if not (math.isfinite(lo) and math.isfinite(hi)):
         decide = ["a wider weight_decay grid"] if k else []
-        decide.append(f"more learning rates (only {n} rows measured; an interval needs 3)")
+        decide.append("more seeds or learning rates (the data do not bound the slope)" if fitted >= 2
+                      else f"more learning rates ({fitted} rows fitted)")
         out.update(outcome="inconclusive", decide=decide,
                    text=f"inconclusive at this budget: {ci}{edge}; what would decide it: " + ", ".join(decide))
         return out
-    if not lo <= pred <= hi:
+    wide = hi - lo > DECISIVE_WIDTH
+    if not wide and not lo <= pred <= hi:
         note = ": refine the grid to confirm" if k else ""
-        out.update(outcome="contradicts",
+        out.update(outcome="contradicts", decisive=True,
                    text=f"contradicts it: {ci} excludes the predicted {pred:g}{edge}{note}")
         return out
-    if alt is None or not lo <= alt <= hi:
+    if not wide and (alt is None or not lo <= alt <= hi):
         other = f" and excludes {alt:g}" if alt is not None else ""
-        out.update(outcome="consistent", text=f"consistent with the prediction: {ci} holds {pred:g}{other}{edge}")
+        out.update(outcome="consistent", decisive=True,
+                   text=f"consistent with the prediction: {ci} holds {pred:g}{other}{edge}")
         return out
-    target = abs(pred - alt) / 2      # a half-width that separates the two laws
+    target = min(abs(pred - alt) / 2 if alt is not None else DECISIVE_WIDTH / 2, DECISIVE_WIDTH / 2)
     hw = (hi - lo) / 2
     decide = []
     if k:
-        decide.append(f"a wider weight_decay grid ({k} of {n + k} rows beyond its edge)")
+        decide.append(f"a wider weight_decay grid ({k} of {n + k} rows at its edge)")
     seeds = math.ceil(S * (hw / target) ** 2)
     decide.append(f"about {seeds} seeds (now {S})" if seeds <= MAX_SEEDS_ADVICE else f"more than {MAX_SEEDS_ADVICE} seeds (now {S})")
-    rows = _rows_needed(n, hw, target, n - 2)
-    decide.append(f"or about {rows} learning rates (now {n})" if rows else "or a wider learning-rate range")
+    rows = _rows_needed(fitted, hw, target)
+    decide.append(f"or about {rows} learning rates (now {fitted})" if rows else "or a wider learning-rate range")
+    why = (f"is wider than {DECISIVE_WIDTH:g}" if wide else f"holds both {pred:g} and {alt:g}")
     out.update(outcome="inconclusive", decide=decide,
-               text=f"inconclusive at this budget: {ci} holds both {pred:g} and {alt:g}; what would decide it "
+               text=f"inconclusive at this budget: {ci} {why}{edge}; what would decide it "
                     f"(interval ±{target:g}): " + ", ".join(decide))
     return out
 
 
-def _same_rows(a: ArmLandscape, b: ArmLandscape) -> bool:
-    return len(a.lr) == len(b.lr) and np.allclose(a.lr, b.lr, rtol=1e-9)
-
-
-def difference_interval(log_lr, opt_a, code_a, fit_a: dict, opt_b, code_b, fit_b: dict, same_rows: bool = True,
-                        level: float = LEVEL) -> dict:
-    """Slope difference a − b and its interval, vectorized over leading dims (rows last).
-
-    Paired (same rows, nothing censored in either arm, ≥ 3 rows measured in both): the least-squares
-    slope of the row-wise differences, t with n−2 dof; shared noise cancels. Otherwise the two fits as
-    independent, Welch–Satterthwaite dof."""
-    diff = fit_a["slope"] - fit_b["slope"]
-    va, vb = fit_a["cov"][..., 1, 1], fit_b["cov"][..., 1, 1]
+def _equivalent_se(fit_lo, fit_hi, dof, level: float = LEVEL):
+    """The standard error a t-interval of the same width would have: (hi − lo) / (2·t(ν)); NaN if unbounded."""
     with np.errstate(all="ignore"):
-        dof_w = (va + vb) ** 2 / (va ** 2 / fit_a["dof"] + vb ** 2 / fit_b["dof"])
-        half_w = _tq(np.where(np.isfinite(dof_w), dof_w, 0), level) * np.sqrt(va + vb)
-    paired = np.zeros(np.shape(diff), bool)
-    half = half_w
-    d = diff
-    if same_rows:
-        both = np.isfinite(opt_a) & np.isfinite(opt_b)
-        clean = ~(((code_a != 0) | (code_b != 0)) & both).any(-1)
-        y = np.where(both, opt_a - opt_b, np.nan)
-        fp = fit_ridge(log_lr, y, np.zeros_like(code_a), -np.inf, np.inf)
-        paired = clean & (fp["n"] >= 3)
-        half_p = _tq(fp["dof"], level) * np.sqrt(fp["cov"][..., 1, 1])
-        d = np.where(paired, fp["slope"], diff)
-        half = np.where(paired, half_p, half_w)
-    return {"difference": d, "lo": d - half, "hi": d + half, "paired": paired}
+        se = (np.asarray(fit_hi, float) - np.asarray(fit_lo, float)) / (2 * _tq(dof, level))
+    return np.where(np.isfinite(se), se, np.nan)
+
+
+def difference_interval(fit_a: dict, fit_b: dict, level: float = LEVEL) -> dict:
+    """Slope difference a − b of two valley fits (slope_intervals dicts) and its interval, vectorized.
+
+    The two fits are combined as independent: each interval's equivalent standard error, added in
+    quadrature, with Welch–Satterthwaite degrees of freedom. Arms that share seeds share part of their noise
+    (initial weights, batch order); combining them as independent then errs on the wide side."""
+    diff = np.asarray(fit_a["slope"], float) - np.asarray(fit_b["slope"], float)
+    va = _equivalent_se(fit_a["lo"], fit_a["hi"], fit_a["dof"], level) ** 2
+    vb = _equivalent_se(fit_b["lo"], fit_b["hi"], fit_b["dof"], level) ** 2
+    with np.errstate(all="ignore"):
+        dof = (va + vb) ** 2 / (va ** 2 / np.maximum(fit_a["dof"], 1) + vb ** 2 / np.maximum(fit_b["dof"], 1))
+        half = _tq(np.where(np.isfinite(dof), dof, 0), level) * np.sqrt(va + vb)
+    return {"difference": diff, "lo": diff - half, "hi": diff + half, "dof": dof}
+
+
+def decisive(lo: float, hi: float, hypotheses) -> bool:
+    """An interval decides when it is at most DECISIVE_WIDTH wide and excludes at least one hypothesis."""
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi - lo > DECISIVE_WIDTH:
+        return False
+    return any(not lo <= h <= hi for h in hypotheses if h is not None)
+
+
+def _arm_fit(land: ArmLandscape) -> dict:
+    f = land.ridge_fit or {}
+    return {"slope": land.slope, "lo": land.slope_ci[0], "hi": land.slope_ci[1], "dof": f.get("dof", 0)}
 
 
 def compare_arms(lands: list[ArmLandscape], level: float = LEVEL) -> list[dict]:
-    """Every pair of arms: the difference of slopes with a joint interval, its prediction and one sentence."""
+    """Every pair of arms: the difference of slopes with a joint interval, its prediction and one sentence.
+
+    Decisive, as for an arm: the interval at most DECISIVE_WIDTH wide and excluding 0 or the predicted
+    difference. A pair whose difference is fixed by an identity of the update rules (decoupled(η, λ) is
+    independent(η, η·λ) step for step, so their slopes differ by exactly −1) is a self-check of the
+    estimator, not a finding, and says so."""
     out = []
     for i, A in enumerate(lands):
         for B in lands[i + 1:]:
-            fa, fb = _fit_dict(A), _fit_dict(B)
-            same = _same_rows(A, B)
-            r = difference_interval(np.log(A.lr), fa["log_opt"], fa["code"], fa, fb["log_opt"], fb["code"], fb,
-                                    same_rows=same, level=level)
-            d, lo, hi, paired = float(r["difference"]), float(r["lo"]), float(r["hi"]), bool(r["paired"])
+            r = difference_interval(_arm_fit(A), _arm_fit(B), level)
+            d, lo, hi = float(r["difference"]), float(r["lo"]), float(r["hi"])
             pa, pb = A.predicted[0], B.predicted[0]
             pd = (pa - pb) if pa is not None and pb is not None else None
-            shared = sorted(set(A.seeds) & set(B.seeds))
-            if paired:
-                method = (f"paired over {int(np.isfinite(fa['log_opt'] - fb['log_opt']).sum())} shared learning rates"
-                          + (f" ({'seeds' if len(shared) > 1 else 'seed'} {', '.join(map(str, shared))} shared: "
-                             f"their common noise cancels)" if shared else ""))
-            else:
-                why = "different learning rates" if not same else "censored rows"
-                method = f"the two fits combined as independent ({why})"
+            identity = identity_difference(A, B)
             name = f"{A.arm} − {B.arm}"
+            method = "the two valley fits combined as independent (Welch)"
             if not (math.isfinite(lo) and math.isfinite(hi)):
-                outcome, text = "inconclusive", f"{name}: slope difference {_fmt(d, '+.2f')}, no interval at this budget"
+                outcome = "inconclusive"
+                text = f"{name}: slope difference {_fmt(d, '+.2f')}, no interval at this budget"
             else:
                 ci = f"{_fmt(d, '+.2f')} [{_fmt(lo, '+.2f')}, {_fmt(hi, '+.2f')}]"
-                pred_txt = ""
-                if pd is not None:
-                    pred_txt = (f"; holds the predicted {pd:+g}" if lo <= pd <= hi else f"; excludes the predicted {pd:+g}")
-                if lo > 0 or hi < 0:
-                    outcome = "differ"
-                    text = f"{name}: slope difference {ci} excludes 0: λ*(η) moves differently in the two arms{pred_txt}"
+                if identity is not None:
+                    held = lo <= identity <= hi
+                    outcome = "self-check holds" if held else "self-check fails"
+                    text = (f"{name}: self-check, not a finding: the update rules make this difference exactly "
+                            f"{identity:+g}; measured {ci} {'holds' if held else 'EXCLUDES'} it"
+                            + ("" if held else ": the estimator is off on this data"))
                 else:
-                    outcome = "no difference detected"
-                    text = f"{name}: slope difference {ci} holds 0: no difference detected at this budget{pred_txt}"
+                    pred_txt = ""
+                    if pd is not None:
+                        pred_txt = f"; {'holds' if lo <= pd <= hi else 'excludes'} the predicted {pd:+g}"
+                    zero = "excludes 0: λ*(η) moves differently in the two arms" if (lo > 0 or hi < 0) \
+                        else "holds 0: no difference detected"
+                    if decisive(lo, hi, (0.0, pd)):
+                        outcome = "differ" if (lo > 0 or hi < 0) else "no difference detected"
+                        text = f"{name}: slope difference {ci} {zero}{pred_txt}"
+                    else:
+                        outcome = "inconclusive"
+                        why = (f"wider than {DECISIVE_WIDTH:g}" if hi - lo > DECISIVE_WIDTH
+                               else "holds both 0 and the predicted difference")
+                        text = f"{name}: slope difference {ci} {zero}{pred_txt}; inconclusive at this budget ({why})"
             out.append({"arms": [A.arm, B.arm], "difference": d, "ci": [lo, hi], "predicted_difference": pd,
-                        "method": method, "outcome": outcome, "text": text})
+                        "identity": identity, "method": method, "outcome": outcome, "text": text})
     return out
 
 
-def _fit_dict(land: ArmLandscape) -> dict:
-    """The arm's fit as slope_intervals-style arrays (for difference_interval)."""
-    f = land.ridge_fit or {}
-    code = np.array([{None: 0, "low": -1, "high": 1}[c] for c in (land.censored or [None] * len(land.lr))])
-    opt = np.log(np.array(land.best_weight_decay, float))
-    cov = np.array(f.get("cov", [[math.nan] * 2] * 2), float)
-    return {"slope": np.array(land.slope), "cov": cov, "dof": np.array(f.get("dof", 0)), "log_opt": opt, "code": code}
+def identity_difference(A: ArmLandscape, B: ArmLandscape) -> float | None:
+    """The slope difference A − B that the update rules fix exactly, or None.
+
+    decoupled(η, λ) ≡ independent(η, η·λ) for every optimizer of this project (the decay factor is
+    1 − η·s_t·λ in both, outside any momentum or adaptive state), so log λ*_independent = log η +
+    log λ*_decoupled: with the same optimizer, the slopes differ by exactly 1. (Plain SGD without momentum
+    makes coupled ≡ decoupled too; the landscape does not know the momentum, so that pair is not checked.)"""
+    if A.optimizer != B.optimizer or {A.decay, B.decay} != {"decoupled", "independent"}:
+        return None
+    return -1.0 if B.decay == "independent" else 1.0
 
 
 def study_verdict(lands: list[ArmLandscape]) -> dict:

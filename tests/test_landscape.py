@@ -79,7 +79,10 @@ def reference_ols(grids):
 
 def test_row_optimum_exact_on_a_parabola_and_censored_beyond_the_grid():
     assert row_optimum(LW, (LW - math.log(2e-3)) ** 2) == pytest.approx(math.log(2e-3))
-    assert row_optimum(LW, (LW - math.log(0.7)) ** 2) == pytest.approx(math.log(0.7))  # near the edge: still exact
+    assert row_optimum(LW, (LW - math.log(0.3)) ** 2) == pytest.approx(math.log(0.3))  # near the edge: still exact
+    # best cell at the edge: not bracketed, so censored there, although a quadratic would place it inside
+    assert row_optima(LW, (LW - math.log(0.7)) ** 2)[1] == 1
+    assert row_optima(LW, (LW - math.log(1.3e-4)) ** 2)[1] == -1
     opt, code = row_optima(LW, np.stack([(LW - math.log(10.0)) ** 2, (LW - math.log(1e-6)) ** 2,
                                          np.full(8, np.nan), (LW - math.log(1e-2)) ** 2]))
     assert code.tolist() == [1, -1, 0, 0]            # beyond the high edge, beyond the low edge, no data, inside
@@ -145,16 +148,22 @@ def test_rows_beyond_the_edge_are_censored_and_the_slope_stays_unbiased(seeds, s
     has = np.isfinite(f["slope"])
     assert has.mean() > 0.97
     bias = f["slope"][has].mean() + 1.0
+    median_bias = np.median(f["slope"][has]) + 1.0
     code = 1 if side == "high" else -1
     flagged = (f["code"] == code)
-    print(f"{beyond} rows beyond the {side} edge: mean slope bias {bias:+.3f}; flagged per row {flagged.mean(0).round(2)}")
-    assert abs(bias) < 0.1
+    print(f"{beyond} rows beyond the {side} edge: slope bias {bias:+.3f} (median {median_bias:+.3f}); "
+          f"flagged per row {flagged.mean(0).round(2)}")
+    assert abs(median_bias) < 0.05 and abs(bias) < 0.15
     assert (flagged[:, off >= 1.0].mean(0) >= 0.95).all()         # a step or more beyond: flagged
     assert (flagged[:, off >= 0.5].mean(0) >= 0.85).all()
-    assert (flagged[:, off <= -1.0].mean(0) <= 0.05).all()        # a step or more inside: measured
-    with_ci = np.isfinite(f["lo"])
-    cover = ((f["lo"] <= -1) & (-1 <= f["hi"]))[with_ci].mean()
+    # a row is measured only where its best cell is bracketed, so a row one step inside is flagged whenever
+    # noise makes the edge cell its best (P ≈ Φ(−curvature·step²/σ_cell)): at most 15 % here; two steps: never
+    assert (flagged[:, off <= -1.0].mean(0) <= 0.15).all()
+    assert (flagged[:, off <= -2.0].mean(0) <= 0.01).all()
+    with_ci = np.isfinite(f["lo"]) & np.isfinite(f["hi"])
+    cover = ((f["lo"] <= -1) & (-1 <= f["hi"]))[has].mean()      # an unbounded side covers
     assert 0.92 <= cover <= 0.99, cover
+    assert with_ci.mean() > 0.8                                   # else honest: the data do not bound it
     ref_slope, _, _ = reference_ols(grids)                        # clipping rows to the edge: biased toward 0
     print(f"  clipped to the edge instead (the old rule): mean slope bias {ref_slope.mean() + 1.0:+.3f}")
     assert ref_slope.mean() + 1.0 > 0.15
@@ -163,7 +172,9 @@ def test_rows_beyond_the_edge_are_censored_and_the_slope_stays_unbiased(seeds, s
 def test_a_landscape_marks_censored_rows_and_says_how_to_extend_the_grid():
     land = arm_landscape(planted(np.random.default_rng(1), 2, sigma=0.01, arms=(("sgd", "coupled", -1.0),),
                                  shift=5.8), metric="test_loss")       # rows 0-2 beyond the high edge
-    assert land.censored == ["high"] * 3 + [None] * 3
+    nearer_edge = center(-1.0, 5.8) > (LW[-1] + LW[-2]) / 2                  # row 3: inside, nearer the edge
+    assert nearer_edge.tolist() == [True] * 4 + [False] * 2
+    assert land.censored == ["high"] * 4 + [None] * 2
     assert land.ridge_fit["rows_censored_high"] == sum(c == "high" for c in land.censored)
     advice = edge_advice(land)
     k = sum(c is not None for c in land.censored)
@@ -214,25 +225,18 @@ def test_a_ridge_entirely_beyond_the_grid_gives_no_slope_and_asks_for_a_wider_gr
 # --------------------------------------------------------------------------- arm comparison
 
 
-def test_slope_difference_pairs_shared_rows_and_seeds():
-    """Two arms share seeds; each seed moves both arms' ridges alike (e.g. the same initial weights). The
-    paired interval cancels that; treating the arms as independent does not (it over-covers, wider)."""
+def test_slope_difference_with_shared_seed_noise_stays_calibrated():
+    """Two arms share seeds; each seed moves both arms' ridges alike, row by row (e.g. the same initial
+    weights). The difference combines the two fits as independent and still covers."""
     rng = np.random.default_rng(4)
-    D, S = 1000, 2
+    D, S = 400, 2
     jitter = rng.normal(0, 0.5, (D, S, len(LRS)))
     fa = slope_intervals(LRS, WDS, planted_grids(rng, D, S, 0.03, -1.0, jitter=jitter))
     fb = slope_intervals(LRS, WDS, planted_grids(rng, D, S, 0.03, 0.0, jitter=jitter))
-    args = (np.log(LRS), fa["log_opt"], fa["code"], fa, fb["log_opt"], fb["code"], fb)
-    paired = difference_interval(*args)
-    indep = difference_interval(*args, same_rows=False)
-    assert paired["paired"].mean() > 0.95 and not indep["paired"].any()
-    cover_p = ((paired["lo"] <= -1) & (-1 <= paired["hi"])).mean()
-    cover_i = ((indep["lo"] <= -1) & (-1 <= indep["hi"])).mean()
-    w_p = np.median(paired["hi"] - paired["lo"])
-    w_i = np.median(indep["hi"] - indep["lo"])
-    print(f"difference: paired coverage {cover_p:.3f} width {w_p:.3f}; as independent {cover_i:.3f} width {w_i:.3f}")
-    assert 0.92 <= cover_p <= 0.98
-    assert w_p < 0.6 * w_i
+    r = difference_interval(fa, fb)
+    cover = ((r["lo"] <= -1) & (-1 <= r["hi"])).mean()
+    print(f"difference with shared seed noise: coverage {cover:.3f}, median width {np.median(r['hi'] - r['lo']):.3f}")
+    assert 0.92 <= cover <= 0.99
 
 
 def test_slope_difference_of_independent_arms_is_calibrated():
@@ -240,11 +244,9 @@ def test_slope_difference_of_independent_arms_is_calibrated():
     D = 500
     fa = slope_intervals(LRS, WDS, planted_grids(rng, D, 2, 0.04, -1.0))
     fb = slope_intervals(LRS, WDS, planted_grids(rng, D, 1, 0.04, 0.0))
-    for same_rows in (True, False):
-        r = difference_interval(np.log(LRS), fa["log_opt"], fa["code"], fa, fb["log_opt"], fb["code"], fb,
-                                same_rows=same_rows)
-        cover = ((r["lo"] <= -1) & (-1 <= r["hi"])).mean()
-        assert 0.92 <= cover <= 0.98, (same_rows, cover)
+    r = difference_interval(fa, fb)
+    cover = ((r["lo"] <= -1) & (-1 <= r["hi"])).mean()
+    assert 0.92 <= cover <= 0.98, cover
 
 
 # --------------------------------------------------------------------------- recommend (pure part)

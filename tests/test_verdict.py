@@ -50,7 +50,7 @@ def test_verdicts_consistent_and_the_pair_differs():
     assert pair["arms"] == ["sgd-coupled", "sgd-independent"] and pair["predicted_difference"] == -1.0
     assert pair["outcome"] == "differ" and pair["ci"][1] < 0
     assert "excludes 0" in pair["text"] and "holds the predicted -1" in pair["text"]
-    assert pair["method"].startswith("paired over 5 shared learning rates (seeds 0, 1, 2 shared")
+    assert pair["method"] == "the two valley fits combined as independent (Welch)"
 
 
 def test_verdict_contradicts_and_no_prediction():
@@ -107,7 +107,7 @@ def test_report_json_html_and_summary_carry_the_verdict(tmp_path):
     assert len(doc["verdict"]["pairs"]) == 3 and len(doc["verdict"]["lines"]) == 6
     adam = doc["arms"][0]
     assert adam["censored"][0] == "high" and adam["edge_advice"].startswith("best λ at the edge in")
-    assert adam["refine_weight_decay"][0] > 1.0 and adam["ridge_fit"]["censored_rows_as_bounds"]
+    assert adam["refine_weight_decay"][0] > 1.0 and adam["ridge_fit"]["rows_censored_high"] >= 1
     page = (tmp_path / "report.html").read_text()
     assert page.index('id="verdict"') < page.index('id="arms"')
     assert "consistent with the prediction" in page and "extend weight_decay.high to about" in page
