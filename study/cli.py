@@ -610,6 +610,9 @@ def cmd_recommend(args) -> int:
         print(f"  {L.arm:<20} λ* = {r['weight_decay']:.3g} {ci}{prod}; decay timescale τ = {r['timescale_rule']} "
               f"≈ {tau:.3g} steps{run} (ridge over {r['rows']} rows, η in [{r['lr_range'][0]:.3g}, "
               f"{r['lr_range'][1]:.3g}]; slope {L.slope:.2f})")
+        print(f"  {'':<20} verdict: {r['verdict_text']}")
+        for w in r["warnings"]:
+            print(f"  {'':<20} warning: {w}")
     for msg in refused:
         print(f"  {msg.split(': ', 1)[1]}")
     return 0

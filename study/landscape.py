@@ -304,6 +304,13 @@ def landscapes(members: list[dict], n_boot=None, metric: str = "error") -> list[
     return [arm_landscape(arms[k], metric=metric) for k in keys]
 
 
+def row_best_cells(land: ArmLandscape) -> list[tuple[int, int]]:
+    """(row, column) of the observed best cell of every row with a finite cell: what the heatmaps mark,
+    beside the fitted ridge (the two can disagree; neither is drawn as the other)."""
+    err = np.array(land.error, float)
+    return [(r, int(np.nanargmin(row))) for r, row in enumerate(err) if np.isfinite(row).any()]
+
+
 # --------------------------------------------------------------------------- the fitted ridge, used
 
 def _fit_arrays(land: ArmLandscape):
@@ -417,10 +424,25 @@ def recommend(land: ArmLandscape, lr: float, level: float = LEVEL) -> dict:
     wd, wd_lo, wd_hi = math.exp(m), math.exp(lo) if math.isfinite(lo) else math.nan, \
         math.exp(hi) if math.isfinite(hi) else math.nan
     independent = land.decay == "independent"
+    verdict = arm_verdict(land)
+    warnings = []
+    if verdict["outcome"] == "inconclusive":
+        warnings.append(f"{land.arm}'s verdict is inconclusive at this budget: read λ* as a rough guide")
+    best = land.best
+    if all(isinstance(best.get(k), float) and math.isfinite(best[k]) for k in ("lr", "weight_decay")) \
+            and lo_lr * (1 - 1e-9) <= best["lr"] <= hi_lr * (1 + 1e-9):
+        _, b_lo, b_hi = (float(v[0]) for v in predict_log_wd(land, [best["lr"]], level))
+        half = _grid_step(land) / 2                   # a cell stands for λ within half a column of it
+        if math.isfinite(b_lo) and not b_lo - half <= math.log(best["weight_decay"]) <= b_hi + half:
+            warnings.append(f"the fitted ridge's interval at η={best['lr']:.3g} [{math.exp(b_lo):.3g}, "
+                            f"{math.exp(b_hi):.3g}] excludes the best setting this study measured "
+                            f"(λ={best['weight_decay']:.3g} at η={best['lr']:.3g}): the valley is not a straight "
+                            f"ridge there")
     return {"arm": land.arm, "lr": lr, "weight_decay": wd, "weight_decay_ci": [wd_lo, wd_hi],
             "lr_x_weight_decay": lr * wd, "timescale_steps": decay_timescale(land.decay, lr, wd),
             "timescale_rule": "1/λ" if independent else "1/(η·λ)", "lr_range": [lo_lr, hi_lr],
-            "rows": len(rows), "level": level}
+            "rows": len(rows), "level": level, "verdict": verdict["outcome"], "verdict_text": verdict["text"],
+            "warnings": warnings}
 
 
 # --------------------------------------------------------------------------- verdicts

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 
-from .landscape import ArmLandscape, predict_log_wd  # noqa: E402
+from .landscape import ArmLandscape, predict_log_wd, row_best_cells  # noqa: E402
 
 DECAY_LABEL = {
     "coupled": "weight decay λ, coupled (L2: g ← g + λ·w)",
@@ -124,23 +124,24 @@ def heatmap_panel(ax, land: ArmLandscape, norm: Normalize, cmap="viridis", top: 
     for _, r, c in sorted(finite)[:top]:                # the 10 best settings, circled
         ax.plot(land.weight_decay[c], land.lr[r], "o", mfc="none", mec="white", ms=13, mew=1.6)
     censored = land.censored or [None] * len(land.lr)
-    ridge = [(w, lr) for w, lr, c in zip(land.best_weight_decay, land.lr, censored) if math.isfinite(w) and c is None]
-    if ridge:                                           # best λ of each lr row, joined
-        ax.plot(*zip(*ridge), "-D", color="crimson", ms=5, lw=1.5, label="λ*(η) per row")
-    for side, marker in (("high", ">"), ("low", "<")):  # rows whose best λ lies beyond the grid: open arrows
+    cells = row_best_cells(land) if land.grid else []
+    if cells:                                           # the observed best cell of each row: squares
+        ax.plot([land.weight_decay[c] for _, c in cells], [land.lr[r] for r, _ in cells], "s", ls="none",
+                mfc="none", mec="crimson", ms=10, mew=2, label="best cell of each row (measured)")
+    for side, marker in (("high", ">"), ("low", "<")):  # rows whose best cell is an edge column: open arrows
         rows = [lr for lr, c in zip(land.lr, censored) if c == side]
         if rows:
             edge = land.weight_decay[-1] if side == "high" else land.weight_decay[0]
-            ax.plot([edge] * len(rows), rows, marker, ls="none", mfc="none", mec="crimson", ms=11, mew=2,
-                    label=f"best λ beyond the {side} edge")
-    if math.isfinite(land.slope):                       # the fitted ridge (censored rows enter it as bounds)
+            ax.plot([edge] * len(rows), rows, marker, ls="none", mfc="none", mec="crimson", ms=14, mew=1.2,
+                    label=f"best at the {side} edge: optimum not bracketed")
+    if math.isfinite(land.slope):                       # the fitted ridge of the valley model
         xs = np.geomspace(min(land.lr), max(land.lr), 30)
         ys = np.exp(predict_log_wd(land, xs)[0])
-        ax.plot(ys, xs, ":", color="crimson", lw=1.3, label=f"fitted ridge, slope {land.slope:.2f}")
+        ax.plot(ys, xs, "--", color="white", lw=1.6, label=f"fitted ridge (valley model), slope {land.slope:.2f}")
     ax.set_xlim(*_edges(land.weight_decay)[[0, -1]])
     ax.set_ylim(*_edges(land.lr)[[0, -1]])
-    if ridge or any(c is not None for c in censored):
-        ax.legend(fontsize=6.5, loc="lower left", framealpha=0.75)
+    if cells or math.isfinite(land.slope):
+        ax.legend(fontsize=6.5, loc="lower left", framealpha=0.75, facecolor="0.6")
     if not land.grid and land.samples:
         s = land.samples
         ax.scatter([m["weight_decay"] for m in s], [m["lr"] for m in s],

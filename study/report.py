@@ -121,7 +121,7 @@ def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, exte
     from matplotlib.colors import to_hex
     from matplotlib.ticker import MaxNLocator
 
-    from .landscape import predict_log_wd
+    from .landscape import predict_log_wd, row_best_cells
     from .plots import grid_labels, thin
 
     esc = html.escape
@@ -182,19 +182,22 @@ def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, exte
         pts = " ".join(f"{xpos(w):.1f},{ypos(lr):.1f}" for w, lr in zip(ys, xs) if math.isfinite(w))
         lo, hi = land.slope_ci
         fit = f"fitted ridge: slope {land.slope:.2f}" + (f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else "")
-        parts.append(f'<polyline class="fit" points="{pts}" fill="none" stroke="crimson" stroke-width="2" '
-                     f'stroke-dasharray="2,3" clip-path="url(#clip-{uid})"><title>{esc(fit)}</title></polyline>')
-        legend.append(('<line x1="0" y1="0" x2="22" y2="0" stroke="crimson" stroke-width="2" '
-                       'stroke-dasharray="2,3"/>', fit))
-    ridge = [(w, lr) for w, lr, c in zip(land.best_weight_decay, land.lr, censored) if math.isfinite(w) and c is None]
-    if ridge:                                           # best λ of each lr row, joined
-        pts = [(xpos(w), ypos(lr), f"η={lr:.3g}: λ*={w:.3g}") for w, lr in ridge]
-        parts.append(f'<polyline class="ridge" points="{" ".join(f"{x:.1f},{y:.1f}" for x, y, _ in pts)}" '
-                     f'fill="none" stroke="crimson" stroke-width="1.5"/>')
-        parts += [f'<path d="M{x:.1f},{y - 5:.1f}L{x + 4:.1f},{y:.1f}L{x:.1f},{y + 5:.1f}L{x - 4:.1f},{y:.1f}Z" '
-                  f'fill="crimson"><title>{esc(t)}</title></path>' for x, y, t in pts]
-        legend.insert(0, ('<line x1="0" y1="0" x2="22" y2="0" stroke="crimson" stroke-width="1.5"/>'
-                          '<path d="M11,-5L15,0L11,5L7,0Z" fill="crimson"/>', "λ*(η): best λ per learning rate"))
+        parts.append(f'<polyline class="fit" points="{pts}" fill="none" stroke="white" stroke-width="2.2" '
+                     f'stroke-dasharray="7,4" clip-path="url(#clip-{uid})"><title>{esc(fit)}</title></polyline>')
+        legend.append(('<line x1="0" y1="0" x2="22" y2="0" stroke="#555" stroke-width="2.2" '
+                       'stroke-dasharray="7,4"/>', fit + " (valley model)"))
+    cells = row_best_cells(land) if land.grid else []
+    for r, c in cells:                                  # the observed best cell of each row: a square outline
+        opt = land.best_weight_decay[r] if r < len(land.best_weight_decay) else math.nan
+        tip = (f"η={land.lr[r]:.3g}: best cell λ={land.weight_decay[c]:.3g}"
+               + (f", bracketed optimum λ*≈{opt:.3g}" if censored[r] is None and math.isfinite(opt)
+                  else ", optimum not bracketed"))
+        parts.append(f'<rect class="best-cell" x="{ml + c * cw + 3:.1f}" y="{mt + (nr - 1 - r) * ch + 3:.1f}" '
+                     f'width="{cw - 6:.1f}" height="{ch - 6:.1f}" fill="none" stroke="crimson" stroke-width="2.5">'
+                     f"<title>{esc(tip)}</title></rect>")
+    if cells:
+        legend.insert(0, ('<rect x="4" y="-7" width="14" height="14" fill="none" stroke="crimson" stroke-width="2.5"/>',
+                          "best cell of each row (measured)"))
     beyond = False
     for r, side in enumerate(censored):                 # best λ beyond the grid: open arrows at the edge
         if side in ("high", "low"):
@@ -207,7 +210,7 @@ def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, exte
                          "</path>")
     if beyond:
         legend.append(('<path d="M5,-7L17,0L5,7Z" fill="none" stroke="crimson" stroke-width="2"/>',
-                       "best λ beyond the grid edge (a bound)"))
+                       "best at the grid edge: optimum not bracketed"))
     if diverged_any:
         legend.append(('<rect x="3" y="-8" width="16" height="16" fill="#d9d9d9"/>'
                        '<path d="M7,-4L15,4M7,4L15,-4" stroke="#595959" stroke-width="2.5"/>', "diverged"))

@@ -266,6 +266,23 @@ def test_recommend_reads_the_fitted_ridge_and_refuses_to_extrapolate():
     for bad in (0.005, 0.31, 2.0):
         with pytest.raises(ValueError, match=r"invalid --lr: .* outside .*no extrapolation"):
             recommend(coupled, bad)
+    assert r["verdict"] == "consistent" and r["warnings"] == []
+
+
+def test_recommend_warns_when_the_verdict_is_inconclusive_or_the_ridge_misses_the_best_setting():
+    noisy = arm_landscape(planted(np.random.default_rng(8), 1, sigma=0.3, arms=(("sgd", "coupled", -1.0),)))
+    r = recommend(noisy, 0.05)
+    assert r["verdict"] == "inconclusive"
+    assert any("verdict is inconclusive" in w for w in r["warnings"])
+    members = planted(np.random.default_rng(9), 2, sigma=0.002, arms=(("sgd", "coupled", -1.0),))
+    far = WDS[0]                                         # a lucky cell far off the ridge in the middle row
+    for m in members:
+        if m["lr"] == LRS[2] and m["weight_decay"] == far:
+            m["error"] = 0.0
+    land = arm_landscape(members)
+    assert land.best["weight_decay"] == far and land.best["lr"] == LRS[2]
+    r = recommend(land, 0.05)
+    assert any("excludes the best setting this study measured" in w for w in r["warnings"]), r["warnings"]
 
 
 # --------------------------------------------------------------------------- unchanged behaviour

@@ -176,6 +176,9 @@ def test_recommend_prints_lambda_star_its_interval_and_timescale(store, capsys):
     assert "τ = 1/(η·λ)" in coupled and "the run's 480 steps" in coupled
     assert "τ = 1/λ" in independent and "η·λ*" not in independent
     assert float(independent.split("λ* = ")[1].split()[0]) == pytest.approx(3e-3, rel=0.1)
+    verdicts = [line.split("verdict: ", 1)[1] for line in lines if line.strip().startswith("verdict: ")]
+    assert len(verdicts) == 2 and all(v.startswith("consistent with the prediction") for v in verdicts)
+    assert not any("warning:" in line for line in lines)
 
     rc, out, _ = _run(capsys, "recommend", "demo", "--lr", "0.1", "--arm", "sgd-independent", "--tracking-uri", uri)
     assert rc == 0 and "sgd-independent" in out and "sgd-coupled" not in out
