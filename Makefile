@@ -5,13 +5,22 @@ BIN     = $(VENV)/bin
 # Tests and the quickstart keep all traffic on 127.0.0.1.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 
-.PHONY: quickstart test install smoke clean
+.PHONY: quickstart test test-fast install lock smoke clean
 
-$(BIN)/study: pyproject.toml
+# Installs the exact versions of requirements.lock, then the project itself without resolving anything.
+$(BIN)/study: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+# Regenerates requirements.lock from pyproject.toml (its dependencies and the test extra), under the torch
+# caps of lock-constraints.txt. Run it after changing a dependency, then commit both files.
+lock: $(BIN)/study
+	$(BIN)/pip install -q pip-tools
+	$(BIN)/pip-compile -q --extra test --strip-extras --no-emit-index-url --no-emit-find-links \
+	    -c lock-constraints.txt -o requirements.lock pyproject.toml
 
 install: $(BIN)/study
 
@@ -20,6 +29,9 @@ quickstart: $(BIN)/study   ## the main job: a CPU study of coupled vs independen
 
 test: $(BIN)/study         ## the test suite (CPU, real Ray / Optuna / MLflow)
 	$(BIN)/python -m pytest -q -n 2 tests
+
+test-fast: $(BIN)/study    ## the inner loop: the suite without the statistical calibration tests (marked slow)
+	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
 
 # CIFAR-10 Parquet files for the CIFAR specs (offline)
 SMOKE_DATA ?= ../shared/data/cifar10

@@ -157,6 +157,10 @@ class Driver:
         self.tune = None                   # study.tune, once Ray is loaded
         for w in timescale_warnings(spec, self.train_size):  # said once the study is ours to run
             print(f"warning: {w}", file=self.out)
+        if self.tracker.version_changes:
+            print(f"warning: resuming under other versions than the study started with "
+                  f"({', '.join(self.tracker.version_changes)}): its members may not be comparable", file=self.out)
+        self.env_tagged = False            # the first trial's device, tagged on the parent run once
 
     # ------------------------------------------------------------------ hooks called by tune.py
 
@@ -203,6 +207,11 @@ class Driver:
         if result.get("resumed_from_epoch", -1) >= 0:
             tags["resumed_from_epoch"] = result["resumed_from_epoch"]
         tags.update({f"decay_counts.{k}": v for k, v in json.loads(result.get("decay_counts", "{}")).items()})
+        env = {f"env.{k}": v for k, v in json.loads(result.get("environment", "{}")).items()}
+        tags.update(env)
+        if env and not self.env_tagged:
+            self.tracker.tag_parent(env)
+            self.env_tagged = True
         arm, entries = self.trials[trial_id]
         metric = self.spec.search.metric
         for (number, _, key), row in zip(entries, rows):

@@ -41,6 +41,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from . import __version__
+from .environment import cpu_model, version_changes, version_tags
 from .spec import (EPOCH_METRICS, MemberSpec, SpecError, StudySpec, decay_timescale, planned_members,
                    spec_from_dict, steps_per_epoch)
 from .stores import StoreError, check_tracking_uri, create_sqlite_atomically, masked, sqlite_path
@@ -339,6 +340,7 @@ class Tracker:
         if resume and not parents:
             raise LookupError(f"invalid name: no study {spec.name!r} is recorded in {uri}")
         self.parent_id = parents[0].info.run_id if parents else None
+        self.version_changes: list[str] = []    # on resume: versions other than those the study started with
         self.logged_steps: dict[str, int] = {}  # run id -> last epoch recorded
         self.last_ts: dict[str, int] = {}       # run id -> timestamp (ms) of the last epoch recorded here
         self.flat_keys: set[str] = set()        # runs recorded before EPOCH_KEYS: written on as they began
@@ -353,6 +355,10 @@ class Tracker:
         if refine_rounds is not None:
             tags.append(RunTag("refine_rounds", str(refine_rounds)))
         _retry("tagging the parent run", self.client.log_batch, self.parent_id, tags=tags)
+
+    def tag_parent(self, tags: dict[str, str]) -> None:
+        _retry("tagging the parent run", self.client.log_batch, self.parent_id,
+               tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
 
     def refine_rounds(self) -> int:
         if self.parent_id is None:
@@ -370,12 +376,15 @@ class Tracker:
                 tags={"study": spec.name, "mlflow.note.content": spec.description or f"study {spec.name}"})
         if self.parent_id is not None:
             _retry("reopening the parent run", self.client.update_run, self.parent_id, "RUNNING")
+            recorded = _retry("reading the parent run", self.client.get_run, self.parent_id).data.tags
+            self.version_changes = version_changes(recorded)
             return
         commit = git_commit()
         run = _retry("creating the parent run", self.client.create_run, self.experiment_id,
                      run_name=spec.name, tags={"study": spec.name, "role": "parent", "git_commit": commit,
                                                "mlflow.source.git.commit": commit, "package_version": __version__,
-                                               "mlflow.source.name": "study run",
+                                               "mlflow.source.name": "study run", **version_tags(),
+                                               "env.driver_cpu": cpu_model(),
                                                **({"optuna_storage": masked(storage)} if storage else {}),
                                                "mlflow.note.content": spec.description or f"study {spec.name}"})
         self.parent_id = run.info.run_id

@@ -34,7 +34,8 @@ TUNE_COPIED_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURI
 # what a trial's environment may carry from the driver's: fault-injection hooks of the tests and the
 # settings of the libraries a trial uses; never credentials (they would land in Ray's logs)
 TRIAL_ENV = ("STUDY_TEST_CRASH_AT_EPOCH", "STUDY_TEST_SLOW_EPOCH_S", "STUDY_CACHE", "OMP_NUM_THREADS",
-             "CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+             "CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+             "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA")  # the CPU kernels torch and oneDNN dispatch to
 
 
 # --------------------------------------------------------------------------- the trainable (Ray worker)
@@ -45,6 +46,7 @@ def train_array(config: dict) -> None:
 
     from .data import load_spec_data
     from .engine import ArrayConfig, ArrayTrainer, resolve_device
+    from .environment import device_info
     from .spec import spec_from_dict
 
     spec = spec_from_dict(config["spec"])  # the data, model and train sections, and this array's members
@@ -59,6 +61,7 @@ def train_array(config: dict) -> None:
             trainer.load_state_dict(torch.load(Path(path) / CHECKPOINT_FILE, weights_only=False))
         resumed_from = trainer.epoch
     node = ray.get_runtime_context().get_node_id()
+    environment = json.dumps(device_info(device))   # what the members' rounding depends on
     crash_at = os.environ.get("STUDY_TEST_CRASH_AT_EPOCH")  # fault injection for tests: "epoch:marker-file"
     slow = float(os.environ.get("STUDY_TEST_SLOW_EPOCH_S", "0"))  # tests: time to inject a fault mid-trial
 
@@ -66,7 +69,7 @@ def train_array(config: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(trainer.state_dict(), Path(tmp) / CHECKPOINT_FILE)
             tune.report({"epoch": epoch, "rows": json.dumps(rows), "node_id": node,
-                         "decay_counts": json.dumps(trainer.decay_counts),
+                         "decay_counts": json.dumps(trainer.decay_counts), "environment": environment,
                          "resumed_from_epoch": -1 if resumed_from is None else resumed_from},
                         checkpoint=tune.Checkpoint.from_directory(tmp))
         if slow:

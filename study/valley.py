@@ -5,7 +5,10 @@ x = log η. In each learning-rate row r the metric is modelled as
 
     m[r, c] = f_r + k_r · (log λ_c − a − b·(x_r − x0))²  +  noise,        k_r ≥ 0,
 
-fitted by least squares to the seed-averaged cells within `HALF_WINDOW` columns of the row's best cell. Every
+fitted by least squares to the logarithm of the seed-averaged cells within `HALF_WINDOW` columns of the row's
+best cell (the metric itself where a cell is ≤ 0). The logarithm because a valley's walls rise multiplicatively:
+on a linear scale the cells where training starts to fail (a loss of 1.2 beside a floor of 0.09) dominate the
+least squares and pull the floor's line, as measured on the quickstart's landscapes. Every
 row has its own height f_r and curvature k_r (so an offset shared by all cells of a seed, or a row that is
 higher or flatter than the next, costs nothing); only the floor's line (a, b) is shared. For fixed (a, b)
 each row is an ordinary linear regression on [1, (log λ − v_r)²], solved in closed form, so the model's
@@ -38,6 +41,12 @@ B_STEP = 0.1                          # the profile's grid; the minimum and the 
 A_POINTS = 49                         # coarse grid of the ridge's height a over the weight-decay range ± 3 columns
 A_STEP_MAX = 0.5
 NEWTON_STEPS = 4
+
+
+def _log_scale(mean: np.ndarray) -> np.ndarray:
+    """Per landscape: fit log(metric) where every finite cell is > 0 (losses, errors), else the metric."""
+    fin = np.isfinite(mean)
+    return (np.where(fin, mean, 1.0) > 0).all((-1, -2)) & fin.any((-1, -2))
 
 
 def _window(mean: np.ndarray, half: int) -> np.ndarray:
@@ -103,6 +112,10 @@ def valley_fit(log_lr, log_wd, mean, level: float = LEVEL, half_window: int = HA
     x = np.asarray(log_lr, float)
     y = np.asarray(log_wd, float)
     mean = np.asarray(mean, float)
+    log_scale = _log_scale(mean)
+    if log_scale.any():
+        with np.errstate(all="ignore"):
+            mean = np.where(log_scale[..., None, None], np.log(mean), mean)
     lead = mean.shape[:-2]
     R, C = mean.shape[-2:]
     M = mean.reshape(-1, R, C)
@@ -146,7 +159,7 @@ def valley_fit(log_lr, log_wd, mean, level: float = LEVEL, half_window: int = HA
     shape = lambda v: v.reshape(lead + v.shape[1:])  # noqa: E731
     return {"slope": shape(slope), "lo": shape(lo), "hi": shape(hi), "a": shape(np.where(n_rows >= 2, a_hat, np.nan)),
             "x0": shape(x0), "cov": shape(cov), "dof": shape(np.maximum(dof, 0)), "cells": shape(cells),
-            "rows": shape(n_rows), "s2": shape(s2)}
+            "rows": shape(n_rows), "s2": shape(s2), "log_scale": log_scale}
 
 
 def _golden(f, lo, hi, iters: int = 30):

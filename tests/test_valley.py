@@ -29,6 +29,9 @@ def grids(rng, seeds, sigma, slope, shift=0.0, lopsided=0.0, seed_offset=0.0, wo
     return g + rng.normal(0, seed_offset, (DRAWS, seeds, 1, 1))
 
 
+WOBBLE = pytest.param("ridge wobble per seed", marks=pytest.mark.xfail(
+    strict=True, reason="a known limit: the model takes a floor that moves row by row, seed by seed, for cell "
+                        "noise, and covers 0.87 (docs/statistics.md); strict, so a fix shows up as a failure"))
 CASES = {  # name: (seeds, sigma, extra)
     "quadratic": (2, 0.03, {}),
     "lopsided": (2, 0.03, {"lopsided": 0.6}),
@@ -41,7 +44,7 @@ CASES = {  # name: (seeds, sigma, extra)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [WOBBLE if c == "ridge wobble per seed" else c for c in CASES])
 def test_the_interval_covers_on_shapes_the_model_does_not_assume(case):
     seeds, sigma, extra = CASES[case]
     rng = np.random.default_rng(sum(map(ord, case)))

@@ -1,0 +1,74 @@
+"""What a study's numbers depend on besides its spec: package versions, the device, the determinism settings.
+
+`versions()` reads installed package metadata (nothing is imported); `device_info()` asks torch about the
+device a trainer uses. The driver tags the parent run with both (`env.*`), the report and `study list`
+show them, and `study resume` warns when the versions differ from those the study started with.
+Imports no Ray, Optuna or MLflow.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+
+PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "ray", "optuna", "mlflow")
+
+
+def versions() -> dict[str, str]:
+    """python and each package of PACKAGES: its installed version, or 'absent'."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what the platform module says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def device_info(device=None) -> dict[str, str]:
+    """The device a trainer runs on and the settings that change its rounding: CPU model and the kernels
+    torch dispatches to (its CPU capability, ATEN_CPU_CAPABILITY / DNNL_MAX_CPU_ISA where set), threads,
+    and for CUDA the GPU's name, CUDA and cuDNN versions, cuDNN's benchmark and deterministic switches."""
+    import torch
+
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    out = {"device": str(dev), "cpu": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "threads": str(torch.get_num_threads()),
+           "deterministic_algorithms": str(torch.are_deterministic_algorithms_enabled()).lower()}
+    for var in ("ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA"):
+        if os.environ.get(var):
+            out[var.lower()] = os.environ[var]
+    if dev.type == "cuda":
+        out.update(gpu=torch.cuda.get_device_name(dev), cuda=str(torch.version.cuda),
+                   cudnn=str(torch.backends.cudnn.version()),
+                   cudnn_benchmark=str(torch.backends.cudnn.benchmark).lower(),
+                   cudnn_deterministic=str(torch.backends.cudnn.deterministic).lower())
+    return out
+
+
+def version_tags(prefix: str = "env.") -> dict[str, str]:
+    return {f"{prefix}{k}": v for k, v in versions().items()}
+
+
+def version_changes(recorded: dict[str, str], prefix: str = "env.") -> list[str]:
+    """'torch 2.14.1 → 2.15.0' for every version recorded under `prefix` that differs from the installed one."""
+    now = versions()
+    out = []
+    for name, v in now.items():
+        old = recorded.get(f"{prefix}{name}")
+        if old is not None and old != v:
+            out.append(f"{name} {old} → {v}")
+    return out
