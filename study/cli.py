@@ -259,7 +259,7 @@ def _count(values) -> dict:
 def cmd_list(args) -> int:
     """The studies of a home (or of --tracking-uri): members done of planned, failed, running or not, last update."""
     from .stores import check_tracking_uri, sqlite_path
-    from .tracking import list_studies
+    from .tracking import environment_line, list_studies
 
     home = home_dir(args)
     tracking = tracking_uri(args, home)
@@ -282,15 +282,15 @@ def cmd_list(args) -> int:
     for row in rows:
         row["state"] = _state(row, args.storage or default_storage(home, row["name"]))
     rows.sort(key=lambda r: -(r["updated"] or 0))
-    table = [("NAME", "MEMBERS", "FAILED", "STATE", "LAST UPDATE")]
+    table = [("NAME", "MEMBERS", "FAILED", "STATE", "LAST UPDATE", "COMPUTED WITH")]
     for r in rows:
         members = f"{r['done']}/{r['planned'] if r['planned'] is not None else '?'}"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["updated"])) if r["updated"] else "-"
-        table.append((r["name"], members, str(r["failed"]), r["state"], when))
-    widths = [max(len(row[i]) for row in table) for i in range(4)]
+        table.append((r["name"], members, str(r["failed"]), r["state"], when, environment_line(r["environment"])))
+    widths = [max(len(row[i]) for row in table) for i in range(5)]
     print(f"{len(rows)} stud{'y' if len(rows) == 1 else 'ies'} in {tracking}:")
     for row in table:
-        print("  " + "  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5])
     return 0
 
 

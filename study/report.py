@@ -52,7 +52,7 @@ def _select(lands: list[ArmLandscape], arms) -> list[ArmLandscape]:
 
 
 def render(study: str, metric: str, lands: list[ArmLandscape], dashboard: dict, out: Path, formats,
-           spec_text: str = "") -> list[Path]:
+           spec_text: str = "", environment: dict | None = None) -> list[Path]:
     """Write the dashboard's figures, landscape.json and (with 'html') report.html into `out`."""
     import matplotlib.pyplot as plt
 
@@ -77,12 +77,13 @@ def render(study: str, metric: str, lands: list[ArmLandscape], dashboard: dict, 
         fig.savefig(buf, format="png", dpi=110)
         pngs.append((title or kind, base64.b64encode(buf.getvalue()).decode()))  # the caption, placeholder filled
         plt.close(fig)
-    doc = {"study": study, "metric": metric, "verdict": study_verdict(lands), "arms": [L.to_json() for L in lands]}
+    doc = {"study": study, "metric": metric, "verdict": study_verdict(lands), "arms": [L.to_json() for L in lands],
+           "environment": environment or {}}
     (out / "landscape.json").write_text(json.dumps(doc, indent=1))
     written.append(out / "landscape.json")
     if "html" in formats:
         path = out / "report.html"
-        path.write_text(report_html(study, metric, lands, pngs, spec_text, dashboard.get("title", "")))
+        path.write_text(report_html(study, metric, lands, pngs, spec_text, dashboard.get("title", ""), environment))
         written.append(path)
     return written
 
@@ -271,10 +272,12 @@ def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, exte
             f'<figcaption class="readout">hover a cell for its {esc(metric)}</figcaption></figure>')
 
 
-def report_html(study: str, metric: str, lands: list[ArmLandscape], pngs, spec_text: str, title: str) -> str:
+def report_html(study: str, metric: str, lands: list[ArmLandscape], pngs, spec_text: str, title: str,
+                environment: dict | None = None) -> str:
     """One HTML file, viewable offline and fetching nothing: the heatmaps are inline SVG (hover: each cell's
     <title>, echoed below the plot by a few lines of script), the figures inline PNGs."""
     from .plots import color_extend, error_range
+    from .tracking import environment_line
 
     zmin, zmax = error_range(lands)
     zmax = zmax if zmax > zmin else zmin + 1e-6
@@ -320,7 +323,8 @@ document.addEventListener("mouseover", e => {{
 }});
 </script></head><body>
 <h1>{html.escape(title or "Weight decay vs learning rate")}: {html.escape(study)}</h1>
-<section id="verdict"><h2>Verdict</h2><ul>{verdict_items}</ul>{advice}</section>
+<section id="verdict"><h2>Verdict</h2><ul>{verdict_items}</ul>{advice}
+<p id="environment"><small>Computed with {html.escape(environment_line(environment or {}))}</small></p></section>
 <p>Metric: final {html.escape(metric)}. λ*(η) is the best weight decay at each learning rate (the vertex of a
 quadratic fit in log λ over five neighbouring columns); a row whose vertex lies beyond the grid is censored and
 enters the fit as a bound. The slope is that of log λ* against log η, with a 95 % t-interval.</p>
@@ -337,7 +341,7 @@ an arrow on the colour bar marks values beyond it (drawn in the end colour).</p>
 
 def export(uri: str, study: str, out: Path, metric: str | None = None, formats=("png", "svg", "html"),
            dashboard: str = "default", n_boot: int = 1000, log_to_mlflow: bool = True) -> tuple[list[ArmLandscape], list[Path]]:
-    from .tracking import log_export, read_study
+    from .tracking import log_export, parent_environment, read_study
 
     for f in formats:
         if f not in FORMATS:
@@ -347,7 +351,7 @@ def export(uri: str, study: str, out: Path, metric: str | None = None, formats=(
     if not members:
         raise SpecError(f"invalid name: study {study!r} has no finished member runs yet")
     lands = landscapes(members, metric=metric)
-    written = render(study, metric, lands, dash, Path(out), formats, spec_text)
+    written = render(study, metric, lands, dash, Path(out), formats, spec_text, parent_environment(uri, parent))
     from .tracking import is_complete
 
     if log_to_mlflow and not is_complete(uri, study, len(members)):

@@ -656,6 +656,7 @@ def list_studies(tracking: str) -> list[dict]:
                      "done": sum(r.info.status == "FINISHED" for r in mine),
                      "failed": sum(r.info.status == "FAILED" for r in mine),
                      "training": sum(r.info.status == "RUNNING" for r in mine),
+                     "environment": {k[4:]: v for k, v in parent.data.tags.items() if k.startswith("env.")},
                      "updated": max(times) / 1000 if times else None})
     return rows
 
@@ -703,6 +704,24 @@ def recorded_storage(uri: str, name: str) -> str | None:
         raise LookupError(f"invalid --storage: study {name!r} was started with the Optuna storage {url}; "
                           f"pass it again with its password: study resume {name} --storage URL")
     return url
+
+
+def parent_environment(uri: str, parent_run_id: str) -> dict[str, str]:
+    """The env.* tags of a study's parent run (versions, device), without the prefix."""
+    tags = _retry("reading the parent run", _reader(uri).get_run, parent_run_id).data.tags
+    return {k[4:]: v for k, v in sorted(tags.items()) if k.startswith("env.")}
+
+
+def environment_line(env: dict[str, str]) -> str:
+    """'torch 2.14.1, numpy 2.4.6, … on AMD EPYC (cpu, AVX2)': one line for the report and `study list`."""
+    if not env:
+        return "not recorded"
+    names = ("python", "torch", "numpy", "scipy", "scikit-learn", "ray", "optuna", "mlflow")
+    versions = ", ".join(f"{n} {env[n]}" for n in names if n in env)
+    where = env.get("gpu") or env.get("cpu") or env.get("driver_cpu", "?")
+    detail = ", ".join(v for v in (env.get("device"), env.get("cpu_capability"),
+                                   f"CUDA {env['cuda']}, cuDNN {env['cudnn']}" if "cuda" in env else None) if v)
+    return f"{versions} on {where}" + (f" ({detail})" if detail else "")
 
 
 def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str, str, list[dict]]:

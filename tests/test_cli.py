@@ -45,6 +45,8 @@ def test_list_shows_a_finished_study(smoke_home):
     assert "finished" in row and "running" not in row
     assert re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row)  # last update
     assert "1 study in" in out.stdout
+    import torch
+    assert f"torch {torch.__version__.split('+')[0]}" in row and "(cpu" in row  # the versions and the device
     assert files_under(smoke_home) == before  # looking writes nothing
 
 

@@ -277,3 +277,22 @@ def test_a_member_run_its_driver_left_without_params_is_completed_on_resume(tmp_
     assert resumed.open_member(MEMBERS[0], 0, 256, resumed.member_runs()[key]) == half  # the same run, not a second
     params = MlflowClient(uri).get_run(half).data.params
     assert float(params["lr_exact"]) == MEMBERS[0].lr and params["optimizer"] == "sgd" and params["seed"] == "1"
+
+
+def test_parent_records_the_versions_and_resume_warns_when_they_changed(study, tmp_path):
+    from study.environment import versions
+
+    uri, spec, tracker, writer, received, client, runs = study
+    tags = client.get_run(tracker.parent_id).data.tags
+    for name, v in versions().items():
+        assert tags[f"env.{name}"] == v                     # python, torch, numpy, scipy, scikit-learn, ray, …
+    assert tags["env.driver_cpu"]
+    again = Tracker(uri, spec, resume=True)
+    again.start((tmp_path / "artifacts").as_uri())
+    assert again.version_changes == []                      # the same versions: nothing to say
+    client.set_tag(tracker.parent_id, "env.torch", "0.0.1")  # as if the study had started under another torch
+    other = Tracker(uri, spec, resume=True)
+    other.start((tmp_path / "artifacts").as_uri())
+    assert other.version_changes == [f"torch 0.0.1 → {versions()['torch']}"]
+    client.set_tag(tracker.parent_id, "env.torch", versions()["torch"])
+    client.set_terminated(tracker.parent_id, "FINISHED")
