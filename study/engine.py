@@ -1,7 +1,7 @@
 """Train one member array: K members of one optimizer and decay mode, same minibatches, own weights.
 
 Owns the training loop, the learning-rate schedule, divergence handling and the per-epoch metrics of
-SCIENCE.md. Pure torch: it must not import ray, optuna or mlflow (tests/test_engine.py blocks them).
+docs/science.md. Pure torch: it must not import ray, optuna or mlflow (tests/test_engine.py blocks them).
 Adapters (Ray Tune, the CLI) give it members and a `report(epoch, rows)` callback.
 
 Device settings (TrainSpec): `precision` (auto | fp32 | bf16: autocast to bfloat16), `channels_last`

@@ -181,7 +181,7 @@ def heatmaps(lands: list[ArmLandscape], title: str = "", metric: str = "test_err
 
 
 def ridge_figure(lands: list[ArmLandscape], title: str = "", metric: str = "test_error", columns: int = 2):
-    """log λ*(η) against log η for all arms, with fitted slopes, 95 % intervals and SCIENCE.md's predictions."""
+    """log λ*(η) against log η for all arms, with fitted slopes, 95 % intervals and docs/science.md's predictions."""
     fig, ax = plt.subplots(figsize=(7.5, 5), layout="constrained")
     for i, land in enumerate(lands):
         color = f"C{i}"

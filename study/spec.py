@@ -25,7 +25,7 @@ SAMPLERS = ("grid", "random", "qmc", "tpe", "gp")
 LANDSCAPE_METRICS = ("test_error", "test_loss", "train_loss")
 MAX_GRID_POINTS = 10_000  # per arm and seed: a grid larger than this is almost surely a typo
 MAX_SPEC_BYTES = 256 * 1024  # a spec is a page of YAML; anything near this size is not one
-# per-epoch metrics of every member (SCIENCE.md), in the engine's rows and the MLflow records
+# per-epoch metrics of every member (docs/science.md), in the engine's rows and the MLflow records
 EPOCH_METRICS = ("train_loss", "test_loss", "test_error", "weight_norm", "effective_lr", "angular_update",
                  "lr", "epoch_time", "wall_time", "diverged")
 
@@ -392,7 +392,7 @@ def total_steps(spec: StudySpec, train_size: int) -> int:
 
 
 def decay_timescale(decay: str, lr: float, weight_decay: float) -> float:
-    """τ in steps (SCIENCE.md): 1/(η·λ) for coupled and decoupled decay, 1/λ for independent decay."""
+    """τ in steps (docs/science.md): 1/(η·λ) for coupled and decoupled decay, 1/λ for independent decay."""
     rate = weight_decay if decay == "independent" else lr * weight_decay
     return 1.0 / rate if rate > 0 else math.inf
 
@@ -586,7 +586,7 @@ def final_metrics(history: list[dict]) -> dict:
 
 
 def timescale_warnings(spec: StudySpec, train_size: int) -> list[str]:
-    """SCIENCE.md: decay forgets over τ = 1/(lr·λ) steps (coupled, decoupled) or 1/λ (independent). A grid
+    """docs/science.md: decay forgets over τ = 1/(lr·λ) steps (coupled, decoupled) or 1/λ (independent). A grid
     whose τ never comes within 10× of the run's length cannot show any λ dependence."""
     T = total_steps(spec, train_size)
     out = []
