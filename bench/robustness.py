@@ -1,9 +1,12 @@
 """Does a spec's verdict survive what should not matter? One unperturbed run and six perturbed ones.
 
-    bench/robustness.sh SPEC [OUT]        (OUT defaults to build/robustness/<spec name>)
+    bench/robustness.sh SPEC [OUT] [--via run|train]   (OUT defaults to build/robustness/<spec name>)
 
-Each run is a real `study run SPEC --home OUT/<label>` (its own home, so nothing is shared), one after the
-other. Perturbations, none of which should change the answer:
+--via run (the default): each run is a real `study run SPEC --home OUT/<label>` (Ray, Optuna, MLflow; its
+own home, so nothing is shared), one after the other. --via train: each run is `study train SPEC` (the same
+engine and member arrays as a study's trials, in one process, without Ray and the stores), two at a time
+with one thread each; the verdicts are computed from its results by the same code `study export` uses.
+Perturbations, none of which should change the answer:
   train.seed 1, train.seed 2      another batch order
   seeds [2, 3]                    other members' seeds (initial weights)
   arrays of 15, arrays of 60      execution.members_per_trial: members packed differently, other rounding
@@ -35,16 +38,51 @@ RUNS = [  # label, --set overrides, extra environment
 ]
 
 
-def run(study: str, spec: str, out: Path, label: str, sets: list[str], env: dict) -> dict:
-    home = out / label.replace(" ", "_").replace("=", "-").replace("[", "").replace("]", "").replace(",", "-")
-    cmd = [study, "run", spec, "--home", str(home)] + [a for s in sets for a in ("--set", s)]
+def _slug(label: str) -> str:
+    return label.replace(" ", "_").replace("=", "-").replace("[", "").replace("]", "").replace(",", "-")
+
+
+def start(study: str, spec: str, out: Path, label: str, sets: list[str], env: dict, via: str):
+    """Start one run; returns (process, finish) where finish(rc) -> the run's record."""
+    home = out / _slug(label)
+    overrides = [a for s in sets for a in ("--set", s)]
+    if via == "run":
+        cmd = [study, "run", spec, "--home", str(home)] + overrides
+        env = {**os.environ, **env}
+    else:
+        home.mkdir(parents=True, exist_ok=True)
+        cmd = [study, "train", spec, "--out", str(home / "members.json")] + overrides
+        env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     t0 = time.time()
-    with open(f"{home}.log", "w") as log:
-        rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
-    wall = time.time() - t0
-    found = list(home.glob("*/export/landscape.json"))
-    doc = json.loads(found[0].read_text()) if rc == 0 and found else None
-    return {"label": label, "rc": rc, "wall_s": wall, "doc": doc, "log": f"{home}.log"}
+    log = open(f"{home}.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def finish(rc: int) -> dict:
+        log.close()
+        wall = time.time() - t0
+        doc = None
+        if rc == 0 and via == "run":
+            found = list(home.glob("*/export/landscape.json"))
+            doc = json.loads(found[0].read_text()) if found else None
+        elif rc == 0:
+            doc = landscape_doc(home / "members.json")
+        return {"label": label, "rc": rc, "wall_s": wall, "doc": doc, "log": f"{home}.log"}
+    return proc, finish
+
+
+def landscape_doc(results: Path) -> dict:
+    """landscape.json's verdict and arms, from `study train`'s results, by study.landscape (as export does)."""
+    from study.landscape import landscapes, study_verdict
+
+    data = json.loads(results.read_text())
+    metric = data["metric"]
+    rows = [{**{k: r[k] for k in ("optimizer", "decay", "lr", "weight_decay", "seed")},
+             "error": r["final"].get(metric, float("nan")), "diverged": bool(r["final"].get("diverged"))}
+            for r in data["members"]]
+    lands = landscapes(rows, metric=metric)
+    doc = {"verdict": study_verdict(lands), "arms": [L.to_json() for L in lands]}
+    (results.parent / "landscape.json").write_text(json.dumps(doc, indent=1))
+    return doc
 
 
 def verdicts(doc: dict) -> list[tuple[str, float, list, str, bool]]:
@@ -82,19 +120,32 @@ def main() -> int:
     if len(sys.argv) < 2:
         print(__doc__.split("\n\n")[1].strip(), file=sys.stderr)
         return 2
-    spec = sys.argv[1]
-    out = Path(sys.argv[2] if len(sys.argv) > 2 else f"build/robustness/{Path(spec).stem}").resolve()
+    args = [a for a in sys.argv[1:] if not a.startswith("--via")]
+    via = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--via=")), "run")
+    if via not in ("run", "train"):
+        print(f"robustness: invalid --via: must be run or train, but got {via!r}", file=sys.stderr)
+        return 2
+    spec = args[0]
+    out = Path(args[1] if len(args) > 1 else f"build/robustness/{Path(spec).stem}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     study = str(Path(sys.executable).with_name("study"))
-    results = []
-    for label, sets, env in RUNS:
-        print(f"[robustness] {label}: study run {spec} {' '.join('--set ' + s for s in sets)} "
-              f"{' '.join(f'{k}={v}' for k, v in env.items())}".rstrip(), flush=True)
-        r = run(study, spec, out, label, sets, env)
-        results.append(r)
-        print(f"[robustness] {label}: exit {r['rc']} in {r['wall_s']:.0f} s", flush=True)
+    parallel = 1 if via == "run" else 2      # study train: two runs at a time, one thread each
+    results: list[dict | None] = [None] * len(RUNS)
+    pending = list(enumerate(RUNS))
+    running = []
+    while pending or running:
+        while pending and len(running) < parallel:
+            i, (label, sets, env) = pending.pop(0)
+            print(f"[robustness] {label}: study {via} {spec} {' '.join('--set ' + s for s in sets)} "
+                  f"{' '.join(f'{k}={v}' for k, v in env.items())}".rstrip(), flush=True)
+            running.append((i, *start(study, spec, out, label, sets, env, via)))
+        i, proc, finish = running.pop(0)
+        r = finish(proc.wait())
+        results[i] = r
+        print(f"[robustness] {r['label']}: exit {r['rc']} in {r['wall_s']:.0f} s", flush=True)
     base = results[0]["doc"]
-    print(f"\nrobustness of {spec} ({len(RUNS) - 1} perturbations; slope [95 % interval] verdict, decisive = *)")
+    print(f"\nrobustness of {spec} via study {via} ({len(RUNS) - 1} perturbations; slope [95 % interval] "
+          f"verdict, decisive = *)")
     agree = 0
     for r in results:
         if r["doc"] is None:

@@ -104,7 +104,8 @@ def cmd_train(args) -> int:
                   f"took {trainer.compile_s:.1f} s", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"spec": spec.name, "device": str(device), "members": results}, indent=1))
+    out.write_text(json.dumps({"spec": spec.name, "device": str(device), "metric": spec.search.metric,
+                               "members": results}, indent=1))
     print(f"wrote {len(results)} members to {out} in {time.time() - t0:.1f} s")
     if device.type == "cuda":
         print(f"peak memory: {torch.cuda.max_memory_allocated(device) / 2**20:.0f} MB (torch.cuda.max_memory_allocated)")
@@ -820,6 +821,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+POSITIONALS = {"spec": "SPEC", "name": "NAME"}
+
+
+def _refuse_empty_values(args) -> None:
+    """An empty path, URL or name is a mistake, never "not given" (an empty --home would mean ~/studies)."""
+    for dest, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            if isinstance(v, str) and dest != "command" and not v.strip():
+                flag = POSITIONALS.get(dest, "--" + dest.replace("_", "-"))
+                raise SpecError(f"invalid {flag}: an empty value ({v!r}); give a value or leave the "
+                                f"{'argument' if dest in POSITIONALS else 'flag'} out")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -831,6 +846,7 @@ def main(argv=None) -> int:
     handlers = {"train": cmd_train, "validate": cmd_validate, "run": cmd_run, "resume": cmd_resume, "ui": cmd_ui,
                 "export": cmd_export, "bench": cmd_bench, "recommend": cmd_recommend, "list": cmd_list}
     try:
+        _refuse_empty_values(args)
         return handlers[args.command](args)
     except (SpecError, DataError, StoreError, FileExistsError) as e:
         return _fail(str(e))

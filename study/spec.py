@@ -262,7 +262,7 @@ def _build(cls, raw, file, where):
 
 # --------------------------------------------------------------------------- validation
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+NAME_RE = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")  # \Z: "$" would let a final newline through
 
 
 def _check(cond: bool, file, where: str, msg: str):
@@ -400,14 +400,71 @@ def decay_timescale(decay: str, lr: float, weight_decay: float) -> float:
 # --------------------------------------------------------------------------- reading files
 
 class _NoAliasLoader(yaml.SafeLoader):
-    """yaml.safe_load without anchors and aliases: a spec needs none, and expanding them lets a file of
-    a few hundred bytes become gigabytes ("billion laughs")."""
+    """yaml.safe_load without anchors and aliases, without repeated keys, and with YAML 1.2's plain scalars.
+
+    Aliases: a spec needs none, and expanding them lets a file of a few hundred bytes become gigabytes
+    ("billion laughs"). Repeated keys: YAML loaders keep the last value silently, so a line added to shorten
+    a run would be ignored. Scalars: YAML 1.1 (PyYAML's default) reads `1:30` as 90, `010` as 8, `0x1` as 1,
+    `1_000` as 1000 and `on`/`no` as booleans; here only YAML 1.2's core forms are numbers and booleans
+    (decimal integers, decimal and exponent floats, .inf/.nan, true/false, null), so those others stay
+    strings, and validation names the field that received one."""
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in a spec, at line {event.start_mark.line + 1}")
         return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                if key in seen:
+                    raise yaml.YAMLError(f"key {excerpt(key, 60)} is repeated at line {line} (first at line "
+                                         f"{seen[key]}): a key may appear once in a mapping")
+                seen[key] = line
+            except TypeError:
+                continue  # an unhashable key: the mapping's own construction says so
+        return super().construct_mapping(node, deep)
+
+
+_NoAliasLoader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                                                  "tag:yaml.org,2002:bool")]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _tag, _rx, _first in (
+        ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+        ("tag:yaml.org,2002:int", r"^[-+]?[0-9]+$", "-+0123456789"),
+        ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+.0123456789")):
+    _NoAliasLoader.add_implicit_resolver(_tag, re.compile(_rx), list(_first))
+
+
+def _construct_yaml12_int(loader, node):
+    return int(loader.construct_scalar(node), 10)   # "010" is ten, as YAML 1.2 reads it
+
+
+def _construct_yaml12_float(loader, node):
+    text = loader.construct_scalar(node)
+    return float(text.replace(".inf", "inf").replace(".Inf", "inf").replace(".INF", "inf")
+                 .replace(".nan", "nan").replace(".NaN", "nan").replace(".NAN", "nan"))
+
+
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _construct_yaml12_int)
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:float", _construct_yaml12_float)
+
+
+def load_yaml(text: str):
+    """A spec's YAML text (a file or a --set value) as Python values; raises yaml.YAMLError with one line for
+    every way it can be unreadable, nesting too deep and numbers too long included."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply for a spec") from None
+    except ValueError as e:   # e.g. Python's limit on the digits of an integer
+        raise yaml.YAMLError(f"a value cannot be read: {excerpt(str(e), 100)[1:-1]}") from None
 
 
 def read_spec_file(p: Path) -> dict:
@@ -424,7 +481,7 @@ def read_spec_file(p: Path) -> dict:
     except OSError as e:
         raise SpecError(f"invalid spec: cannot read {p} ({e.strerror})") from None
     try:
-        raw = yaml.load(text, Loader=_NoAliasLoader)
+        raw = load_yaml(text)
     except yaml.YAMLError as e:
         raise SpecError(f"{p.name}: invalid YAML: {excerpt(str(e).splitlines()[0], 200)[1:-1]}") from None
     if not isinstance(raw, dict):
@@ -456,7 +513,7 @@ def apply_overrides(raw: dict, sets, file=None) -> dict:
         if not eq or not key:
             raise SpecError(f"invalid --set: expected KEY=VALUE (e.g. train.epochs=3), but got {excerpt(item)}")
         try:
-            value = yaml.load(text, Loader=_NoAliasLoader) if text.strip() else None
+            value = load_yaml(text) if text.strip() else None
         except yaml.YAMLError as e:
             raise SpecError(f"invalid --set {key}: not a YAML value ({excerpt(str(e).splitlines()[0], 120)[1:-1]}), "
                             f"but got {excerpt(text)}") from None

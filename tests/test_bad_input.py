@@ -117,6 +117,23 @@ CASES = [
     ("width 0", (["model", "width"], 0), [], "model.width"),
     ("crop padding of 99", (["data", "crop_padding"], 99), [], "crop_padding"),
     ("tpe with 0 trials", (["search"], {"sampler": "tpe", "trials": 0}), [], "search.trials"),
+    # what the user wrote is never silently dropped or misread
+    ("a key repeated in a mapping", yaml.safe_dump(GOOD).replace("  epochs: 1\n", "  epochs: 1\n  epochs: 40\n"),
+     [], "key 'epochs' is repeated at line"),
+    ("a top-level key repeated", yaml.safe_dump(GOOD) + "name: other\n", [], "key 'name' is repeated"),
+    ("sexagesimal 1:30 (YAML 1.1 reads 90)", (["train", "batch_size"], "1:30"), [], "train.batch_size"),
+    ("hexadecimal (YAML 1.1 reads 1)", yaml.safe_dump(GOOD).replace("epochs: 1", "epochs: 0x1"), [], "train.epochs"),
+    ("'on' (YAML 1.1 reads true)", yaml.safe_dump(GOOD).replace("device: cpu", "device: on"), [], "train.device"),
+    ("a name ending in a newline", (["name"], "hnl\n"), [], "name="),
+    ("nested 50,000 levels deep", "name: deep\ndata: " + "[" * 50_000 + "]" * 50_000 + "\n", [], "nested too deeply"),
+    ("a 5,000-digit integer", "name: big\ntrain: {epochs: " + "9" * 5000 + "}\n", [], "cannot be read"),
+    ("an empty --home", None, ["--home", ""], "invalid --home: an empty value"),
+    ("an empty --storage", None, ["--storage", ""], "invalid --storage: an empty value"),
+    ("an empty --tracking-uri", None, ["--tracking-uri", ""], "invalid --tracking-uri: an empty value"),
+    ("an empty --address", None, ["--address", " "], "invalid --address: an empty value"),
+    ("an empty --data-path", None, ["--data-path", ""], "invalid --data-path: an empty value"),
+    ("an empty --set value list item", None, ["--set", ""], "invalid --set: an empty value"),
+    ("--set with a repeated key", None, ["--set", "train={epochs: 1, epochs: 40}"], "key 'epochs' is repeated"),
 ]
 
 
