@@ -332,6 +332,14 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
                    f"use points: 1, but got low={r.low}, high={r.high}, points={n_axis}")
         n = grid_size(a, s)
         _check(s.sampler != "grid" or n <= MAX_GRID_POINTS, file, f"{w}", f"a grid of {n} points per seed exceeds {MAX_GRID_POINTS}")
+        if s.sampler == "grid" and n <= MAX_GRID_POINTS:
+            for axis in ("lr", "weight_decay"):
+                shown = [f"{v:.4g}" for v in grid_axis(getattr(a, axis), s.points)]  # as run names and params show them
+                twins = sorted({v for v in shown if shown.count(v) > 1})
+                _check(not twins, file, f"{w}.{axis}",
+                       f"grid points that coincide at the 4 significant digits runs and params show ({', '.join(twins)}) "
+                       f"would give two members one name and one filter; widen the range or use fewer points, "
+                       f"but got low={getattr(a, axis).low!r}, high={getattr(a, axis).high!r}, points={getattr(a, axis).points or s.points}")
         _check_options(a, file, w)
     for i, mem in enumerate(spec.members):
         w = f"members[{i}]"
