@@ -603,8 +603,16 @@ def shrink_for_smoke(spec: StudySpec) -> StudySpec:
     train = dataclasses.replace(spec.train, epochs=1, warmup_epochs=0.0, batch_size=min(spec.train.batch_size, 64))
     execution = dataclasses.replace(spec.execution, members_per_trial=min(spec.execution.members_per_trial, 4),
                                     cpus_per_trial=1.0)
-    return dataclasses.replace(spec, name=f"{spec.name}-smoke", data=d, model=model, arms=arms, search=search,
-                               train=train, execution=execution, members=spec.members[:4])
+    name = f"{spec.name}-smoke"
+    if not NAME_RE.match(name):
+        raise SpecError(f"invalid name: --smoke names the study {excerpt(name, 40)} ({len(name)} characters), longer "
+                        f"than a name can be (100); shorten name, but got name={excerpt(spec.name, 40)}")
+    # its own experiment and no refine round: a smoke run never writes beside the real study's records, and a
+    # one-epoch landscape says nothing about where the grid should grow
+    tracking = dataclasses.replace(spec.tracking, experiment=f"{spec.experiment}-smoke")
+    search = dataclasses.replace(search, refine=0)
+    return dataclasses.replace(spec, name=name, data=d, model=model, arms=arms, search=search,
+                               train=train, execution=execution, members=spec.members[:4], tracking=tracking)
 
 
 def grid_axis(r: Range, default_points: int) -> list[float]:

@@ -134,6 +134,7 @@ CASES = [
     ("an empty --data-path", None, ["--data-path", ""], "invalid --data-path: an empty value"),
     ("an empty --set value list item", None, ["--set", ""], "invalid --set: an empty value"),
     ("--set with a repeated key", None, ["--set", "train={epochs: 1, epochs: 40}"], "key 'epochs' is repeated"),
+    ("a 100-character name that --smoke makes 106", (["name"], "n" * 100), ["--smoke"], "--smoke names the study"),
     ("grid points equal at the digits runs show", (["arms", 0, "lr"], {"low": 0.001, "high": 0.0010000000000000002,
                                                                        "points": 3}), [], "coincide at the 4 significant"),
     ("grid points equal after rounding, many points", (["arms", 0, "weight_decay"], {"low": 0.01, "high": 0.01001,

@@ -107,7 +107,7 @@ def _records(home: Path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("quickstart")
+    exp = client.get_experiment_by_name("quickstart-smoke")  # --smoke records in an experiment of its own
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parent = next(r for r in runs if r.data.tags.get("role") == "parent")
     members = sorted((r for r in runs if r.data.tags.get("role") == "member"), key=lambda r: r.info.run_name)
@@ -218,7 +218,7 @@ def test_study_ui_walk_from_home_page_to_runs_members_and_figures(browser, quick
         # the URLs come only once the server answers: the root and each study's runs table, exactly
         line, answering, seen = _wait_line(proc, lines, "MLflow UI:")
         assert line.split()[2] == root and answering, (line, answering)
-        line, answering, seen = _wait_line(proc, lines, "quickstart:")
+        line, answering, seen = _wait_line(proc, lines, "quickstart-smoke:")
         assert line.split(": ", 1)[1] == runs_url and answering, (line, answering)
         children = psutil.Process(proc.pid).children(recursive=True)
 

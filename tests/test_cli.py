@@ -57,6 +57,11 @@ def test_set_override_is_recorded_with_the_study(smoke_home):
     spec = recorded_spec(default_tracking_uri(smoke_home), "quickstart-smoke")
     assert spec.search.seeds == (3,)  # --set applied to the file, then --smoke kept the first seed
     assert spec.train.epochs == 1
+    # a smoke run records in an experiment of its own (never beside the real study's) and refines nothing
+    assert spec.experiment == "quickstart-smoke" and spec.search.refine == 0
+    from mlflow.tracking import MlflowClient
+    names = {e.name for e in MlflowClient(default_tracking_uri(smoke_home)).search_experiments()}
+    assert "quickstart" not in names and "quickstart-smoke" in names
 
 
 def test_list_on_an_absent_home_is_one_line_and_creates_nothing(tmp_path):
