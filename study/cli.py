@@ -70,6 +70,8 @@ def cmd_train(args) -> int:
     if overrides:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **overrides))
     members = grid_members(spec)
+    if not args.device:
+        check_local_device(spec, "study train trains here")
     device = resolve_device(args.device or spec.train.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -136,7 +138,25 @@ def cmd_validate(args) -> int:
           f"{spec.train.epochs} epochs of {n} images (test {n_test}) = {total_steps(spec, n)} steps per member")
     for w in timescale_warnings(spec, n):
         print(f"warning: {w}")
+    if spec.train.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("warning: train.device is cuda and this machine has no CUDA device: `study run` here refuses it; "
+                  "it runs on a cluster with GPU workers (--address)")
     return 0
+
+
+def check_local_device(spec, where: str) -> None:
+    """train.device: cuda on a machine whose torch sees no CUDA device is refused before anything is written
+    (a local Ray, `study train`, `study validate`); on a cluster (--address) its workers decide."""
+    if spec.train.device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SpecError(f"invalid train.device: cuda, but torch sees no CUDA device on this machine ({where}); "
+                        f"use device: auto or cpu, or run on a cluster with --address, but got device='cuda'")
 
 
 def check_address(address: str | None) -> None:
@@ -186,6 +206,8 @@ def _drive(args, spec, resume: bool) -> int:
 
     check_address(args.address)
     home = home_dir(args)
+    if args.address is None:
+        check_local_device(spec, "a local Ray, no --address")
     if args.address is None and spec.execution.cpus_per_trial > (os.cpu_count() or 1):
         raise SpecError(f"invalid execution.cpus_per_trial: a local Ray on this machine has {os.cpu_count()} CPUs, "
                         f"but got cpus_per_trial={spec.execution.cpus_per_trial}")
