@@ -222,7 +222,7 @@ def _is_grid(members: list[dict]) -> bool:
     lrs = {m["lr"] for m in members}
     wds = {m["weight_decay"] for m in members}
     settings = {(m["lr"], m["weight_decay"]) for m in members}
-    return len(settings) == len(lrs) * len(wds) and len(lrs) >= 2 and len(wds) >= 2
+    return len(settings) == len(lrs) * len(wds)   # every (η, λ) of the two axes, down to a 1 × 1 grid
 
 
 def _interpolate(members: list[dict], points: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -236,7 +236,14 @@ def _interpolate(members: list[dict], points: int = 8) -> tuple[np.ndarray, np.n
     gl = np.linspace(x.min(), x.max(), points)
     gw = np.linspace(y.min(), y.max(), points)
     GX, GY = np.meshgrid(gl, gw, indexing="ij")
-    grid = griddata((x[ok], y[ok]), z[ok], (GX, GY), method="linear") if ok.sum() >= 3 else np.full(GX.shape, np.nan)
+    grid = np.full(GX.shape, np.nan)
+    if ok.sum() >= 3:
+        from scipy.spatial import QhullError
+
+        try:
+            grid = griddata((x[ok], y[ok]), z[ok], (GX, GY), method="linear")
+        except QhullError:   # samples on one line (or one point): no surface between them; the samples stay listed
+            pass
     return np.exp(gl), np.exp(gw), grid
 
 

@@ -317,3 +317,19 @@ def test_scattered_samples_are_interpolated():
     assert not land.grid and len(land.samples) == 120
     assert land.slope == pytest.approx(-1.0, abs=0.25)
     assert "interpolated" in land.ci_method
+
+
+@pytest.mark.filterwarnings("error")
+def test_degenerate_grids_give_a_landscape_without_a_slope_and_keep_every_measurement():
+    """One weight-decay column, a 1 × 1 grid, samples on one line: no traceback, no numpy warning, no slope,
+    and the measured cells are kept (they were lost to an interpolated grid of nulls, or a QhullError)."""
+    def m(lr, wd, seed, e):
+        return dict(optimizer="sgd", decay="coupled", lr=lr, weight_decay=wd, seed=seed, error=e, diverged=False)
+    one_column = [m(lr, 0.01, s, 0.1 + lr) for lr in (0.01, 0.03, 0.1) for s in (0, 1)]
+    (land,) = landscapes(one_column, metric="test_loss")
+    assert land.grid and land.error == pytest.approx([[0.11], [0.13], [0.2]])
+    assert math.isnan(land.slope) and land.to_json()["verdict"]["outcome"] == "inconclusive"
+    (single,) = landscapes([m(0.01, 0.01, 0, 0.2)])
+    assert single.error == [[0.2]] and single.best["error"] == 0.2 and math.isnan(single.slope)
+    (line,) = landscapes([m(0.01 * i, 0.001 * i, 0, 0.1) for i in range(1, 6)])
+    assert not line.grid and len(line.samples) == 5 and math.isnan(line.slope)
