@@ -327,7 +327,7 @@ def test_degenerate_grids_give_a_landscape_without_a_slope_and_keep_every_measur
         return dict(optimizer="sgd", decay="coupled", lr=lr, weight_decay=wd, seed=seed, error=e, diverged=False)
     one_column = [m(lr, 0.01, s, 0.1 + lr) for lr in (0.01, 0.03, 0.1) for s in (0, 1)]
     (land,) = landscapes(one_column, metric="test_loss")
-    assert land.grid and land.error == pytest.approx([[0.11], [0.13], [0.2]])
+    assert land.grid and np.array(land.error).ravel() == pytest.approx([0.11, 0.13, 0.2])
     assert math.isnan(land.slope) and land.to_json()["verdict"]["outcome"] == "inconclusive"
     (single,) = landscapes([m(0.01, 0.01, 0, 0.2)])
     assert single.error == [[0.2]] and single.best["error"] == 0.2 and math.isnan(single.slope)
