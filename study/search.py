@@ -27,7 +27,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from .spec import ArmSpec, MemberSpec, StudySpec, arm_member, arm_settings, grid_axis
+from .spec import ArmSpec, MemberSpec, SpecError, StudySpec, arm_member, arm_settings, grid_axis
 from .stores import StoreError, check_optuna_url, create_sqlite_atomically, masked, sqlite_path
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -86,7 +86,8 @@ class ArmSearch:
             with warnings.catch_warnings():  # "set_metric_names is experimental": the dashboards read it
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.study.set_metric_names([spec.search.metric])
-            for k, v in (("arm", arm.name), ("metric", spec.search.metric), ("seeds", list(spec.search.seeds))):
+            for k, v in (("arm", arm.name), ("metric", spec.search.metric), ("seeds", list(spec.search.seeds)),
+                         ("spec_identity", spec.identity())):
                 self.study.set_user_attr(k, v)
         self.seeds = list(spec.search.seeds)
         self.refined: list[float] = list(self.study.user_attrs.get("refined_weight_decay", []))  # search.refine
@@ -359,6 +360,22 @@ class Lease:
             pass
 
 
+def check_identity(storage, spec: StudySpec) -> None:
+    """Refuse, before anything is written, an arm's Optuna study that another spec created under this name:
+    its queued and finished trials would be trained and counted under this spec."""
+    for arm in spec.arms:
+        name = f"{spec.name}.{arm.name}"
+        try:
+            study_id = storage.get_study_id_from_name(name)
+        except KeyError:
+            continue
+        recorded = storage.get_study_user_attrs(study_id).get("spec_identity")
+        if recorded is not None and recorded != spec.identity():
+            raise SpecError(f"invalid name: the Optuna study {name!r} was made by another spec (identity {recorded}, "
+                            f"this spec {spec.identity()}): its trials would be trained under this one; choose "
+                            f"another name, or resume that study with `study resume {spec.name}`")
+
+
 class StudySearch:
     """The study's search: the arms' Optuna studies, asked round-robin for arrays of one arm each."""
 
@@ -384,7 +401,11 @@ class StudySearch:
         for f in recorded:
             by_arm.setdefault(f.member.arm, []).append(f)
         try:
+            check_identity(storage, spec)
             self.arms = [ArmSearch(spec, arm, storage, by_arm.get(arm.name, ())) for arm in spec.arms]
+        except SpecError:
+            self.lease.release()
+            raise
         except (optuna.exceptions.StorageInternalError, OSError) as e:
             raise StoreError(f"invalid --storage: the Optuna storage {storage_url} cannot be used "
                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None

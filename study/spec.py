@@ -175,6 +175,17 @@ class StudySpec:
         """Plain data (JSON-safe) that spec_from_dict turns back into an equal spec: what a study records."""
         return dataclasses.asdict(self)
 
+    def identity(self) -> str:
+        """What a study's numbers depend on, as 16 hex digits: its data, model, train, arms, members and search
+        sections (not execution or tracking, which may change between a run and its resume). A name that is
+        recorded under another identity is refused, so that records of two specs never mix."""
+        import hashlib
+        import json
+
+        d = self.to_dict()
+        part = {k: d[k] for k in ("data", "model", "train", "arms", "members", "search")}
+        return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
 
 # --------------------------------------------------------------------------- strict loading
 

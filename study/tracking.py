@@ -334,9 +334,12 @@ class Tracker:
         exp = _retry("finding the experiment", self.client.get_experiment_by_name, spec.experiment)
         self.experiment_id = exp.experiment_id if exp else None
         parents = self._search(f"tags.study = '{spec.name}' and tags.role = 'parent'") if exp else []
-        if parents and not resume:
-            raise FileExistsError(f"invalid name: study {spec.name!r} already has records in {uri}; "
-                                  f"finish it with `study resume {spec.name}` or choose another name")
+        if not resume:   # in any experiment of the store: another tracking.experiment must not start a twin
+            anywhere = parents or self._search_all(f"tags.study = '{spec.name}' and tags.role = 'parent'")
+            if anywhere:
+                where = self.client.get_experiment(anywhere[0].info.experiment_id).name
+                raise FileExistsError(f"invalid name: study {spec.name!r} already has records in {uri} (experiment "
+                                      f"{where!r}); finish it with `study resume {spec.name}` or choose another name")
         if resume and not parents:
             raise LookupError(f"invalid name: no study {spec.name!r} is recorded in {uri}")
         self.parent_id = parents[0].info.run_id if parents else None
@@ -384,6 +387,7 @@ class Tracker:
                      run_name=spec.name, tags={"study": spec.name, "role": "parent", "git_commit": commit,
                                                "mlflow.source.git.commit": commit, "package_version": __version__,
                                                "mlflow.source.name": "study run", **version_tags(),
+                                               "spec_identity": spec.identity(),
                                                "env.driver_cpu": cpu_model(),
                                                **({"optuna_storage": masked(storage)} if storage else {}),
                                                "mlflow.note.content": spec.description or f"study {spec.name}"})
@@ -400,6 +404,10 @@ class Tracker:
             Param("data", spec.data.dataset), Param("epochs", str(spec.train.epochs)),
             Param("arms", ",".join(a.name for a in spec.arms) or "members"),
             Param("seeds", ",".join(map(str, spec.search.seeds))), Param("metric", spec.search.metric)])
+
+    def _search_all(self, filter_string: str) -> list:
+        exps = [e.experiment_id for e in _retry("listing experiments", self.client.search_experiments)]
+        return _retry("searching runs", self.client.search_runs, exps, filter_string, max_results=10) if exps else []
 
     def _search(self, filter_string: str):
         if self.experiment_id is None:

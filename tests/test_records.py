@@ -296,3 +296,16 @@ def test_parent_records_the_versions_and_resume_warns_when_they_changed(study, t
     assert other.version_changes == [f"torch 0.0.1 → {versions()['torch']}"]
     client.set_tag(tracker.parent_id, "env.torch", versions()["torch"])
     client.set_terminated(tracker.parent_id, "FINISHED")
+
+
+def test_a_name_with_records_is_refused_under_another_experiment_too(study, tmp_path):
+    """`--set tracking.experiment=other` must not start a second study of the same name in the same store
+    (it added a parent with 0 members, or trained only the new grid points and mixed both in export)."""
+    import dataclasses
+
+    uri, spec, tracker, *_ = study
+    other = dataclasses.replace(spec, tracking=dataclasses.replace(spec.tracking, experiment="other"))
+    with pytest.raises(FileExistsError, match=r"already has records in .*experiment"):
+        Tracker(uri, other)
+    assert tracker.client.get_experiment_by_name("other") is None   # nothing written
+    assert tracker.client.get_run(tracker.parent_id).data.tags["spec_identity"] == spec.identity()

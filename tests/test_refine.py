@@ -99,3 +99,32 @@ def test_a_lost_storage_is_rebuilt_with_refined_columns_that_never_finished(tmp_
     _train_all(rebuilt, again)
     assert sorted((t["lr"], t["weight_decay"]) for t in again) == [(0.01, 1e-1), (0.1, 1e-1)]
     assert rebuilt.done() == rebuilt.total == 6
+
+
+def test_a_name_made_by_another_spec_is_refused_before_its_queued_trials_run(tmp_path):
+    """A start interrupted after queuing its grid leaves trials in Optuna; a run of the same name with another
+    grid must not train them (it trained the old grid and counted "8/4 members"): refused, the lease freed."""
+    import pytest
+
+    from study.spec import SpecError
+
+    def spec(points):
+        return spec_from_dict({
+            "name": "same", "search": {"sampler": "grid", "seeds": [0]},
+            "arms": [{"optimizer": "sgd", "decay": "coupled", "lr": {"low": 0.01, "high": 0.1, "points": points},
+                      "weight_decay": {"low": 1e-3, "high": 1e-2, "points": points}}]})
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    first = StudySearch(spec(10), url)
+    assert first.next_array(4) is not None           # trials queued and running, then the driver stops
+    first.lease.release()
+    with pytest.raises(SpecError, match=r"invalid name: the Optuna study 'same.sgd-coupled' was made by another spec"):
+        StudySearch(spec(2), url)
+    again = StudySearch(spec(10), url)               # the same spec picks its own study up again
+    assert again.total == 100
+    again.lease.release()
+    # the identity covers what the numbers depend on, not where or how they are recorded and run
+    a = spec(2)
+    import dataclasses
+    b = dataclasses.replace(a, execution=dataclasses.replace(a.execution, members_per_trial=3),
+                            tracking=dataclasses.replace(a.tracking, experiment="elsewhere"))
+    assert a.identity() == b.identity() != spec(3).identity()
