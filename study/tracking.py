@@ -42,7 +42,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from . import __version__
 from .environment import cpu_model, version_changes, version_tags
-from .spec import (EPOCH_METRICS, MemberSpec, SpecError, StudySpec, decay_timescale, planned_members,
+from .spec import (EPOCH_METRICS, LANDSCAPE_METRICS, MemberSpec, SpecError, StudySpec, decay_timescale, planned_members,
                    spec_from_dict, steps_per_epoch)
 from .stores import StoreError, check_tracking_uri, create_sqlite_atomically, masked, sqlite_path
 
@@ -749,6 +749,9 @@ def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str
     if not parents:
         raise LookupError(f"invalid name: no study {name!r} is recorded in {uri}")
     parent = parents[0].info.run_id
+    if metric is not None and metric not in LANDSCAPE_METRICS:   # the schedule's lr or the diverged flag is no landscape
+        raise LookupError(f"invalid --metric: a landscape maps one of {', '.join(LANDSCAPE_METRICS)}, "
+                          f"but got metric={metric!r}")
     metric = metric or parents[0].data.params.get("metric", "test_error")
     spec_text = ""
     try:
