@@ -750,8 +750,8 @@ def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str
         raise LookupError(f"invalid name: no study {name!r} is recorded in {uri}")
     parent = parents[0].info.run_id
     if metric is not None and metric not in LANDSCAPE_METRICS:   # the schedule's lr or the diverged flag is no landscape
-        raise LookupError(f"invalid --metric: a landscape maps one of {', '.join(LANDSCAPE_METRICS)}, "
-                          f"but got metric={metric!r}")
+        raise LookupError(f"invalid --metric: {metric!r} is not a landscape metric; a landscape maps one of "
+                          f"{', '.join(LANDSCAPE_METRICS)}")
     metric = metric or parents[0].data.params.get("metric", "test_error")
     spec_text = ""
     try:

@@ -192,9 +192,9 @@ def test_recommend_prints_lambda_star_its_interval_and_timescale(store, capsys):
     (["recommend", "demo", "--lr", "abc"], "invalid --lr: expected a number, but got lr='abc'"),
     (["recommend", "demo", "--lr", "nan"], "invalid --lr: a learning rate is a finite number > 0"),
     (["recommend", "demo", "--lr", "-0.1"], "invalid --lr: a learning rate is a finite number > 0"),
-    (["recommend", "demo", "--lr", "0.05", "--metric", "nosuch"], "invalid --metric: a landscape maps one of"),
-    (["recommend", "demo", "--lr", "0.05", "--metric", "lr"], "invalid --metric: a landscape maps one of"),
-    (["recommend", "demo", "--lr", "0.05", "--metric", "diverged"], "a landscape maps one of test_error"),
+    (["recommend", "demo", "--lr", "0.05", "--metric", "nosuch"], "invalid --metric: 'nosuch' is not a landscape"),
+    (["recommend", "demo", "--lr", "0.05", "--metric", "lr"], "invalid --metric: 'lr' is not a landscape metric"),
+    (["recommend", "demo", "--lr", "0.05", "--metric", "diverged"], "invalid --metric: 'diverged' is not a landscape"),
 ])
 def test_recommend_refuses_bad_input_with_one_line(store, capsys, argv, message):
     rc, out, err = _run(capsys, *argv, "--tracking-uri", store[0])
