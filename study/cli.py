@@ -161,8 +161,17 @@ def check_local_device(spec, where: str) -> None:
 
 def check_address(address: str | None) -> None:
     """Refuse an unreachable --address in seconds, before Ray would retry for minutes."""
-    if not address or address == "auto":
+    if not address:
         return
+    if address == "auto":   # Ray's own lookup: the address the last `ray start` on this machine wrote down
+        current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        try:
+            address = current.read_text().strip()
+        except OSError:
+            raise SpecError("invalid --address: auto, but no Ray cluster was started on this machine "
+                            "(`ray start --head` starts one), and no address was given") from None
+        if not address:
+            raise SpecError(f"invalid --address: auto, but {current} names no cluster")
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():

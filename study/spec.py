@@ -309,6 +309,16 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check(t.cudnn_benchmark in (None, True, False, "auto"), file, "train.cudnn_benchmark", f"must be auto, true or false, but got cudnn_benchmark={excerpt(t.cudnn_benchmark)}")
     _check(s.sampler in SAMPLERS, file, "search.sampler", f"must be one of {', '.join(SAMPLERS)}, but got sampler={excerpt(s.sampler)}")
     _check(s.metric in LANDSCAPE_METRICS, file, "search.metric", f"must be one of {', '.join(LANDSCAPE_METRICS)}, but got metric={excerpt(s.metric)}")
+    exp = spec.tracking.experiment
+    if exp is not None:
+        import unicodedata
+
+        _check(isinstance(exp, str) and 0 < len(exp) <= 250 and exp == exp.strip(), file, "tracking.experiment",
+               f"an MLflow experiment name of 1-250 characters without surrounding spaces, but got experiment={excerpt(exp)}")
+        bad = [c for c in exp if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")]
+        _check(not bad, file, "tracking.experiment", f"control or invisible formatting characters "
+               f"({', '.join(f'U+{ord(c):04X}' for c in bad[:3])}) would show one name and store another, "
+               f"but got experiment={excerpt(exp)}")
     _check(s.points >= 1, file, "search.points", f"must be >= 1, but got points={s.points}")
     _check(s.trials is None or s.trials >= 1, file, "search.trials", f"must be >= 1, but got trials={s.trials}")
     _check(0 <= s.refine <= 3, file, "search.refine", f"rounds of grid refinement must lie in [0, 3], but got refine={s.refine}")

@@ -134,6 +134,10 @@ CASES = [
     ("an empty --data-path", None, ["--data-path", ""], "invalid --data-path: an empty value"),
     ("an empty --set value list item", None, ["--set", ""], "invalid --set: an empty value"),
     ("--set with a repeated key", None, ["--set", "train={epochs: 1, epochs: 40}"], "key 'epochs' is repeated"),
+    ("an experiment name of 600 characters", (["tracking"], {"experiment": "e" * 600}), [], "tracking.experiment"),
+    ("an experiment name with a right-to-left override", (["tracking"], {"experiment": "exp\u202eevil"}), [],
+     "U+202E"),
+    ("an experiment name with a NUL", (["tracking"], {"experiment": "exp\x00x"}), [], "tracking.experiment"),
     ("cuda on a machine without a GPU", (["train", "device"], "cuda"), [], "invalid train.device: cuda, but torch sees"),
     ("a 100-character name that --smoke makes 106", (["name"], "n" * 100), ["--smoke"], "--smoke names the study"),
     ("grid points equal at the digits runs show", (["arms", 0, "lr"], {"low": 0.001, "high": 0.0010000000000000002,
@@ -308,3 +312,15 @@ def test_home_on_a_read_only_mount_is_refused(read_only_dir, capsys, where):
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("study: error:") and str(read_only_dir) in lines[0], lines
+
+
+def test_address_auto_without_a_started_cluster_is_refused(run_spec, tmp_path, monkeypatch):
+    """`--address auto` with no Ray started here wrote the stores and the parent run, then "ConnectionError"."""
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "no-ray"))
+    out, home = run_spec(yaml.safe_dump(GOOD), ["--address", "auto"])
+    _assert_refused(out, home, "invalid --address: auto, but no Ray cluster was started on this machine")
+    (tmp_path / "stale" / "ray").mkdir(parents=True)
+    (tmp_path / "stale" / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")   # left by a stopped cluster
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "stale"))
+    out, home = run_spec(yaml.safe_dump(GOOD), ["--address", "auto"])
+    _assert_refused(out, home, "invalid --address: no Ray cluster answers at 127.0.0.1:9")
