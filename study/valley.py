@@ -1,31 +1,33 @@
 """The valley model: the slope of λ*(η) from every cell near the valley floor, not from one vertex per row.
 
 A landscape near its best weight decay is a valley whose floor runs along the ridge log λ*(η) = a + b·(x − x0),
-x = log η. In each learning-rate row r the metric is modelled as
+x = log η. In each learning-rate row r the logarithm of the seed-averaged metric is modelled as
 
-    m[r, c] = f_r + k_r · (log λ_c − a − b·(x_r − x0))²  +  noise,        k_r ≥ 0,
+    log m[r, c] = f_r + k_r · (log λ_c − a − b·(x_r − x0))²  +  noise,        k_r ≥ 0,
 
-fitted by least squares to the logarithm of the seed-averaged cells within `HALF_WINDOW` columns of the row's
-best cell (the metric itself where a cell is ≤ 0). The logarithm because a valley's walls rise multiplicatively:
-on a linear scale the cells where training starts to fail (a loss of 1.2 beside a floor of 0.09) dominate the
-least squares and pull the floor's line, as measured on the quickstart's landscapes. Every
-row has its own height f_r and curvature k_r (so an offset shared by all cells of a seed, or a row that is
-higher or flatter than the next, costs nothing); only the floor's line (a, b) is shared. For fixed (a, b)
-each row is an ordinary linear regression on [1, (log λ − v_r)²], solved in closed form, so the model's
-residual sum of squares is a function of (a, b) alone, the *profile*.
+fitted by least squares to the cells within `HALF_WINDOW` columns of the row's best cell (on the metric
+itself where a cell is ≤ 0). The logarithm because a valley's walls rise multiplicatively: on a linear scale
+the cells where training starts to fail (a loss of 1.2 beside a floor of 0.09) dominate the least squares
+and pull the floor's line, as measured on the quickstart's landscapes. Every row has its own height f_r and
+curvature k_r (so an offset shared by all cells of a seed, or a row that is higher or flatter than the
+next, costs nothing); only the floor's line (a, b) is shared. For fixed (a, b) each row is an ordinary
+linear regression on [1, (log λ − v_r)²], solved in closed form, so the model's residual sum of squares is a
+function of (a, b) alone.
 
 Why this and not the row vertices: a quadratic through five cells of one row gives one number with a few
-cells' worth of noise, and the line through R such numbers has R − 2 degrees of freedom (3 for the
-quickstart's five rows: t = 3.18). The valley fit keeps every cell: N cells, 2R + 2 parameters, ν = N − 2R − 2
-residual degrees of freedom (13 for five rows of five cells), and rows whose best cell sits at a grid edge
-still inform the line through the cells they have (their own optimum is not claimed; see landscape.row_optima).
+cells' worth of noise, and the line through R such numbers has R − 2 degrees of freedom (3 for five rows:
+t = 3.18). The valley fit keeps every cell: N cells, 2R + 2 parameters, ν = N − 2R − 2 residual degrees of
+freedom, and rows whose best cell sits at a grid edge still inform the line through the cells they have
+(their own optimum is not claimed; see landscape.row_optima).
 
 The 95 % interval of b is the profile-likelihood interval of nonlinear least squares:
-{b : RSS_p(b) − RSS_min ≤ t²(ν) · RSS_min / ν}, with RSS_p(b) = min over a of RSS(a, b). It is computed on a
-grid of b (step `B_STEP` over `B_RANGE`) with a parabolic refinement of a at each b and linear interpolation
-of the crossings; an interval that reaches the end of the range is reported as unbounded on that side
-(the data do not bound the slope). tests/test_valley.py checks its coverage on planted landscapes of shapes
-the model does not assume (lopsided valleys, seed offsets, rows censored at either edge).
+{b : RSS_p(b) − RSS_min ≤ t²(ν) · RSS_min / ν}, with RSS_p(b) = min over a of RSS(a, b). The profile is
+evaluated on a grid of b (step `B_STEP` over `B_RANGE`; at each b, a coarse grid of a then Newton steps),
+its minimum refined by golden-section search and each crossing by bisection; an interval that reaches the
+end of the range is unbounded on that side (the data do not bound the slope). tests/test_valley.py checks
+its coverage on planted landscapes of shapes the model does not assume (lopsided valleys, seed offsets,
+rows censored at either edge) and keeps its known limit, a floor that wobbles seed by seed, as a strict
+expected failure.
 
 Pure numpy (scipy for the t quantile); batched over any number of landscapes for the calibration tests.
 """
