@@ -2,23 +2,22 @@
 # The Python packages `study run` and bench/peer.sh need on a lent GPU machine that its image lacks (Ray,
 # Optuna, MLflow and what they import), as cp312 manylinux wheels in two folders, each small enough to travel
 # with one device call beside the CIFAR-10 Parquet files (64 MiB per call, the data about 18 MiB):
-#   bench/device_bundle.sh [DEVICE_PACKAGES]   -> .whl-ray/ (Ray) and .whl-rest/ (the others), both ignored by git
-# DEVICE_PACKAGES: a file with one package name per line that the device image already has (default: the list
-# in the tool library's device/KINDS.md); those are not bundled, the device keeps its own versions.
+#   bench/device_bundle.sh DEVICE_PACKAGES   -> .whl-ray/ (Ray) and .whl-rest/ (the others), both ignored by git
+# DEVICE_PACKAGES: a file with one package name per line that the GPU machine's image already has (for example
+# `pip list --format=freeze | cut -d= -f1` run there); those are not bundled, the machine keeps its own versions.
 # To fit, the wheels are repacked without what no study uses: Ray's Java jar and dashboard web client, MLflow's
 # web UI (`study ui` does not run on the device) and plotly's Jupyter extension. See bench/README.md for the
 # two device calls that use them. Needs network access to the package index (here: yes; the device: no).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
-KINDS=${KINDS:-/work/.library/device/KINDS.md}
 RAY=ray==2.60.0; PINS=(optuna==5.0.0 mlflow==3.17.2 plotly==7.1.0 "ray[tune]==2.60.0")
 PLATFORM=(--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux2014_x86_64
           --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_34_x86_64)
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 norm() { tr 'A-Z_.' 'a-z--' | sed 's/ .*//' | sort -u; }
-if [[ -n "${1:-}" ]]; then norm < "$1" > "$work/device.txt"
-else sed -n 's/.*Packages: //p' "$KINDS" | tr ',' '\n' | sed 's/^ *//' | norm > "$work/device.txt"; fi
+[[ -n "${1:-}" && -f "$1" ]] || { echo "usage: bench/device_bundle.sh DEVICE_PACKAGES (a file: one package name a line)"; exit 2; }
+norm < "$1" > "$work/device.txt"
 (( $(wc -l < "$work/device.txt") > 50 )) || { echo "the device's package list looks wrong: $(wc -l < "$work/device.txt") names"; exit 2; }
 
 echo "resolving ${PINS[*]} for CPython 3.12 on manylinux ..."
