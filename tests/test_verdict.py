@@ -103,13 +103,18 @@ def test_report_json_html_and_summary_carry_the_verdict(tmp_path):
     dash = {"figures": [{"kind": "heatmaps"}, {"kind": "ridge"}]}
     render("demo", "test_loss", lands, dash, tmp_path, ("png", "html"))
     doc = json.loads((tmp_path / "landscape.json").read_text())
-    assert [v["outcome"] for v in doc["verdict"]["arms"]] == ["consistent"] * 3
+    # 3 of adam's 5 rows beyond the grid: its interval is wider than a decisive one may be (1.5)
+    assert [v["outcome"] for v in doc["verdict"]["arms"]] == ["inconclusive", "consistent", "consistent"]
+    assert "is wider than 1.5" in doc["verdict"]["arms"][0]["text"]
     assert len(doc["verdict"]["pairs"]) == 3 and len(doc["verdict"]["lines"]) == 6
     adam = doc["arms"][0]
     assert adam["censored"][0] == "high" and adam["edge_advice"].startswith("best λ at the edge in")
     assert adam["refine_weight_decay"][0] > 1.0 and adam["ridge_fit"]["rows_censored_high"] >= 1
     page = (tmp_path / "report.html").read_text()
     assert page.index('id="verdict"') < page.index('id="arms"')
+    # the observed best cell of each row and the fitted ridge: two marks, both in the legend
+    assert page.count('class="best-cell"') == sum(len(L.lr) for L in lands)
+    assert "best cell of each row (measured)" in page and "(valley model)" in page and 'class="fit"' in page
     assert "consistent with the prediction" in page and "extend weight_decay.high to about" in page
     lines = summary_lines(lands)
     assert "best test_loss" in lines[0] and "best error" not in "\n".join(lines)
@@ -221,3 +226,19 @@ def test_parent_metrics_and_tags_log_to_a_parent_run(store):
     data = client.get_run(parent).data
     assert data.metrics["sgd-coupled.best_test_loss"] == pytest.approx(lands[0].best["error"])
     assert data.tags["verdict.sgd-independent"] == tags["verdict.sgd-independent"]
+
+
+def test_decoupled_minus_independent_is_printed_as_a_self_check():
+    """decoupled(η, λ) ≡ independent(η, η·λ): the pair's slopes differ by exactly −1 by the update rules, so the
+    difference tests the estimator and is never reported as a finding."""
+    lands = landscapes(planted(np.random.default_rng(11), [0, 1], 0.01,
+                               (("adam", "decoupled", -1.0), ("adam", "independent", 0.0))), metric="test_loss")
+    (pair,) = compare_arms(lands)
+    assert pair["identity"] == -1.0 and pair["outcome"] == "self-check holds", pair
+    assert "self-check, not a finding" in pair["text"] and "exactly -1" in pair["text"]
+    broken = landscapes(planted(np.random.default_rng(12), [0, 1], 0.01,
+                                (("adam", "decoupled", -1.0), ("adam", "independent", -1.0))), metric="test_loss")
+    (bad,) = compare_arms(broken)
+    assert bad["outcome"] == "self-check fails" and "EXCLUDES" in bad["text"]
+    (other,) = compare_arms(landscapes(planted(np.random.default_rng(13), [0, 1], 0.01, SGD_ARMS)))
+    assert other["identity"] is None and "self-check" not in other["text"]
