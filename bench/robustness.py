@@ -117,16 +117,15 @@ def fmt(v) -> str:
 
 
 def main() -> int:
-    if len(sys.argv) < 2:
-        print(__doc__.split("\n\n")[1].strip(), file=sys.stderr)
-        return 2
-    args = [a for a in sys.argv[1:] if not a.startswith("--via")]
-    via = next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--via=")), "run")
-    if via not in ("run", "train"):
-        print(f"robustness: invalid --via: must be run or train, but got {via!r}", file=sys.stderr)
-        return 2
-    spec = args[0]
-    out = Path(args[1] if len(args) > 1 else f"build/robustness/{Path(spec).stem}").resolve()
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="bench/robustness.sh", description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec")
+    parser.add_argument("out", nargs="?")
+    parser.add_argument("--via", choices=("run", "train"), default="run")
+    args = parser.parse_args()
+    spec, via = args.spec, args.via
+    out = Path(args.out or f"build/robustness/{Path(spec).stem}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     study = str(Path(sys.executable).with_name("study"))
     parallel = 1 if via == "run" else 2      # study train: two runs at a time, one thread each
@@ -154,7 +153,8 @@ def main() -> int:
         vs = verdicts(r["doc"])
         cells = " | ".join(f"{name} {fmt(v)} [{fmt(ci[0])}, {fmt(ci[1])}] {outcome}{'*' if dec else ''}"
                            for name, v, ci, outcome, dec in vs)
-        shift = "" if r is results[0] else f"; cells moved (median / max |log ratio|) {moved(r['doc'], base)}"
+        shift = "" if r is results[0] or base is None else \
+            f"; cells moved (median / max |log ratio|) {moved(r['doc'], base)}"
         print(f"  {r['label']:<14} {r['wall_s']:5.0f} s  {cells}{shift}")
         if r is not results[0] and base is not None:
             same = [(o, d) for _, _, _, o, d in vs] == [(o, True) for _, _, _, o, _ in verdicts(base)]

@@ -149,7 +149,7 @@ def cmd_validate(args) -> int:
 
 def check_local_device(spec, where: str) -> None:
     """train.device: cuda on a machine whose torch sees no CUDA device is refused before anything is written
-    (a local Ray, `study train`, `study validate`); on a cluster (--address) its workers decide."""
+    (a local Ray, `study train`; `study validate` warns); on a cluster (--address) its workers decide."""
     if spec.train.device != "cuda":
         return
     import torch
@@ -164,7 +164,8 @@ def check_address(address: str | None) -> None:
     if not address:
         return
     if address == "auto":   # Ray's own lookup: the address the last `ray start` on this machine wrote down
-        current = Path(os.environ.get("RAY_TMPDIR", "/tmp")) / "ray" / "ray_current_cluster"
+        base = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"   # Ray's own temp folder
+        current = Path(base) / "ray" / "ray_current_cluster"
         try:
             address = current.read_text().strip()
         except OSError:
@@ -635,7 +636,7 @@ def cmd_recommend(args) -> int:
           f"95 % interval")
     for L, r in results:
         lo, hi = r["weight_decay_ci"]
-        ci = f"[{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else "(no interval: 2 rows)"
+        ci = f"[{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else "(no interval: the data do not bound the slope)"
         tau = r["timescale_steps"]
         run = f" = {tau / steps:.2g}× the run's {steps} steps" if steps else ""
         prod = "" if L.decay == "independent" else f"; η·λ* = {r['lr_x_weight_decay']:.3g}"

@@ -160,7 +160,7 @@ class Driver:
         if self.tracker.version_changes:
             print(f"warning: resuming under other versions than the study started with "
                   f"({', '.join(self.tracker.version_changes)}): its members may not be comparable", file=self.out)
-        self.env_tagged = False            # the first trial's device, tagged on the parent run once
+        self.env_tagged = self.tracker.device_recorded   # the first trial's device, tagged on the parent once
 
     # ------------------------------------------------------------------ hooks called by tune.py
 

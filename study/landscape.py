@@ -90,6 +90,8 @@ class ArmLandscape:
                        "weight_decay": self.weight_decay, "error": self.error, "diverged": self.diverged,
                        "best_weight_decay": self.best_weight_decay, "censored": self.censored,
                        "slope": self.slope, "slope_ci": self.slope_ci, "ci_method": self.ci_method,
+                       "slope_ci_unbounded": [side for side, v in (("low", self.slope_ci[0]), ("high", self.slope_ci[1]))
+                                              if isinstance(v, float) and math.isinf(v)],
                        "ridge_fit": self.ridge_fit, "predicted_slope": self.predicted[0], "best": self.best,
                        "seeds": self.seeds, "grid": self.grid, "edge_advice": edge_advice(self),
                        "refine_weight_decay": refine_weight_decays(self), "verdict": arm_verdict(self)})
@@ -170,7 +172,8 @@ def row_optima(log_wd, err, window: int = WINDOW) -> tuple[np.ndarray, np.ndarra
     low = (i == 0) & (C > 1)
     code = np.where(high, 1, np.where(low, -1, 0))
     opt = np.where(high, log_wd[-1], np.where(low, log_wd[0], vertex))
-    return np.where(any_f, opt, np.nan), np.where(any_f, code, 0)
+    measurable = any_f & (C >= 3 or (code != 0))       # one column brackets nothing: no optimum at all
+    return np.where(measurable, opt, np.nan), np.where(any_f, code, 0)
 
 
 def row_optimum(log_wd: np.ndarray, err: np.ndarray) -> float:
@@ -336,6 +339,9 @@ def predict_log_wd(land: ArmLandscape, lr, level: float = LEVEL) -> tuple[np.nda
         return nan, nan, nan
     a, b, x0, cov, dof = fa
     mean = a + b * (x - x0)
+    if not all(math.isfinite(v) for v in land.slope_ci):   # the data do not bound the slope: no band either
+        nan = np.full(x.shape, np.nan)
+        return mean, nan, nan
     var = cov[0, 0] + 2 * (x - x0) * cov[0, 1] + (x - x0) ** 2 * cov[1, 1]
     half = _tq(dof, level) * np.sqrt(var)
     return mean, mean - half, mean + half
@@ -455,6 +461,9 @@ def recommend(land: ArmLandscape, lr: float, level: float = LEVEL) -> dict:
 # --------------------------------------------------------------------------- verdicts
 
 def _fmt(v, fmt=".2f") -> str:
+    """A number for a sentence: ±∞ for an unbounded interval end, n/a for a missing value."""
+    if isinstance(v, (int, float)) and math.isinf(v):
+        return "−∞" if v < 0 else "+∞"
     return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
 
 
@@ -495,8 +504,11 @@ def arm_verdict(land: ArmLandscape) -> dict:
         return out
     if not (math.isfinite(lo) and math.isfinite(hi)):
         decide = ["a wider weight_decay grid"] if k else []
-        decide.append("more seeds or learning rates (the data do not bound the slope)" if fitted >= 2
-                      else f"more learning rates ({fitted} rows fitted)")
+        if n < MIN_MEASURED_ROWS:
+            decide.append(f"rows whose optimum the grid brackets ({n} of {n + k}; the slope needs {MIN_MEASURED_ROWS})")
+        else:
+            decide.append("more seeds or learning rates (the data do not bound the slope)" if fitted >= 2
+                          else f"more learning rates ({fitted} rows fitted)")
         out.update(outcome="inconclusive", decide=decide,
                    text=f"inconclusive at this budget: {ci}{edge}; what would decide it: " + ", ".join(decide))
         return out
@@ -585,23 +597,32 @@ def compare_arms(lands: list[ArmLandscape], level: float = LEVEL) -> list[dict]:
                 ci = f"{_fmt(d, '+.2f')} [{_fmt(lo, '+.2f')}, {_fmt(hi, '+.2f')}]"
                 if identity is not None:
                     held = lo <= identity <= hi
-                    outcome = "self-check holds" if held else "self-check fails"
+                    wide = hi - lo > DECISIVE_WIDTH
+                    outcome = "self-check fails" if not held else ("inconclusive" if wide else "self-check holds")
                     text = (f"{name}: self-check, not a finding: the update rules make this difference exactly "
                             f"{identity:+g}; measured {ci} {'holds' if held else 'EXCLUDES'} it"
-                            + ("" if held else ": the estimator is off on this data"))
+                            + ("" if held else ": the estimator is off on this data")
+                            + (f", but is wider than {DECISIVE_WIDTH:g}: it checks nothing at this budget"
+                               if held and wide else ""))
                 else:
                     pred_txt = ""
                     if pd is not None:
                         pred_txt = f"; {'holds' if lo <= pd <= hi else 'excludes'} the predicted {pd:+g}"
                     zero = "excludes 0: λ*(η) moves differently in the two arms" if (lo > 0 or hi < 0) \
                         else "holds 0: no difference detected"
-                    if decisive(lo, hi, (0.0, pd)):
+                    # the hypotheses to tell apart: 0 and the predicted difference; where the prediction is 0
+                    # itself (or there is none), 0 and a difference of one unit of slope either way
+                    hypotheses = (0.0, pd) if pd not in (None, 0.0) else (0.0, -1.0, 1.0)
+                    tells = decisive(lo, hi, hypotheses) and (pd not in (None, 0.0) or not (lo <= -1 or hi >= 1)
+                                                              or lo > 0 or hi < 0)
+                    if tells:
                         outcome = "differ" if (lo > 0 or hi < 0) else "no difference detected"
                         text = f"{name}: slope difference {ci} {zero}{pred_txt}"
                     else:
                         outcome = "inconclusive"
                         why = (f"wider than {DECISIVE_WIDTH:g}" if hi - lo > DECISIVE_WIDTH
-                               else "holds both 0 and the predicted difference")
+                               else "holds both 0 and the predicted difference" if pd not in (None, 0.0)
+                               else "holds 0 and a difference of ±1")
                         text = f"{name}: slope difference {ci} {zero}{pred_txt}; inconclusive at this budget ({why})"
             out.append({"arms": [A.arm, B.arm], "difference": d, "ci": [lo, hi], "predicted_difference": pd,
                         "identity": identity, "method": method, "outcome": outcome, "text": text})

@@ -325,9 +325,11 @@ document.addEventListener("mouseover", e => {{
 <h1>{html.escape(title or "Weight decay vs learning rate")}: {html.escape(study)}</h1>
 <section id="verdict"><h2>Verdict</h2><ul>{verdict_items}</ul>{advice}
 <p id="environment"><small>Computed with {html.escape(environment_line(environment or {}))}</small></p></section>
-<p>Metric: final {html.escape(metric)}. λ*(η) is the best weight decay at each learning rate (the vertex of a
-quadratic fit in log λ over five neighbouring columns); a row whose vertex lies beyond the grid is censored and
-enters the fit as a bound. The slope is that of log λ* against log η, with a 95 % t-interval.</p>
+<p>Metric: final {html.escape(metric)}. Squares mark the best cell of each learning-rate row; a row's optimum
+λ*(η) counts as measured only where worse cells bracket it, and a row whose best cell is an edge column is
+censored there (an arrow). The slope of log λ* against log η and its 95 % interval come from the valley model:
+every cell near each row's best, one quadratic valley per row, the floor's line shared
+(dashed), and the profile-likelihood interval; a verdict decides only when that interval is at most 1.5 wide.</p>
 <h2>Best setting and slope per arm</h2>
 <table id="arms"><thead><tr><th>arm</th><th>best η</th><th>best λ</th><th>best {html.escape(metric)}</th>
 <th>slope</th><th>95 % interval</th><th>predicted</th><th>interval from</th></tr></thead><tbody>{rows}</tbody></table>

@@ -407,6 +407,7 @@ class StudySearch:
             self.lease.release()
             raise
         except (optuna.exceptions.StorageInternalError, OSError) as e:
+            self.lease.release()
             raise StoreError(f"invalid --storage: the Optuna storage {storage_url} cannot be used "
                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
         self._next = 0

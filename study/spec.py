@@ -182,9 +182,25 @@ class StudySpec:
         import hashlib
         import json
 
-        d = self.to_dict()
-        part = {k: d[k] for k in ("data", "model", "train", "arms", "members", "search")}
+        part = {k: _non_default(getattr(self, k)) for k in ("data", "model", "train", "arms", "members", "search")}
         return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _non_default(v):
+    """A spec section as plain data without the fields left at their defaults, so that a field added later
+    with a default does not change the identity of the specs recorded before it."""
+    if dataclasses.is_dataclass(v):
+        out = {}
+        for f in dataclasses.fields(v):
+            value = getattr(v, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+            if default is dataclasses.MISSING or value != default:
+                out[f.name] = _non_default(value)
+        return out
+    if isinstance(v, (list, tuple)):
+        return [_non_default(x) for x in v]
+    return v
 
 
 # --------------------------------------------------------------------------- strict loading

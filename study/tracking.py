@@ -344,6 +344,7 @@ class Tracker:
             raise LookupError(f"invalid name: no study {spec.name!r} is recorded in {uri}")
         self.parent_id = parents[0].info.run_id if parents else None
         self.version_changes: list[str] = []    # on resume: versions other than those the study started with
+        self.device_recorded = False            # on resume: whether the parent run already names its device
         self.logged_steps: dict[str, int] = {}  # run id -> last epoch recorded
         self.last_ts: dict[str, int] = {}       # run id -> timestamp (ms) of the last epoch recorded here
         self.flat_keys: set[str] = set()        # runs recorded before EPOCH_KEYS: written on as they began
@@ -381,6 +382,7 @@ class Tracker:
             _retry("reopening the parent run", self.client.update_run, self.parent_id, "RUNNING")
             recorded = _retry("reading the parent run", self.client.get_run, self.parent_id).data.tags
             self.version_changes = version_changes(recorded)
+            self.device_recorded = "env.device" in recorded   # the device the study started on stays recorded
             return
         commit = git_commit()
         run = _retry("creating the parent run", self.client.create_run, self.experiment_id,

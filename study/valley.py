@@ -1,15 +1,12 @@
 """The valley model: the slope of λ*(η) from every cell near the valley floor, not from one vertex per row.
 
 A landscape near its best weight decay is a valley whose floor runs along the ridge log λ*(η) = a + b·(x − x0),
-x = log η. In each learning-rate row r the logarithm of the seed-averaged metric is modelled as
+x = log η. In each learning-rate row r the seed-averaged metric is modelled as
 
-    log m[r, c] = f_r + k_r · (log λ_c − a − b·(x_r − x0))²  +  noise,        k_r ≥ 0,
+    m[r, c] = f_r + k_r · (log λ_c − a − b·(x_r − x0))²  +  noise,        k_r ≥ 0,
 
-fitted by least squares to the cells within `HALF_WINDOW` columns of the row's best cell (on the metric
-itself where a cell is ≤ 0). The logarithm because a valley's walls rise multiplicatively: on a linear scale
-the cells where training starts to fail (a loss of 1.2 beside a floor of 0.09) dominate the least squares
-and pull the floor's line, as measured on the quickstart's landscapes. Every row has its own height f_r and
-curvature k_r (so an offset shared by all cells of a seed, or a row that is higher or flatter than the
+fitted by least squares to the cells within `HALF_WINDOW` columns of the row's best cell. Every row has its own
+height f_r and curvature k_r (so an offset shared by all cells of a seed, or a row that is higher or flatter than the
 next, costs nothing); only the floor's line (a, b) is shared. For fixed (a, b) each row is an ordinary
 linear regression on [1, (log λ − v_r)²], solved in closed form, so the model's residual sum of squares is a
 function of (a, b) alone.
@@ -45,12 +42,6 @@ A_STEP_MAX = 0.5
 NEWTON_STEPS = 4
 
 
-def _log_scale(mean: np.ndarray) -> np.ndarray:
-    """Per landscape: fit log(metric) where every finite cell is > 0 (losses, errors), else the metric."""
-    fin = np.isfinite(mean)
-    return (np.where(fin, mean, 1.0) > 0).all((-1, -2)) & fin.any((-1, -2))
-
-
 def _window(mean: np.ndarray, half: int) -> np.ndarray:
     """mask[..., r, c]: the finite cells within `half` columns of each row's best finite cell."""
     fin = np.isfinite(mean)
@@ -63,14 +54,15 @@ def _window(mean: np.ndarray, half: int) -> np.ndarray:
 def _rss(v, y, m, w):
     """Per-row least squares of m on [1, (y − v)²] with a non-negative curvature; returns each row's RSS.
 
-    v: (..., R) the floor's position per row; y: (C,) log λ; m, w: (..., R, C) cells and their 0/1 weights."""
+    v: (..., R) the floor's position per row; y: (C,) log λ; m, w: (..., R, C) cells and their weights (0 leaves
+    a cell out)."""
     z = (y - v[..., None]) ** 2
-    n = np.maximum(w.sum(-1), 1.0)
-    zc = (z - (w * z).sum(-1, keepdims=True) / n[..., None]) * w
-    mc = (m - (w * m).sum(-1, keepdims=True) / n[..., None]) * w
-    szz = (zc * zc).sum(-1)
-    szm = (zc * mc).sum(-1)
-    smm = (mc * mc).sum(-1)
+    n = np.where(w.sum(-1) > 0, w.sum(-1), 1.0)
+    zc = z - (w * z).sum(-1, keepdims=True) / n[..., None]
+    mc = m - (w * m).sum(-1, keepdims=True) / n[..., None]
+    szz = (w * zc * zc).sum(-1)
+    szm = (w * zc * mc).sum(-1)
+    smm = (w * mc * mc).sum(-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         k = np.where(szz > 0, szm / szz, 0.0)
     return smm - np.where(k > 0, k * szm, 0.0)
@@ -114,10 +106,6 @@ def valley_fit(log_lr, log_wd, mean, level: float = LEVEL, half_window: int = HA
     x = np.asarray(log_lr, float)
     y = np.asarray(log_wd, float)
     mean = np.asarray(mean, float)
-    log_scale = _log_scale(mean)
-    if log_scale.any():
-        with np.errstate(all="ignore"):
-            mean = np.where(log_scale[..., None, None], np.log(mean), mean)
     lead = mean.shape[:-2]
     R, C = mean.shape[-2:]
     M = mean.reshape(-1, R, C)
@@ -125,9 +113,9 @@ def valley_fit(log_lr, log_wd, mean, level: float = LEVEL, half_window: int = HA
     W = _window(M, half_window).astype(float)
     rows_ok = W.sum(-1) >= 3
     W = W * rows_ok[..., None]
+    cells = W.sum((-1, -2))
     M = np.where(W > 0, M, 0.0)
     n_rows = rows_ok.sum(-1)
-    cells = W.sum((-1, -2))
     dof = cells - 2 * n_rows - 2
     x0 = np.where(n_rows > 0, (rows_ok * x).sum(-1) / np.maximum(n_rows, 1), x.mean())
     xc = x[None, :] - x0[:, None]                                                # (D, R)
@@ -161,7 +149,7 @@ def valley_fit(log_lr, log_wd, mean, level: float = LEVEL, half_window: int = HA
     shape = lambda v: v.reshape(lead + v.shape[1:])  # noqa: E731
     return {"slope": shape(slope), "lo": shape(lo), "hi": shape(hi), "a": shape(np.where(n_rows >= 2, a_hat, np.nan)),
             "x0": shape(x0), "cov": shape(cov), "dof": shape(np.maximum(dof, 0)), "cells": shape(cells),
-            "rows": shape(n_rows), "s2": shape(s2), "log_scale": log_scale}
+            "rows": shape(n_rows), "s2": shape(s2)}
 
 
 def _golden(f, lo, hi, iters: int = 30):
