@@ -70,6 +70,17 @@ def start(study: str, spec: str, out: Path, label: str, sets: list[str], env: di
     return proc, finish
 
 
+def _wall(log: str) -> float:
+    """For --report: a `study train` run's own time from its log ("wrote N members to … in T s"), else NaN."""
+    import re
+
+    try:
+        found = re.findall(r"wrote \d+ members to .* in ([\d.]+) s", Path(log).read_text())
+    except OSError:
+        return math.nan
+    return float(found[-1]) if found else math.nan
+
+
 def landscape_doc(results: Path) -> dict:
     """landscape.json's verdict and arms, from `study train`'s results, by study.landscape (as export does)."""
     from study.landscape import landscapes, study_verdict
@@ -123,6 +134,8 @@ def main() -> int:
     parser.add_argument("spec")
     parser.add_argument("out", nargs="?")
     parser.add_argument("--via", choices=("run", "train"), default="run")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: read the runs already under OUT again (e.g. after a change of estimator)")
     args = parser.parse_args()
     spec, via = args.spec, args.via
     out = Path(args.out or f"build/robustness/{Path(spec).stem}").resolve()
@@ -130,8 +143,16 @@ def main() -> int:
     study = str(Path(sys.executable).with_name("study"))
     parallel = 1 if via == "run" else 2      # study train: two runs at a time, one thread each
     results: list[dict | None] = [None] * len(RUNS)
-    pending = list(enumerate(RUNS))
+    pending = [] if args.report else list(enumerate(RUNS))
     running = []
+    if args.report:
+        for i, (label, _, _) in enumerate(RUNS):
+            home = out / _slug(label)
+            found = [home / "members.json"] if via == "train" else list(home.glob("*/export/landscape.json"))
+            ok = bool(found) and found[0].is_file()
+            doc = (landscape_doc(found[0]) if via == "train" else json.loads(found[0].read_text())) if ok else None
+            results[i] = {"label": label, "rc": 0 if ok else 1, "wall_s": _wall(f"{home}.log"), "doc": doc,
+                          "log": f"{home}.log"}
     while pending or running:
         while pending and len(running) < parallel:
             i, (label, sets, env) = pending.pop(0)

@@ -123,7 +123,7 @@ def cmd_train(args) -> int:
                  "error": r["final"].get(metric, float("nan")), "diverged": bool(r["final"].get("diverged"))}
                 for r in results]
         print(f"landscape ({metric}):")
-        print("\n".join(summary_lines(landscapes(rows))))
+        print("\n".join(summary_lines(landscapes(rows, metric=metric))))
     return 0
 
 
