@@ -69,6 +69,7 @@ def cmd_train(args) -> int:
         overrides["compile"] = args.compile
     if overrides:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **overrides))
+    check_output(args.out, "--out")          # before training: results are never lost to a bad path
     members = grid_members(spec)
     if not args.device:
         check_local_device(spec, "study train trains here")
@@ -145,6 +146,32 @@ def cmd_validate(args) -> int:
             print("warning: train.device is cuda and this machine has no CUDA device: `study run` here refuses it; "
                   "it runs on a cluster with GPU workers (--address)")
     return 0
+
+
+def check_output(path: str, flag: str, folder: bool = False) -> Path:
+    """An output named on the command line, checked before any work: a file's folder must exist or be creatable
+    and be writable, and the file must not be a folder; a folder must be one, or creatable."""
+    p = Path(path).expanduser()
+    target = p if folder else p.parent
+    if not folder and p.is_dir():
+        raise SpecError(f"invalid {flag}: {path} is a folder; name the file to write, but got {flag[2:]}={path!r}")
+    if folder and p.exists() and not p.is_dir():
+        raise SpecError(f"invalid {flag}: {path} is a file, not a folder, but got {flag[2:]}={path!r}")
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    why = "not a folder" if not probe.is_dir() else None
+    if why is None:   # a real try (root passes every permission check, and /proc refuses files anyway)
+        import tempfile
+
+        try:
+            with tempfile.TemporaryFile(dir=probe):
+                pass
+        except OSError as e:
+            why = e.strerror or type(e).__name__
+    if why:
+        raise SpecError(f"invalid {flag}: cannot write under {probe} ({why}), but got {flag[2:]}={path!r}")
+    return p
 
 
 def check_local_device(spec, where: str) -> None:
@@ -579,6 +606,7 @@ def cmd_export(args) -> int:
     home = home_dir(args)
     tracking = tracking_uri(args, home)
     check_name(args.name)
+    check_output(args.out, "--out", folder=True)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     try:
         lands, written = export(tracking, args.name, Path(args.out).resolve(), args.metric, formats, args.dashboard,
@@ -659,6 +687,8 @@ def cmd_bench(args) -> int:
     from .bench import format_table, run_bench, write_json
     from .engine import resolve_device
 
+    if args.json:
+        check_output(args.json, "--json")   # before the benchmark runs, not after
     device = resolve_device(args.device)
     try:
         members = tuple(int(k) for k in args.members.split(","))

@@ -324,3 +324,21 @@ def test_address_auto_without_a_started_cluster_is_refused(run_spec, tmp_path, m
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "stale"))
     out, home = run_spec(yaml.safe_dump(GOOD), ["--address", "auto"])
     _assert_refused(out, home, "invalid --address: no Ray cluster answers at 127.0.0.1:9")
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "SPEC", "--out", "TMP"], "invalid --out: TMP is a folder"),
+    (["train", "SPEC", "--out", "/dev/null/x.json"], "invalid --out: cannot write under /dev/null"),
+    (["export", "nosuch", "--out", "/dev/null/x"], "invalid --out: cannot write under /dev/null"),
+    (["export", "nosuch", "--out", "/proc/x"], "invalid --out: cannot write under /proc"),
+    (["bench", "--json", "/dev/null/x.json"], "invalid --json: cannot write under /dev/null"),
+])
+def test_outputs_are_checked_before_any_work(tmp_path, capsys, argv, needle):
+    """study train --out DIR trained every member, then lost them to IsADirectoryError; bench --json ran first."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(GOOD))
+    argv = [str(spec) if a == "SPEC" else str(tmp_path) if a == "TMP" else a for a in argv]
+    out = _study(capsys, ["--home", str(tmp_path / "home"), *argv])
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.count("\n") == 1 and needle.replace("TMP", str(tmp_path)) in out.stderr, out.stderr
+    assert "study train:" not in out.stdout          # nothing trained
