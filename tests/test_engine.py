@@ -72,24 +72,33 @@ def _array_and_alone(digits, optimizer, decay):
     return array, alone
 
 
+# float32 on CPU: equal up to rounding, which the dynamics then amplify (grouped convolutions sum in another
+# order). How far depends on the CPU's kernels: Adam's normalised steps reach ~1e-4 after 16 steps; SGD with
+# momentum at lr 0.2 (member 1 of the SGD arrays) reached 0.032 in the weights and 0.1 % in the loss on an AMD
+# EPYC (AVX2), and flipped 5 of 128 test images, while 3e-4 held on the machine the tolerance was first set on. float64 below shows the array's
+# arithmetic is exact for every case, so the float32 checks bound the amplified rounding, per case.
+FP32_WEIGHT_ATOL = {("sgd", "coupled"): 0.05, ("adam", "decoupled"): 3e-4, ("sgd", "independent"): 3e-4}
+
+
 @pytest.mark.parametrize("optimizer,decay", [("sgd", "coupled"), ("adam", "decoupled"), ("sgd", "independent")])
 def test_member_in_array_equals_member_alone(digits, optimizer, decay):
-    """float32 on CPU: equal up to rounding (grouped convolutions sum in another order; Adam's
-    normalised steps amplify that noise to ~1e-4 after 16 steps; float64 below shows it is only rounding)."""
     array, alone = _array_and_alone(digits, optimizer, decay)
+    atol = FP32_WEIGHT_ATOL[(optimizer, decay)]
     for (name, pa), pb in zip(array.model.named_parameters(), alone.model.parameters()):
-        assert_close(pa.detach()[1], pb.detach()[0], atol=3e-4, rtol=1e-3, msg=lambda m: f"{name}: {m}")
+        assert_close(pa.detach()[1], pb.detach()[0], atol=atol, rtol=1e-3, msg=lambda m: f"{name}: {m}")
     ha, hb = array.history[1], alone.history[0]
     for key in ("train_loss", "test_loss", "weight_norm", "effective_lr"):
-        assert [r[key] for r in ha] == pytest.approx([r[key] for r in hb], rel=1e-3), key
-    assert ha[-1]["test_error"] == pytest.approx(hb[-1]["test_error"], abs=2 / 128 + 1e-9)
+        assert [r[key] for r in ha] == pytest.approx([r[key] for r in hb], rel=1e-2 if atol > 1e-3 else 1e-3), key
+    flips = 6 if atol > 1e-3 else 2           # of 128 test images (the AMD EPYC run flipped 5 at 50 % error)
+    assert ha[-1]["test_error"] == pytest.approx(hb[-1]["test_error"], abs=flips / 128 + 1e-9)
 
 
-def test_member_in_array_equals_member_alone_exactly_in_float64(digits):
+@pytest.mark.parametrize("optimizer,decay", [("sgd", "coupled"), ("adam", "decoupled"), ("sgd", "independent")])
+def test_member_in_array_equals_member_alone_exactly_in_float64(digits, optimizer, decay):
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        array, alone = _array_and_alone(digits, "adam", "decoupled")
+        array, alone = _array_and_alone(digits, optimizer, decay)
     finally:
         torch.set_default_dtype(old)
     assert array.model.stem.weight.dtype == torch.float64

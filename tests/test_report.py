@@ -128,7 +128,9 @@ def test_the_ridge_has_a_legend_in_every_figure(lands, exported):
         texts = [t.get_text() for t in ax.get_legend().get_texts()]
         assert any(t.startswith("fitted ridge") for t in texts), texts
     adam = _panels(fig)[0]
-    assert any("beyond the high edge" in t.get_text() for t in adam.get_legend().get_texts())
+    assert any("best at the high edge" in t.get_text() for t in adam.get_legend().get_texts())
+    assert all(any(t.get_text() == "best cell of each row (measured)" for t in ax.get_legend().get_texts())
+               for ax in _panels(fig))
     texts = [t.get_text() for t in ridge_figure(lands).axes[0].get_legend().get_texts()]
     assert sum("fitted ridge" in t for t in texts) == 3
     page = (exported / "report.html").read_text()
@@ -137,10 +139,10 @@ def test_the_ridge_has_a_legend_in_every_figure(lands, exported):
         fig_html = fig_html[:fig_html.index("</figure>")]
         items = re.findall(r'<g class="legend-item"[^>]*>.*?<text[^>]*>([^<]*)</text></g>', fig_html)
         assert any(t.startswith("fitted ridge: slope") for t in items), items
-        assert "λ*(η): best λ per learning rate" in items
-        assert 'class="ridge"' in fig_html and 'class="fit"' in fig_html
+        assert "best cell of each row (measured)" in items
+        assert 'class="best-cell"' in fig_html and 'class="fit"' in fig_html
     adam_html = page[page.index('id="heatmap-adam-decoupled"'):]
-    assert "best λ beyond the grid edge (a bound)" in adam_html[:adam_html.index("</figure>")]
+    assert "best at the grid edge: optimum not bracketed" in adam_html[:adam_html.index("</figure>")]
 
 
 def test_report_is_small_self_contained_and_its_captions_filled(exported, tmp_path):
