@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from .datasets import DataError, split_sizes
-from .spec import (NAME_RE, SpecError, grid_members, load_spec, planned_members, shrink_for_smoke, timescale_warnings,
-                   total_steps)
+from .spec import (LARGE_MEMBER_EPOCHS, LARGE_MEMBERS, NAME_RE, SpecError, check_cost, grid_members, load_spec,
+                   planned_members, shrink_for_smoke, timescale_warnings, total_steps)
 from .stores import StoreError, default_storage, default_tracking_uri
 
 EXIT_USAGE = 2
@@ -70,6 +70,7 @@ def cmd_train(args) -> int:
     if overrides:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **overrides))
     check_output(args.out, "--out")          # before training: results are never lost to a bad path
+    check_cost(spec, split_sizes(spec.data)[0], args.allow_large)
     members = grid_members(spec)
     if not args.device:
         check_local_device(spec, "study train trains here")
@@ -135,8 +136,10 @@ def cmd_validate(args) -> int:
     if args.smoke:
         spec = shrink_for_smoke(spec)
     n, n_test = split_sizes(spec.data)
-    print(f"{args.spec}: valid. Study {spec.name!r}: {len(spec.arms)} arms, {planned_members(spec)} members, "
-          f"{spec.train.epochs} epochs of {n} images (test {n_test}) = {total_steps(spec, n)} steps per member")
+    cost = check_cost(spec, n, args.allow_large)
+    print(f"{args.spec}: valid. Study {spec.name!r}: {len(spec.arms)} arms, {cost['members']:,} members, "
+          f"{spec.train.epochs:,} epochs of {n:,} images (test {n_test:,}) = {total_steps(spec, n):,} steps per member; "
+          f"cost {cost['member_epochs']:,} member-epochs, {cost['member_images']:.3g} member-images")
     for w in timescale_warnings(spec, n):
         print(f"warning: {w}")
     if spec.train.device == "cuda":
@@ -222,6 +225,7 @@ def cmd_run(args) -> int:
     spec = load_spec(args.spec, args.data_path, args.set)
     if args.smoke:
         spec = shrink_for_smoke(spec)
+    check_cost(spec, split_sizes(spec.data)[0], args.allow_large)
     return _drive(args, spec, resume=False)
 
 
@@ -805,12 +809,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replaces train.cudnn_benchmark (auto: on for CUDA): cuDNN autotunes each convolution shape")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="replaces train.compile: torch.compile the forward and loss (compile time is reported)")
+    t.add_argument("--allow-large", action="store_true", help=f"run a study past {LARGE_MEMBERS:,} members or {LARGE_MEMBER_EPOCHS:,} member-epochs (refused otherwise, as a likely typo)")
 
     v = _sub(sub, "validate", "check a spec without running anything")
     v.add_argument("spec")
     v.add_argument("--smoke", action="store_true", help="check what `study run --smoke` would run")
     v.add_argument("--data-path", help="replaces the spec's data.path")
     v.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP.replace("; recorded with the study", ""))
+    v.add_argument("--allow-large", action="store_true", help=f"run a study past {LARGE_MEMBERS:,} members or {LARGE_MEMBER_EPOCHS:,} member-epochs (refused otherwise, as a likely typo)")
 
     for name, helptext in (("run", "run a study on Ray Tune with Optuna and MLflow"),
                            ("resume", "finish a study whose driver died")):
@@ -824,6 +830,7 @@ def build_parser() -> argparse.ArgumentParser:
             r.add_argument("--smoke", action="store_true", help="a few members and one epoch")
             r.add_argument("--data-path", help="replaces the spec's data.path (e.g. a folder with CIFAR-10 Parquet files)")
             r.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
+            r.add_argument("--allow-large", action="store_true", help=f"run a study past {LARGE_MEMBERS:,} members or {LARGE_MEMBER_EPOCHS:,} member-epochs (refused otherwise, as a likely typo)")
 
     ls = _sub(sub, "list", "the studies in a home: members done, failed, running or not, last update")
     ls.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///HOME/mlflow.db)")

@@ -36,6 +36,8 @@ class DatasetEntry:
     std: tuple | None
     padded_crop: bool      # default augmentation: random crop with 4 pixels of zero padding, random flip
     needs_path: bool = False
+    takes_path: bool = True         # False: data.path means nothing to this dataset (refused if given)
+    source: str = ""                # where a dataset that takes no path comes from (for that refusal)
 
 
 # --------------------------------------------------------------------------- sources
@@ -228,7 +230,7 @@ def _folder_key(d) -> str:
 
 DATASETS: dict[str, DatasetEntry] = {e.name: e for e in (
     DatasetEntry("digits", lambda d: (1437, 360), _digits, lambda d: "digits-v1", 10, (0.3,), (0.4,),
-                 padded_crop=False),
+                 padded_crop=False, takes_path=False, source="it ships with scikit-learn"),
     DatasetEntry("cifar10", _cifar_sizes, _torchvision_cifar, _cifar_key, 10, CIFAR10_MEAN, CIFAR10_STD,
                  padded_crop=True),
     DatasetEntry("cifar100", _cifar_sizes, _torchvision_cifar, _cifar_key, 100, CIFAR100_MEAN, CIFAR100_STD,
@@ -236,7 +238,8 @@ DATASETS: dict[str, DatasetEntry] = {e.name: e for e in (
     DatasetEntry("parquet", _parquet_sizes, _parquet, _cifar_key, 10, CIFAR10_MEAN, CIFAR10_STD,
                  padded_crop=True, needs_path=True),
     DatasetEntry("synthetic", lambda d: (d.synthetic_train, d.synthetic_test), _synthetic, lambda d: None, 10,
-                 (0.5, 0.5, 0.5), (0.29, 0.29, 0.29), padded_crop=True),
+                 (0.5, 0.5, 0.5), (0.29, 0.29, 0.29), padded_crop=True, takes_path=False,
+                 source="its images are generated"),
     DatasetEntry("imagefolder", _folder_sizes, _image_folder, _folder_key, None, None, None,
                  padded_crop=False, needs_path=True),
 )}

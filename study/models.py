@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .registry import MAX_DEPTH, MODEL_NAMES, model_depth
+
 
 class MemberConv2d(nn.Module):
     """K independent convolutions; weight (K, cout, cin, k, k). `shared_input`: all members read one input."""
@@ -237,19 +239,10 @@ def preact_resnet18(members=1, num_classes=10, in_channels=3, width=1, seeds=Non
                           seeds if seeds is not None else list(range(members)))
 
 
-MODEL_NAMES = ("resnet8", "resnet20", "resnet26", "resnet32", "resnet44", "resnet56", "resnet110", "preact_resnet18")
-
-
-def model_depth(name: str) -> int | None:
-    """The depth of `resnet{6n+2}`, None for any other name."""
-    d = name.removeprefix("resnet")
-    return int(d) if name.startswith("resnet") and d.isdigit() and int(d) >= 8 and (int(d) - 2) % 6 == 0 else None
-
-
 def build_model(name: str, members=1, num_classes=10, in_channels=3, width=1, seeds=None) -> MemberArrayNet:
     if name == "preact_resnet18":
         return preact_resnet18(members, num_classes, in_channels, width, seeds)
     if model_depth(name) is None:
-        raise ValueError(f"invalid model: must be resnet of depth 6n+2 ({', '.join(MODEL_NAMES[:-1])}, …) "
+        raise ValueError(f"invalid model: must be resnet of depth 6n+2 up to {MAX_DEPTH} ({', '.join(MODEL_NAMES[:-1])}, …) "
                          f"or preact_resnet18, but got model={name!r}")
     return resnet_cifar(model_depth(name), members, num_classes, in_channels, width, seeds)

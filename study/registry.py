@@ -75,10 +75,14 @@ def arm_name(optimizer: str, decay: str) -> str:
 MODEL_NAMES = ("resnet8", "resnet20", "resnet26", "resnet32", "resnet44", "resnet56", "resnet110", "preact_resnet18")
 
 
+MAX_DEPTH = 1202  # the deepest CIFAR ResNet of this family ever trained (He et al. 2016); deeper is a typo
+
+
 def model_depth(name: str) -> int | None:
-    """The depth of `resnet{6n+2}`, None for any other name."""
+    """The depth of `resnet{6n+2}` (8 to MAX_DEPTH), None for any other name."""
     d = name.removeprefix("resnet")
-    return int(d) if name.startswith("resnet") and d.isdigit() and int(d) >= 8 and (int(d) - 2) % 6 == 0 else None
+    ok = name.startswith("resnet") and d.isdigit() and len(d) <= 5 and 8 <= int(d) <= MAX_DEPTH and (int(d) - 2) % 6 == 0
+    return int(d) if ok else None
 
 
 def known_model(name: str) -> bool:

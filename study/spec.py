@@ -18,12 +18,23 @@ from pathlib import Path
 import yaml
 
 from .datasets import DATASETS
-from .registry import DECAY_MODES, MODEL_NAMES, OPTIMIZER_SETTINGS, OPTIMIZERS, arm_name, known_model, model_depth
+from .registry import DECAY_MODES, MAX_DEPTH, MODEL_NAMES, OPTIMIZER_SETTINGS, OPTIMIZERS, arm_name, known_model, model_depth
 
 SCHEDULES = ("cosine", "constant", "step")
 SAMPLERS = ("grid", "random", "qmc", "tpe", "gp")
 LANDSCAPE_METRICS = ("test_error", "test_loss", "train_loss")
 MAX_GRID_POINTS = 10_000  # per arm and seed: a grid larger than this is almost surely a typo
+# Values no study can run: past these a number is a typo (an allocation no machine has, a run of centuries).
+HARD_LIMITS = {"train.epochs": 100_000, "train.batch_size": 1_000_000, "train.eval_batch_size": 1_000_000,
+               "data.train_subset": 100_000_000, "data.test_subset": 100_000_000,
+               "data.synthetic_train": 1_000_000, "data.synthetic_test": 1_000_000,  # 3 GB of 32×32 RGB each
+               "search.trials": 1_000_000, "execution.members_per_trial": 100_000, "execution.max_failures": 1_000,
+               "execution.max_concurrent": 1_000_000}
+MAX_SEEDS = 1_000
+# A study past either size is refused unless the command says --allow-large: it is most likely a typo, and if
+# not, the user has seen its cost. 10,000 members at 200 epochs stay allowed.
+LARGE_MEMBERS = 20_000
+LARGE_MEMBER_EPOCHS = 5_000_000
 MAX_SPEC_BYTES = 256 * 1024  # a spec is a page of YAML; anything near this size is not one
 # per-epoch metrics of every member (docs/science.md), in the engine's rows and the MLflow records
 EPOCH_METRICS = ("train_loss", "test_loss", "test_error", "weight_norm", "effective_lr", "angular_update",
@@ -310,7 +321,7 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check(d.crop_padding is None or 0 <= d.crop_padding <= 16, file, "data.crop_padding", f"must lie in [0, 16], but got crop_padding={d.crop_padding}")
     _check(d.synthetic_train >= 1 and d.synthetic_test >= 1, file, "data.synthetic_train", f"sizes must be >= 1, but got {d.synthetic_train}, {d.synthetic_test}")
     _check(known_model(m.name), file, "model.name",
-           f"must be one of {', '.join(MODEL_NAMES)} (any resnet of depth 6n+2), but got name={excerpt(m.name)}")
+           f"must be one of {', '.join(MODEL_NAMES)} (any resnet of depth 6n+2 up to {MAX_DEPTH}), but got name={excerpt(m.name)}")
     _check(1 <= m.width <= 16, file, "model.width", f"must lie in [1, 16], but got width={m.width}")
     _check(t.epochs >= 1, file, "train.epochs", f"must be >= 1, but got epochs={t.epochs}")
     _check(t.batch_size >= 1, file, "train.batch_size", f"must be >= 1, but got batch_size={t.batch_size}")
@@ -349,6 +360,8 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check(x.gpus_per_trial == 0 or 0.01 <= x.gpus_per_trial <= 1, file, "execution.gpus_per_trial", f"a GPU fraction must be 0 or lie in [0.01, 1], but got gpus_per_trial={x.gpus_per_trial}")
     _check(x.max_concurrent is None or x.max_concurrent >= 1, file, "execution.max_concurrent", f"must be >= 1 (or unset), but got max_concurrent={x.max_concurrent}")
     _check(x.max_failures >= 0, file, "execution.max_failures", f"must be >= 0, but got max_failures={x.max_failures}")
+    _check_limits(spec, file)
+    _check_applies(spec, file)
     _check(bool(spec.arms) or bool(spec.members), file, "arms", "a study needs arms (with a search) or an explicit members list, but got neither")
     seen = set()
     for i, a in enumerate(spec.arms):
@@ -390,6 +403,72 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     dup = next((k for k in keys if keys.count(k) > 1), None)
     _check(dup is None, file, "members", f"every member must be distinct, but {excerpt(dup, 100)} appears twice")
     return spec
+
+
+def _check_limits(spec: StudySpec, file) -> None:
+    """Numbers past HARD_LIMITS (and seed lists past MAX_SEEDS) cannot run on any machine: refused, whatever
+    the flags."""
+    for where, limit in HARD_LIMITS.items():
+        section, name = where.split(".")
+        v = getattr(getattr(spec, section), name)
+        _check(v is None or v <= limit, file, where, f"must be <= {limit:,} (no machine runs more), but got {name}={excerpt(v)}")
+    n = len(spec.search.seeds)
+    _check(n <= MAX_SEEDS, file, "search.seeds", f"at most {MAX_SEEDS:,} seeds, but got {n:,} seeds")
+
+
+def _check_applies(spec: StudySpec, file) -> None:
+    """A field the chosen dataset, schedule or sampler does not use is refused, never ignored: a user who
+    wrote it expects it to take effect."""
+    d, t, s = spec.data, spec.train, spec.search
+    entry = DATASETS.get(d.dataset)
+    if entry is not None and not entry.takes_path:
+        _check(d.path is None, file, "data.path", f"dataset {d.dataset} reads no folder ({entry.source}); remove "
+               f"data.path or choose a dataset that reads one, but got path={excerpt(d.path)}")
+    default = DataSpec()
+    if d.dataset != "synthetic":
+        for name in ("synthetic_train", "synthetic_test"):
+            _check(getattr(d, name) == getattr(default, name), file, f"data.{name}",
+                   f"sizes only dataset synthetic, not {d.dataset}, but got {name}={excerpt(getattr(d, name))}")
+    if t.schedule != "step":
+        default = TrainSpec()
+        for name in ("milestones", "gamma"):
+            v = getattr(t, name)
+            _check(v == getattr(default, name), file, f"train.{name}",
+                   f"applies to schedule step only, not {t.schedule}, but got {name}={excerpt(list(v) if isinstance(v, tuple) else v)}")
+    if s.sampler == "grid":
+        _check(s.trials is None, file, "search.trials", f"sets how many settings a sampler draws; sampler grid takes "
+               f"search.points (or each axis's points) instead, but got trials={s.trials}")
+    else:
+        _check(s.points == SearchSpec().points, file, "search.points", f"sets grid points; sampler {s.sampler} draws "
+               f"search.trials settings instead, but got points={s.points}")
+        for i, a in enumerate(spec.arms):
+            for axis in ("lr", "weight_decay"):
+                pts = getattr(a, axis).points
+                _check(pts is None, file, f"arms[{i}].{axis}.points", f"sets grid points; sampler {s.sampler} draws "
+                       f"search.trials settings instead, but got points={pts}")
+
+
+def study_cost(spec: StudySpec, train_size: int) -> dict:
+    """What a study asks of the machines: members, member-epochs and member-images (training images seen)."""
+    members = planned_members(spec)
+    epochs = members * spec.train.epochs
+    images = epochs * steps_per_epoch(spec.train.batch_size, train_size) * min(spec.train.batch_size, train_size)
+    return {"members": members, "member_epochs": epochs, "member_images": images}
+
+
+def check_cost(spec: StudySpec, train_size: int, allow_large: bool) -> dict:
+    """Refuse a study past LARGE_MEMBERS or LARGE_MEMBER_EPOCHS unless allow_large (--allow-large)."""
+    c = study_cost(spec, train_size)
+    if not allow_large:
+        if c["members"] > LARGE_MEMBERS:
+            raise SpecError(f"invalid search: the study trains {c['members']:,} members, more than {LARGE_MEMBERS:,}; "
+                            f"if that is meant, add --allow-large, but got seeds={len(spec.search.seeds)}, "
+                            f"points={spec.search.points}")
+        if c["member_epochs"] > LARGE_MEMBER_EPOCHS:
+            raise SpecError(f"invalid train.epochs: {c['members']:,} members × {spec.train.epochs:,} epochs = "
+                            f"{c['member_epochs']:,} member-epochs, more than {LARGE_MEMBER_EPOCHS:,}; if that is meant, "
+                            f"add --allow-large, but got epochs={spec.train.epochs}")
+    return c
 
 
 def _check_options(a, file, w: str) -> None:
@@ -607,6 +686,10 @@ def load_spec(path, data_path: str | None = None, overrides=None) -> StudySpec:
     raw = apply_overrides(read_spec_file(p), overrides, p.name)
     raw.setdefault("name", p.stem)
     spec = _build(StudySpec, raw, p.name, "")
+    entry = DATASETS.get(spec.data.dataset)
+    if data_path is not None and entry is not None and not entry.takes_path:
+        raise SpecError(f"invalid --data-path: dataset {spec.data.dataset} of {p.name} reads no folder "
+                        f"({entry.source}), but got data-path={excerpt(data_path)}")
     new_path = data_path if data_path is not None else spec.data.path
     if new_path is not None:
         q = Path(os.path.expandvars(new_path)).expanduser()
@@ -636,7 +719,9 @@ def shrink_for_smoke(spec: StudySpec) -> StudySpec:
     model = dataclasses.replace(model, width=1)
     arms = tuple(dataclasses.replace(a, lr=dataclasses.replace(a.lr, points=2),
                                      weight_decay=dataclasses.replace(a.weight_decay, points=2)) for a in spec.arms)
-    search = dataclasses.replace(spec.search, points=2, trials=min(spec.search.trials or 2, 2), seeds=spec.search.seeds[:1])
+    trials = None if spec.search.sampler == "grid" else min(spec.search.trials or 2, 2)
+    search = dataclasses.replace(spec.search, points=2 if spec.search.sampler == "grid" else spec.search.points,
+                                 trials=trials, seeds=spec.search.seeds[:1])
     train = dataclasses.replace(spec.train, epochs=1, warmup_epochs=0.0, batch_size=min(spec.train.batch_size, 64))
     execution = dataclasses.replace(spec.execution, members_per_trial=min(spec.execution.members_per_trial, 4),
                                     cpus_per_trial=1.0)

@@ -134,6 +134,28 @@ CASES = [
     ("an empty --data-path", None, ["--data-path", ""], "invalid --data-path: an empty value"),
     ("an empty --set value list item", None, ["--set", ""], "invalid --set: an empty value"),
     ("--set with a repeated key", None, ["--set", "train={epochs: 1, epochs: 40}"], "key 'epochs' is repeated"),
+    # a field the dataset, schedule or sampler does not use is refused, never ignored
+    ("data.path on digits", (["data", "path"], "/tmp"), [], "invalid data.path: dataset digits reads no folder"),
+    ("--data-path on digits", None, ["--data-path", "/tmp"], "invalid --data-path: dataset digits"),
+    ("synthetic sizes on digits", (["data", "synthetic_train"], 100), [], "data.synthetic_train"),
+    ("milestones with a cosine schedule", (["train", "milestones"], [0.3]), [], "train.milestones"),
+    ("gamma with a cosine schedule", (["train", "gamma"], 0.5), [], "train.gamma"),
+    ("trials with the grid sampler", (["search", "trials"], 5), [], "search.trials"),
+    ("points with the tpe sampler", (["search"], {"sampler": "tpe", "trials": 4, "points": 3}), [], "search.points"),
+    ("axis points with the random sampler", (["search"], {"sampler": "random", "trials": 4}), ["--set",
+     "arms[0].lr.points=3"], "arms[0].lr.points"),
+    # numbers no machine can run, and studies past a stated size without --allow-large
+    ("10**30 epochs", (["train", "epochs"], 10**30), [], "invalid train.epochs: must be <= 100,000"),
+    ("10**30 images per batch", (["train", "batch_size"], 10**30), [], "train.batch_size"),
+    ("10**30 retries", (["execution", "max_failures"], 10**30), [], "execution.max_failures"),
+    ("10**12 synthetic images", (["data"], {"dataset": "synthetic", "synthetic_train": 10**12}), [],
+     "data.synthetic_train"),
+    ("a ResNet of depth 6002", (["model", "name"], "resnet6002"), [], "model.name"),
+    ("10,000,000 members", (["search", "seeds"], list(range(1000))), ["--set", "search.points=100"],
+     "members, more than 20,000; if that is meant, add --allow-large"),
+    ("2,000 seeds", (["search", "seeds"], list(range(2000))), [], "search.seeds"),
+    ("6,000,000 member-epochs", (["train", "epochs"], 100_000), ["--set", "search.seeds=[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14]"],
+     "member-epochs, more than 5,000,000"),
     ("an experiment name of 600 characters", (["tracking"], {"experiment": "e" * 600}), [], "tracking.experiment"),
     ("an experiment name with a right-to-left override", (["tracking"], {"experiment": "exp\u202eevil"}), [],
      "U+202E"),
@@ -342,3 +364,26 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys, argv, needle):
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.count("\n") == 1 and needle.replace("TMP", str(tmp_path)) in out.stderr, out.stderr
     assert "study train:" not in out.stdout          # nothing trained
+
+
+def test_a_large_study_runs_only_when_asked_and_validate_prints_its_cost(tmp_path, capsys):
+    """Past the stated size the study is refused as a likely typo; --allow-large lets it through, and validate
+    says what it costs (members, member-epochs, member-images)."""
+    spec = tmp_path / "big.yaml"
+    spec.write_text(yaml.safe_dump(mutate(["search", "seeds"], list(range(1000)))))
+    argv = ["--home", str(tmp_path / "home"), "validate", str(spec), "--set", "search.points=100"]
+    out = _study(capsys, argv)
+    assert out.returncode == 2 and "--allow-large" in out.stderr
+    out = _study(capsys, argv + ["--allow-large"])
+    assert out.returncode == 0, out.stderr
+    assert "10,000,000 members" in out.stdout and "cost 10,000,000 member-epochs" in out.stdout
+    assert "member-images" in out.stdout
+
+
+@pytest.mark.parametrize("spec", sorted(str(p) for p in (Path(__file__).parent.parent / "search_spaces").glob("*.yaml")))
+def test_shipped_specs_are_within_the_stated_size(spec, tmp_path, capsys):
+    argv = ["--home", str(tmp_path / "home"), "validate", spec]
+    if "dataset: digits" not in Path(spec).read_text():
+        argv += ["--data-path", str(tmp_path)]
+    out = _study(capsys, argv)
+    assert out.returncode == 0, out.stderr
