@@ -322,7 +322,7 @@ def _count(values) -> dict:
 
 def cmd_list(args) -> int:
     """The studies of a home (or of --tracking-uri): members done of planned, failed, running or not, last update."""
-    from .stores import check_tracking_uri, sqlite_path
+    from .stores import check_mlflow_file, check_tracking_uri, sqlite_path
     from .tracking import environment_line, list_studies
 
     home = home_dir(args)
@@ -337,6 +337,9 @@ def cmd_list(args) -> int:
             return 0
     elif db is not None and not db.is_file():
         raise SpecError(f"invalid --tracking-uri: no MLflow store at {db} (the file does not exist)")
+    if db is not None and not check_mlflow_file(db):   # read-only: an empty file stays empty
+        print(f"no studies in {tracking} yet (the file is empty); start one with `study run SPEC`")
+        return 0
     elif db is None:
         check_tracking_uri(tracking)  # a server that does not answer is one line, not 15 minutes of retries
     rows = list_studies(tracking)
@@ -502,12 +505,12 @@ def cmd_ui(args) -> int:
     import tempfile
     import threading
 
-    from .stores import sqlite_path
+    from .stores import check_mlflow_file, sqlite_path
 
     home = home_dir(args)
     tracking = tracking_uri(args, home)
     db = sqlite_path(tracking)
-    if db is not None and not db.is_file():
+    if db is not None and not (db.is_file() and check_mlflow_file(db)):
         raise SpecError(f"invalid --home: no studies are recorded in {tracking} yet; start one with `study run`")
     _check_port(args.host, args.port)
     if db is not None:  # a moved or copied home shows its own figures (MLflow records absolute locations)
@@ -919,6 +922,26 @@ def main(argv=None) -> int:
         return handlers[args.command](args)
     except (SpecError, DataError, StoreError, FileExistsError) as e:
         return _fail(str(e))
+    except Exception as e:
+        damage = _database_damage(e)
+        if damage is None:
+            raise
+        return _fail(f"invalid --tracking-uri: a store cannot be read ({damage}); restore it from a copy or move it away")
+
+
+def _database_damage(e: BaseException) -> str | None:
+    """The database's own complaint when `e` (or its cause) is SQLite's or SQLAlchemy's DatabaseError: a
+    store damaged in pages the up-front check (stores.check_mlflow_file) does not read."""
+    import sqlite3
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, sqlite3.DatabaseError) or any(
+                c.__name__ == "DatabaseError" and c.__module__.startswith("sqlalchemy") for c in type(e).__mro__):
+            return str(getattr(e, "orig", None) or e).splitlines()[0][:200]
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _stdout_gone() -> bool:

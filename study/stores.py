@@ -130,6 +130,49 @@ def check_tracking_uri(uri: str) -> None:
         _check_reachable("--tracking-uri", uri)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_mlflow_file(path: Path, flag: str = "--tracking-uri", writing: bool = False) -> bool:
+    """An existing file named as MLflow's SQLite store must be one: SQLite, with MLflow's tables. Checked
+    read-only, before MLflow opens it (MLflow runs its schema setup into whatever file it is given, so a reader
+    would write a user's own database full of tables). Returns False for an empty file (no records yet): a
+    writer may fill it, a reader has nothing to read. Raises StoreError naming the file otherwise."""
+    import sqlite3
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_HEADER))
+    except OSError as e:
+        raise StoreError(f"invalid {flag}: cannot read {path} ({e.strerror})") from None
+    if not head:
+        return False
+    if head != SQLITE_HEADER:
+        raise StoreError(f"invalid {flag}: {path} is not an SQLite database (it starts {head[:8]!r}); "
+                         f"name MLflow's store or move the file away")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for t in ("experiments", "runs"):   # the tables every command reads first, and their indexes
+                if t in tables:
+                    found = con.execute(f"PRAGMA quick_check('{t}')").fetchone()[0]
+                    if found != "ok":
+                        raise sqlite3.DatabaseError(f"table {t}: {found}")
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise StoreError(f"invalid {flag}: {path} cannot be read as an SQLite database ({e}); "
+                         f"restore it from a copy or move it away") from None
+    if not tables:
+        return False
+    if not {"experiments", "runs", "alembic_version"} <= tables:
+        shown = ", ".join(sorted(tables)[:4]) + (", …" if len(tables) > 4 else "")
+        raise StoreError(f"invalid {flag}: {path} is an SQLite database without MLflow's tables (it holds {shown}); "
+                         f"name MLflow's store, not another database")
+    return True
+
+
 def create_sqlite_atomically(url: str, build: Callable[[str], None]) -> None:
     """Make sure the SQLite file of `url` exists with its full schema. `build(tmp_url)` creates the schema in
     a private file, which is linked into place in one step; a concurrent creator's file wins. (Write-ahead

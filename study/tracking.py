@@ -44,7 +44,7 @@ from . import __version__
 from .environment import cpu_model, version_changes, version_tags
 from .spec import (EPOCH_METRICS, LANDSCAPE_METRICS, MemberSpec, SpecError, StudySpec, decay_timescale, planned_members,
                    spec_from_dict, steps_per_epoch)
-from .stores import StoreError, check_tracking_uri, create_sqlite_atomically, masked, sqlite_path
+from .stores import StoreError, check_mlflow_file, check_tracking_uri, create_sqlite_atomically, masked, sqlite_path
 
 PER_EPOCH = EPOCH_METRICS
 # internal per-epoch name (spec.EPOCH_METRICS, the engine's rows) -> MLflow metric key: the run page shows
@@ -144,6 +144,9 @@ def ensure_store(uri: str, artifact_root: str | None = None) -> None:
     """Check the tracking URI (scheme, path, server answering) and create a SQLite store whole, so a reader
     that opens it from the first second never meets half a schema."""
     check_tracking_uri(uri)
+    path = sqlite_path(uri)
+    if path is not None and path.exists():
+        check_mlflow_file(path, writing=True)   # never MLflow's schema written into someone else's database
 
     def build(tmp_uri: str) -> None:
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -676,6 +679,8 @@ def _reader(uri: str) -> MlflowClient:
     path = sqlite_path(uri)
     if path is not None and not path.is_file():
         raise LookupError(f"invalid name: no studies are recorded in {uri} (the file does not exist)")
+    if path is not None and not check_mlflow_file(path):   # read-only: looking writes nothing
+        raise LookupError(f"invalid name: no studies are recorded in {uri} (the file is empty)")
     try:
         adopt_home(uri)  # a moved or copied home reads (and export writes) its own artifacts
     except StoreError as e:  # read-only or busy: reads still work while the original home exists

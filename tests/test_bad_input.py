@@ -387,3 +387,83 @@ def test_shipped_specs_are_within_the_stated_size(spec, tmp_path, capsys):
         argv += ["--data-path", str(tmp_path)]
     out = _study(capsys, argv)
     assert out.returncode == 0, out.stderr
+
+
+def _damaged_stores(root: Path) -> dict:
+    """An MLflow SQLite store with one study's parent run, then copies of it damaged in every way a file can be."""
+    import hashlib
+    import os
+    import random
+    import sqlite3
+
+    from mlflow.tracking import MlflowClient
+
+    good = root / "good" / "mlflow.db"
+    good.parent.mkdir(parents=True)
+    client = MlflowClient(f"sqlite:///{good}")
+    exp = client.create_experiment("hbase", artifact_location=str(root / "artifacts"))
+    client.create_run(exp, tags={"study": "hbase", "role": "parent"})
+    data = good.read_bytes()
+    con = sqlite3.connect(good)
+    page = con.execute("PRAGMA page_size").fetchone()[0]
+    runs_page = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
+    con.close()
+    rng = random.Random(0)
+    variants = {
+        "garbage": bytes(rng.randrange(256) for _ in range(5000)),
+        "truncated": data[: len(data) // 3],
+        "empty": b"",
+        "a data page overwritten": (data[: (runs_page - 1) * page] + bytes(rng.randrange(256) for _ in range(page))
+                                    + data[runs_page * page:]),
+    }
+    out = {}
+    for name, content in variants.items():
+        p = root / name.replace(" ", "_") / "mlflow.db"
+        p.parent.mkdir(parents=True)
+        p.write_bytes(content)
+        out[name] = p
+    foreign = root / "foreign" / "mlflow.db"
+    foreign.parent.mkdir(parents=True)
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE mine (a)")
+    con.commit()
+    con.close()
+    out["another program's SQLite"] = foreign
+    return {k: (v, hashlib.sha256(v.read_bytes()).hexdigest(), os.path.getsize(v)) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def damaged_stores(tmp_path_factory):
+    return _damaged_stores(tmp_path_factory.mktemp("stores"))
+
+
+@pytest.mark.parametrize("command", [["list"], ["export", "hbase", "--out", "OUT"], ["recommend", "hbase", "--lr", "0.05"],
+                                     ["resume", "hbase"], ["ui", "--port", "FREE"]])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty", "a data page overwritten", "another program's SQLite"])
+def test_a_damaged_or_foreign_mlflow_store_is_one_line_and_stays_untouched(damaged_stores, damage, command, tmp_path, capsys):
+    """Every command that reads the records refuses a store that is not MLflow's, or cannot be read, in one line
+    (exit 2, no traceback), and writes nothing into it: not MLflow's schema into an empty or foreign file."""
+    import hashlib
+
+    db, digest, size = damaged_stores[damage]
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    argv = ["--home", str(db.parent), *[{"OUT": str(tmp_path / "out"), "FREE": port}.get(a, a) for a in command]]
+    if command[0] == "ui":   # a ui that wrongly comes up serves until stopped: a process with a deadline
+        exe = Path(sys.executable).with_name("study")
+        out = subprocess.run([str(exe), *argv], capture_output=True, text=True, timeout=120)
+    else:
+        out = _study(capsys, argv)
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip() and not ln.startswith("warning:")]
+    if damage == "empty" and command == ["list"]:
+        assert out.returncode == 0 and "the file is empty" in out.stdout, (out.stdout, out.stderr)
+    else:
+        assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+        assert len(lines) == 1 and lines[0].startswith("study: error:"), out.stderr[-3000:]
+        assert "Traceback" not in out.stderr
+        expect = {"empty": "no studies are recorded"}.get(damage, str(db))
+        assert expect in lines[0] or "a store cannot be read" in lines[0], lines[0]
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest and db.stat().st_size == size  # untouched
