@@ -17,9 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from .datasets import DataError, split_sizes
-from .spec import (LARGE_MEMBER_EPOCHS, LARGE_MEMBERS, NAME_RE, SpecError, check_cost, grid_members, load_spec,
-                   planned_members, shrink_for_smoke, timescale_warnings, total_steps)
+from .datasets import DATASETS, DataError, split_sizes
+from .registry import MAX_DEPTH, MODEL_NAMES, known_model
+from .environment import SettingError, check_settings
+from .spec import (HARD_LIMITS, LARGE_MEMBER_EPOCHS, LARGE_MEMBERS, NAME_RE, SpecError, check_cost, grid_members, load_spec,
+                   shrink_for_smoke, timescale_warnings, total_steps)
 from .stores import StoreError, default_storage, default_tracking_uri
 
 EXIT_USAGE = 2
@@ -28,8 +30,13 @@ EXIT_USAGE = 2
 def home_dir(args) -> Path:
     home = Path(args.home or os.environ.get("STUDY_HOME") or Path.home() / "studies").expanduser().resolve()
     if home.exists() and not home.is_dir():
-        raise SpecError(f"invalid --home: {home} is a file, not a folder")
+        raise SpecError(f"invalid {home_source(args)}: {home} is a file, not a folder")
     return home
+
+
+def home_source(args) -> str:
+    """What set the home, for a message that blames it: --home, STUDY_HOME, or the default."""
+    return "--home" if args.home else "STUDY_HOME" if os.environ.get("STUDY_HOME") else "--home (default ~/studies)"
 
 
 def check_name(name: str) -> str:
@@ -157,9 +164,9 @@ def check_output(path: str, flag: str, folder: bool = False) -> Path:
     p = Path(path).expanduser()
     target = p if folder else p.parent
     if not folder and p.is_dir():
-        raise SpecError(f"invalid {flag}: {path} is a folder; name the file to write, but got {flag[2:]}={path!r}")
+        raise SpecError(f"invalid {flag}: {path} is a folder; name the file to write, but got {flag.lstrip('-')}={path!r}")
     if folder and p.exists() and not p.is_dir():
-        raise SpecError(f"invalid {flag}: {path} is a file, not a folder, but got {flag[2:]}={path!r}")
+        raise SpecError(f"invalid {flag}: {path} is a file, not a folder, but got {flag.lstrip('-')}={path!r}")
     probe = target
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -173,7 +180,7 @@ def check_output(path: str, flag: str, folder: bool = False) -> Path:
         except OSError as e:
             why = e.strerror or type(e).__name__
     if why:
-        raise SpecError(f"invalid {flag}: cannot write under {probe} ({why}), but got {flag[2:]}={path!r}")
+        raise SpecError(f"invalid {flag}: cannot write under {probe} ({why}), but got {flag.lstrip('-')}={path!r}")
     return p
 
 
@@ -207,6 +214,8 @@ def check_address(address: str | None) -> None:
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise SpecError(f"invalid --address: expected HOST:PORT (or ray://HOST:PORT, auto), but got address={address!r}")
+    if not 1 <= int(port) <= 65535:
+        raise SpecError(f"invalid --address: a TCP port lies in [1, 65535], but got port {port} in address={address!r}")
     try:
         with socket.create_connection((host, int(port)), timeout=3):
             pass
@@ -330,7 +339,7 @@ def cmd_list(args) -> int:
     db = sqlite_path(tracking)
     if args.tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
         if not home.is_dir():
-            raise SpecError(f"invalid --home: {home} does not exist (no studies there); "
+            raise SpecError(f"invalid {home_source(args)}: {home} does not exist (no studies there); "
                             f"`study run SPEC --home {home}` starts one")
         if not db.is_file():
             print(f"no studies in {home} yet (no MLflow store {db.name}); start one with `study run SPEC`")
@@ -390,6 +399,11 @@ def _check_port(host: str, port: int, flag: str = "--port") -> None:
     """The port is valid and free on `host`, or one line and exit 2, before any server starts."""
     if not 1 <= port <= 65535:
         raise SpecError(f"invalid {flag}: a TCP port lies in [1, 65535], but got port={port}")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as e:
+        raise SpecError(f"invalid --host: {host[:60]!r} is no address of this machine "
+                        f"({getattr(e, 'strerror', None) or e})") from None
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         # as the servers bind: connections of a UI just stopped (TIME_WAIT) do not make the port taken
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -511,7 +525,7 @@ def cmd_ui(args) -> int:
     tracking = tracking_uri(args, home)
     db = sqlite_path(tracking)
     if db is not None and not (db.is_file() and check_mlflow_file(db)):
-        raise SpecError(f"invalid --home: no studies are recorded in {tracking} yet; start one with `study run`")
+        raise SpecError(f"invalid {home_source(args)}: no studies are recorded in {tracking} yet; start one with `study run`")
     _check_port(args.host, args.port)
     if db is not None:  # a moved or copied home shows its own figures (MLflow records absolute locations)
         from .stores import StoreError
@@ -660,8 +674,12 @@ def cmd_recommend(args) -> int:
         except ValueError as e:
             refused.append(str(e))
     if not results:
-        if len(refused) == 1:
+        if len(refused) == 1 and (args.arm or not refused[0].startswith("invalid --arm: ")):
             raise SpecError(refused[0])
+        no_ridge = [m.removeprefix("invalid --arm: ") for m in refused if m.startswith("invalid --arm: ")]
+        if len(no_ridge) == len(refused):   # no --arm was given: blame the study, not a flag
+            raise SpecError(f"invalid name: study {args.name!r} has no arm with a fitted ridge to recommend from: "
+                            + "; ".join(no_ridge))
         ranges = "; ".join(f"{L.arm} [{r[0]:.3g}, {r[1]:.3g}]" if (r := measured_lr_range(L)) else f"{L.arm}: no ridge"
                            for L in chosen)
         raise SpecError(f"invalid --lr: {lr:g} is outside the learning rates where every arm's ridge was measured "
@@ -705,6 +723,22 @@ def cmd_bench(args) -> int:
                         f"members={args.members!r}, batch_size={args.batch_size!r}") from None
     if min(members) < 1 or min(batches) < 1:
         raise SpecError(f"invalid --members/--batch-size: values must be >= 1, but got {members}, {batches}")
+    if max(members) > HARD_LIMITS["execution.members_per_trial"] or max(batches) > HARD_LIMITS["train.batch_size"]:
+        raise SpecError(f"invalid --members/--batch-size: at most {HARD_LIMITS['execution.members_per_trial']:,} members "
+                        f"and {HARD_LIMITS['train.batch_size']:,} images per batch, but got {members}, {batches}")
+    for flag, v, lo in (("--warmup", args.warmup, 0), ("--steps", args.steps, 1), ("--windows", args.windows, 1),
+                        ("--workers", args.workers, 0), ("--threads", args.threads, 1)):
+        if v is not None and not lo <= v <= 100_000:
+            raise SpecError(f"invalid {flag}: must lie in [{lo}, 100,000], but got {flag[2:]}={v}")
+    if not known_model(args.model):
+        raise SpecError(f"invalid --model: must be one of {', '.join(MODEL_NAMES)} (any resnet of depth 6n+2 up to "
+                        f"{MAX_DEPTH}), but got model={args.model[:60]!r}")
+    entry = DATASETS[args.dataset]
+    if args.data_path is not None and not entry.takes_path:
+        raise SpecError(f"invalid --data-path: dataset {args.dataset} reads no folder ({entry.source}), "
+                        f"but got data-path={args.data_path[:60]!r}")
+    if args.data_path is None and entry.needs_path:
+        raise SpecError(f"invalid --data-path: dataset {args.dataset} needs a folder, but got none")
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"study bench: {args.model} on {device} ({args.dataset}), K={members}, batch={batches}, "
@@ -719,7 +753,10 @@ def cmd_bench(args) -> int:
     if args.json:
         write_json(result, args.json)
         print(f"wrote {args.json}")
-    return 0
+    failed = sum(bool(r.get("error")) for r in result["rows"])
+    if failed:
+        print(f"{failed} of {len(result['rows'])} rows failed (see FAILED above)", file=sys.stderr)
+    return 1 if failed == len(result["rows"]) else 0
 
 
 # --------------------------------------------------------------------------- entry point
@@ -919,8 +956,11 @@ def main(argv=None) -> int:
                 "export": cmd_export, "bench": cmd_bench, "recommend": cmd_recommend, "list": cmd_list}
     try:
         _refuse_empty_values(args)
+        check_settings()
+        if args.command in ("train", "run", "resume", "bench") and os.environ.get("STUDY_CACHE") is not None:
+            check_output(os.environ["STUDY_CACHE"], "STUDY_CACHE", folder=True)  # decoded datasets go there
         return handlers[args.command](args)
-    except (SpecError, DataError, StoreError, FileExistsError) as e:
+    except (SpecError, DataError, StoreError, SettingError, FileExistsError) as e:
         return _fail(str(e))
     except Exception as e:
         damage = _database_damage(e)

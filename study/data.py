@@ -7,6 +7,8 @@ Optuna or MLflow. Which datasets exist and how each is read is study/datasets.py
 from __future__ import annotations
 
 import os
+import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,18 +45,32 @@ def cache_dir() -> Path:
 
 
 def _cached(key: str | None, build) -> dict:
-    """Decoded arrays cached as .npz under cache_dir(), so the second run does not decode again."""
+    """Decoded arrays cached as .npz under cache_dir(), so the second run does not decode again. A cache file
+    that cannot be read (truncated, overwritten, another format) is named in a warning and rebuilt; a cache
+    that cannot be written is named and skipped: the cache only saves time, it never decides what is trained."""
     if key is None:
         return build()
     path = cache_dir() / f"{key}.npz"
     if path.exists():
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            if {"train_x", "train_y", "test_x", "test_y"} <= set(arrays):
+                return arrays
+            why = "it lacks the arrays train_x, train_y, test_x, test_y"
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            why = f"{type(e).__name__}: {str(e)[:80]}"
+        print(f"warning: the dataset cache {path} cannot be read ({why}); decoding the dataset again", file=sys.stderr)
     arrays = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    except OSError as e:
+        print(f"warning: cannot write the dataset cache {path} ({e.strerror or e}); going on without it", file=sys.stderr)
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
     return arrays
 
 

@@ -15,6 +15,39 @@ from importlib import metadata
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "ray", "optuna", "mlflow")
 
 
+class SettingError(ValueError):
+    """An environment variable the study reads holds a value it cannot use; str(e) names the variable."""
+
+
+# the environment variables that tune the study (all optional): name -> (default seconds, what it sets)
+SECONDS = {"STUDY_LOG_INTERVAL_S": (10.0, "seconds between the driver's batched metric writes"),
+           "STUDY_STORE_CHECK_S": (30.0, "seconds a tracking server may take to answer")}
+
+
+def seconds(name: str) -> float:
+    """The value of one of SECONDS: a finite number in (0, 86400], or SettingError naming the variable."""
+    import math
+
+    default, what = SECONDS[name]
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and 0 < v <= 86400):
+        raise SettingError(f"invalid {name}: {what}, a number in (0, 86400], but got {name}={raw[:40]!r}")
+    return v
+
+
+def check_settings() -> None:
+    """Every environment setting read at once, before a command starts (a bad one is one line, not a traceback
+    inside a Ray worker an hour later)."""
+    for name in SECONDS:
+        seconds(name)
+
+
 def versions() -> dict[str, str]:
     """python and each package of PACKAGES: its installed version, or 'absent'."""
     out = {"python": platform.python_version()}

@@ -11,8 +11,10 @@ import html
 import io
 import json
 import math
+import re
 import sys
 from pathlib import Path
+
 
 import yaml
 
@@ -23,23 +25,66 @@ DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
 FORMATS = ("png", "svg", "html")
 
 
+DASHBOARD_KEYS = {"title": str, "description": str, "metric": str, "figures": list}
+FIGURE_KEYS = {"kind": str, "arms": list, "title": str, "columns": int, "name": str}
+
+
 def load_dashboard(name_or_path: str) -> dict:
+    """A dashboard file (dashboards/NAME.yaml, or a path), read as strictly as a spec: every key known, every
+    value of its type, one line naming the file and the key otherwise."""
+    from .plots import FIGURES
+    from .spec import LANDSCAPE_METRICS, load_yaml, yaml_message
+
     p = Path(name_or_path)
     if not p.suffix:
         p = DASHBOARDS / f"{name_or_path}.yaml"
     if not p.is_file():
         known = ", ".join(sorted(f.stem for f in DASHBOARDS.glob("*.yaml")))
         raise SpecError(f"invalid --dashboard: no dashboard {name_or_path!r} (known: {known})")
-    d = yaml.safe_load(p.read_text()) or {}
-    allowed = {"title", "metric", "figures", "description"}
-    for k in d:
-        if k not in allowed:
-            raise SpecError(f"{p.name}: unknown key {k!r}; allowed keys: {', '.join(sorted(allowed))}")
-    from .plots import FIGURES
+
+    def bad(where: str, msg: str):
+        raise SpecError(f"{p.name}: invalid {where}: {msg}")
+
+    try:
+        text = p.read_bytes()[:256 * 1024 + 1].decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        bad("--dashboard", f"cannot read {p} as UTF-8 YAML ({type(e).__name__})")
+    if len(text) > 256 * 1024:
+        bad("--dashboard", f"{p} is larger than 256 KiB; a dashboard is a page of YAML")
+    try:
+        d = load_yaml(text)
+    except yaml.YAMLError as e:
+        bad("--dashboard", f"invalid YAML: {yaml_message(e)}")
+    d = {} if d is None else d
+    if not isinstance(d, dict):
+        bad("--dashboard", f"a dashboard is a mapping of {', '.join(DASHBOARD_KEYS)}, but got {type(d).__name__}")
+    for k, v in d.items():
+        if k not in DASHBOARD_KEYS:
+            bad(repr(k), f"unknown key; allowed keys: {', '.join(sorted(DASHBOARD_KEYS))}")
+        if not isinstance(v, DASHBOARD_KEYS[k]):
+            bad(k, f"must be a {DASHBOARD_KEYS[k].__name__}, but got {k}={str(v)[:40]!r}")
+    if "metric" in d and d["metric"] not in LANDSCAPE_METRICS:
+        bad("metric", f"must be one of {', '.join(LANDSCAPE_METRICS)}, but got metric={d['metric'][:40]!r}")
     for i, f in enumerate(d.get("figures", [])):
+        w = f"figures[{i}]"
+        if not isinstance(f, dict):
+            bad(w, f"a figure is a mapping with kind ({', '.join(FIGURES)}), but got {str(f)[:40]!r}")
+        for k, v in f.items():
+            if k not in FIGURE_KEYS:
+                bad(f"{w}.{k}", f"unknown key; allowed keys: {', '.join(sorted(FIGURE_KEYS))}")
+            if not isinstance(v, FIGURE_KEYS[k]) or isinstance(v, bool):
+                bad(f"{w}.{k}", f"must be a {FIGURE_KEYS[k].__name__}, but got {k}={str(v)[:40]!r}")
         if f.get("kind") not in FIGURES:
-            raise SpecError(f"{p.name}: invalid figures[{i}].kind: must be one of {', '.join(FIGURES)}, "
-                            f"but got kind={f.get('kind')!r}")
+            bad(f"{w}.kind", f"must be one of {', '.join(FIGURES)}, but got kind={str(f.get('kind'))[:40]!r}")
+        if not all(isinstance(a, str) for a in f.get("arms", [])):
+            bad(f"{w}.arms", f"a list of arm names (optimizer-decay), but got arms={str(f['arms'])[:40]!r}")
+        if not 1 <= f.get("columns", 2) <= 8:
+            bad(f"{w}.columns", f"must lie in [1, 8], but got columns={f['columns']}")
+        if "name" in f and not re.fullmatch(r"[A-Za-z0-9_.-]{1,80}", f["name"]):
+            bad(f"{w}.name", f"a file stem of letters, digits, '_', '.', '-', but got name={f['name'][:40]!r}")
+    names = [f.get("name") for f in d.get("figures", []) if f.get("name")]
+    if len(set(names)) < len(names):
+        bad("figures", f"two figures share the name {next(n for n in names if names.count(n) > 1)!r} (one file each)")
     d.setdefault("figures", [{"kind": k} for k in FIGURES])
     return d
 

@@ -591,8 +591,19 @@ def load_yaml(text: str):
         raise yaml.YAMLError(f"a value cannot be read: {excerpt(str(e), 100)[1:-1]}") from None
 
 
+def yaml_message(e: Exception) -> str:
+    """One line for a YAML error: what is wrong, where (line and column, 1-based) and in which construct."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    mark = getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(e, "context", None)
+    return excerpt(f"{problem}{where}" + (f" ({context})" if context else ""), 200)[1:-1]
+
+
 def read_spec_file(p: Path) -> dict:
     """The YAML mapping of a spec file; every way a file can be unreadable is one SpecError line."""
+    if p.is_dir():
+        raise SpecError(f"invalid spec: {excerpt(str(p), 200)} is a folder, not a spec file")
     if not p.is_file():
         raise SpecError(f"invalid spec: file {excerpt(str(p), 200)} does not exist")
     size = p.stat().st_size
@@ -607,7 +618,7 @@ def read_spec_file(p: Path) -> dict:
     try:
         raw = load_yaml(text)
     except yaml.YAMLError as e:
-        raise SpecError(f"{p.name}: invalid YAML: {excerpt(str(e).splitlines()[0], 200)[1:-1]}") from None
+        raise SpecError(f"{p.name}: invalid YAML: {yaml_message(e)}") from None
     if not isinstance(raw, dict):
         raise SpecError(f"{p.name}: invalid spec: expected a mapping at the top level, but got {type(raw).__name__}")
     return raw
@@ -639,7 +650,7 @@ def apply_overrides(raw: dict, sets, file=None) -> dict:
         try:
             value = load_yaml(text) if text.strip() else None
         except yaml.YAMLError as e:
-            raise SpecError(f"invalid --set {key}: not a YAML value ({excerpt(str(e).splitlines()[0], 120)[1:-1]}), "
+            raise SpecError(f"invalid --set {key}: not a YAML value ({yaml_message(e)}), "
                             f"but got {excerpt(text)}") from None
         cls, node, where, parts = StudySpec, raw, "", key.split(".")
         for depth, part in enumerate(parts):

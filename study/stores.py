@@ -19,9 +19,10 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from .environment import seconds
+
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql")
 TRACKING_SCHEMES = (*SQL_SCHEMES, "http", "https")
-CHECK_TIMEOUT_S = 30.0  # a store that does not answer at the start is an error, not an outage (STUDY_STORE_CHECK_S)
 
 
 class StoreError(ValueError):
@@ -114,7 +115,7 @@ def check_tracking_uri(uri: str) -> None:
     if scheme == "sqlite":
         _check_sqlite("--tracking-uri", uri)
     elif scheme in ("http", "https"):
-        patience = float(os.environ.get("STUDY_STORE_CHECK_S", CHECK_TIMEOUT_S))
+        patience = seconds("STUDY_STORE_CHECK_S")
         deadline, last = time.time() + patience, None
         while time.time() < deadline:
             try:

@@ -44,6 +44,7 @@ from . import __version__
 from .environment import cpu_model, version_changes, version_tags
 from .spec import (EPOCH_METRICS, LANDSCAPE_METRICS, MemberSpec, SpecError, StudySpec, decay_timescale, planned_members,
                    spec_from_dict, steps_per_epoch)
+from .environment import seconds
 from .stores import StoreError, check_mlflow_file, check_tracking_uri, create_sqlite_atomically, masked, sqlite_path
 
 PER_EPOCH = EPOCH_METRICS
@@ -63,7 +64,6 @@ logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)  # "Run
 # store, which _retry already reports in one line (and the driver's StoreWatch names a lost store)
 logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 # per-epoch metrics reach MLflow in one batched call per member at most this many seconds late
-LOG_INTERVAL_S = float(os.environ.get("STUDY_LOG_INTERVAL_S", "10"))
 TEMPORARILY_UNAVAILABLE_CODE = ErrorCode.Name(TEMPORARILY_UNAVAILABLE)
 
 
@@ -544,7 +544,7 @@ class Tracker:
 class RecordWriter:
     """The driver's one MLflow writer: a thread that runs the queued calls in order, so Ray Tune's event loop
     (and the trials waiting on it) never waits for the store. Epoch rows are gathered per member and written
-    as one batched call per member every LOG_INTERVAL_S seconds and on flush()."""
+    as one batched call per member every STUDY_LOG_INTERVAL_S seconds (default 10) and on flush()."""
 
     def __init__(self, tracker: Tracker, train_size: int):
         self.tracker, self.train_size = tracker, train_size
@@ -556,6 +556,7 @@ class RecordWriter:
         self._errors: list[BaseException] = []
         self._rows: dict[str, tuple[dict[int, dict], dict]] = {}  # key -> (epoch -> row, tags); writer thread only
         self._rows_written = 0.0
+        self._interval = seconds("STUDY_LOG_INTERVAL_S")
         self._thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
         self._thread.start()
 
@@ -627,7 +628,7 @@ class RecordWriter:
         all_tags.update(tags)
 
     def _write_rows(self, force: bool) -> None:
-        if not self._rows or (not force and time.time() - self._rows_written < LOG_INTERVAL_S):
+        if not self._rows or (not force and time.time() - self._rows_written < self._interval):
             return
         rows, self._rows = self._rows, {}
         self._rows_written = time.time()

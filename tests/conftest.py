@@ -62,8 +62,9 @@ def smoke_study(tmp_path_factory):
     and `.out` the finished command. Started with a --set override (seeds 3, 4; --smoke keeps the first). Tests
     must leave it as they found it: copy it to change it."""
     home = tmp_path_factory.mktemp("smoke") / "home"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}   # its own stores, under home
     out = subprocess.run([sys.executable, "-m", "study.cli", "--home", str(home), "run", "--smoke",
                           str(ROOT / "search_spaces" / "quickstart.yaml"), "--set", "search.seeds=[3,4]"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+                         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return SimpleNamespace(home=home, out=out)

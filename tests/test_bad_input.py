@@ -156,6 +156,7 @@ CASES = [
     ("2,000 seeds", (["search", "seeds"], list(range(2000))), [], "search.seeds"),
     ("6,000,000 member-epochs", (["train", "epochs"], 100_000), ["--set", "search.seeds=[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14]"],
      "member-epochs, more than 5,000,000"),
+    ("a Ray port out of range", None, ["--address", "127.0.0.1:99999"], "invalid --address: a TCP port lies in"),
     ("an experiment name of 600 characters", (["tracking"], {"experiment": "e" * 600}), [], "tracking.experiment"),
     ("an experiment name with a right-to-left override", (["tracking"], {"experiment": "exp\u202eevil"}), [],
      "U+202E"),
@@ -264,6 +265,14 @@ def test_console_command_refuses_with_exit_code_2(tmp_path):
     (["export", "../x", "--out", "o"], "name='../x'"),
     (["export", "nosuch", "--out", "o"], "no studies are recorded"),
     (["bench", "--members", "0"], "--members"),
+    (["bench", "--steps", "0"], "invalid --steps"),
+    (["bench", "--windows", "0"], "invalid --windows"),
+    (["bench", "--warmup", "-1"], "invalid --warmup"),
+    (["bench", "--threads", "-1"], "invalid --threads"),
+    (["bench", "--model", "nope"], "invalid --model"),
+    (["bench", "--data-path", "/tmp"], "invalid --data-path: dataset synthetic reads no folder"),
+    (["bench", "--dataset", "parquet"], "invalid --data-path: dataset parquet needs a folder"),
+    (["validate", "/"], "is a folder, not a spec file"),
 ])
 def test_bad_command_lines(tmp_path, capsys, argv, needle):
     home = tmp_path / "home"
@@ -467,3 +476,74 @@ def test_a_damaged_or_foreign_mlflow_store_is_one_line_and_stays_untouched(damag
         expect = {"empty": "no studies are recorded"}.get(damage, str(db))
         assert expect in lines[0] or "a store cannot be read" in lines[0], lines[0]
     assert hashlib.sha256(db.read_bytes()).hexdigest() == digest and db.stat().st_size == size  # untouched
+
+
+@pytest.mark.parametrize("var,value,needle", [
+    ("STUDY_LOG_INTERVAL_S", "abc", "invalid STUDY_LOG_INTERVAL_S"),
+    ("STUDY_LOG_INTERVAL_S", "-1", "invalid STUDY_LOG_INTERVAL_S"),
+    ("STUDY_STORE_CHECK_S", "nan", "invalid STUDY_STORE_CHECK_S"),
+    ("STUDY_CACHE", "/dev/null/x", "invalid STUDY_CACHE"),
+    ("STUDY_HOME", "/dev/null", "invalid STUDY_HOME"),
+])
+def test_a_bad_environment_setting_is_named_before_anything_starts(run_spec, tmp_path, capsys, monkeypatch, var, value,
+                                                                   needle):
+    monkeypatch.setenv(var, value)
+    if var == "STUDY_HOME":   # no --home: the variable decides, and the message blames it
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(yaml.safe_dump(GOOD))
+        out, home = _study(capsys, ["run", str(spec)]), tmp_path / "home"
+    else:
+        out, home = run_spec(yaml.safe_dump(GOOD), [])
+    _assert_refused(out, home, needle)
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("figures: 3\n", "invalid figures: must be a list"),
+    ("figures: [heatmap, ridge]\n", "invalid figures[0]: a figure is a mapping"),
+    ("figures: [\n", "at line 2, column 1"),
+    (b"\xc2\x00\xff binary", "cannot read"),
+    ("figures:\n  - {kind: heatmaps, columns: 99}\n", "figures[0].columns"),
+    ("figures:\n  - {kind: ridge, name: a}\n  - {kind: ridge, name: a}\n", "share the name 'a'"),
+    ("metric: lr\n", "invalid metric"),
+    ("figures:\n  - {kind: ridge, colour: red}\n", "figures[0].colour: unknown key"),
+])
+def test_a_bad_dashboard_file_is_one_line(tmp_path, capsys, text, needle):
+    """--dashboard is read before any record is: a bad file is one line naming the file and the key."""
+    dash = tmp_path / "dash.yaml"
+    dash.write_bytes(text if isinstance(text, bytes) else text.encode())
+    from study.report import load_dashboard
+    from study.spec import SpecError
+
+    with pytest.raises(SpecError) as e:
+        load_dashboard(str(dash))
+    msg = str(e.value)
+    assert msg.startswith("dash.yaml: invalid") and needle in msg and "\n" not in msg, msg
+
+
+def test_a_yaml_error_says_the_line_and_column(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\ntrain:\n  epochs: [1\n")
+    out = _study(capsys, ["--home", str(tmp_path / "home"), "validate", str(spec)])
+    assert out.returncode == 2 and "spec.yaml: invalid YAML:" in out.stderr and "at line 4, column 1" in out.stderr
+
+
+def test_a_damaged_dataset_cache_is_named_and_rebuilt(tmp_path, monkeypatch, capsys):
+    """The decoded-image cache only saves time: a damaged file is named in a warning and decoded again, and the
+    images are the same as from a fresh cache."""
+    from study.data import cache_dir, load_spec_data
+    from study.spec import DataSpec
+
+    monkeypatch.setenv("STUDY_CACHE", str(tmp_path / "cache"))
+    d = DataSpec(dataset="digits", train_subset=64)
+    fresh = load_spec_data(d)
+    files = list(cache_dir().glob("*.npz"))
+    assert len(files) == 1
+    for damage in (b"", b"PK\x03\x04 not a zip", files[0].read_bytes()[:1000]):
+        files[0].write_bytes(damage)
+        capsys.readouterr()
+        again = load_spec_data(d)
+        err = capsys.readouterr().err
+        assert str(files[0]) in err and "decoding the dataset again" in err, err
+        assert (again.train_x == fresh.train_x).all() and (again.test_y == fresh.test_y).all()
+        assert load_spec_data(d).train_x.shape == fresh.train_x.shape   # and the rebuilt file reads back
+        assert "cannot be read" not in capsys.readouterr().err

@@ -2,6 +2,7 @@
 RecordWriter thread, a real MLflow SQLite store), then read in MLflow's terms and read back by the study."""
 
 import math
+import os
 import time
 
 import mlflow
@@ -96,12 +97,12 @@ def test_params_filter_by_equality_as_displayed(study):
                 f"params.lr = '{short(m.lr)}' and params.seed = '1'"):
         found = client.search_runs([tracker.experiment_id], flt)
         assert [r.data.tags["member_key"] for r in found] == [m.key(spec.name)], flt
-    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
         df = mlflow.search_runs(experiment_ids=[tracker.experiment_id], filter_string=f"params.lr = '{short(m.lr)}'")
-    finally:
-        mlflow.set_tracking_uri(previous)
+    finally:   # unset, not "restored": MLflow's default URI is a relative sqlite:///mlflow.db, which every later
+        mlflow.set_tracking_uri(None)      # subprocess of this worker would inherit and write into the checkout
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     assert list(df["tags.member_key"]) == [m.key(spec.name)]
     # a grouped key filters with backticks (what a test or a notebook waiting for epochs writes)
     found = client.search_runs([tracker.experiment_id], "metrics.`train/loss` > 0")
