@@ -76,6 +76,7 @@ class ArmLandscape:
     censored: list = field(default_factory=list)       # per row: None, "low" or "high" (optimum beyond that edge)
     ridge_fit: dict = field(default_factory=dict)      # the fitted line and its covariance (valley model)
     metric: str = "error"             # the final metric the grid holds (e.g. test_loss)
+    total_steps: int | None = None    # the run's optimizer steps (for the decay timescale), when recorded
 
     @property
     def arm(self) -> str:
@@ -300,7 +301,8 @@ def arm_landscape(members: list[dict], n_boot=None, metric: str = "error") -> Ar
                         [float(math.exp(v)) if math.isfinite(v) else math.nan for v in f["log_opt"]],
                         float(f["slope"]), [float(f["lo"]), float(f["hi"])], method, best, grid,
                         [] if grid else [{k: m[k] for k in ("lr", "weight_decay", "error", "diverged")} for m in members],
-                        [CENSOR_CODE[int(c)] for c in f["code"]], ridge_fit, metric)
+                        [CENSOR_CODE[int(c)] for c in f["code"]], ridge_fit, metric,
+                        next((int(m["total_steps"]) for m in members if m.get("total_steps")), None))
 
 
 def landscapes(members: list[dict], n_boot=None, metric: str = "error") -> list[ArmLandscape]:
@@ -383,9 +385,24 @@ def refine_weight_decays(land: ArmLandscape, max_steps: int = 4) -> list[float]:
 
 
 def refine_columns(land: ArmLandscape, max_steps: int = 4) -> list[float]:
-    """What search.refine trains: refine_weight_decays, less any λ whose decay factor would not stay positive."""
-    cap = max_weight_decay(land)
-    return [w for w in refine_weight_decays(land, max_steps) if w < cap]
+    """What search.refine trains: refine_weight_decays, less any λ whose decay factor would not stay positive
+    and any λ so small that decay does nothing within the run in every row (min_weight_decay)."""
+    cap, floor = max_weight_decay(land), min_weight_decay(land)
+    return [w for w in refine_weight_decays(land, max_steps) if floor <= w < cap]
+
+
+TIMESCALE_FLOOR = 10   # a λ whose decay timescale exceeds this many runs in every row does nothing in the run
+
+
+def min_weight_decay(land: ArmLandscape) -> float:
+    """The smallest λ at which decay still acts within the run in some row: its timescale τ (1/(η·λ) coupled
+    and decoupled, 1/λ independent; docs/science.md) at most TIMESCALE_FLOOR runs. Below it a lower λ changes
+    nothing the run can see, so a row whose best λ is at the low edge there prefers no decay, and columns
+    further down measure noise. 0 when the run's length is not recorded."""
+    if not land.total_steps:
+        return 0.0
+    reach = TIMESCALE_FLOOR * land.total_steps
+    return 1.0 / reach if land.decay == "independent" else 1.0 / (reach * max(land.lr))
 
 
 def max_weight_decay(land: ArmLandscape) -> float:
@@ -411,6 +428,16 @@ def edge_advice(land: ArmLandscape) -> str | None:
             k = _extension(land, side)
             edge = math.log(land.weight_decay[-1] if side == "high" else land.weight_decay[0])
             x = math.exp(edge + (h if side == "high" else -h) * k)
+            floor = min_weight_decay(land)
+            if side == "low" and x < floor:   # no column below the floor helps: say why the rows sit at the edge
+                if land.weight_decay[0] * math.exp(-h) < floor:
+                    parts.append(f"the low edge is where decay's timescale exceeds {TIMESCALE_FLOOR}× the run's "
+                                 f"{land.total_steps} steps: those rows prefer little or no decay, and a lower λ "
+                                 f"changes nothing the run sees")
+                else:
+                    parts.append(f"extend weight_decay.low to about {floor:.2g} (below it decay's timescale exceeds "
+                                 f"{TIMESCALE_FLOOR}× the run)")
+                continue
             parts.append(f"extend weight_decay.{side} to about {x:.2g}")
     return f"best λ at the edge in {len(rows)} of {measured} rows: " + " and ".join(parts)
 

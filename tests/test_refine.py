@@ -128,3 +128,32 @@ def test_a_name_made_by_another_spec_is_refused_before_its_queued_trials_run(tmp
     b = dataclasses.replace(a, execution=dataclasses.replace(a.execution, members_per_trial=3),
                             tracking=dataclasses.replace(a.tracking, experiment="elsewhere"))
     assert a.identity() == b.identity() != spec(3).identity()
+
+
+def test_refine_stops_where_decay_does_nothing_within_the_run():
+    """Rows whose best λ is the grid's smallest, already at a decay timescale of many runs, prefer (almost) no
+    decay: refine adds no column below the timescale floor (1/(10·T·max η) coupled), and the advice says why
+    instead of 'extend weight_decay.low to about 3e-10'."""
+    from study.landscape import edge_advice, min_weight_decay
+
+    steps = 480
+    members = [{"optimizer": "sgd", "decay": "coupled", "lr": lr, "weight_decay": wd, "seed": 0, "total_steps": steps,
+                "error": 0.1 + 0.05 * (math.log(wd) - math.log(1e-9)) ** 2 + 0.01 * math.log(lr) ** 2, "diverged": False}
+               for lr in (0.01, 0.03, 0.1, 0.3) for wd in (1e-5, 1e-4, 1e-3, 1e-2)]
+    land = arm_landscape(members, metric="error")
+    assert all(c == "low" for c in land.censored)
+    floor = min_weight_decay(land)
+    assert math.isclose(floor, 1 / (10 * steps * 0.3))
+    assert min(refine_weight_decays(land)) < floor          # where the ridge points, far below
+    assert all(w >= floor for w in refine_columns(land)), refine_columns(land)
+    advice = edge_advice(land)
+    assert "prefer little or no decay" in advice and "extend weight_decay.low" not in advice, advice
+    # a grid whose low edge is still far above the floor is told to extend down to the floor, not beyond
+    shifted = [{**m, "weight_decay": m["weight_decay"] * 1e4,
+                "error": 0.1 + 0.05 * (math.log(m["weight_decay"] * 1e4) - math.log(1e-9)) ** 2} for m in members]
+    land = arm_landscape(shifted, metric="error")
+    new = refine_columns(land)
+    assert new and min(new) >= min_weight_decay(land)
+    advice = edge_advice(land)
+    assert "extend weight_decay.low to about" in advice, advice
+    assert float(advice.rsplit("about ", 1)[1].split()[0]) >= min_weight_decay(land) * 0.99, advice
