@@ -970,16 +970,19 @@ def main(argv=None) -> int:
 
 
 def _database_damage(e: BaseException) -> str | None:
-    """The database's own complaint when `e` (or its cause) is SQLite's or SQLAlchemy's DatabaseError: a
-    store damaged in pages the up-front check (stores.check_mlflow_file) does not read."""
+    """SQLite's own complaint when `e` (or what it wraps) says a store file is damaged ("file is not a
+    database", "database disk image is malformed"): damage in pages the up-front check
+    (stores.check_mlflow_file) does not read. Operational errors (locks, races, a full disk) are not damage
+    and stay as they are."""
     import sqlite3
 
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, sqlite3.DatabaseError) or any(
-                c.__name__ == "DatabaseError" and c.__module__.startswith("sqlalchemy") for c in type(e).__mro__):
-            return str(getattr(e, "orig", None) or e).splitlines()[0][:200]
+        orig = getattr(e, "orig", None)   # SQLAlchemy wraps the driver's exception
+        for x in (e, orig):
+            if isinstance(x, sqlite3.DatabaseError) and not isinstance(x, sqlite3.OperationalError):
+                return str(x).splitlines()[0][:200]
         e = e.__cause__ or e.__context__
     return None
 

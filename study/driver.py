@@ -328,9 +328,14 @@ class Driver:
                         tune.start_ray(self.address)
                         gpus = x.gpus_per_trial
                         if gpus and not tune.cluster_gpus():
-                            self.progress.message(f"warning: execution.gpus_per_trial={gpus} but the Ray cluster "
-                                                  f"has no GPU: training on CPUs")
-                            gpus = 0.0
+                            if tune.autoscaler_running():   # workers at zero: the trials' demand brings GPU nodes
+                                self.progress.message(f"[study] the Ray cluster has no GPU yet and runs an autoscaler: "
+                                                      f"arrays wait for its GPU workers (Ray warns if no node type "
+                                                      f"offers {gpus:g} GPU)")
+                            else:
+                                self.progress.message(f"warning: execution.gpus_per_trial={gpus} but the Ray cluster "
+                                                      f"has no GPU and no autoscaler: training on CPUs")
+                                gpus = 0.0
                     name = self.spec.name if not rounds else f"{self.spec.name}-refine{rounds}"
                     tune.run_arrays(self, name, self.stores.home / self.spec.name / "ray", self.arrays_needed(),
                                     x.cpus_per_trial, gpus, x.max_concurrent, x.max_failures)

@@ -140,7 +140,8 @@ class Progress:
     def _counts(self, retried_word: str) -> str:
         return "".join((f", {self.failed} failed" if self.failed else "",
                         f", {self.diverged} diverged" if self.diverged else "",
-                        f", {self.retried} {retried_word}" if self.retried else ""))
+                        f", {self.retried} {retried_word.replace('arrays', 'array') if self.retried == 1 else retried_word}"
+                        if self.retried else ""))
 
     def line(self) -> str:
         """The plain progress line."""

@@ -212,6 +212,18 @@ def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 
 
+def autoscaler_running() -> bool:
+    """Whether the cluster runs an autoscaler (its status is in Ray's GCS key-value store): then workers may
+    start at zero, and a cluster with no GPU now gets GPU workers once the trials ask for them."""
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        return bool(_internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS))
+    except Exception:   # no key-value store to ask: no autoscaler to rely on
+        return False
+
+
 def run_arrays(driver, name: str, storage_path: Path, arrays: int, cpus: float, gpus: float,
                max_concurrent: int | None, max_failures: int) -> None:
     """Train arrays until the driver's suggest() says there are none left (at most `arrays` trials)."""
