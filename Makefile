@@ -33,7 +33,7 @@ test: $(BIN)/study         ## the test suite (CPU, real Ray / Optuna / MLflow)
 test-fast: $(BIN)/study    ## the inner loop: the suite without the statistical calibration tests (marked slow)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests
 
-# CIFAR-10 Parquet files for the CIFAR specs (offline)
+# A folder of CIFAR-10 Parquet files (train.parquet, test.parquet) for the CIFAR specs: make smoke SMOKE_DATA=…
 SMOKE_DATA ?= ../shared/data/cifar10
 smoke: $(BIN)/study        ## every shipped spec, shrunk to a few members and one epoch
 	for f in search_spaces/*.yaml; do \

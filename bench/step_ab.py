@@ -51,7 +51,8 @@ def _stepper(pkg: str, model: str, K: int, batch: int, extra: dict):
         i = state["i"] % n
         state["i"] += 1
         x, y = tr._batch(perm[i * tr.batch:(i + 1) * tr.batch], aug)
-        tr._step_fn(x, y, 0.7)  # both versions take a float multiplier here
+        # the step under its old name (older commits) or its current one; both take a float multiplier here
+        (getattr(tr, "_step_fn", None) or tr.train_step)(x, y, 0.7)
 
     return step
 

@@ -10,13 +10,12 @@ import os
 import sys
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .datasets import DATASETS, DataError, dataset_entry, split_sizes  # noqa: F401  (re-exported)
+from .datasets import DATASETS, DataError, cache_dir, dataset_entry, split_sizes  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -38,10 +37,6 @@ class Dataset:
     def to(self, device) -> "Dataset":
         return Dataset(self.name, self.train_x.to(device), self.train_y.to(device), self.test_x.to(device),
                        self.test_y.to(device), self.num_classes, self.mean, self.std, self.padded_crop)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("STUDY_CACHE", Path.home() / ".cache" / "study")).expanduser().resolve()
 
 
 def _cached(key: str | None, build) -> dict:
@@ -105,13 +100,6 @@ def load_dataset(name: str, path=None, train_subset=None, test_subset=None, synt
                                    synthetic_test=synthetic_size[1]))
 
 
-def normalize(x: Tensor, mean, std, dtype=torch.float32) -> Tensor:
-    """uint8 (N, C, H, W) -> float, scaled to [0, 1] then standardized per channel."""
-    m = torch.tensor(mean, device=x.device, dtype=dtype).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=dtype).view(1, -1, 1, 1)
-    return (x.to(dtype) / 255.0 - m) / s
-
-
 def augment(x: Tensor, gen: torch.Generator, crop_padding: int = 0, flip: bool = False) -> Tensor:
     """Random crop with zero padding and random horizontal flip, per image, on x's device.
 
@@ -132,8 +120,3 @@ def augment(x: Tensor, gen: torch.Generator, crop_padding: int = 0, flip: bool =
         mask = torch.rand(n, device=x.device, generator=gen) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
-
-
-def spec_train_size(d) -> int:
-    """Training images of a spec's `data` section, read from headers only (no decoding)."""
-    return split_sizes(d)[0]

@@ -10,6 +10,7 @@ what `load` returns into tensors and caches it. Adding a dataset (SVHN, say) is 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,11 @@ class DatasetEntry:
     needs_path: bool = False
     takes_path: bool = True         # False: data.path means nothing to this dataset (refused if given)
     source: str = ""                # where a dataset that takes no path comes from (for that refusal)
+
+
+def cache_dir() -> Path:
+    """Where decoded datasets are cached: STUDY_CACHE, else ~/.cache/study."""
+    return Path(os.environ.get("STUDY_CACHE", Path.home() / ".cache" / "study")).expanduser().resolve()
 
 
 # --------------------------------------------------------------------------- sources
@@ -115,7 +121,7 @@ def _has_parquet(d) -> bool:
 
 
 def _torchvision_cifar(d) -> dict:
-    if _has_parquet(d):  # CIFAR-10 as JPEG in Parquet (the layout of ../shared/data/cifar10)
+    if _has_parquet(d):  # CIFAR-10 as JPEG in Parquet (train.parquet and test.parquet: image bytes and label)
         return _parquet(d)
     from torchvision import datasets
 
@@ -136,8 +142,6 @@ def _torchvision_cifar(d) -> dict:
 
 
 def _cifar_root(d) -> Path:
-    from .data import cache_dir
-
     return Path(d.path).expanduser().resolve() if d.path else cache_dir() / "torchvision"
 
 

@@ -188,7 +188,6 @@ class ArrayTrainer:
         self.elapsed = 0.0             # seconds of training before this process (resume)
         self.compile_s = 0.0
         self._loss_fn = compiled_member_loss() if self.compiled else member_loss
-        self._step_fn = self.train_step  # kept for callers of the old name
 
     def _bind_lr(self) -> None:
         for group in self.optimizer.param_groups:
@@ -250,11 +249,8 @@ class ArrayTrainer:
         self.optimizer.step()
         return torch.where(self.alive, loss.detach(), 0.0)
 
-    def _train_step(self, x: Tensor, y: Tensor, s) -> Tensor:
-        return self.train_step(x, y, s if isinstance(s, Tensor) else torch.tensor(float(s), device=self.device))
-
     def _normalize(self, x: Tensor) -> Tensor:
-        """data.normalize with the mean and std kept on the device: no host-to-device copy per batch (on CUDA
+        """uint8 images to standardized floats, with the mean and std kept on the device: no host-to-device copy per batch (on CUDA
         that copy, from pageable memory, waits for the stream: a host sync in every step)."""
         dtype = torch.get_default_dtype()
         if getattr(self, "_norm", (None,))[0] != dtype:

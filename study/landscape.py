@@ -251,7 +251,7 @@ def _interpolate(members: list[dict], points: int = 8) -> tuple[np.ndarray, np.n
     return np.exp(gl), np.exp(gw), grid
 
 
-def arm_landscape(members: list[dict], n_boot=None, metric: str = "error") -> ArmLandscape:
+def arm_landscape(members: list[dict], metric: str = "error") -> ArmLandscape:
     """The landscape of one arm's members (all with the same optimizer and decay)."""
     opt, decay = members[0]["optimizer"], members[0]["decay"]
     seeds = sorted({int(m["seed"]) for m in members})
@@ -305,9 +305,9 @@ def arm_landscape(members: list[dict], n_boot=None, metric: str = "error") -> Ar
                         next((int(m["total_steps"]) for m in members if m.get("total_steps")), None))
 
 
-def landscapes(members: list[dict], n_boot=None, metric: str = "error") -> list[ArmLandscape]:
+def landscapes(members: list[dict], metric: str = "error") -> list[ArmLandscape]:
     """One landscape per arm, ordered by optimizer, then coupled, decoupled, independent.
-    `metric` names what members' `error` holds (e.g. test_loss); n_boot is accepted for old callers."""
+    `metric` names what members' `error` holds (e.g. test_loss)."""
     arms: dict[tuple, list[dict]] = {}
     for m in members:
         arms.setdefault((m["optimizer"], m["decay"]), []).append(m)

@@ -48,7 +48,6 @@ class Progress:
     def __init__(self, total: int, done: int, epochs: int, metric: str, interval: float = 10.0, out=None,
                  refresh: float = 0.5):
         self.total, self.done, self.failed, self.retried, self.diverged = total, done, 0, 0, 0
-        self.epochs_per_member = epochs
         self.epochs_total, self.epochs_done = total * epochs, done * epochs
         self.epochs_at_start = self.epochs_done
         self.metric, self.interval, self.refresh = metric, interval, refresh

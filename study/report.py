@@ -387,7 +387,7 @@ an arrow on the colour bar marks values beyond it (drawn in the end colour).</p>
 
 
 def export(uri: str, study: str, out: Path, metric: str | None = None, formats=("png", "svg", "html"),
-           dashboard: str = "default", n_boot: int = 1000, log_to_mlflow: bool = True) -> tuple[list[ArmLandscape], list[Path]]:
+           dashboard: str = "default", log_to_mlflow: bool = True) -> tuple[list[ArmLandscape], list[Path]]:
     from .tracking import log_export, parent_environment, read_study
 
     for f in formats:

@@ -55,7 +55,6 @@ EPOCH_KEYS = {"train_loss": "train/loss", "test_loss": "test/loss", "test_error"
               "angular_update": "decay/angular_update", "lr": "schedule/lr", "epoch_time": "time/epoch_s",
               "wall_time": "time/train_s", "diverged": "train/diverged"}
 EPOCH_KEYS.update({k: f"epoch/{k}" for k in PER_EPOCH if k not in EPOCH_KEYS})  # a metric added later
-EPOCH_NAMES = {v: k for k, v in EPOCH_KEYS.items()}  # MLflow key -> internal name
 # a row's key for the wall-clock time (unix seconds) its epoch ended; set by the trainer if it knows,
 # else by RecordWriter.log_epoch on receipt. Never logged as a metric: it is the metrics' timestamp.
 ENDED_AT = "ended_at"

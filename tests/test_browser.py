@@ -50,7 +50,7 @@ def _members():
 def test_report_renders_offline_with_figures_and_arm_table(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
-    lands = landscapes(_members(), n_boot=100)
+    lands = landscapes(_members())
     files = render("browser-check", "test_error", lands, load_dashboard("default"), tmp_path, ("png", "html"),
                    "name: browser-check\n")
     report = tmp_path / "report.html"
