@@ -35,20 +35,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .registry import DECAY_MODES, OPTIMIZERS
 from .spec import decay_timescale
 from .valley import valley_fit
 
-PREDICTED_SLOPE = {  # docs/science.md: slope of log λ*(η) against log η
-    ("sgd", "coupled"): (-1.0, "about −1 (diagonal basin)"),
-    ("sgd", "decoupled"): (-1.0, "about −1 (same product η·λ)"),
-    ("sgd", "independent"): (0.0, "about 0 (separable)"),
-    ("adam", "coupled"): (None, "no clean law; often best near λ → 0"),
-    ("adam", "decoupled"): (-1.0, "about −1"),
-    ("adam", "independent"): (0.0, "about 0"),
-    ("adagrad", "coupled"): (None, "no clean law"),
-    ("adagrad", "decoupled"): (-1.0, "about −1"),
-    ("adagrad", "independent"): (0.0, "about 0"),
-}
 ALTERNATIVE = {-1.0: 0.0, 0.0: -1.0}  # the other law: the verdict needs the interval to tell the two apart
 LEVEL = 0.95
 DECISIVE_WIDTH = 1.5  # an interval wider than this decides nothing, whatever it excludes
@@ -84,7 +74,8 @@ class ArmLandscape:
 
     @property
     def predicted(self):
-        return PREDICTED_SLOPE.get((self.optimizer, self.decay), (None, "unknown"))
+        entry = OPTIMIZERS.get(self.optimizer)   # each optimizer's predictions live in its registry entry
+        return entry.predicted_slope(self.decay) if entry and self.decay in DECAY_MODES else (None, "unknown")
 
     def to_json(self) -> dict:
         return _clean({"optimizer": self.optimizer, "decay": self.decay, "metric": self.metric, "lr": self.lr,

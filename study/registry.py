@@ -43,6 +43,22 @@ class OptimizerEntry:
     name: str
     options: type          # a frozen dataclass of the optimizer's own settings
     implementation: str    # "module:Class" of a torch.optim.Optimizer taking (groups, lr=, decay=, **options)
+    # docs/science.md: the predicted slope of log λ*(η) under coupled (L2) decay, None where there is no clean
+    # law, and whether coupled decay forgets over τ = 1/(η·λ) (plain SGD; not through ÷√v̂ or a sign)
+    coupled_slope: float | None = None
+    coupled_law: str = "no clean law: the L2 term passes through the optimizer's normalization"
+
+    @property
+    def coupled_timescale(self) -> bool:
+        return self.coupled_slope is not None
+
+    def predicted_slope(self, decay: str) -> tuple[float | None, str]:
+        """The slope of log λ*(η) the science predicts for this optimizer under `decay`, and its reason."""
+        if decay == "decoupled":
+            return -1.0, "about −1 (the decay acts through the product η·λ)"
+        if decay == "independent":
+            return 0.0, "about 0 (separable)"
+        return self.coupled_slope, self.coupled_law
 
     def option_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(self.options))
@@ -58,10 +74,12 @@ class OptimizerEntry:
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {e.name: e for e in (
-    OptimizerEntry("sgd", SGDOptions, "study.optim:SGD"),
-    OptimizerEntry("adam", AdamOptions, "study.optim:Adam"),
-    OptimizerEntry("adagrad", AdagradOptions, "study.optim:Adagrad"),
-    OptimizerEntry("lion", LionOptions, "study.optim:Lion"),
+    OptimizerEntry("sgd", SGDOptions, "study.optim:SGD", -1.0, "about −1 (diagonal basin)"),
+    OptimizerEntry("adam", AdamOptions, "study.optim:Adam",
+                   coupled_law="no clean law: L2 is divided by √v̂; often best near λ → 0"),
+    OptimizerEntry("adagrad", AdagradOptions, "study.optim:Adagrad",
+                   coupled_law="no clean law: L2 is divided by √Σg²"),
+    OptimizerEntry("lion", LionOptions, "study.optim:Lion", coupled_law="no clean law: L2 passes through the sign"),
 )}
 # every setting any optimizer takes; an arm or member may set only those of its own optimizer
 OPTIMIZER_SETTINGS = tuple(dict.fromkeys(n for e in OPTIMIZERS.values() for n in e.option_names()))

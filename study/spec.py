@@ -797,8 +797,8 @@ def timescale_warnings(spec: StudySpec, train_size: int) -> list[str]:
     T = total_steps(spec, train_size)
     out = []
     for a in spec.arms:
-        if a.decay == "coupled" and a.optimizer != "sgd":
-            continue  # coupled decay passes through the adaptive normalization (÷√v̂): τ = 1/(lr·λ) does not apply
+        if a.decay == "coupled" and not (a.optimizer in OPTIMIZERS and OPTIMIZERS[a.optimizer].coupled_timescale):
+            continue  # coupled decay passes through the optimizer's normalization (÷√v̂, a sign): no τ = 1/(lr·λ)
         corners = [decay_timescale(a.decay, lr, wd) for lr in (a.lr.low, a.lr.high)
                    for wd in (a.weight_decay.low, a.weight_decay.high)]
         lo, hi = min(corners), max(corners)

@@ -240,3 +240,18 @@ def test_decoupled_minus_independent_is_printed_as_a_self_check():
     assert bad["outcome"] == "self-check fails" and "EXCLUDES" in bad["text"]
     (other,) = compare_arms(landscapes(planted(np.random.default_rng(13), [0, 1], 0.01, SGD_ARMS)))
     assert other["identity"] is None and "self-check" not in other["text"]
+
+
+def test_every_registered_optimizer_and_decay_has_its_prediction():
+    """The predictions live in each optimizer's registry entry: a new optimizer cannot come without them
+    (Lion once printed "unknown"). Decoupled −1 and independent 0 for all; coupled −1 for plain SGD only."""
+    from study.landscape import ArmLandscape
+    from study.registry import DECAY_MODES, OPTIMIZERS
+
+    for opt in OPTIMIZERS:
+        for decay in DECAY_MODES:
+            land = ArmLandscape(opt, decay, [0.1], [0.1], [[0.1]], [[0.0]], [0], [0.1], float("nan"),
+                                [float("nan")] * 2, "", {})
+            slope, text = land.predicted
+            assert text != "unknown", (opt, decay)
+            assert slope == {"decoupled": -1.0, "independent": 0.0}.get(decay, -1.0 if opt == "sgd" else None), (opt, decay)
