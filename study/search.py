@@ -103,8 +103,11 @@ class ArmSearch:
 
     @staticmethod
     def _id(t) -> MemberId | None:
-        """(lr, weight_decay, seed) of a trial; a WAITING (enqueued) trial's params are its fixed params."""
-        params = t.params if t.params else t.system_attrs.get("fixed_params", {})
+        """(lr, weight_decay, seed) of a trial. A WAITING (enqueued) trial has no params yet: the driver enqueues
+        its setting in user attributes too (public API). Trials queued by versions before that hold it only in
+        Optuna's own record of the fixed params, read as the last resort so that none is queued twice."""
+        params = t.params or ({k: t.user_attrs[k] for k in ("lr", "weight_decay")} if "lr" in t.user_attrs
+                              else t.system_attrs.get("fixed_params", {}))
         if not {"lr", "weight_decay"} <= set(params) or "seed" not in t.user_attrs:
             return None
         return (float(params["lr"]), float(params["weight_decay"]), int(t.user_attrs["seed"]))
@@ -160,7 +163,8 @@ class ArmSearch:
         for lr, wd in settings:
             for seed in self.seeds:
                 if (lr, wd, seed) not in done and (lr, wd, seed) not in queued:
-                    self.study.enqueue_trial({"lr": lr, "weight_decay": wd}, user_attrs={"seed": seed})
+                    self.study.enqueue_trial({"lr": lr, "weight_decay": wd},
+                                            user_attrs={"seed": seed, "lr": lr, "weight_decay": wd})
 
     def _lr_points(self) -> int:
         return len(grid_axis(self.arm.lr, self.spec.search.points))
@@ -201,7 +205,8 @@ class ArmSearch:
         if "seed" not in trial.user_attrs:  # a new sample: its first seed here, the others enqueued
             trial.set_user_attr("seed", self.seeds[0])
             for seed in self.seeds[1:]:
-                self.study.enqueue_trial({"lr": lr, "weight_decay": wd}, user_attrs={"seed": seed})
+                self.study.enqueue_trial({"lr": lr, "weight_decay": wd},
+                                       user_attrs={"seed": seed, "lr": lr, "weight_decay": wd})
         return arm_member(self.arm, lr, wd, trial.user_attrs["seed"])
 
     def ask(self, n: int) -> list[tuple[int, MemberSpec]]:
@@ -288,6 +293,9 @@ class Lease:
         else:
             raise StoreError(f"invalid name: study {study!r} is being started by other drivers at this moment; "
                              f"try again") from None
+        # the lease's own id, by the public API, read at once after creating it (an unstamped lease is taken over
+        # only when its creator is presumed dead); release() deletes by this id, never a later lease of the name
+        self.study_id = storage.get_study_id_from_name(self.name)
         self.study.set_user_attr("holder", self.holder)
         self.study.set_user_attr("host", socket.gethostname())
         self.study.set_user_attr("pid", os.getpid())
@@ -353,9 +361,8 @@ class Lease:
         if self._abandoned:
             return
         try:  # this driver's own lease, by its id: never one another driver created under the name meanwhile
-            study_id = self.study._study_id
-            if self.storage.get_study_user_attrs(study_id).get("holder") == self.holder:
-                self.storage.delete_study(study_id)
+            if self.storage.get_study_user_attrs(self.study_id).get("holder") == self.holder:
+                self.storage.delete_study(self.study_id)
         except Exception:  # already gone: nothing to release
             pass
 
