@@ -281,6 +281,8 @@ def _drive(args, spec, resume: bool) -> int:
         driver = Driver(spec, stores, resume, args.address)  # every check, then the records are opened
         print(f"study {spec.name}: {driver.search.total} members in arrays of {spec.execution.members_per_trial}; "
               f"records: MLflow {stores.tracking}, Optuna {stores.storage}", file=sys.stderr, flush=True)
+        print(f"study ui{hint}   # browse it while it runs (MLflow; add --study {spec.name} for optuna-dashboard)",
+              file=sys.stderr, flush=True)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM while the records were being opened: nothing was trained
         print(f"interrupted before training started; nothing was trained: run it again (or `study resume "
               f"{spec.name}{hint}` if the name now has records)", file=sys.stderr)

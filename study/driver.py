@@ -316,6 +316,7 @@ class Driver:
             if INTERRUPTED.is_set():
                 raise KeyboardInterrupt  # one that came while the records opened, and Python swallowed
             self.progress.print()
+            self.progress.tick()
             if self.address is None:  # a Ray of the study's own binds 127.0.0.1 only; Ray reads this as it loads
                 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             from . import tune  # Ray loads only here, once every input is known good
@@ -325,7 +326,12 @@ class Driver:
             while True:
                 if any(a.has_work() for a in self.search.arms):  # a resumed, finished study starts no Ray
                     if gpus is None:
+                        t_ray = time.time()
+                        self.progress.message(f"[study] joining the Ray cluster at {self.address}" if self.address
+                                              else "[study] starting a local Ray (127.0.0.1) for this study")
                         tune.start_ray(self.address)
+                        self.progress.message(f"[study] Ray ready in {time.time() - t_ray:.0f} s; the first epoch "
+                                              f"of each array is being trained (data loading included)")
                         gpus = x.gpus_per_trial
                         if gpus and not tune.cluster_gpus():
                             if tune.autoscaler_running():   # workers at zero: the trials' demand brings GPU nodes

@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 
 BAR_WIDTH = 20
@@ -61,6 +62,8 @@ class Progress:
         self._arrays: dict = {}
         self._first_report: tuple[float, int] | None = None  # (time, epochs_done) of the first unkeyed report
         self._throughput = 0.0  # member-epochs per second when last measured
+        self._lock = threading.RLock()   # the ticker and Tune's callbacks draw the same line
+        self._ticking = threading.Event()
 
     # ------------------------------------------------------------------ what the driver reports
 
@@ -165,25 +168,44 @@ class Progress:
             return shutil.get_terminal_size((120, 24)).columns
 
     def print(self) -> None:
-        self._last = time.time()
-        if self.tty:
-            self.out.write("\r" + self.bar() + "\x1b[K")
-            self.out.flush()
-            self._drawn = True
-        else:
-            print(self.line(), file=self.out, flush=True)
+        with self._lock:
+            self._last = time.time()
+            if self.tty:
+                self.out.write("\r" + self.bar() + "\x1b[K")
+                self.out.flush()
+                self._drawn = True
+            else:
+                print(self.line(), file=self.out, flush=True)
+
+    def tick(self, every: float = 1.0) -> None:
+        """On a terminal, redraw the bar every `every` seconds until close(): the elapsed time moves while Ray
+        starts and the first epoch trains, so a working study never looks frozen. (Piped output gets its lines
+        from the reports, not from a clock.)"""
+        if not self.tty or self._ticking.is_set():
+            return
+        self._ticking.set()
+
+        def loop():
+            while self._ticking.is_set():
+                time.sleep(every)
+                if self._ticking.is_set() and self._drawn:
+                    self.print()
+        self.ticker = threading.Thread(target=loop, name="study-progress", daemon=True)
+        self.ticker.start()
 
     def message(self, text: str) -> None:
         """A line of its own (a warning, a refine round) on the progress stream; on a terminal the bar is
         cleared first and drawn again below it."""
-        if self.tty and self._drawn:
-            self.out.write("\r\x1b[K")
-        print(text, file=self.out, flush=True)
-        if self.tty and self._drawn:
-            self.print()
+        with self._lock:
+            if self.tty and self._drawn:
+                self.out.write("\r\x1b[K")
+            print(text, file=self.out, flush=True)
+            if self.tty and self._drawn:
+                self.print()
 
     def close(self) -> None:
         """End the bar's line (a terminal), so what is printed next starts on a line of its own."""
+        self._ticking.clear()
         if self.tty and self._drawn:
             self.print()
             self.out.write("\n")

@@ -177,6 +177,26 @@ def test_progress_on_a_terminal_is_one_updating_line(monkeypatch):
     assert out.getvalue().endswith("\n")
 
 
+def test_progress_on_a_terminal_keeps_its_clock_moving_before_any_report():
+    """While Ray starts and the first epoch trains nothing is reported; on a terminal the bar is redrawn anyway,
+    so the elapsed time moves (the study never looks frozen), and close() stops the redrawing."""
+    import time
+
+    out = FakeTTY()
+    p = Progress(total=8, done=0, epochs=2, metric="test_loss", out=out)
+    p.started -= 3.0                      # as if the study started three seconds ago
+    p.print()
+    p.tick(every=0.02)
+    deadline = time.time() + 30
+    while out.getvalue().count("\r") < 5:
+        assert time.time() < deadline, out.getvalue()
+        time.sleep(0.02)
+    assert "0:03" in out.getvalue().rsplit("\r", 1)[1]
+    p.close()
+    p.ticker.join(timeout=30)             # the redrawing stops with the bar
+    assert not p.ticker.is_alive()
+
+
 def test_progress_bar_fits_the_terminal():
     p = Progress(total=8, done=0, epochs=2, metric="test_loss", out=FakeTTY())
     for arm in ("sgd-coupled", "sgd-independent", "adam-decoupled", "adam-coupled"):

@@ -267,6 +267,9 @@ def test_smoke_quickstart_end_to_end(smoke_study):
     # no third-party noise (Ray, Tune, MLflow's table creation, matplotlib's font search): the study's own lines only
     noise = [ln for ln in out.stderr.splitlines() if ln.strip() and not ln.startswith(("[study]", "study ", "warning:"))]
     assert not noise, noise[:10]
+    # what it is doing before the first epoch is reported, and where to watch it
+    assert "[study] starting a local Ray (127.0.0.1)" in out.stderr and "[study] Ray ready in" in out.stderr
+    assert "study ui --home" in out.stderr and "browse it while it runs" in out.stderr
 
 
 @pytest.mark.parametrize("spec_file", SPECS)
