@@ -590,7 +590,9 @@ def cmd_ui(args) -> int:
             print(f"warning: could not list the experiments ({type(e).__name__}: {e})", file=sys.stderr)
         print(f"MLflow UI: {base}/  (store {tracking}); Ctrl-C stops it", flush=True)
         for name, url in runs:
-            print(f"  {name}: {url}", flush=True)
+            report = home / name / "export" / "report.html"   # what `study run` exported when it finished
+            print(f"  {name}: {url}" + (f"\n  {'':{len(name)}}  report: {report.as_uri()}" if report.is_file() else ""),
+                  flush=True)
         if dash:
             print(f"optuna-dashboard: http://{args.host}:{args.port + 1}  (storage {storage})", flush=True)
         while not stopping and procs[0].poll() is None:
