@@ -79,6 +79,8 @@ def cmd_train(args) -> int:
     check_output(args.out, "--out")          # before training: results are never lost to a bad path
     check_cost(spec, split_sizes(spec.data)[0], args.allow_large)
     members = grid_members(spec)
+    if args.device == "cuda":
+        _refuse_cuda_flag()
     if not args.device:
         check_local_device(spec, "study train trains here")
     device = resolve_device(args.device or spec.train.device)
@@ -194,6 +196,14 @@ def check_local_device(spec, where: str) -> None:
     if not torch.cuda.is_available():
         raise SpecError(f"invalid train.device: cuda, but torch sees no CUDA device on this machine ({where}); "
                         f"use device: auto or cpu, or run on a cluster with --address, but got device='cuda'")
+
+
+def _refuse_cuda_flag() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SpecError("invalid --device: cuda, but torch sees no CUDA device on this machine; use --device cpu "
+                        "(or leave it out), but got device='cuda'")
 
 
 def check_address(address: str | None) -> None:
@@ -721,6 +731,8 @@ def cmd_bench(args) -> int:
 
     if args.json:
         check_output(args.json, "--json")   # before the benchmark runs, not after
+    if args.device == "cuda":
+        _refuse_cuda_flag()
     device = resolve_device(args.device)
     try:
         members = tuple(int(k) for k in args.members.split(","))

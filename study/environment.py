@@ -19,16 +19,18 @@ class SettingError(ValueError):
     """An environment variable the study reads holds a value it cannot use; str(e) names the variable."""
 
 
-# the environment variables that tune the study (all optional): name -> (default seconds, what it sets)
-SECONDS = {"STUDY_LOG_INTERVAL_S": (10.0, "seconds between the driver's batched metric writes"),
-           "STUDY_STORE_CHECK_S": (30.0, "seconds a tracking server may take to answer")}
+# the environment variables that tune the study (all optional): name -> (default seconds, what it sets, whether
+# 0 is allowed: a log interval of 0 writes every epoch at once)
+SECONDS = {"STUDY_LOG_INTERVAL_S": (10.0, "seconds between the driver's batched metric writes", True),
+           "STUDY_STORE_CHECK_S": (30.0, "seconds a tracking server may take to answer", False)}
 
 
 def seconds(name: str) -> float:
-    """The value of one of SECONDS: a finite number in (0, 86400], or SettingError naming the variable."""
+    """The value of one of SECONDS: a finite number in (0, 86400] ([0, 86400] where 0 is allowed), or
+    SettingError naming the variable."""
     import math
 
-    default, what = SECONDS[name]
+    default, what, zero = SECONDS[name]
     raw = os.environ.get(name)
     if raw is None:
         return default
@@ -36,8 +38,9 @@ def seconds(name: str) -> float:
         v = float(raw)
     except ValueError:
         v = math.nan
-    if not (math.isfinite(v) and 0 < v <= 86400):
-        raise SettingError(f"invalid {name}: {what}, a number in (0, 86400], but got {name}={raw[:40]!r}")
+    if not (math.isfinite(v) and (0 <= v if zero else 0 < v) and v <= 86400):
+        raise SettingError(f"invalid {name}: {what}, a number in {'[' if zero else '('}0, 86400], "
+                           f"but got {name}={raw[:40]!r}")
     return v
 
 

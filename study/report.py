@@ -110,7 +110,8 @@ def render(study: str, metric: str, lands: list[ArmLandscape], dashboard: dict, 
         chosen = _select(lands, fig_def.get("arms"))
         if not chosen:
             continue
-        title = fig_def.get("title", "").replace("{metric}", metric.replace("_", " "))
+        # literal text: a "$" would start matplotlib's math mode (and an unbalanced one is a parse error)
+        title = fig_def.get("title", "").replace("{metric}", metric.replace("_", " ")).replace("$", r"\$")
         fig = FIGURES[kind](chosen, title=title, metric=metric, columns=fig_def.get("columns", 2))
         stem = fig_def.get("name", f"{i + 1:02d}-{kind}")
         for fmt in formats:

@@ -31,6 +31,8 @@ HARD_LIMITS = {"train.epochs": 100_000, "train.batch_size": 1_000_000, "train.ev
                "search.trials": 1_000_000, "execution.members_per_trial": 100_000, "execution.max_failures": 1_000,
                "execution.max_concurrent": 1_000_000}
 MAX_SEEDS = 1_000
+MAX_DESCRIPTION = 5_000                 # MLflow refuses a run description past 20,000 characters
+HOME_ENTRIES = ("mlflow.db", "artifacts")  # what a studies' home holds beside the studies' folders
 # A study past either size is refused unless the command says --allow-large: it is most likely a typo, and if
 # not, the user has seen its cost. 10,000 members at 200 epochs stay allowed.
 LARGE_MEMBERS = 20_000
@@ -312,6 +314,10 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     """Raise SpecError for the first invalid value; return the spec unchanged otherwise."""
     _check(bool(NAME_RE.match(spec.name)) and ".." not in spec.name, file, "name",
            f"a study name uses letters, digits, '_', '.', '-' (no path separators), but got name={excerpt(spec.name)}")
+    _check(spec.name not in HOME_ENTRIES, file, "name", f"a study's folder would be the home's own "
+           f"{spec.name} ({', '.join(HOME_ENTRIES)} are taken), but got name={excerpt(spec.name)}")
+    _check(len(spec.description) <= MAX_DESCRIPTION, file, "description", f"at most {MAX_DESCRIPTION:,} characters "
+           f"(MLflow keeps it on the parent run), but got {len(spec.description):,} characters")
     d, m, t, s, x = spec.data, spec.model, spec.train, spec.search, spec.execution
     _check(d.dataset in DATASETS, file, "data.dataset", f"must be one of {', '.join(DATASETS)}, but got dataset={excerpt(d.dataset)}")
     _check(not DATASETS.get(d.dataset) or not DATASETS[d.dataset].needs_path or d.path is not None, file, "data.path",
@@ -728,8 +734,10 @@ def shrink_for_smoke(spec: StudySpec) -> StudySpec:
     if depth is not None and depth > SMOKE_MODEL_DEPTH:
         model = dataclasses.replace(model, name=f"resnet{SMOKE_MODEL_DEPTH}")
     model = dataclasses.replace(model, width=1)
-    arms = tuple(dataclasses.replace(a, lr=dataclasses.replace(a.lr, points=2),
-                                     weight_decay=dataclasses.replace(a.weight_decay, points=2)) for a in spec.arms)
+    def two(r: Range) -> Range:   # at most two points per axis; a single-point axis stays one point
+        return dataclasses.replace(r, points=1 if (r.points or spec.search.points) == 1 else 2)
+
+    arms = tuple(dataclasses.replace(a, lr=two(a.lr), weight_decay=two(a.weight_decay)) for a in spec.arms)
     trials = None if spec.search.sampler == "grid" else min(spec.search.trials or 2, 2)
     search = dataclasses.replace(spec.search, points=2 if spec.search.sampler == "grid" else spec.search.points,
                                  trials=trials, seeds=spec.search.seeds[:1])
@@ -744,8 +752,8 @@ def shrink_for_smoke(spec: StudySpec) -> StudySpec:
     # one-epoch landscape says nothing about where the grid should grow
     tracking = dataclasses.replace(spec.tracking, experiment=f"{spec.experiment}-smoke")
     search = dataclasses.replace(search, refine=0)
-    return dataclasses.replace(spec, name=name, data=d, model=model, arms=arms, search=search,
-                               train=train, execution=execution, members=spec.members[:4], tracking=tracking)
+    return validate(dataclasses.replace(spec, name=name, data=d, model=model, arms=arms, search=search, train=train,
+                                        execution=execution, members=spec.members[:4], tracking=tracking))
 
 
 def grid_axis(r: Range, default_points: int) -> list[float]:

@@ -108,6 +108,14 @@ def check_tracking_uri(uri: str) -> None:
     """--tracking-uri: sqlite:///ABS, postgresql://, mysql:// or an MLflow server http(s)://HOST:PORT
     (which must answer /health within 30 s). MLflow 3.17 has no file store: file:// and paths are refused."""
     scheme = _scheme(uri)
+    if "://" in uri:
+        try:   # a malformed host or port is one line here, not a traceback from the client later
+            parsed = urllib.parse.urlsplit(uri)
+            parsed.port
+        except ValueError as e:
+            raise StoreError(f"invalid --tracking-uri: {e}, in tracking_uri={uri[:80]!r}") from None
+        if scheme in TRACKING_SCHEMES and scheme != "sqlite" and not parsed.hostname:
+            raise StoreError(f"invalid --tracking-uri: no host, in tracking_uri={uri[:80]!r}")
     if scheme not in TRACKING_SCHEMES:
         hint = " (MLflow's file store is disabled; use sqlite:////abs/path/mlflow.db)" if scheme in ("", "file") else ""
         raise StoreError(f"invalid --tracking-uri: scheme {scheme or 'none'!r} is not one of "

@@ -677,6 +677,8 @@ def list_studies(tracking: str) -> list[dict]:
 def _reader(uri: str) -> MlflowClient:
     """A client for reading records; a SQLite store that does not exist is not created by looking."""
     path = sqlite_path(uri)
+    if path is None:
+        check_tracking_uri(uri)   # a server or database that does not answer is one line, not minutes of retries
     if path is not None and not path.is_file():
         raise LookupError(f"invalid name: no studies are recorded in {uri} (the file does not exist)")
     if path is not None and not check_mlflow_file(path):   # read-only: looking writes nothing

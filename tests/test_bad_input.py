@@ -157,6 +157,11 @@ CASES = [
     ("6,000,000 member-epochs", (["train", "epochs"], 100_000), ["--set", "search.seeds=[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14]"],
      "member-epochs, more than 5,000,000"),
     ("a Ray port out of range", None, ["--address", "127.0.0.1:99999"], "invalid --address: a TCP port lies in"),
+    # found by a hostile pass: late failures and tracebacks, now refused up front
+    ("a description MLflow would refuse", (["description"], "d" * 25_000), [], "invalid description"),
+    ("a study named like the home's store", (["name"], "mlflow.db"), [], "the home's own mlflow.db"),
+    ("a malformed tracking URI", None, ["--tracking-uri", "https://[::1"], "invalid --tracking-uri: Invalid IPv6"),
+    ("a tracking URI port out of range", None, ["--tracking-uri", "mysql://h:99999/x"], "Port out of range"),
     ("an experiment name of 600 characters", (["tracking"], {"experiment": "e" * 600}), [], "tracking.experiment"),
     ("an experiment name with a right-to-left override", (["tracking"], {"experiment": "exp\u202eevil"}), [],
      "U+202E"),
@@ -273,6 +278,9 @@ def test_console_command_refuses_with_exit_code_2(tmp_path):
     (["bench", "--data-path", "/tmp"], "invalid --data-path: dataset synthetic reads no folder"),
     (["bench", "--dataset", "parquet"], "invalid --data-path: dataset parquet needs a folder"),
     (["validate", "/"], "is a folder, not a spec file"),
+    (["bench", "--device", "cuda"] if not __import__("torch").cuda.is_available() else ["bench", "--steps", "0"],
+     "invalid --"),
+    (["recommend", "x", "--lr", "0.1", "--tracking-uri", "http://:0"], "invalid --tracking-uri: no host"),
 ])
 def test_bad_command_lines(tmp_path, capsys, argv, needle):
     home = tmp_path / "home"
