@@ -734,7 +734,9 @@ def shrink_for_smoke(spec: StudySpec) -> StudySpec:
     if depth is not None and depth > SMOKE_MODEL_DEPTH:
         model = dataclasses.replace(model, name=f"resnet{SMOKE_MODEL_DEPTH}")
     model = dataclasses.replace(model, width=1)
-    def two(r: Range) -> Range:   # at most two points per axis; a single-point axis stays one point
+    def two(r: Range) -> Range:   # grids: at most two points per axis, a single-point axis stays one point
+        if spec.search.sampler != "grid":
+            return r              # samplers draw search.trials settings; axes have no points
         return dataclasses.replace(r, points=1 if (r.points or spec.search.points) == 1 else 2)
 
     arms = tuple(dataclasses.replace(a, lr=two(a.lr), weight_decay=two(a.weight_decay)) for a in spec.arms)
