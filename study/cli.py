@@ -20,8 +20,8 @@ from pathlib import Path
 from .datasets import DATASETS, DataError, split_sizes
 from .registry import MAX_DEPTH, MODEL_NAMES, known_model
 from .environment import SettingError, check_settings
-from .spec import (HARD_LIMITS, LARGE_MEMBER_EPOCHS, LARGE_MEMBERS, NAME_RE, SpecError, check_cost, grid_members, load_spec,
-                   shrink_for_smoke, timescale_warnings, total_steps)
+from .spec import (HARD_LIMITS, LARGE_MEMBER_EPOCHS, LARGE_MEMBERS, NAME_RE, SpecError, check_cost, check_data_path_flag,
+                   grid_members, load_spec, shrink_for_smoke, timescale_warnings, total_steps)
 from .stores import StoreError, default_storage, default_tracking_uri
 
 EXIT_USAGE = 2
@@ -752,11 +752,8 @@ def cmd_bench(args) -> int:
     if not known_model(args.model):
         raise SpecError(f"invalid --model: must be one of {', '.join(MODEL_NAMES)} (any resnet of depth 6n+2 up to "
                         f"{MAX_DEPTH}), but got model={args.model[:60]!r}")
-    entry = DATASETS[args.dataset]
-    if args.data_path is not None and not entry.takes_path:
-        raise SpecError(f"invalid --data-path: dataset {args.dataset} reads no folder ({entry.source}), "
-                        f"but got data-path={args.data_path[:60]!r}")
-    if args.data_path is None and entry.needs_path:
+    check_data_path_flag(args.dataset, args.data_path)
+    if args.data_path is None and DATASETS[args.dataset].needs_path:
         raise SpecError(f"invalid --data-path: dataset {args.dataset} needs a folder, but got none")
     if args.threads:
         torch.set_num_threads(args.threads)

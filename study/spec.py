@@ -703,16 +703,21 @@ def load_spec(path, data_path: str | None = None, overrides=None) -> StudySpec:
     raw = apply_overrides(read_spec_file(p), overrides, p.name)
     raw.setdefault("name", p.stem)
     spec = _build(StudySpec, raw, p.name, "")
-    entry = DATASETS.get(spec.data.dataset)
-    if data_path is not None and entry is not None and not entry.takes_path:
-        raise SpecError(f"invalid --data-path: dataset {spec.data.dataset} of {p.name} reads no folder "
-                        f"({entry.source}), but got data-path={excerpt(data_path)}")
+    check_data_path_flag(spec.data.dataset, data_path, f" of {p.name}")
     new_path = data_path if data_path is not None else spec.data.path
     if new_path is not None:
         q = Path(os.path.expandvars(new_path)).expanduser()
         base = Path.cwd() if data_path is not None else p.resolve().parent
         spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, path=str((base / q).resolve())))
     return validate(spec, p.name)
+
+
+def check_data_path_flag(dataset: str, data_path: str | None, where: str = "") -> None:
+    """--data-path given for a dataset that reads no folder (digits, synthetic): refused, never ignored."""
+    entry = DATASETS.get(dataset)
+    if data_path is not None and entry is not None and not entry.takes_path:
+        raise SpecError(f"invalid --data-path: dataset {dataset}{where} reads no folder ({entry.source}), "
+                        f"but got data-path={excerpt(data_path)}")
 
 
 def spec_from_dict(raw: dict) -> StudySpec:
