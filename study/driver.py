@@ -2,9 +2,11 @@
 
     search    (search.py, Optuna)   which members to train next, and what each scored
     trainers  (tune.py, Ray Tune)   arrays of members trained on the cluster, reporting every epoch
-    records   (tracking.py, MLflow) one writer thread: member runs, per-epoch metrics, final metrics
+    records   (tracking.py, MLflow) member runs, per-epoch metrics, final metrics
 
-plus a progress reporter. Every store is checked before anything is written; only this process
+plus a progress reporter. Each store has one writer thread (serial.py) that runs its calls in order, so Tune's
+event loop never waits for a store: MLflow's writes the records, Optuna's the learning curves and the tells
+(after the member's final records are in MLflow). Every store is checked before anything is written; only this process
 writes to the stores. The CLI parses, builds a Driver, calls `run()`, and prints the Outcome.
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from .datasets import split_sizes
 from .progress import Progress
 from .search import StudySearch, check_optuna_url
+from .serial import SerialWriter
 from .spec import MemberSpec, SpecError, StudySpec, final_metrics, timescale_warnings
 from .stores import StoreWatch, default_storage, default_tracking_uri
 from .tracking import RecordWriter, Tracker, ensure_store, stop_retrying
@@ -144,6 +147,7 @@ class Driver:
             self.tracker.start(stores.artifacts(), None if stores.storage == default else stores.storage)
             self.tracker.set_planned(self.search.total)
             self.writer = RecordWriter(self.tracker, self.train_size)
+            self.optuna = SerialWriter("optuna-writer")  # learning curves and tells, off Tune's event loop
             self.watch = StoreWatch({"Optuna storage": stores.storage, "MLflow tracking store": stores.tracking})
         except BaseException:
             self.search.lease.release()  # nothing started: the study is free again
@@ -155,6 +159,7 @@ class Driver:
         self.halted: str | None = None     # why the driver stopped writing, one line (tune.py then stops Tune)
         self.lost: str | None = None       # the store that vanished, if that was why
         self.tune = None                   # study.tune, once Ray is loaded
+        self.curves_recorded = 0           # member-epochs whose learning-curve point Optuna holds
         for w in timescale_warnings(spec, self.train_size):  # said once the study is ours to run
             print(f"warning: {w}", file=self.out)
         if self.tracker.version_changes:
@@ -171,6 +176,11 @@ class Driver:
         elif self.search.lease.taken_by:  # two drivers must never write one study: the other one goes on
             self._halt(f"another driver ({self.search.lease.taken_by}) took this study over while this one stalled; "
                        f"it goes on, this one writes nothing more", "lease")
+        else:
+            for store, writer in (("MLflow", self.writer), ("Optuna", self.optuna)):
+                if (e := writer.failed()) is not None:
+                    self._halt(f"recording to {store} failed: {_one_line(e)}")
+                    break
         return self.halted is None
 
     def _halt(self, why: str, lost: str | None = None) -> None:
@@ -213,10 +223,11 @@ class Driver:
             self.tracker.tag_parent(env)
             self.env_tagged = True
         arm, entries = self.trials[trial_id]
-        metric = self.spec.search.metric
+        metric, curves = self.spec.search.metric, []
         for (number, _, key), row in zip(entries, rows):
             self.writer.log_epoch(key, row, tags)
-            arm.report(number, int(row["epoch"]), float(row.get(metric, math.nan)))  # Optuna's learning curves
+            curves.append((number, int(row["epoch"]), float(row.get(metric, math.nan))))
+        self.optuna.call(self._report_curves, arm, curves)
         self.progress.epochs(len(rows), seconds=max((float(r.get("epoch_time", 0.0)) for r in rows), default=None),
                              key=trial_id, epoch=int(rows[0]["epoch"]) if rows else None)
 
@@ -226,27 +237,50 @@ class Driver:
 
     @_hook
     def on_trial_end(self, trial_id: str, error: str | None, interrupted: bool = False) -> None:
-        """An array finished (error None) or failed for good: its members' final records go to MLflow first,
-        then Optuna is told. A crash in between leaves members finished in MLflow, from which `study resume`
-        rebuilds Optuna; the other order could leave a member done in Optuna with no final record."""
+        """An array finished (error None) or failed for good. Its closing is queued, not done here: Tune's loop
+        goes on at once. On MLflow's writer its members' final records are written (_close_trial), then Optuna's
+        writer tells Optuna (_tell_trial): a member counts as done only once its records are in MLflow. A crash in
+        between leaves members finished in MLflow, from which `study resume` rebuilds Optuna; the other order
+        could leave a member done in Optuna with no final record."""
         if trial_id not in self.trials:
             return
-        arm, entries = self.trials[trial_id]
-        self.writer.flush()
+        arm, entries = self.trials.pop(trial_id)  # closing: an interrupt from here on never closes it again
+        self.writer.call(self._close_trial, arm, entries, error, interrupted)
+
+    # ------------------------------------------------------------------ on the writers' threads
+
+    def _report_curves(self, arm, curves: list[tuple[int, int, float]]) -> None:
+        """Optuna's learning curves (intermediate values), one point per member-epoch."""
+        if self.lost in ("Optuna storage", "lease"):
+            return
+        for number, epoch, value in curves:
+            arm.report(number, epoch, value)
+        self.curves_recorded += len(curves)
+
+    def _close_trial(self, arm, entries, error: str | None, interrupted: bool) -> None:
+        """MLflow's writer: the array's members' final records (every epoch row queued before is written first)."""
+        if self.lost in ("MLflow tracking store", "lease"):
+            return
+        self.writer.write_now()
         epochs, outcomes = self.spec.train.epochs, []
         for number, member, key in entries:
             history = self.writer.history(key, epochs)
             if error is not None or len(history) < epochs:
                 reason = error or (f"interrupted after {len(history)} of {epochs} epochs" if interrupted
                                    else f"only {len(history)} of {epochs} epochs were reported")
-                self.writer.finish_member(key, None)
+                self.writer.finish_now(key, None)
                 outcomes.append((number, member, key, None, False, reason))
             else:
                 final = final_metrics(history)
-                self.writer.finish_member(key, final)
+                self.writer.finish_now(key, final)
                 outcomes.append((number, member, key, final.get(self.spec.search.metric, math.nan),
                                  bool(final.get("diverged")), None))
-        self.writer.flush()
+        self.optuna.call(self._tell_trial, arm, outcomes)
+
+    def _tell_trial(self, arm, outcomes) -> None:
+        """Optuna's writer: each member's final metric (or its failure), once its records are in MLflow."""
+        if self.lost in ("Optuna storage", "lease"):
+            return
         for number, member, key, value, diverged, reason in outcomes:
             attrs = {"mlflow_run_id": self.writer.run_ids.get(key)}
             if reason is not None:
@@ -258,9 +292,12 @@ class Driver:
                 self.outcome.failed.pop(key, None)
                 self.outcome.done += 1
                 self.progress.member_done(member.arm, value, diverged=diverged)
-            entries.remove((number, member, key))  # told: an interrupt from here on never records it again
-        del self.trials[trial_id]
         self.progress.print()
+
+    def drain(self) -> None:
+        """Wait until both writers have recorded everything queued: MLflow's first (its closings queue the tells)."""
+        self.writer.flush()
+        self.optuna.flush()
 
     # ------------------------------------------------------------------ the run
 
@@ -270,7 +307,7 @@ class Driver:
         from .landscape import landscapes, refine_columns
         from .tracking import read_study
 
-        self.writer.flush()
+        self.drain()
         _, _, metric, members = read_study(self.stores.tracking, self.spec.name, self.spec.search.metric)
         added = 0
         for land in landscapes(members, metric=metric):
@@ -300,6 +337,7 @@ class Driver:
             STOPPING.set()
             try:
                 self.writer.close()  # the queued records land while the lease is still this driver's
+                self.optuna.close()
                 self.search.lease.release()  # a no-op once abandoned
                 if self.tune is not None:  # Ray was loaded: leave it (a local Ray stops)
                     self.tune.stop_ray()
@@ -345,6 +383,7 @@ class Driver:
                     name = self.spec.name if not rounds else f"{self.spec.name}-refine{rounds}"
                     tune.run_arrays(self, name, self.stores.home / self.spec.name / "ray", self.arrays_needed(),
                                     x.cpus_per_trial, gpus, x.max_concurrent, x.max_failures)
+                    self.drain()  # the arrays Tune ended are closed in both stores before anything is counted
                 if self.trials or not self.outcome.complete or rounds >= self.spec.search.refine or not self.refine():
                     break
                 rounds += 1
@@ -373,6 +412,8 @@ class Driver:
                         self.writer.finish_member(key, None)
             if mlflow_ok:
                 self.writer.flush()
+            if self.lost not in ("Optuna storage", "lease"):
+                self.optuna.flush()
         except Exception as e:
             self.outcome.error = self.outcome.error or _one_line(e)
         if self.halted is not None:

@@ -12,6 +12,7 @@ when the study is resumed. Only the driver uses this module (one writer), so a S
 
 from __future__ import annotations
 
+import collections
 import math
 import os
 import socket
@@ -95,7 +96,15 @@ class ArmSearch:
         wds = [arm.weight_decay.low, arm.weight_decay.high, *self.refined]
         self.distributions = {"lr": FloatDistribution(arm.lr.low, arm.lr.high, log=True),
                               "weight_decay": FloatDistribution(min(wds), max(wds), log=True)}
-        self._live: dict[int, optuna.Trial] = {}
+        # trials this driver asked and has not told: number -> the Trial Optuna's ask gave, or the trial id of one
+        # created with its params (a pending member; see ask)
+        self.storage = storage
+        self.study_id = storage.get_study_id_from_name(self.study.study_name)
+        self._live: dict[int, optuna.Trial | int] = {}
+        self._pending: collections.deque[MemberId] = collections.deque()  # (lr, wd, seed) not yet asked
+        self._waiting = 0                     # trials in Optuna's queue (an earlier driver's), asked first
+        self._sampled: set[tuple[float, float]] = set()  # settings a sampler has drawn (not grids)
+        self._lock = threading.Lock()         # ask (the Tune loop) and report/tell (the Optuna writer)
         self._reported: dict[int, set[int]] = {}  # trial number -> epochs reported
         self._reconcile(list(finished))
 
@@ -154,17 +163,23 @@ class ArmSearch:
         self._enqueue_missing(done)
 
     def _enqueue_missing(self, done: set) -> None:
-        queued = {self._id(t) for t in self._trials(TrialState.WAITING)}
+        """Every member neither done nor waiting in Optuna's queue (trials a driver of an earlier version
+        enqueued) becomes pending: enqueued one at a time as it is asked (ask). Optuna's ask reads the whole
+        queue of waiting trials, so a grid enqueued up front made each ask cost O(members) and opening a
+        study of thousands of members take minutes (bench/control_plane.py)."""
+        waiting = [i for t in self._trials(TrialState.WAITING) if (i := self._id(t))]
+        self._waiting = len(waiting)
+        queued = set(waiting) | set(self._pending)
         if self.spec.search.sampler == "grid":
             settings = [(lr, wd) for lr in grid_axis(self.arm.lr, self.spec.search.points)
                         for wd in [*grid_axis(self.arm.weight_decay, self.spec.search.points), *self.refined]]
         else:
             settings = list(dict.fromkeys((i[0], i[1]) for t in self._trials() if (i := self._id(t))))
+            self._sampled = set(settings)
         for lr, wd in settings:
             for seed in self.seeds:
                 if (lr, wd, seed) not in done and (lr, wd, seed) not in queued:
-                    self.study.enqueue_trial({"lr": lr, "weight_decay": wd},
-                                            user_attrs={"seed": seed, "lr": lr, "weight_decay": wd})
+                    self._pending.append((lr, wd, seed))
 
     def _lr_points(self) -> int:
         return len(grid_axis(self.arm.lr, self.spec.search.points))
@@ -184,17 +199,14 @@ class ArmSearch:
         self._enqueue_missing(self.done_ids())
         return added
 
-    def _settings_sampled(self) -> int:
-        return len({(i[0], i[1]) for t in self._trials() if (i := self._id(t))})
-
     def _can_sample(self) -> bool:
-        return self.spec.search.sampler != "grid" and self._settings_sampled() < self.arm_settings()
+        return self.spec.search.sampler != "grid" and len(self._sampled) < self.arm_settings()
 
     def arm_settings(self) -> int:
         return arm_settings(self.arm, self.spec.search)
 
     def has_work(self) -> bool:
-        return bool(self._trials(TrialState.WAITING)) or self._can_sample()
+        return bool(self._waiting or self._pending) or self._can_sample()
 
     # ------------------------------------------------------------------ ask / tell
 
@@ -202,49 +214,70 @@ class ArmSearch:
         lr = trial.suggest_float("lr", self.arm.lr.low, self.arm.lr.high, log=True)
         w = self.distributions["weight_decay"]  # the spec's range, widened by refinement
         wd = trial.suggest_float("weight_decay", w.low, w.high, log=True)
-        if "seed" not in trial.user_attrs:  # a new sample: its first seed here, the others enqueued
+        if "seed" not in trial.user_attrs:  # a new sample: its first seed here, the others pending
             trial.set_user_attr("seed", self.seeds[0])
-            for seed in self.seeds[1:]:
-                self.study.enqueue_trial({"lr": lr, "weight_decay": wd},
-                                       user_attrs={"seed": seed, "lr": lr, "weight_decay": wd})
+            self._sampled.add((lr, wd))
+            self._pending.extend((lr, wd, seed) for seed in self.seeds[1:])
         return arm_member(self.arm, lr, wd, trial.user_attrs["seed"])
 
     def ask(self, n: int) -> list[tuple[int, MemberSpec]]:
-        """Up to n members: queued ones first (their seeds stay together), then new samples. Model-based
-        samplers see the earlier asks as running (constant liar)."""
+        """Up to n members: waiting and pending ones first (their seeds stay together), then new samples.
+        A member whose setting is known (a grid point, another seed of a sampled setting) is created as a
+        running trial with its params (the storage API), not asked: Optuna's ask reads every unfinished
+        trial of the study each time, so asking one array of a study with thousands of members in flight took
+        minutes (bench/control_plane.py). Model-based samplers see the earlier asks as running (constant liar)."""
         out = []
-        while len(out) < n and self.has_work():
-            trial = self.study.ask()
-            member = self._suggest(trial)
-            self._live[trial.number] = trial
-            out.append((trial.number, member))
+        with self._lock:
+            while len(out) < n and self.has_work():
+                if not self._waiting and self._pending:
+                    lr, wd, seed = self._pending.popleft()
+                    frozen = optuna.trial.create_trial(
+                        state=TrialState.RUNNING, params={"lr": lr, "weight_decay": wd},
+                        distributions=self.distributions, user_attrs={"seed": seed, "lr": lr, "weight_decay": wd})
+                    trial_id = self.storage.create_new_trial(self.study_id, template_trial=frozen)
+                    number = self.storage.get_trial_number_from_id(trial_id)
+                    self._live[number] = trial_id
+                    out.append((number, arm_member(self.arm, lr, wd, seed)))
+                    continue
+                self._waiting = max(0, self._waiting - 1)  # Optuna's ask pops the oldest waiting trial first
+                trial = self.study.ask()
+                member = self._suggest(trial)
+                self._live[trial.number] = trial
+                out.append((trial.number, member))
         return out
 
     def report(self, number: int, epoch: int, value: float) -> None:
         """A member's metric after `epoch`: Optuna's intermediate values, the dashboards' learning curves. An
         epoch reported again (an array resumed from its checkpoint) keeps its first value."""
-        trial, seen = self._live.get(number), self._reported.setdefault(number, set())
-        if trial is None or not math.isfinite(value) or epoch in seen:
-            return
-        seen.add(epoch)
-        trial.report(float(value), step=int(epoch))
+        with self._lock:
+            trial, seen = self._live.get(number), self._reported.setdefault(number, set())
+            if trial is None or not math.isfinite(value) or epoch in seen:
+                return
+            seen.add(epoch)
+        if isinstance(trial, int):
+            self.storage.set_trial_intermediate_value(trial, int(epoch), float(value))
+        else:
+            trial.report(float(value), step=int(epoch))
 
     def tell(self, number: int, error: float | None, diverged: bool = False, attrs: dict | None = None,
              reason: str = "") -> None:
         """The member's final metric; None marks the attempt failed (with its reason). A diverged member is
         told 1.0, the worst error. Each trial is told once."""
-        trial = self._live.pop(number, None)
-        self._reported.pop(number, None)
+        with self._lock:
+            trial = self._live.pop(number, None)
+            self._reported.pop(number, None)
         if trial is None:
             return  # not asked by this driver: nothing to tell
-        for k, v in (attrs or {}).items():
-            trial.set_user_attr(k, v)
+        attrs = {**(attrs or {}), **({"fail_reason": reason[:500]} if error is None else {"diverged": bool(diverged)})}
+        for k, v in attrs.items():
+            if isinstance(trial, int):
+                self.storage.set_trial_user_attr(trial, k, v)
+            else:
+                trial.set_user_attr(k, v)
         if error is None:
-            trial.set_user_attr("fail_reason", reason[:500])
-            self.study.tell(trial, state=TrialState.FAIL)
-            return
-        trial.set_user_attr("diverged", bool(diverged))
-        self.study.tell(trial, 1.0 if diverged or not math.isfinite(error) else float(error))
+            self.study.tell(number, state=TrialState.FAIL)
+        else:
+            self.study.tell(number, 1.0 if diverged or not math.isfinite(error) else float(error))
 
 
 def holder_alive(attrs: dict, stale_s: float) -> bool:

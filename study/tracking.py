@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import queue
 import sqlite3
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from .environment import cpu_model, version_changes, version_tags
 from .spec import (EPOCH_METRICS, LANDSCAPE_METRICS, MemberSpec, SpecError, StudySpec, decay_timescale, planned_members,
                    spec_from_dict, steps_per_epoch)
 from .environment import seconds
+from .serial import SerialWriter
 from .stores import StoreError, check_mlflow_file, check_tracking_uri, create_sqlite_atomically, masked, sqlite_path
 
 PER_EPOCH = EPOCH_METRICS
@@ -540,10 +540,11 @@ class Tracker:
         _retry("closing the parent run", self.client.set_terminated, self.parent_id, status)
 
 
-class RecordWriter:
-    """The driver's one MLflow writer: a thread that runs the queued calls in order, so Ray Tune's event loop
-    (and the trials waiting on it) never waits for the store. Epoch rows are gathered per member and written
-    as one batched call per member every STUDY_LOG_INTERVAL_S seconds (default 10) and on flush()."""
+class RecordWriter(SerialWriter):
+    """The driver's one MLflow writer (a SerialWriter: Ray Tune's event loop never waits for the store). Epoch
+    rows are gathered per member and written as one batched call per member every STUDY_LOG_INTERVAL_S seconds
+    (default 10) and on flush(); a writer that falls behind writes more epochs per call, not more calls. A
+    member's tags (node, trial, environment) are sent again only when they change."""
 
     def __init__(self, tracker: Tracker, train_size: int):
         self.tracker, self.train_size = tracker, train_size
@@ -551,72 +552,55 @@ class RecordWriter:
         self.run_ids: dict[str, str] = {}                  # member key -> MLflow run id
         self.reported: dict[str, dict[int, dict]] = {}     # member key -> epoch -> row reported to this driver
         self.epochs_written = 0                            # member-epochs newly recorded by this driver
-        self._queue: queue.Queue = queue.Queue()
-        self._errors: list[BaseException] = []
         self._rows: dict[str, tuple[dict[int, dict], dict]] = {}  # key -> (epoch -> row, tags); writer thread only
+        self._tags_sent: dict[str, dict] = {}                     # key -> tags recorded; writer thread only
         self._rows_written = 0.0
         self._interval = seconds("STUDY_LOG_INTERVAL_S")
-        self._thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
-        self._thread.start()
+        super().__init__("mlflow-writer")
 
     # ------------------------------------------------------------------ called by the driver (any thread)
 
     def open_member(self, key: str, member: MemberSpec, trial_number: int) -> None:
-        self._queue.put((self._open, (key, member, trial_number)))
+        self.call(self._open, key, member, trial_number)
 
     def log_epoch(self, key: str, row: dict, tags: dict) -> None:
         self.reported.setdefault(key, {})[int(row["epoch"])] = row  # a retry may report an epoch again
         # the epoch's end: the trainer's, else now (when the driver hears of it), not when the batch is written
-        self._queue.put((self._gather, (key, {**row, ENDED_AT: row.get(ENDED_AT) or time.time()}, tags)))
+        self.call(self._gather, key, {**row, ENDED_AT: row.get(ENDED_AT) or time.time()}, tags)
 
     def finish_member(self, key: str, final: dict | None) -> None:
-        self._queue.put((lambda k, f: self.tracker.finish_member(self.run_ids[k], f), (key, final)))
+        self.call(self.finish_now, key, final)
 
     def flush(self) -> None:
         """Wait until everything queued so far is recorded; a failed write stops the study here."""
-        self._queue.put((self._write_rows, (True,)))
-        self._queue.join()
-        if self._errors:
-            raise RuntimeError(f"recording to MLflow failed: {self._errors[0]!r}") from self._errors[0]
+        try:
+            super().flush()
+        except RuntimeError as e:
+            raise RuntimeError(f"recording to MLflow failed: {e.__cause__!r}") from e.__cause__
+
+    # ------------------------------------------------------------------ on the writer's thread
 
     def history(self, key: str, epochs: int) -> list[dict]:
         """The member's epochs: as reported to this driver, completed from MLflow for epochs an earlier
-        driver recorded (resume). Call after flush()."""
+        driver recorded (resume). Call after flush(), or on the writer's thread after write_now()."""
         seen = self.reported.pop(key, {})
         if len(seen) < epochs:
             for row in self.tracker.metric_history(self.run_ids[key]):
                 seen.setdefault(int(row["epoch"]), row)
         return [seen[e] for e in sorted(seen)]
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop the writer thread once what is queued is done (call flush() first to know it was recorded)."""
-        self._queue.put(None)
-        self._thread.join(timeout)
+    def finish_now(self, key: str, final: dict | None) -> None:
+        self.tracker.finish_member(self.run_ids[key], final)
 
-    # ------------------------------------------------------------------ the writer thread
+    def write_now(self) -> None:
+        """Record every gathered row now."""
+        self._write_rows(True)
 
-    def _loop(self) -> None:
-        while True:
-            try:
-                item = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                self._guarded(self._write_rows, False)
-                continue
-            if item is None:
-                self._queue.task_done()
-                return
-            fn, args = item
-            try:
-                self._guarded(fn, *args)
-                self._guarded(self._write_rows, False)
-            finally:
-                self._queue.task_done()
+    def on_idle(self) -> None:
+        self._write_rows(False)
 
-    def _guarded(self, fn, *args) -> None:
-        try:
-            fn(*args)
-        except BaseException as e:  # surfaced by flush(): a lost record must stop the study
-            self._errors.append(e)
+    def on_flush(self) -> None:
+        self._write_rows(True)
 
     def _open(self, key: str, member: MemberSpec, number: int) -> None:
         self.run_ids[key] = self.tracker.open_member(member, number, self.train_size, self.existing.get(key))
@@ -632,7 +616,10 @@ class RecordWriter:
         rows, self._rows = self._rows, {}
         self._rows_written = time.time()
         for key, (member_rows, tags) in rows.items():
-            self.epochs_written += self.tracker.log_epochs(self.run_ids[key], list(member_rows.values()), tags)
+            sent = self._tags_sent.setdefault(key, {})
+            news = {k: v for k, v in tags.items() if sent.get(k) != v}
+            self.epochs_written += self.tracker.log_epochs(self.run_ids[key], list(member_rows.values()), news)
+            sent.update(news)
 
 
 def list_studies(tracking: str) -> list[dict]:

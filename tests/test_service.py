@@ -383,6 +383,48 @@ def test_resume_trains_on_the_data_it_started_with(tmp_path):
     assert recorded["data"]["path"] == str((started / "imgs").resolve())
 
 
+def _count(db: Path, sql: str) -> int:
+    """A count read from a SQLite store without writing to it (0 while the store or its table is not there)."""
+    import sqlite3
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as con:
+            return con.execute(sql).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_driver_killed_with_a_backlog_resume_records_every_epoch_once(tmp_path):
+    """The writers hold what the driver heard until they write it: MLflow's rows wait for the batch interval
+    (an hour here, after the first batch), Optuna's learning curves go at once. The driver is killed (SIGKILL,
+    with its Ray) while Optuna holds epochs that MLflow does not: that backlog is lost with the process, and `study resume`
+    trains those members again and records every epoch exactly once, in both stores."""
+    spec = write_spec(tmp_path / "backlog.yaml", "backlog", small=True, members_per_trial=2, max_concurrent=1)
+    home = tmp_path / "home"
+    mlflow_db, optuna_db = home / "mlflow.db", home / "backlog" / "optuna.db"
+    epochs_in_mlflow = f"SELECT count(*) FROM metrics WHERE key = '{EPOCH_KEYS['train_loss']}'"
+    curves = "SELECT count(*) FROM trial_intermediate_values"
+    proc = subprocess.Popen(study_cmd(home, "run", str(spec)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True,
+                            env={**os.environ, "STUDY_LOG_INTERVAL_S": "3600", "STUDY_TEST_SLOW_EPOCH_S": "2"})
+    deadline = time.time() + 300
+    while _count(optuna_db, curves) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # both members of the first array have reported epoch 1 to the driver
+    if proc.poll() is not None or _count(optuna_db, curves) < 2:
+        proc.kill()
+        pytest.fail(f"no array's epoch reached the driver before it ended (code {proc.poll()}):\n"
+                    f"{proc.communicate()[1].decode()[-3000:]}")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    heard, written = _count(optuna_db, curves), _count(mlflow_db, epochs_in_mlflow)
+    assert written < heard, f"MLflow held all {heard} member-epochs the driver heard: no backlog was lost"
+    out = run_ok(home, "resume", "backlog")
+    assert "4/4 members done" in out.stderr
+    check_records(home, spec)  # every member once, each epoch once per metric, one Optuna trial each
+    assert _count(mlflow_db, epochs_in_mlflow) == 4 * EPOCHS
+
+
 def test_failed_members_are_counted_failed_and_resume_retries_them(tmp_path):
     """Members whose arrays fail inside Ray (here: an unreadable image found only when decoding) are reported as
     failed with their reason, the run exits non-zero, and `study resume` trains them once the data is fixed."""

@@ -1,0 +1,400 @@
+"""The study's control plane under a simulated cluster: how many GPUs one driver keeps up with.
+
+No training runs. Reporter processes stand for N GPUs, each training one array of K members that ends an
+epoch every EPOCH_S seconds (CIFAR-10's 50,000 images at 300,000 member-images/s and K = 128: 21 s), each
+GPU at its own phase. Their results (the rows a trainer reports: 10 metrics per member) reach one thread
+that plays Ray Tune's event loop and calls the driver's hooks exactly as study/tune.py's callbacks do:
+suggest (an array's members asked of Optuna and opened in MLflow), on_epoch, on_trial_end. The driver
+(study/driver.py) is the real one, writing into real stores:
+
+    sqlite   MLflow and Optuna in SQLite files (a study's default home)
+    server   `mlflow server` backed by PostgreSQL, and Optuna on PostgreSQL (the cluster setup)
+
+Measured for each N (one fresh study each): the time to open the N arrays (suggest: the Tune loop waits
+for it), member-epochs/s offered and recorded, the writers' lag (age of the oldest member-epoch heard but
+not yet recorded, sampled every 0.25 s), how long each callback held the Tune loop (p99, max), the driver
+process's CPU per member-epoch by thread, and for `server` the CPU of the MLflow server and PostgreSQL.
+At the end every record is counted in the stores (metric rows, Optuna intermediate values, finished runs
+and trials): nothing may be lost or doubled. One closing line per backend:
+
+    control plane (BACKEND): sustains N simulated GPUs at R member-images/s each
+
+where sustaining means the lag stayed under one array-epoch (EPOCH_S) and the writers drained within one
+array-epoch after the last report.
+
+    python bench/control_plane.py --backend sqlite --gpus 1,8,64 [--members 128] [--epochs 4] [--json F]
+    python bench/control_plane.py --backend server --postgres postgresql://USER:PASS@127.0.0.1:5432 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import queue
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+CIFAR_TRAIN = 50_000
+
+
+def _rows(epoch: int, k: int, epoch_s: float, rng) -> str:
+    return json.dumps([{"epoch": epoch, "train_loss": rng.random(), "test_loss": rng.random(),
+                        "test_error": rng.random(), "weight_norm": 10 * rng.random(), "effective_lr": rng.random(),
+                        "angular_update": rng.random(), "lr": 0.1, "epoch_time": epoch_s,
+                        "wall_time": epoch * epoch_s, "diverged": 0.0, "ended_at": time.time()}
+                       for _ in range(k)])
+
+
+def reporter(gpus: list[int], phases: dict[int, float], t0: float, epochs: int, k: int, epoch_s: float,
+             out: mp.Queue) -> None:
+    """Stands for several GPUs: each reports epochs 1..`epochs` of its array at t0 + phase + e·epoch_s."""
+    import random
+    rng = random.Random(gpus[0] if gpus else 0)
+    due = [(t0 + phases[g] + epoch_s, g, 1) for g in gpus]
+    heapq.heapify(due)
+    while due:
+        at, g, e = heapq.heappop(due)
+        wait = at - time.time()
+        if wait > 0:
+            time.sleep(wait)
+        out.put(("epoch", g, {"epoch": e, "rows": _rows(e, k, epoch_s, rng), "node_id": f"node-{g % 64}",
+                              "decay_counts": json.dumps({"decayed": 20, "not_decayed": 19}),
+                              "environment": json.dumps({"device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0"}),
+                              "resumed_from_epoch": -1}, at))
+        if e < epochs:
+            heapq.heappush(due, (at + epoch_s, g, e + 1))
+        else:
+            out.put(("end", g, None, at))
+    out.put(("done", None, None, time.time()))
+
+
+def _spec(name: str, n: int, k: int, epochs: int):
+    from study.spec import spec_from_dict
+    return spec_from_dict({
+        "name": name, "data": {"dataset": "synthetic", "synthetic_train": CIFAR_TRAIN, "synthetic_test": 10_000},
+        "model": {"name": "resnet20"}, "train": {"epochs": epochs, "batch_size": 512, "device": "cpu"},
+        "arms": [{"optimizer": "sgd", "decay": "coupled", "momentum": 0.9,
+                  "lr": {"low": 0.01, "high": 1.0, "points": max(2, n)},
+                  "weight_decay": {"low": 1e-5, "high": 1e-2, "points": k}}],
+        "search": {"sampler": "grid", "seeds": [0], "metric": "test_loss"},
+        "execution": {"members_per_trial": k}})
+
+
+class Backend:
+    """Fresh stores per study: (tracking URI, Optuna URL); counts records; reports the stores' CPU."""
+
+    def __init__(self, kind: str, home: Path, postgres: str | None):
+        self.kind, self.home, self.postgres = kind, home, postgres
+        self.server = None
+        self.dbs: list[str] = []
+
+    def stores(self, name: str) -> tuple[str, str]:
+        if self.kind == "sqlite":
+            return f"sqlite:///{self.home / name / 'mlflow.db'}", f"sqlite:///{self.home / name / 'optuna.db'}"
+        import psycopg
+        tag = uuid.uuid4().hex[:8]
+        self.dbs = [f"bench_cp_optuna_{tag}", f"bench_cp_mlflow_{tag}"]
+        with psycopg.connect(f"{self.postgres}/postgres", autocommit=True) as admin:
+            for db in self.dbs:
+                admin.execute(f"CREATE DATABASE {db}")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        art = self.home / name / "artifacts"
+        art.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        self.server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{self.postgres}/{self.dbs[1]}",
+             "--default-artifact-root", art.as_uri(), "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        import urllib.request
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or self.server.poll() is not None:
+                    raise RuntimeError("mlflow server did not start")
+                time.sleep(0.2)
+        return f"http://127.0.0.1:{port}", f"{self.postgres}/{self.dbs[0]}"
+
+    def store_processes(self) -> list[psutil.Process]:
+        if self.kind == "sqlite":
+            return []
+        procs = [psutil.Process(self.server.pid), *psutil.Process(self.server.pid).children(recursive=True)]
+        procs += [p for p in psutil.process_iter(["name"]) if p.info["name"] and "postgres" in p.info["name"]]
+        return procs
+
+    def count(self, tracking: str, storage: str) -> dict:
+        """Records in the stores: metric rows, finished member runs, Optuna intermediate values, complete trials."""
+        sql = {"metrics": "SELECT count(*) FROM metrics",
+               "runs_finished": "SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+                                "WHERE t.key = 'role' AND t.value = 'member' AND r.status = 'FINISHED'",
+               "intermediate": "SELECT count(*) FROM trial_intermediate_values",
+               "trials_complete": "SELECT count(*) FROM trials WHERE state = 'COMPLETE'"}
+        out = {}
+        if self.kind == "sqlite":
+            import sqlite3
+            for key, q in sql.items():
+                db = tracking if key in ("metrics", "runs_finished") else storage
+                with sqlite3.connect(db.removeprefix("sqlite:///")) as con:
+                    out[key] = con.execute(q).fetchone()[0]
+        else:
+            import psycopg
+            for key, q in sql.items():
+                db = self.dbs[1] if key in ("metrics", "runs_finished") else self.dbs[0]
+                with psycopg.connect(f"{self.postgres}/{db}") as con:
+                    out[key] = con.execute(q).fetchone()[0]
+        return out
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            try:
+                self.server.wait(30)
+            except subprocess.TimeoutExpired:
+                self.server.kill()
+            self.server = None
+        if self.dbs:
+            import psycopg
+            with psycopg.connect(f"{self.postgres}/postgres", autocommit=True) as admin:
+                for db in self.dbs:
+                    admin.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            self.dbs = []
+
+
+def _cpu(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _thread_cpu() -> dict[int, float]:
+    return {t.id: t.user_time + t.system_time for t in psutil.Process().threads()}
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return math.nan
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(math.ceil(q * len(xs))) - 1)]
+
+
+def run_one(backend: Backend, n: int, k: int, epochs: int, epoch_s: float, reporters: int, log,
+            name: str | None = None, keep: bool = False) -> dict:
+    """One study of N simulated GPUs × one array of K members each, `epochs` epochs, through the real driver.
+    `keep`: the study is finished (as `study run` ends one) and its stores are left in place."""
+    from study.driver import Driver, Stores
+
+    name = name or f"cp-{backend.kind}-{n}"
+    (backend.home / name).mkdir(parents=True, exist_ok=True)
+    tracking, storage = backend.stores(name)
+    spec = _spec(name, n, k, epochs)
+    t = time.time()
+    driver = Driver(spec, Stores(backend.home, tracking, storage), out=open(os.devnull, "w"))
+    start_s = time.time() - t
+    threads = {}  # thread name -> native id (psutil reports native ids)
+
+    # the arrays start: Tune asks its searcher for a trial config per GPU
+    holds = {"suggest": [], "on_epoch": [], "on_trial_end": []}
+    t = time.time()
+    for g in range(n):
+        h = time.perf_counter()
+        config = driver.suggest(f"trial-{g}")
+        holds["suggest"].append(time.perf_counter() - h)
+        assert config is not None and len(config["spec"]["members"]) == k, "the spec holds N arrays of K"
+    open_s = time.time() - t
+    log(f"  N={n}: driver start {start_s:.1f} s, {n} arrays opened in {open_s:.1f} s")
+
+    rng = __import__("random").Random(n)
+    phases = {g: rng.uniform(0, epoch_s) for g in range(n)}
+    q: mp.Queue = mp.get_context("spawn").Queue()
+    t0 = time.time() + 1.0
+    procs = [mp.get_context("spawn").Process(target=reporter, args=(list(range(r, n, reporters)), phases, t0, epochs,
+                                                                     k, epoch_s, q), daemon=True)
+             for r in range(min(reporters, n))]
+    for p in procs:
+        p.start()
+
+    heard: list[tuple[float, int]] = []  # (time heard, cumulative member-epochs heard)
+    offered = [0]
+    lag: list[tuple[float, float, int]] = []  # (t, lag s, member-epochs waiting)
+    stop = threading.Event()
+
+    def written() -> int:  # member-epochs in both stores (a driver without an Optuna writer reports in the hook)
+        return min(driver.writer.epochs_written, getattr(driver, "curves_recorded", driver.writer.epochs_written))
+
+    def sampler():
+        i = 0
+        while not stop.is_set():
+            now, w = time.time(), written()
+            while i < len(heard) and heard[i][1] <= w:
+                i += 1
+            lag.append((now - t0, now - heard[i][0] if i < len(heard) else 0.0, offered[0] - w))
+            stop.wait(0.25)
+
+    def loop():  # Ray Tune's event loop: one thread calls every hook
+        threads["tune-loop"] = threading.get_native_id()
+        finished = 0
+        while finished < len(procs):
+            kind, g, result, _ = q.get()
+            if kind == "done":
+                finished += 1
+                continue
+            h = time.perf_counter()
+            if kind == "epoch":
+                driver.on_epoch(f"trial-{g}", result)
+                offered[0] += k
+                heard.append((time.time(), offered[0]))
+                holds["on_epoch"].append(time.perf_counter() - h)
+            else:
+                driver.on_trial_end(f"trial-{g}", None)
+                holds["on_trial_end"].append(time.perf_counter() - h)
+
+    me = psutil.Process()
+    cpu0, threads0, stores0 = me.cpu_times(), _thread_cpu(), _cpu(backend.store_processes())
+    s_thread = threading.Thread(target=sampler, daemon=True)
+    s_thread.start()
+    l_thread = threading.Thread(target=loop, daemon=True)
+    l_thread.start()
+    l_thread.join()
+    t_last = time.time()
+    getattr(driver, "drain", driver.writer.flush)()
+    drain_s = time.time() - t_last
+    stop.set()
+    s_thread.join()
+    cpu1, threads1, stores1 = me.cpu_times(), _thread_cpu(), _cpu(backend.store_processes())
+    stream_s = time.time() - t0
+    for p in procs:
+        p.join(10)
+    errors = driver.outcome.failed
+    by_name = {th.name: th.native_id for th in threading.enumerate()}
+    by_name.update(threads)
+    member_epochs = n * k * epochs
+    per_thread = {}
+    for label, tid in by_name.items():
+        if tid in threads1:
+            d = threads1[tid] - threads0.get(tid, 0.0)
+            if d > 0.05:
+                per_thread[label] = d / member_epochs * 1e3
+    driver_cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    rss_mb = me.memory_info().rss / 2**20
+    if keep:
+        driver.tracker.finish_study("FINISHED", {"members_done": driver.outcome.done, "members_failed": len(errors)})
+    driver.writer.close()
+    if hasattr(driver, "optuna"):
+        driver.optuna.close()
+    driver.search.lease.release()
+    counts = backend.count(tracking, storage)
+    if not keep:
+        backend.close()
+    steady = [x for x in lag if x[0] >= epoch_s]
+    all_holds = holds["on_epoch"] + holds["on_trial_end"]
+    row = {
+        "backend": backend.kind, "gpus": n, "members_per_array": k, "epochs": epochs, "epoch_s": epoch_s,
+        "driver_start_s": start_s, "open_s": open_s, "open_ms_per_member": open_s / (n * k) * 1e3,
+        "offered_member_epochs_per_s": n * k / epoch_s,
+        "recorded_member_epochs_per_s": member_epochs / (stream_s + 0.0 if stream_s else 1.0),
+        "stream_s": stream_s, "drain_s": drain_s,
+        "lag_max_s": max((x[1] for x in lag), default=0.0),
+        "lag_steady_max_s": max((x[1] for x in steady), default=0.0),
+        "waiting_max": max((x[2] for x in lag), default=0),
+        "hold_p99_ms": _pct(all_holds, 0.99) * 1e3, "hold_max_ms": max(all_holds, default=0.0) * 1e3,
+        "epoch_hold_p99_ms": _pct(holds["on_epoch"], 0.99) * 1e3,
+        "end_hold_max_ms": max(holds["on_trial_end"], default=0.0) * 1e3,
+        "suggest_hold_max_ms": max(holds["suggest"]) * 1e3,
+        "driver_cpu_ms_per_member_epoch": driver_cpu / member_epochs * 1e3,
+        "thread_cpu_ms_per_member_epoch": per_thread,
+        "store_cpu_ms_per_member_epoch": (stores1 - stores0) / member_epochs * 1e3 if backend.kind != "sqlite" else None,
+        "records": counts, "failed_members": len(errors), "driver_rss_mb": rss_mb, "tracking": tracking,
+        "storage": storage,
+        "expected": {"metrics": member_epochs * 10, "runs_finished": n * k, "intermediate": member_epochs,
+                     "trials_complete": n * k},
+    }
+    row["complete"] = all(counts[key] >= v for key, v in row["expected"].items())
+    row["sustained"] = row["lag_max_s"] < epoch_s and drain_s < epoch_s and row["complete"]
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", choices=("sqlite", "server"), default="sqlite")
+    ap.add_argument("--gpus", default="1,8,64", help="simulated GPU counts, comma-separated")
+    ap.add_argument("--members", type=int, default=128, help="members per array (K)")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs each array reports")
+    ap.add_argument("--rate", type=float, default=300_000, help="member-images/s per simulated GPU")
+    ap.add_argument("--reporters", type=int, default=2, help="reporter processes standing for the GPUs")
+    ap.add_argument("--postgres", default=os.environ.get("STUDY_TEST_POSTGRES"),
+                    help="postgresql://USER:PASS@HOST:PORT for --backend server")
+    ap.add_argument("--json", help="write the rows here (rewritten after each N)")
+    a = ap.parse_args(argv)
+    try:
+        gpus = [int(x) for x in a.gpus.split(",")]
+        if not gpus or min(gpus) < 1:
+            raise ValueError
+    except ValueError:
+        ap.error(f"invalid --gpus: expected positive integers like 1,8,64, got {a.gpus!r}")
+    if a.backend == "server" and not a.postgres:
+        ap.error("invalid --postgres: --backend server needs postgresql://USER:PASS@HOST:PORT (or STUDY_TEST_POSTGRES)")
+    if a.members < 1 or a.epochs < 1 or a.rate <= 0 or a.reporters < 1:
+        ap.error("invalid --members/--epochs/--rate/--reporters: each must be positive")
+    epoch_s = CIFAR_TRAIN * a.members / a.rate
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    import mlflow
+    import optuna
+    import torch
+    log(f"control plane ({a.backend}): {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"python {platform.python_version()}, mlflow {mlflow.__version__}, optuna {optuna.__version__}, "
+        f"torch {torch.__version__}; K={a.members}, one array-epoch per GPU every {epoch_s:.1f} s "
+        f"({a.rate:,.0f} member-images/s on {CIFAR_TRAIN:,} images), {a.epochs} epochs")
+    os.environ.setdefault("STUDY_LOG_INTERVAL_S", "10")
+    rows, best = [], 0
+    with tempfile.TemporaryDirectory(prefix="control-plane-") as tmp:
+        for n in gpus:
+            backend = Backend(a.backend, Path(tmp), a.postgres)
+            try:
+                row = run_one(backend, n, a.members, a.epochs, epoch_s, a.reporters, log)
+            finally:
+                backend.close()
+            rows.append(row)
+            threads = ", ".join(f"{t} {v:.2f}" for t, v in sorted(row["thread_cpu_ms_per_member_epoch"].items()))
+            store = row["store_cpu_ms_per_member_epoch"]
+            log(f"  N={n}: offered {row['offered_member_epochs_per_s']:.0f} member-epochs/s; lag max "
+                f"{row['lag_max_s']:.1f} s, drained {row['drain_s']:.1f} s after the last report; callback hold "
+                f"p99 {row['hold_p99_ms']:.1f} ms, max {row['hold_max_ms']:.0f} ms (on_trial_end max "
+                f"{row['end_hold_max_ms']:.0f} ms, suggest max {row['suggest_hold_max_ms']:.0f} ms); driver CPU "
+                f"{row['driver_cpu_ms_per_member_epoch']:.2f} ms/member-epoch ({threads})"
+                + (f"; stores {store:.2f} ms/member-epoch" if store is not None else "")
+                + f"; records {'complete' if row['complete'] else 'INCOMPLETE ' + json.dumps(row['records'])}"
+                + f"; {'sustained' if row['sustained'] else 'NOT sustained'}")
+            if row["sustained"]:
+                best = max(best, n)
+            if a.json:
+                Path(a.json).write_text(json.dumps(rows, indent=1))
+    log(f"control plane ({a.backend}): sustains {best} simulated GPUs at {a.rate:,.0f} member-images/s each"
+        + ("" if best else " (none of those tried)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
