@@ -200,10 +200,35 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(math.ceil(q * len(xs))) - 1)]
 
 
+class CPU:
+    """CPU seconds of this process by thread (psutil's native ids) and of the stores' processes, between marks."""
+
+    def __init__(self, backend: Backend):
+        self.backend, self.me = backend, psutil.Process()
+        self.mark()
+
+    def mark(self) -> None:
+        self.proc = sum(self.me.cpu_times()[:2])
+        self.threads = _thread_cpu()
+        self.stores = _cpu(self.backend.store_processes())
+
+    def since(self, names: dict[str, int]) -> tuple[float, dict[str, float], float | None]:
+        """(process, {thread name: seconds}, stores or None for in-process stores) since the last mark; marks."""
+        proc, threads, stores = sum(self.me.cpu_times()[:2]), _thread_cpu(), _cpu(self.backend.store_processes())
+        per = {name: threads[tid] - self.threads.get(tid, 0.0) for name, tid in names.items() if tid in threads}
+        out = (proc - self.proc, {k: v for k, v in per.items() if v > 0.01},
+               None if self.backend.kind == "sqlite" else stores - self.stores)
+        self.mark()
+        return out
+
+
 def run_one(backend: Backend, n: int, k: int, epochs: int, epoch_s: float, reporters: int, log,
             name: str | None = None, keep: bool = False) -> dict:
-    """One study of N simulated GPUs × one array of K members each, `epochs` epochs, through the real driver.
-    `keep`: the study is finished (as `study run` ends one) and its stores are left in place."""
+    """One study of N simulated GPUs × one array of K members each, `epochs` epochs, through the real driver, in
+    three phases measured apart: the arrays open (Tune asks the searcher for N trials; the writers open the
+    member runs), the epochs stream (every GPU at its phase; measured until the writers have recorded all),
+    the arrays end (on_trial_end for each; the writers finish the runs and tell Optuna). `keep`: the study is
+    finished (as `study run` ends one) and its stores are left in place."""
     from study.driver import Driver, Stores
 
     name = name or f"cp-{backend.kind}-{n}"
@@ -213,19 +238,27 @@ def run_one(backend: Backend, n: int, k: int, epochs: int, epoch_s: float, repor
     t = time.time()
     driver = Driver(spec, Stores(backend.home, tracking, storage), out=open(os.devnull, "w"))
     start_s = time.time() - t
-    threads = {}  # thread name -> native id (psutil reports native ids)
-
-    # the arrays start: Tune asks its searcher for a trial config per GPU
+    threads = {"tune-loop": threading.get_native_id()}  # this thread plays Tune's loop in phases 1 and 3
+    threads.update({th.name: th.native_id for th in threading.enumerate() if th.name in
+                    ("mlflow-writer", "optuna-writer", "study-lease")})
+    cpu = CPU(backend)
     holds = {"suggest": [], "on_epoch": [], "on_trial_end": []}
+
+    # 1. the arrays open: Tune asks its searcher for a trial config per GPU
     t = time.time()
     for g in range(n):
         h = time.perf_counter()
         config = driver.suggest(f"trial-{g}")
         holds["suggest"].append(time.perf_counter() - h)
         assert config is not None and len(config["spec"]["members"]) == k, "the spec holds N arrays of K"
+    suggest_s = time.time() - t
+    driver.drain()
     open_s = time.time() - t
-    log(f"  N={n}: driver start {start_s:.1f} s, {n} arrays opened in {open_s:.1f} s")
+    open_cpu = cpu.since(threads)
+    log(f"  N={n}: driver start {start_s:.1f} s; {n} arrays asked in {suggest_s:.1f} s, their {n * k} member runs "
+        f"open after {open_s:.1f} s")
 
+    # 2. the epochs stream
     rng = __import__("random").Random(n)
     phases = {g: rng.uniform(0, epoch_s) for g in range(n)}
     q: mp.Queue = mp.get_context("spawn").Queue()
@@ -235,7 +268,6 @@ def run_one(backend: Backend, n: int, k: int, epochs: int, epoch_s: float, repor
              for r in range(min(reporters, n))]
     for p in procs:
         p.start()
-
     heard: list[tuple[float, int]] = []  # (time heard, cumulative member-epochs heard)
     offered = [0]
     lag: list[tuple[float, float, int]] = []  # (t, lag s, member-epochs waiting)
@@ -253,69 +285,63 @@ def run_one(backend: Backend, n: int, k: int, epochs: int, epoch_s: float, repor
             lag.append((now - t0, now - heard[i][0] if i < len(heard) else 0.0, offered[0] - w))
             stop.wait(0.25)
 
-    def loop():  # Ray Tune's event loop: one thread calls every hook
-        threads["tune-loop"] = threading.get_native_id()
-        finished = 0
-        while finished < len(procs):
-            kind, g, result, _ = q.get()
-            if kind == "done":
-                finished += 1
-                continue
-            h = time.perf_counter()
-            if kind == "epoch":
-                driver.on_epoch(f"trial-{g}", result)
-                offered[0] += k
-                heard.append((time.time(), offered[0]))
-                holds["on_epoch"].append(time.perf_counter() - h)
-            else:
-                driver.on_trial_end(f"trial-{g}", None)
-                holds["on_trial_end"].append(time.perf_counter() - h)
-
-    me = psutil.Process()
-    cpu0, threads0, stores0 = me.cpu_times(), _thread_cpu(), _cpu(backend.store_processes())
     s_thread = threading.Thread(target=sampler, daemon=True)
     s_thread.start()
-    l_thread = threading.Thread(target=loop, daemon=True)
-    l_thread.start()
-    l_thread.join()
+    ended, finished = [], 0
+    while finished < len(procs):  # Ray Tune's event loop: one thread calls every hook
+        kind, g, result, _ = q.get()
+        if kind == "done":
+            finished += 1
+        elif kind == "epoch":
+            h = time.perf_counter()
+            driver.on_epoch(f"trial-{g}", result)
+            holds["on_epoch"].append(time.perf_counter() - h)
+            offered[0] += k
+            heard.append((time.time(), offered[0]))
+        else:
+            ended.append(g)
     t_last = time.time()
-    getattr(driver, "drain", driver.writer.flush)()
+    driver.drain()
     drain_s = time.time() - t_last
     stop.set()
     s_thread.join()
-    cpu1, threads1, stores1 = me.cpu_times(), _thread_cpu(), _cpu(backend.store_processes())
     stream_s = time.time() - t0
+    stream_cpu = cpu.since(threads)
     for p in procs:
         p.join(10)
+
+    # 3. the arrays end
+    t = time.time()
+    for g in ended:
+        h = time.perf_counter()
+        driver.on_trial_end(f"trial-{g}", None)
+        holds["on_trial_end"].append(time.perf_counter() - h)
+    driver.drain()
+    close_s = time.time() - t
+    close_cpu = cpu.since(threads)
+
     errors = driver.outcome.failed
-    by_name = {th.name: th.native_id for th in threading.enumerate()}
-    by_name.update(threads)
     member_epochs = n * k * epochs
-    per_thread = {}
-    for label, tid in by_name.items():
-        if tid in threads1:
-            d = threads1[tid] - threads0.get(tid, 0.0)
-            if d > 0.05:
-                per_thread[label] = d / member_epochs * 1e3
-    driver_cpu = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
-    rss_mb = me.memory_info().rss / 2**20
+    rss_mb = psutil.Process().memory_info().rss / 2**20
     if keep:
         driver.tracker.finish_study("FINISHED", {"members_done": driver.outcome.done, "members_failed": len(errors)})
     driver.writer.close()
-    if hasattr(driver, "optuna"):
-        driver.optuna.close()
+    driver.optuna.close()
     driver.search.lease.release()
     counts = backend.count(tracking, storage)
     if not keep:
         backend.close()
     steady = [x for x in lag if x[0] >= epoch_s]
     all_holds = holds["on_epoch"] + holds["on_trial_end"]
+
+    def per(c, count):  # CPU ms per unit: process, by thread, stores
+        return {"process": c[0] / count * 1e3, "threads": {t: v / count * 1e3 for t, v in c[1].items()},
+                "stores": None if c[2] is None else c[2] / count * 1e3}
+
     row = {
         "backend": backend.kind, "gpus": n, "members_per_array": k, "epochs": epochs, "epoch_s": epoch_s,
-        "driver_start_s": start_s, "open_s": open_s, "open_ms_per_member": open_s / (n * k) * 1e3,
-        "offered_member_epochs_per_s": n * k / epoch_s,
-        "recorded_member_epochs_per_s": member_epochs / (stream_s + 0.0 if stream_s else 1.0),
-        "stream_s": stream_s, "drain_s": drain_s,
+        "driver_start_s": start_s, "suggest_s": suggest_s, "open_s": open_s,
+        "offered_member_epochs_per_s": n * k / epoch_s, "stream_s": stream_s, "drain_s": drain_s, "close_s": close_s,
         "lag_max_s": max((x[1] for x in lag), default=0.0),
         "lag_steady_max_s": max((x[1] for x in steady), default=0.0),
         "waiting_max": max((x[2] for x in lag), default=0),
@@ -323,14 +349,15 @@ def run_one(backend: Backend, n: int, k: int, epochs: int, epoch_s: float, repor
         "epoch_hold_p99_ms": _pct(holds["on_epoch"], 0.99) * 1e3,
         "end_hold_max_ms": max(holds["on_trial_end"], default=0.0) * 1e3,
         "suggest_hold_max_ms": max(holds["suggest"]) * 1e3,
-        "driver_cpu_ms_per_member_epoch": driver_cpu / member_epochs * 1e3,
-        "thread_cpu_ms_per_member_epoch": per_thread,
-        "store_cpu_ms_per_member_epoch": (stores1 - stores0) / member_epochs * 1e3 if backend.kind != "sqlite" else None,
+        "cpu_ms_per_member_opened": per(open_cpu, n * k),
+        "cpu_ms_per_member_epoch": per(stream_cpu, member_epochs),
+        "cpu_ms_per_member_closed": per(close_cpu, n * k),
         "records": counts, "failed_members": len(errors), "driver_rss_mb": rss_mb, "tracking": tracking,
         "storage": storage,
         "expected": {"metrics": member_epochs * 10, "runs_finished": n * k, "intermediate": member_epochs,
                      "trials_complete": n * k},
     }
+    # every epoch row (10 metrics) and curve point, every finished run and trial; the runs' log10 metrics come extra
     row["complete"] = all(counts[key] >= v for key, v in row["expected"].items())
     row["sustained"] = row["lag_max_s"] < epoch_s and drain_s < epoch_s and row["complete"]
     return row
@@ -363,7 +390,9 @@ def main(argv=None) -> int:
     import mlflow
     import optuna
     import torch
-    log(f"control plane ({a.backend}): {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+
+    from study.environment import cpu_model
+    log(f"control plane ({a.backend}): {cpu_model() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"python {platform.python_version()}, mlflow {mlflow.__version__}, optuna {optuna.__version__}, "
         f"torch {torch.__version__}; K={a.members}, one array-epoch per GPU every {epoch_s:.1f} s "
         f"({a.rate:,.0f} member-images/s on {CIFAR_TRAIN:,} images), {a.epochs} epochs")
@@ -377,14 +406,17 @@ def main(argv=None) -> int:
             finally:
                 backend.close()
             rows.append(row)
-            threads = ", ".join(f"{t} {v:.2f}" for t, v in sorted(row["thread_cpu_ms_per_member_epoch"].items()))
-            store = row["store_cpu_ms_per_member_epoch"]
+            e = row["cpu_ms_per_member_epoch"]
+            threads = ", ".join(f"{t} {v:.2f}" for t, v in sorted(e["threads"].items()))
             log(f"  N={n}: offered {row['offered_member_epochs_per_s']:.0f} member-epochs/s; lag max "
-                f"{row['lag_max_s']:.1f} s, drained {row['drain_s']:.1f} s after the last report; callback hold "
-                f"p99 {row['hold_p99_ms']:.1f} ms, max {row['hold_max_ms']:.0f} ms (on_trial_end max "
-                f"{row['end_hold_max_ms']:.0f} ms, suggest max {row['suggest_hold_max_ms']:.0f} ms); driver CPU "
-                f"{row['driver_cpu_ms_per_member_epoch']:.2f} ms/member-epoch ({threads})"
-                + (f"; stores {store:.2f} ms/member-epoch" if store is not None else "")
+                f"{row['lag_max_s']:.1f} s, drained {row['drain_s']:.1f} s after the last report; hooks held Tune's loop "
+                f"p99 {row['hold_p99_ms']:.1f} ms, max {row['hold_max_ms']:.0f} ms (suggest: max "
+                f"{row['suggest_hold_max_ms'] / 1e3:.1f} s per array); CPU per member-epoch {e['process']:.2f} ms "
+                f"({threads})" + (f", stores {e['stores']:.2f} ms" if e["stores"] is not None else "")
+                + f"; per member opened {row['cpu_ms_per_member_opened']['process']:.1f} ms, closed "
+                f"{row['cpu_ms_per_member_closed']['process']:.1f} ms"
+                + (f" (stores {row['cpu_ms_per_member_opened']['stores']:.1f} and "
+                   f"{row['cpu_ms_per_member_closed']['stores']:.1f})" if e["stores"] is not None else "")
                 + f"; records {'complete' if row['complete'] else 'INCOMPLETE ' + json.dumps(row['records'])}"
                 + f"; {'sustained' if row['sustained'] else 'NOT sustained'}")
             if row["sustained"]:

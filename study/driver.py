@@ -223,11 +223,10 @@ class Driver:
             self.tracker.tag_parent(env)
             self.env_tagged = True
         arm, entries = self.trials[trial_id]
-        metric, curves = self.spec.search.metric, []
-        for (number, _, key), row in zip(entries, rows):
-            self.writer.log_epoch(key, row, tags)
-            curves.append((number, int(row["epoch"]), float(row.get(metric, math.nan))))
-        self.optuna.call(self._report_curves, arm, curves)
+        metric = self.spec.search.metric
+        self.writer.log_epochs([(key, row) for (_, _, key), row in zip(entries, rows)], tags)
+        self.optuna.call(self._report_curves, arm, [(number, int(row["epoch"]), float(row.get(metric, math.nan)))
+                                                    for (number, _, _), row in zip(entries, rows)])
         self.progress.epochs(len(rows), seconds=max((float(r.get("epoch_time", 0.0)) for r in rows), default=None),
                              key=trial_id, epoch=int(rows[0]["epoch"]) if rows else None)
 

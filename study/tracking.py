@@ -58,6 +58,9 @@ EPOCH_KEYS.update({k: f"epoch/{k}" for k in PER_EPOCH if k not in EPOCH_KEYS})  
 # a row's key for the wall-clock time (unix seconds) its epoch ended; set by the trainer if it knows,
 # else by RecordWriter.log_epoch on receipt. Never logged as a metric: it is the metrics' timestamp.
 ENDED_AT = "ended_at"
+# MLflow prints "🏃 View run NAME at: URL" and "🧪 View experiment at: URL" to stdout each time a run ends on a
+# tracking server: two lines per member would bury the study's own output (`study ui` links every run instead)
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)  # "Running upgrade …" per migration
 # "Creating initial MLflow database tables…", and a full traceback per failed attempt on a locked or lost SQLite
 # store, which _retry already reports in one line (and the driver's StoreWatch names a lost store)
@@ -564,9 +567,16 @@ class RecordWriter(SerialWriter):
         self.call(self._open, key, member, trial_number)
 
     def log_epoch(self, key: str, row: dict, tags: dict) -> None:
-        self.reported.setdefault(key, {})[int(row["epoch"])] = row  # a retry may report an epoch again
+        self.log_epochs([(key, row)], tags)
+
+    def log_epochs(self, rows: list[tuple[str, dict]], tags: dict) -> None:
+        """One epoch row per member (an array's epoch): one queued call, whatever the array's size."""
+        now = time.time()
+        for key, row in rows:
+            self.reported.setdefault(key, {})[int(row["epoch"])] = row  # a retry may report an epoch again
         # the epoch's end: the trainer's, else now (when the driver hears of it), not when the batch is written
-        self.call(self._gather, key, {**row, ENDED_AT: row.get(ENDED_AT) or time.time()}, tags)
+        self.call(self._gather, [(key, row if row.get(ENDED_AT) else {**row, ENDED_AT: now}) for key, row in rows],
+                  tags)
 
     def finish_member(self, key: str, final: dict | None) -> None:
         self.call(self.finish_now, key, final)
@@ -605,10 +615,11 @@ class RecordWriter(SerialWriter):
     def _open(self, key: str, member: MemberSpec, number: int) -> None:
         self.run_ids[key] = self.tracker.open_member(member, number, self.train_size, self.existing.get(key))
 
-    def _gather(self, key: str, row: dict, tags: dict) -> None:
-        rows, all_tags = self._rows.setdefault(key, ({}, {}))
-        rows[int(row["epoch"])] = row  # a retried trial may report an epoch again before the batch is written
-        all_tags.update(tags)
+    def _gather(self, rows: list[tuple[str, dict]], tags: dict) -> None:
+        for key, row in rows:
+            member_rows, all_tags = self._rows.setdefault(key, ({}, {}))
+            member_rows[int(row["epoch"])] = row  # a retried trial may report an epoch again before it is written
+            all_tags.update(tags)
 
     def _write_rows(self, force: bool) -> None:
         if not self._rows or (not force and time.time() - self._rows_written < self._interval):

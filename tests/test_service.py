@@ -78,7 +78,7 @@ def check_records(home: Path, spec_path: Path, tracking_uri: str | None = None, 
         assert set(PARAMS) <= set(r.data.params), set(PARAMS) - set(r.data.params)
         for key in PER_EPOCH:  # grouped MLflow keys: train/loss, test/error, decay/weight_norm, …
             steps = [m.step for m in client.get_metric_history(r.info.run_id, EPOCH_KEYS[key])]
-            assert sorted(steps) == list(range(1, EPOCHS + 1)), (key, steps)
+            assert sorted(steps) == list(range(1, spec.train.epochs + 1)), (key, steps)
         assert "final_test_error" in r.data.metrics
     storage = storage or f"sqlite:///{home / spec.name / 'optuna.db'}"
     total = 0
@@ -92,7 +92,7 @@ def check_records(home: Path, spec_path: Path, tracking_uri: str | None = None, 
         assert all(set(t.params) == {"lr", "weight_decay"} for t in trials)  # the seed is repeated, not searched
         for t in trials:  # learning curves for the dashboards (a trial rebuilt from MLflow has none)
             steps = set(t.intermediate_values)
-            assert "rebuilt_from" in t.user_attrs or (EPOCHS in steps and steps <= set(range(1, EPOCHS + 1))), steps
+            assert "rebuilt_from" in t.user_attrs or (spec.train.epochs in steps and steps <= set(range(1, spec.train.epochs + 1))), steps
         seen = [(t.params["lr"], t.params["weight_decay"], t.user_attrs["seed"]) for t in trials]
         assert sorted(seen) == sorted(grid)  # every grid point exactly once per seed
         total += len(trials)
@@ -401,6 +401,9 @@ def test_driver_killed_with_a_backlog_resume_records_every_epoch_once(tmp_path):
     with its Ray) while Optuna holds epochs that MLflow does not: that backlog is lost with the process, and `study resume`
     trains those members again and records every epoch exactly once, in both stores."""
     spec = write_spec(tmp_path / "backlog.yaml", "backlog", small=True, members_per_trial=2, max_concurrent=1)
+    raw = yaml.safe_load(spec.read_text())
+    raw["train"]["epochs"] = epochs = 3
+    spec.write_text(yaml.safe_dump(raw))
     home = tmp_path / "home"
     mlflow_db, optuna_db = home / "mlflow.db", home / "backlog" / "optuna.db"
     epochs_in_mlflow = f"SELECT count(*) FROM metrics WHERE key = '{EPOCH_KEYS['train_loss']}'"
@@ -409,9 +412,10 @@ def test_driver_killed_with_a_backlog_resume_records_every_epoch_once(tmp_path):
                             start_new_session=True,
                             env={**os.environ, "STUDY_LOG_INTERVAL_S": "3600", "STUDY_TEST_SLOW_EPOCH_S": "2"})
     deadline = time.time() + 300
-    while _count(optuna_db, curves) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)  # both members of the first array have reported epoch 1 to the driver
-    if proc.poll() is not None or _count(optuna_db, curves) < 2:
+    # the first array's epoch 1 is MLflow's first batch, written at once; its epoch 2 then waits for the interval
+    while _count(optuna_db, curves) < 4 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)  # both members of the first array have reported epoch 2 to the driver
+    if proc.poll() is not None or _count(optuna_db, curves) < 4:
         proc.kill()
         pytest.fail(f"no array's epoch reached the driver before it ended (code {proc.poll()}):\n"
                     f"{proc.communicate()[1].decode()[-3000:]}")
@@ -422,7 +426,7 @@ def test_driver_killed_with_a_backlog_resume_records_every_epoch_once(tmp_path):
     out = run_ok(home, "resume", "backlog")
     assert "4/4 members done" in out.stderr
     check_records(home, spec)  # every member once, each epoch once per metric, one Optuna trial each
-    assert _count(mlflow_db, epochs_in_mlflow) == 4 * EPOCHS
+    assert _count(mlflow_db, epochs_in_mlflow) == 4 * epochs
 
 
 def test_failed_members_are_counted_failed_and_resume_retries_them(tmp_path):

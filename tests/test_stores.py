@@ -121,8 +121,9 @@ def test_postgres_as_optuna_storage_and_mlflow_backend(tmp_path, postgres_dbs):
     try:
         home = tmp_path / "home"
         spec = write_spec(tmp_path / "pg.yaml", "pg", small=True)
-        run_ok(home, "run", str(spec), "--storage", optuna_url, "--tracking-uri", server.uri)
+        out = run_ok(home, "run", str(spec), "--storage", optuna_url, "--tracking-uri", server.uri)
         check_records(home, spec, tracking_uri=server.uri, storage=optuna_url)
+        assert "View run" not in out.stdout + out.stderr  # MLflow's link per finished run stays out of the output
         assert not (home / "mlflow.db").exists() and not (home / "pg" / "optuna.db").exists()  # no SQLite used
         # the parent run's spec went through the server's artifact proxy
         exp = MlflowClient(server.uri).get_experiment_by_name("pg")
