@@ -28,7 +28,7 @@ quickstart: $(BIN)/study   ## the main job: a CPU study of coupled vs independen
 	$(BIN)/study run search_spaces/quickstart.yaml
 
 test: $(BIN)/study         ## the test suite (CPU, real Ray / Optuna / MLflow)
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --durations=25 tests
 
 test-fast: $(BIN)/study    ## the inner loop: the suite without the statistical calibration tests (marked slow)
 	$(BIN)/python -m pytest -q -n 2 -m "not slow" tests

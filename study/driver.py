@@ -219,8 +219,8 @@ class Driver:
         tags.update({f"decay_counts.{k}": v for k, v in json.loads(result.get("decay_counts", "{}")).items()})
         env = {f"env.{k}": v for k, v in json.loads(result.get("environment", "{}")).items()}
         tags.update(env)
-        if env and not self.env_tagged:
-            self.tracker.tag_parent(env)
+        if env and not self.env_tagged:  # the versions and device the numbers came from, on the study's run
+            self.writer.call(self.tracker.tag_parent, env)
             self.env_tagged = True
         arm, entries = self.trials[trial_id]
         metric = self.spec.search.metric
