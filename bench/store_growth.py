@@ -61,7 +61,9 @@ def main(argv=None) -> int:
                    "records_complete": ok, "records": built["records"], "driver_rss_mb": built["driver_rss_mb"],
                    "mlflow_db_mb": (home / "mlflow.db").stat().st_size / 2**20,
                    "optuna_db_mb": (home / name / "optuna.db").stat().st_size / 2**20}
-            for what, args in (("list", ["list"]), ("export", ["export", name]), ("resume", ["resume", name])):
+            readers = (("list", ["list"]), ("export", ["export", name, "--out", str(home / "export")]),
+                       ("resume", ["resume", name]))
+            for what, args in readers:
                 row[f"{what}_s"], rc, last = _timed(args, home)
                 row[f"{what}_rc"] = rc
                 if rc:

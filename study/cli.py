@@ -840,6 +840,12 @@ whether a driver holds the study's lease (a driver that died leaves RUNNING with
 }
 
 
+TRACKING_HELP = "MLflow tracking URI: a server http://HOST:PORT or sqlite:////ABSOLUTE/PATH (default sqlite:///HOME/mlflow.db)"
+STORAGE_HELP = "Optuna storage: SQLAlchemy URL or journal file (default sqlite:///HOME/NAME/optuna.db)"
+LARGE_HELP = (f"run a study past {LARGE_MEMBERS:,} members or {LARGE_MEMBER_EPOCHS:,} member-epochs "
+              "(refused otherwise, as a likely typo)")
+
+
 def _sub(sub, name: str, helptext: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=helptext, description=helptext[:1].upper() + helptext[1:] + ".",
                           epilog=EPILOGS[name], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -852,9 +858,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = _sub(sub, "train", "train a spec's members in this process: no Ray, Optuna or MLflow")
-    t.add_argument("spec")
+    t.add_argument("spec", help="a spec file (YAML), e.g. search_spaces/quickstart.yaml")
     t.add_argument("--out", required=True, help="result JSON")
-    t.add_argument("--device", choices=["cpu", "cuda"])
+    t.add_argument("--device", choices=["cpu", "cuda"], help="replaces train.device")
     t.add_argument("--data-path", help="replaces the spec's data.path")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP.replace("; recorded with the study", ""))
     t.add_argument("--precision", choices=["auto", "fp32", "bf16"],
@@ -865,39 +871,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replaces train.cudnn_benchmark (auto: on for CUDA): cuDNN autotunes each convolution shape")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="replaces train.compile: torch.compile the forward and loss (compile time is reported)")
-    t.add_argument("--allow-large", action="store_true", help=f"run a study past {LARGE_MEMBERS:,} members or {LARGE_MEMBER_EPOCHS:,} member-epochs (refused otherwise, as a likely typo)")
+    t.add_argument("--allow-large", action="store_true", help=LARGE_HELP)
 
     v = _sub(sub, "validate", "check a spec without running anything")
-    v.add_argument("spec")
+    v.add_argument("spec", help="a spec file (YAML)")
     v.add_argument("--smoke", action="store_true", help="check what `study run --smoke` would run")
     v.add_argument("--data-path", help="replaces the spec's data.path")
     v.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP.replace("; recorded with the study", ""))
-    v.add_argument("--allow-large", action="store_true", help=f"run a study past {LARGE_MEMBERS:,} members or {LARGE_MEMBER_EPOCHS:,} member-epochs (refused otherwise, as a likely typo)")
+    v.add_argument("--allow-large", action="store_true", help=LARGE_HELP)
 
     for name, helptext in (("run", "run a study on Ray Tune with Optuna and MLflow"),
                            ("resume", "finish a study whose driver died")):
         r = _sub(sub, name, helptext)
-        r.add_argument("name" if name == "resume" else "spec")
+        if name == "resume":
+            r.add_argument("name", help="the study's name (`study list` shows them)")
+        else:
+            r.add_argument("spec", help="a spec file (YAML), e.g. search_spaces/quickstart.yaml")
         r.add_argument("--address", help="Ray cluster address (default: start a local Ray; RAY_ADDRESS is honoured)")
-        r.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///HOME/mlflow.db)")
-        r.add_argument("--storage", help="Optuna storage: SQLAlchemy URL or journal file (default sqlite:///HOME/NAME/optuna.db)")
+        r.add_argument("--tracking-uri", help=TRACKING_HELP)
+        r.add_argument("--storage", help=STORAGE_HELP)
         r.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         if name == "run":
             r.add_argument("--smoke", action="store_true", help="a few members and one epoch")
             r.add_argument("--data-path", help="replaces the spec's data.path (e.g. a folder with CIFAR-10 Parquet files)")
             r.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
-            r.add_argument("--allow-large", action="store_true", help=f"run a study past {LARGE_MEMBERS:,} members or {LARGE_MEMBER_EPOCHS:,} member-epochs (refused otherwise, as a likely typo)")
+            r.add_argument("--allow-large", action="store_true", help=LARGE_HELP)
 
     ls = _sub(sub, "list", "the studies in a home: members done, failed, running or not, last update")
-    ls.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///HOME/mlflow.db)")
+    ls.add_argument("--tracking-uri", help=TRACKING_HELP)
     ls.add_argument("--storage", help="Optuna storage holding the studies' driver leases "
                                       "(default sqlite:///HOME/NAME/optuna.db per study)")
     ls.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     e = _sub(sub, "export", "heatmaps, λ*(η) slopes, landscape.json and an HTML report from MLflow")
-    e.add_argument("name")
-    e.add_argument("--out", required=True)
-    e.add_argument("--tracking-uri")
+    e.add_argument("name", help="the study's name (`study list` shows them)")
+    e.add_argument("--out", required=True, help="folder for the figures, landscape.json and report.html")
+    e.add_argument("--tracking-uri", help=TRACKING_HELP)
     e.add_argument("--metric", help="final metric to map (default: the study's search.metric)")
     e.add_argument("--format", default="png,svg,html", help="comma-separated: png, svg, html")
     e.add_argument("--dashboard", default="default", help="a dashboards/NAME.yaml or a path to one")
@@ -905,19 +914,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     c = _sub(sub, "recommend", "the best weight decay at a learning rate, from a study's fitted ridge")
-    c.add_argument("name")
+    c.add_argument("name", help="the study's name (`study list` shows them)")
     c.add_argument("--lr", required=True, help="learning rate η, within the study's measured range")
     c.add_argument("--arm", help="optimizer-decay, e.g. sgd-coupled (default: every arm)")
     c.add_argument("--metric", help="final metric whose landscape to use (default: the study's search.metric)")
-    c.add_argument("--tracking-uri")
+    c.add_argument("--tracking-uri", help=TRACKING_HELP)
     c.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
     b = _sub(sub, "bench", "member-images/s of arrays vs a plain single-model loop, same run")
-    b.add_argument("--model", default="resnet20")
+    b.add_argument("--model", default="resnet20", help="the model (default resnet20)")
     b.add_argument("--members", default="1,8,32", help="array sizes K, comma-separated")
     b.add_argument("--batch-size", default="128", help="comma-separated")
-    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    b.add_argument("--dataset", default="synthetic", choices=["synthetic", "parquet", "digits", "cifar10"])
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA when present")
+    b.add_argument("--dataset", default="synthetic", choices=["synthetic", "parquet", "digits", "cifar10"],
+                   help="images to step on (default synthetic, CIFAR-10's shape)")
     b.add_argument("--data-path", help="folder with train/test.parquet (dataset parquet)")
     b.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     b.add_argument("--steps", type=int, default=5, help="steps per timed window")
@@ -933,15 +943,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compile", nargs="?", const="on", default="off", choices=["off", "on", "both"],
                    help="torch.compile the array step: compiled rows only (--compile), or eager and compiled "
                         "rows in the same run (--compile both); compile time is reported, not timed")
-    b.add_argument("--no-baseline", action="store_true")
+    b.add_argument("--no-baseline", action="store_true", help="skip the plain single-model loop")
     b.add_argument("--json", help="write the results here")
 
     u = _sub(sub, "ui", "MLflow UI (and optuna-dashboard when installed) on 127.0.0.1")
-    u.add_argument("--tracking-uri")
-    u.add_argument("--host", default="127.0.0.1")
-    u.add_argument("--port", type=int, default=5000)
+    u.add_argument("--tracking-uri", help=TRACKING_HELP)
+    u.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    u.add_argument("--port", type=int, default=5000, help="MLflow's port (default 5000); optuna-dashboard takes the next")
     u.add_argument("--study", help="also serve this study's Optuna storage with optuna-dashboard")
-    u.add_argument("--storage")
+    u.add_argument("--storage", help="the --study's Optuna storage, if not its default (sqlite:///HOME/NAME/optuna.db)")
     u.add_argument("--home", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 

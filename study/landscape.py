@@ -478,8 +478,9 @@ def recommend(land: ArmLandscape, lr: float, level: float = LEVEL) -> dict:
 
 # --------------------------------------------------------------------------- verdicts
 
-def _fmt(v, fmt=".2f") -> str:
-    """A number for a sentence: ±∞ for an unbounded interval end, n/a for a missing value."""
+def fmt_number(v, fmt=".2f") -> str:
+    """A number as every output spells it (terminal, report, figures): ±∞ for an unbounded interval end, n/a for
+    a missing value."""
     if isinstance(v, (int, float)) and math.isinf(v):
         return "−∞" if v < 0 else "+∞"
     return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
@@ -515,7 +516,7 @@ def arm_verdict(land: ArmLandscape) -> dict:
     out = {"arm": land.arm, "predicted": pred, "alternative": alt, "slope": s, "ci": [lo, hi],
            "offset": (s - pred) if pred is not None else math.nan, "rows_measured": n, "rows_censored": k,
            "decide": [], "decisive": False}
-    ci = f"slope {_fmt(s)} [{_fmt(lo)}, {_fmt(hi)}]"
+    ci = f"slope {fmt_number(s)} [{fmt_number(lo)}, {fmt_number(hi)}]"
     edge = f"; {k} of {n + k} rows have their best λ at the grid edge" if k else ""
     if pred is None:
         out.update(outcome="no prediction", text=f"no prediction to test ({pred_text}); {ci}{edge}")
@@ -610,9 +611,9 @@ def compare_arms(lands: list[ArmLandscape], level: float = LEVEL) -> list[dict]:
             method = "the two valley fits combined as independent (Welch)"
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 outcome = "inconclusive"
-                text = f"{name}: slope difference {_fmt(d, '+.2f')}, no interval at this budget"
+                text = f"{name}: slope difference {fmt_number(d, '+.2f')}, no interval at this budget"
             else:
-                ci = f"{_fmt(d, '+.2f')} [{_fmt(lo, '+.2f')}, {_fmt(hi, '+.2f')}]"
+                ci = f"{fmt_number(d, '+.2f')} [{fmt_number(lo, '+.2f')}, {fmt_number(hi, '+.2f')}]"
                 if identity is not None:
                     held = lo <= identity <= hi
                     wide = hi - lo > DECISIVE_WIDTH

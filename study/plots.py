@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 
-from .landscape import ArmLandscape, predict_log_wd, row_best_cells  # noqa: E402
+from .landscape import ArmLandscape, fmt_number, predict_log_wd, row_best_cells  # noqa: E402
 
 DECAY_LABEL = {
     "coupled": "weight decay λ, coupled (L2: g ← g + λ·w)",
@@ -40,8 +40,8 @@ def _fmt_ci(land: ArmLandscape) -> str:
     lo, hi = land.slope_ci
     if not math.isfinite(land.slope):
         return "slope n/a"
-    ci = f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else ""
-    return f"slope {land.slope:.2f}{ci}"
+    ci = f" [{fmt_number(lo)}, {fmt_number(hi)}]" if math.isfinite(lo) or math.isfinite(hi) else ""
+    return f"slope {fmt_number(land.slope)}{ci}"
 
 
 def error_range(lands: list[ArmLandscape]) -> tuple[float, float]:

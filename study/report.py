@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from .landscape import ArmLandscape, edge_advice, landscapes, parent_metrics, study_verdict, verdict_tags
+from .landscape import ArmLandscape, edge_advice, fmt_number, landscapes, parent_metrics, study_verdict, verdict_tags
 from .spec import SpecError
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
@@ -135,7 +135,7 @@ def render(study: str, metric: str, lands: list[ArmLandscape], dashboard: dict, 
 
 
 def _num(v, fmt=".3g") -> str:
-    return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "–"
+    return fmt_number(v, fmt)
 
 
 def _axis_map(values, centres):

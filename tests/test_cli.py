@@ -1,6 +1,7 @@
 """The CLI's own features: `study list`, `--set` overrides, the progress bar and its ETA, help examples.
 Real stores throughout: one finished `study run --smoke` of the quickstart (module fixture), real Optuna leases."""
 
+import argparse
 import io
 import os
 import re
@@ -260,6 +261,17 @@ def test_help_examples_use_real_flags(command):
         argv = [a.replace("SPEC", str(QUICKSTART)) for a in argv]
         assert command in argv, ex
         parser.parse_args(argv)  # SystemExit (a failing test) on a flag the command does not take
+
+
+def test_every_argument_of_every_command_says_what_it_is():
+    """`study CMD --help` explains each positional and option (hidden ones aside), not only its name."""
+    parser = build_parser()
+    subs = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(subs) == set(COMMANDS)
+    silent = [f"study {name} {a.option_strings[-1] if a.option_strings else a.dest}"
+              for name, sub in subs.items() for a in sub._actions
+              if not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS and not (a.help or "").strip()]
+    assert not silent, f"arguments without help: {silent}"
 
 
 # --------------------------------------------------------------------------- interrupts and closed pipes

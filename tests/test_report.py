@@ -216,3 +216,16 @@ def test_report_in_headless_chromium_shows_values_on_hover(exported, lands, tmp_
         assert (tmp_path / "report-heatmaps.png").stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def test_a_missing_or_unbounded_number_is_spelled_alike_in_terminal_report_and_figures():
+    """n/a for a missing value and ±∞ for an unbounded interval end, wherever a person reads it."""
+    from types import SimpleNamespace
+
+    from study.landscape import fmt_number
+    from study.plots import _fmt_ci
+    from study.report import _num
+    for v, spelled in ((math.nan, "n/a"), (None, "n/a"), (-math.inf, "−∞"), (math.inf, "+∞"), (0.5, "0.50")):
+        assert fmt_number(v) == _num(v, ".2f") == spelled
+    assert _fmt_ci(SimpleNamespace(slope=0.3, slope_ci=(-math.inf, 0.5))) == "slope 0.30 [−∞, 0.50]"
+    assert _fmt_ci(SimpleNamespace(slope=math.nan, slope_ci=(math.nan, math.nan))) == "slope n/a"
