@@ -408,7 +408,8 @@ def export(uri: str, study: str, out: Path, metric: str | None = None, formats=(
     if log_to_mlflow:  # one folder per metric and dashboard: an export never replaces another's figures
         name = Path(dashboard).stem
         log_export(uri, parent, Path(out), f"landscape/{metric}/{name}",
-                   metrics=parent_metrics(lands), tags={**verdict_tags(lands), f"landscape.{metric}.{name}": f"landscape/{metric}/{name}"})
+                   metrics=parent_metrics(lands), tags={**verdict_tags(lands), f"landscape.{metric}.{name}": f"landscape/{metric}/{name}"},
+                   answer=(metric, study_verdict(lands)["lines"]))
     return lands, written
 
 

@@ -792,15 +792,35 @@ def is_complete(uri: str, name: str, finished: int) -> bool:
     return planned is None or finished >= int(planned)
 
 
+ANSWER_HEADING = "## Answer: final "  # a section of the parent run's description per metric, rewritten by each export
+NOTE_LIMIT = 8000                     # MLflow's longest tag value
+
+
+def note_with_answer(note: str, metric: str, lines: list[str], report: str) -> str:
+    """The parent run's description (MLflow's note) with its answer for `metric`: the verdict lines and where the
+    report is, replacing that metric's earlier answer and keeping the user's description and other metrics'."""
+    head, *sections = note.split("\n\n" + ANSWER_HEADING)
+    kept = [ANSWER_HEADING + sec for sec in sections if not sec.startswith(f"{metric}\n")]
+    answer = (f"{ANSWER_HEADING}{metric}\n" + "".join(f"- {line}\n" for line in lines)
+              + f"\nFigures and the report: this run's artifacts, `{report}`.")
+    rest = "".join("\n\n" + sec for sec in [*kept, answer])
+    room = NOTE_LIMIT - len(rest)  # MLflow keeps 8,000 characters of a tag: the description gives way, not the answer
+    return (head if len(head) <= room else head[:max(0, room - 1)] + "…") + rest
+
+
 def log_export(uri: str, parent_run_id: str, folder: Path, artifact_path: str, metrics: dict | None = None,
-               tags: dict | None = None) -> None:
+               tags: dict | None = None, answer: tuple[str, list[str]] | None = None) -> None:
     """The exported figures, landscape.json and report as artifacts of the study's parent run (under
-    `artifact_path`), with the answer as parent metrics (per-arm slope, interval, best η, λ and metric) and
-    the verdicts as tags."""
+    `artifact_path`), with the answer as parent metrics (per-arm slope, interval, best η, λ and metric), the
+    verdicts as tags and, given `answer` (metric, verdict lines), in the run's description."""
     client = _reader(uri)
     _retry("logging the export", client.log_artifacts, parent_run_id, str(folder), artifact_path)
     ts = int(time.time() * 1000)
     ms = [Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items() if v is not None and math.isfinite(float(v))]
-    ts_tags = [RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()]
+    tags = dict(tags or {})
+    if answer is not None:
+        note = _retry("reading the parent run", client.get_run, parent_run_id).data.tags.get("mlflow.note.content", "")
+        tags["mlflow.note.content"] = note_with_answer(note, answer[0], answer[1], f"{artifact_path}/report.html")
+    ts_tags = [RunTag(k, str(v)[:NOTE_LIMIT if k == "mlflow.note.content" else 5000]) for k, v in tags.items()]
     for i in range(0, max(len(ms), 1), 900):
         _retry("logging the verdict", client.log_batch, parent_run_id, metrics=ms[i:i + 900], tags=ts_tags if i == 0 else [])

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_metric_name, _validate_tag_name
 
 from study.cli import main
-from study.landscape import arm_verdict, compare_arms, landscapes, parent_metrics, verdict_tags
+from study.landscape import arm_verdict, compare_arms, landscapes, parent_metrics, study_verdict, verdict_tags
 from study.report import render, summary_lines
 
 LRS = np.geomspace(0.01, 0.3, 5)
@@ -255,3 +255,24 @@ def test_every_registered_optimizer_and_decay_has_its_prediction():
             slope, text = land.predicted
             assert text != "unknown", (opt, decay)
             assert slope == {"decoupled": -1.0, "independent": 0.0}.get(decay, -1.0 if opt == "sgd" else None), (opt, decay)
+
+
+def test_export_writes_the_answer_into_the_parent_runs_description_once_per_metric(store, tmp_path):
+    """MLflow shows a run's description first: after `study export` it holds the user's description and, per
+    metric, the verdict lines and where the report is; exporting again replaces that metric's answer."""
+    from study.report import export
+    from study.tracking import NOTE_LIMIT, note_with_answer
+
+    uri, client, parent = store
+    client.set_tag(parent, "mlflow.note.content", "Coupled vs independent, planted.")
+    lands, _ = export(uri, "demo", tmp_path / "a", formats=("html",))
+    export(uri, "demo", tmp_path / "b", formats=("html",))
+    export(uri, "demo", tmp_path / "c", metric="test_error", formats=("html",))
+    note = client.get_run(parent).data.tags["mlflow.note.content"]
+    assert note.startswith("Coupled vs independent, planted.\n\n## Answer: final test_loss\n")
+    assert note.count("## Answer: final test_loss") == 1 and note.count("## Answer: final test_error") == 1
+    for line in study_verdict(lands)["lines"]:
+        assert f"- {line}\n" in note
+    assert "`landscape/test_loss/default/report.html`" in note
+    long = note_with_answer("d" * 9000, "test_loss", ["sgd-coupled: consistent"], "r.html")
+    assert len(long) == NOTE_LIMIT and long.endswith("`r.html`.") and "…\n\n## Answer" in long
