@@ -646,6 +646,10 @@ def cmd_export(args) -> int:
     check_name(args.name)
     check_output(args.out, "--out", folder=True)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    from .report import FORMATS
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise SpecError(f"invalid --format: a comma-separated list of {', '.join(FORMATS)}, but got {args.format!r}")
     try:
         lands, written = export(tracking, args.name, Path(args.out).resolve(), args.metric, formats, args.dashboard,
                                 log_to_mlflow=not args.no_log)

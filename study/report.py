@@ -78,6 +78,8 @@ def load_dashboard(name_or_path: str) -> dict:
             bad(f"{w}.kind", f"must be one of {', '.join(FIGURES)}, but got kind={str(f.get('kind'))[:40]!r}")
         if not all(isinstance(a, str) for a in f.get("arms", [])):
             bad(f"{w}.arms", f"a list of arm names (optimizer-decay), but got arms={str(f['arms'])[:40]!r}")
+        if "columns" in f and f.get("kind") != "heatmaps":
+            bad(f"{w}.columns", f"only a heatmaps figure has columns, but a {f['kind']} figure got columns={f['columns']}")
         if not 1 <= f.get("columns", 2) <= 8:
             bad(f"{w}.columns", f"must lie in [1, 8], but got columns={f['columns']}")
         if "name" in f and not re.fullmatch(r"[A-Za-z0-9_.-]{1,80}", f["name"]):
@@ -108,6 +110,12 @@ def render(study: str, metric: str, lands: list[ArmLandscape], dashboard: dict, 
     for i, fig_def in enumerate(dashboard["figures"]):
         kind = fig_def["kind"]
         chosen = _select(lands, fig_def.get("arms"))
+        missing = [a for a in fig_def.get("arms", []) if a not in {L.arm for L in chosen}]
+        if missing:  # a dashboard may serve studies with fewer arms: said, not silently dropped
+            what = (f"drawn with {', '.join(L.arm for L in chosen)}" if chosen
+                    else "not drawn: the study has none of its arms")
+            print(f"warning: dashboard figure {fig_def.get('name', f'{i + 1:02d}-{kind}')!r} names arms this "
+                  f"study lacks ({', '.join(missing)}): {what}", file=sys.stderr)
         if not chosen:
             continue
         # literal text: a "$" would start matplotlib's math mode (and an unbalanced one is a parse error)

@@ -269,6 +269,10 @@ def test_console_command_refuses_with_exit_code_2(tmp_path):
     (["resume", "nosuch"], "no studies are recorded"),
     (["export", "../x", "--out", "o"], "name='../x'"),
     (["export", "nosuch", "--out", "o"], "no studies are recorded"),
+    (["export", "nosuch", "--out", "o", "--format", ",,"], "invalid --format: a comma-separated list of png, svg, "
+                                                             "html, but got ',,'"),
+    (["export", "nosuch", "--out", "o", "--format", "png,pdf"], "but got 'png,pdf'"),
+    (["export", "nosuch", "--out", "o", "--format", ""], "invalid --format"),
     (["bench", "--members", "0"], "--members"),
     (["bench", "--steps", "0"], "invalid --steps"),
     (["bench", "--windows", "0"], "invalid --windows"),
@@ -514,6 +518,7 @@ def test_a_bad_environment_setting_is_named_before_anything_starts(run_spec, tmp
     ("figures:\n  - {kind: ridge, name: a}\n  - {kind: ridge, name: a}\n", "share the name 'a'"),
     ("metric: lr\n", "invalid metric"),
     ("figures:\n  - {kind: ridge, colour: red}\n", "figures[0].colour: unknown key"),
+    ("figures:\n  - {kind: ridge, columns: 3}\n", "figures[0].columns: only a heatmaps figure has columns"),
 ])
 def test_a_bad_dashboard_file_is_one_line(tmp_path, capsys, text, needle):
     """--dashboard is read before any record is: a bad file is one line naming the file and the key."""

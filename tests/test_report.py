@@ -229,3 +229,17 @@ def test_a_missing_or_unbounded_number_is_spelled_alike_in_terminal_report_and_f
         assert fmt_number(v) == _num(v, ".2f") == spelled
     assert _fmt_ci(SimpleNamespace(slope=0.3, slope_ci=(-math.inf, 0.5))) == "slope 0.30 [−∞, 0.50]"
     assert _fmt_ci(SimpleNamespace(slope=math.nan, slope_ci=(math.nan, math.nan))) == "slope n/a"
+
+
+def test_a_figure_naming_arms_the_study_lacks_says_so(lands, tmp_path, capsys):
+    """A dashboard may list arms a study lacks (sgd_vs_adam on an SGD-only study): the figure is drawn with those
+    it has, or not at all, and a warning names the missing arms; nothing is dropped silently."""
+    have = sorted(L.arm for L in lands)
+    dash = tmp_path / "d.yaml"
+    dash.write_text(f"figures:\n  - {{kind: ridge, name: some, arms: [{have[0]}, adam-nosuch]}}\n"
+                    f"  - {{kind: ridge, name: none, arms: [lion-nosuch]}}\n")
+    written = render("demo", "test_loss", lands, load_dashboard(str(dash)), tmp_path / "out", ("png",))
+    err = capsys.readouterr().err
+    assert "'some' names arms this study lacks (adam-nosuch): drawn with " + have[0] in err
+    assert "'none' names arms this study lacks (lion-nosuch): not drawn" in err
+    assert {p.name for p in written} >= {"some.png"} and not (tmp_path / "out" / "none.png").exists()
