@@ -44,11 +44,20 @@ def seconds(name: str) -> float:
     return v
 
 
+# folders the study reads from the environment: name -> what it is and its default when unset
+FOLDERS = {"STUDY_HOME": "the studies' home (default ~/studies)",
+           "STUDY_CACHE": "the decoded datasets' cache (default ~/.cache/study)"}
+
+
 def check_settings() -> None:
     """Every environment setting read at once, before a command starts (a bad one is one line, not a traceback
-    inside a Ray worker an hour later)."""
+    inside a Ray worker an hour later). A folder variable set to nothing (`STUDY_HOME=$TYPO`) is refused, not
+    read as unset."""
     for name in SECONDS:
         seconds(name)
+    for name, what in FOLDERS.items():
+        if name in os.environ and not os.environ[name].strip():
+            raise SettingError(f"invalid {name}: {what}, but it is set to {os.environ[name]!r}; unset it for the default")
 
 
 def versions() -> dict[str, str]:

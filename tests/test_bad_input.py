@@ -496,6 +496,8 @@ def test_a_damaged_or_foreign_mlflow_store_is_one_line_and_stays_untouched(damag
     ("STUDY_STORE_CHECK_S", "nan", "invalid STUDY_STORE_CHECK_S"),
     ("STUDY_CACHE", "/dev/null/x", "invalid STUDY_CACHE"),
     ("STUDY_HOME", "/dev/null", "invalid STUDY_HOME"),
+    ("STUDY_HOME", "", "invalid STUDY_HOME: the studies' home (default ~/studies), but it is set to ''"),
+    ("STUDY_CACHE", " ", "invalid STUDY_CACHE: the decoded datasets' cache (default ~/.cache/study), but it is set"),
 ])
 def test_a_bad_environment_setting_is_named_before_anything_starts(run_spec, tmp_path, capsys, monkeypatch, var, value,
                                                                    needle):
