@@ -21,7 +21,7 @@ from .datasets import DATASETS, DataError, split_sizes
 from .registry import MAX_DEPTH, MODEL_NAMES, known_model
 from .environment import SettingError, check_settings
 from .spec import (HARD_LIMITS, LARGE_MEMBER_EPOCHS, LARGE_MEMBERS, NAME_RE, SpecError, check_cost, check_data_path_flag,
-                   grid_members, load_spec, shrink_for_smoke, timescale_warnings, total_steps)
+                   data_warnings, grid_members, load_spec, shrink_for_smoke, timescale_warnings, total_steps)
 from .stores import StoreError, default_storage, default_tracking_uri
 
 EXIT_USAGE = 2
@@ -77,7 +77,10 @@ def cmd_train(args) -> int:
     if overrides:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **overrides))
     check_output(args.out, "--out")          # before training: results are never lost to a bad path
-    check_cost(spec, split_sizes(spec.data)[0], args.allow_large)
+    n = split_sizes(spec.data)[0]
+    check_cost(spec, n, args.allow_large)
+    for w in data_warnings(spec, n):
+        print(f"warning: {w}", file=sys.stderr)
     members = grid_members(spec)
     if args.device == "cuda":
         _refuse_cuda_flag()
@@ -149,7 +152,7 @@ def cmd_validate(args) -> int:
     print(f"{args.spec}: valid. Study {spec.name!r}: {len(spec.arms)} arms, {cost['members']:,} members, "
           f"{spec.train.epochs:,} epochs of {n:,} images (test {n_test:,}) = {total_steps(spec, n):,} steps per member; "
           f"cost {cost['member_epochs']:,} member-epochs, {cost['member_images']:.3g} member-images")
-    for w in timescale_warnings(spec, n):
+    for w in data_warnings(spec, n) + timescale_warnings(spec, n):
         print(f"warning: {w}")
     if spec.train.device == "cuda":
         import torch
@@ -244,7 +247,10 @@ def cmd_run(args) -> int:
     spec = load_spec(args.spec, args.data_path, args.set)
     if args.smoke:
         spec = shrink_for_smoke(spec)
-    check_cost(spec, split_sizes(spec.data)[0], args.allow_large)
+    n = split_sizes(spec.data)[0]
+    check_cost(spec, n, args.allow_large)
+    for w in data_warnings(spec, n):
+        print(f"warning: {w}", file=sys.stderr)
     return _drive(args, spec, resume=False)
 
 

@@ -806,6 +806,15 @@ def final_metrics(history: list[dict]) -> dict:
     return last
 
 
+def data_warnings(spec: StudySpec, train_size: int) -> list[str]:
+    """What the data makes of the spec's settings that the spec alone cannot show."""
+    b = spec.train.batch_size
+    if b > train_size:
+        return [f"train.batch_size {b} is larger than the {train_size:,} training images: every step takes all "
+                f"{train_size:,} (one step per epoch)"]
+    return []
+
+
 def timescale_warnings(spec: StudySpec, train_size: int) -> list[str]:
     """docs/science.md: decay forgets over τ = 1/(lr·λ) steps (coupled, decoupled) or 1/λ (independent). A grid
     whose τ never comes within 10× of the run's length cannot show any λ dependence."""

@@ -307,3 +307,17 @@ def test_output_into_a_closed_pipe_ends_quietly():
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err[-3000:]
     assert proc.returncode == 1
+
+
+def test_a_batch_larger_than_the_training_set_is_said(tmp_path, capsys):
+    """train.batch_size past the training images is taken as the whole set each step: validate and train say so."""
+    from study.cli import main
+
+    rc = main(["validate", str(QUICKSTART), "--set", "data.train_subset=20"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "warning: train.batch_size 32 is larger than the 20 training images: every step takes all 20 " \
+                       "(one step per epoch)" in out, out
+    assert main(["validate", str(QUICKSTART)]) == 0 and "batch_size" not in capsys.readouterr().out
+    rc = main(["train", str(QUICKSTART), "--out", str(tmp_path / "r.json"), "--set", "data.train_subset=20",
+               "--set", "train.epochs=1", "--set", "search.seeds=[0]", "--set", "search.points=2"])
+    assert rc == 0 and "warning: train.batch_size 32 is larger than the 20" in capsys.readouterr().err
