@@ -381,6 +381,8 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
             _check(r.low > 0, file, f"{w}.{axis}.low", f"`low > 0` must hold for a log scale, but got low={r.low}")
             _check(r.high > 0, file, f"{w}.{axis}.high", f"`high > 0` must hold for a log scale, but got high={r.high}")
             _check(r.low <= r.high, file, f"{w}.{axis}", f"`low <= high` must hold, but got low={r.low}, high={r.high}")
+            for end in ("low", "high"):
+                _check_float32(getattr(r, end), file, f"{w}.{axis}.{end}")
             _check(r.points is None or r.points >= 1, file, f"{w}.{axis}.points", f"a grid needs >= 1 point, but got points={r.points}")
             n_axis = r.points or s.points
             _check(r.low < r.high or n_axis == 1 or s.sampler != "grid", file, f"{w}.{axis}",
@@ -403,6 +405,9 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
         _check(mem.decay in DECAY_MODES, file, f"{w}.decay", f"must be one of {', '.join(DECAY_MODES)}, but got decay={excerpt(mem.decay)}")
         _check(mem.lr > 0, file, f"{w}.lr", f"must be > 0, but got lr={mem.lr}")
         _check(mem.weight_decay >= 0, file, f"{w}.weight_decay", f"must be >= 0, but got weight_decay={mem.weight_decay}")
+        _check_float32(mem.lr, file, f"{w}.lr")
+        if mem.weight_decay:
+            _check_float32(mem.weight_decay, file, f"{w}.weight_decay")
         _check(0 <= mem.seed < 2**32, file, f"{w}.seed", f"must lie in [0, 2**32), but got seed={mem.seed}")
         _check_options(mem, file, w)
     keys = [m.key(spec.name) for m in spec.members]
@@ -804,6 +809,17 @@ def final_metrics(history: list[dict]) -> dict:
         last["diverged"] = 1.0
         last["diverged_epoch"] = next(r["epoch"] for r in history if r["diverged"])
     return last
+
+
+FLOAT32_RANGE = (1.1754944e-38, 3.4028235e38)  # float32's (and bfloat16's) normal numbers, where training runs
+
+
+def _check_float32(v: float, file, where: str) -> None:
+    """A learning rate or decay the training arithmetic can hold: outside float32's normal range it would
+    become 0, a subnormal or inf on the device, not the number the spec says."""
+    lo, hi = FLOAT32_RANGE
+    _check(lo <= v <= hi, file, where, f"must lie in float32's range [{lo:.4g}, {hi:.4g}] where training runs, "
+                                       f"but got {where.rsplit('.', 1)[-1]}={v!r}")
 
 
 def data_warnings(spec: StudySpec, train_size: int) -> list[str]:

@@ -146,6 +146,12 @@ CASES = [
      "arms[0].lr.points=3"], "arms[0].lr.points"),
     # numbers no machine can run, and studies past a stated size without --allow-large
     ("10**30 epochs", (["train", "epochs"], 10**30), [], "invalid train.epochs: must be <= 100,000"),
+    ("a learning rate float32 makes 0", (["arms", 0, "lr", "low"], 1e-50), [],
+     "invalid arms[0].lr.low: must lie in float32's range [1.175e-38, 3.403e+38] where training runs, but got low=1e-50"),
+    ("a weight decay float32 makes inf", (["arms", 0, "weight_decay", "high"], 1e39), [],
+     "invalid arms[0].weight_decay.high: must lie in float32's range"),
+    ("a member's lr float32 makes 0", (["members"], [{"optimizer": "sgd", "decay": "coupled", "lr": 1e-45,
+                                                       "weight_decay": 0.0, "seed": 0}]), [], "invalid members[0].lr"),
     ("10**30 images per batch", (["train", "batch_size"], 10**30), [], "train.batch_size"),
     ("10**30 retries", (["execution", "max_failures"], 10**30), [], "execution.max_failures"),
     ("10**12 synthetic images", (["data"], {"dataset": "synthetic", "synthetic_train": 10**12}), [],
