@@ -824,11 +824,25 @@ def _check_float32(v: float, file, where: str) -> None:
 
 def data_warnings(spec: StudySpec, train_size: int) -> list[str]:
     """What the data makes of the spec's settings that the spec alone cannot show."""
-    b = spec.train.batch_size
-    if b > train_size:
-        return [f"train.batch_size {b} is larger than the {train_size:,} training images: every step takes all "
-                f"{train_size:,} (one step per epoch)"]
-    return []
+    t, out = spec.train, []
+    if t.batch_size > train_size:
+        out.append(f"train.batch_size {t.batch_size} is larger than the {train_size:,} training images: every step "
+                   f"takes all {train_size:,} (one step per epoch)")
+    per_epoch, T = steps_per_epoch(t.batch_size, train_size), total_steps(spec, train_size)
+    warm = round(t.warmup_epochs * per_epoch)  # as the trainer rounds it (engine.ArrayTrainer)
+    if t.warmup_epochs > 0 and warm < 2:
+        out.append(f"train.warmup_epochs {t.warmup_epochs:g} is {t.warmup_epochs * per_epoch:.3g} of this run's "
+                   f"{per_epoch} steps per epoch, rounded to {warm}: no step is warmed up")
+    if t.schedule == "step":
+        at = [math.ceil(q * T) for q in t.milestones]  # the first step with step >= q·T (engine.schedule_multiplier)
+        for q, step in zip(t.milestones, at):
+            if step >= T:
+                out.append(f"train.milestones {q:g} falls at step {step} of a run of {T} steps: its drop never happens")
+            elif at.count(step) > 1 and q == next(m for m, s_ in zip(t.milestones, at) if s_ == step):
+                same = [f"{m:g}" for m, s_ in zip(t.milestones, at) if s_ == step]
+                out.append(f"train.milestones {', '.join(same)} fall on the same step {step} of {T}: their drops "
+                           f"happen at once")
+    return out
 
 
 def timescale_warnings(spec: StudySpec, train_size: int) -> list[str]:

@@ -321,3 +321,21 @@ def test_a_batch_larger_than_the_training_set_is_said(tmp_path, capsys):
     rc = main(["train", str(QUICKSTART), "--out", str(tmp_path / "r.json"), "--set", "data.train_subset=20",
                "--set", "train.epochs=1", "--set", "search.seeds=[0]", "--set", "search.points=2"])
     assert rc == 0 and "warning: train.batch_size 32 is larger than the 20" in capsys.readouterr().err
+
+
+def test_a_warm_up_or_milestone_that_rounds_to_nothing_is_said(capsys):
+    """Warm-up and step milestones are fractions the trainer rounds to steps: validate says when one is lost."""
+    from study.cli import main
+
+    base = [str(QUICKSTART), "--set", "train.epochs=1"]   # 400 images / 32 = 12 steps
+    assert main(["validate", *base, "--set", "train.warmup_epochs=0.05"]) == 0
+    assert "train.warmup_epochs 0.05 is 0.6 of this run's 12 steps per epoch, rounded to 1: no step is warmed up" \
+        in capsys.readouterr().out
+    assert main(["validate", *base, "--set", "train.warmup_epochs=0.25"]) == 0    # 3 steps: a warm-up
+    assert "warmup" not in capsys.readouterr().out
+    assert main(["validate", *base, "--set", "train.schedule=step", "--set", "train.milestones=[0.45,0.5,0.99]"]) == 0
+    out = capsys.readouterr().out
+    assert "train.milestones 0.45, 0.5 fall on the same step 6 of 12: their drops happen at once" in out, out
+    assert "train.milestones 0.99 falls at step 12 of a run of 12 steps: its drop never happens" in out, out
+    assert main(["validate", *base, "--set", "train.schedule=step", "--set", "train.milestones=[0.5,0.75]"]) == 0
+    assert "milestones" not in capsys.readouterr().out
