@@ -29,6 +29,10 @@ EXIT_USAGE = 2
 
 def home_dir(args) -> Path:
     home = Path(args.home or os.environ.get("STUDY_HOME") or Path.home() / "studies").expanduser().resolve()
+    odd = sorted({c for c in "#?%" if c in str(home)})
+    if odd:  # the stores under a home are sqlite:/// URLs, where these start a fragment, a query or an escape
+        raise SpecError(f"invalid {home_source(args)}: a home's stores are SQLite URLs, which cannot hold "
+                        f"{' or '.join(repr(c) for c in odd)} in a path; choose another folder, but got {home}")
     if home.exists() and not home.is_dir():
         raise SpecError(f"invalid {home_source(args)}: {home} is a file, not a folder")
     return home

@@ -300,6 +300,17 @@ def test_bad_command_lines(tmp_path, capsys, argv, needle):
     assert not home.exists()  # looking for a study creates no home and no store
 
 
+@pytest.mark.parametrize("odd", ["#", "?", "%20"])
+@pytest.mark.parametrize("command", [["list"], ["resume", "x"], ["export", "x", "--out", "o"]])
+def test_a_home_whose_path_a_sqlite_url_cannot_hold_is_refused(tmp_path, capsys, odd, command):
+    """MLflow and Optuna open sqlite:///HOME/…: '#' and '?' cut the path, '%20' is decoded to a space."""
+    home = tmp_path / f"h{odd}1"
+    out = _study(capsys, ["--home", str(home), *command])
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "invalid --home: a home's stores are SQLite URLs, which cannot hold '" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing created, not even a cut-off path
+
+
 def test_home_that_is_a_file_is_refused(tmp_path, capsys):
     home = tmp_path / "home"
     home.write_text("not a folder")
