@@ -22,7 +22,7 @@ from .registry import MAX_DEPTH, MODEL_NAMES, known_model
 from .environment import SettingError, check_settings
 from .spec import (HARD_LIMITS, LARGE_MEMBER_EPOCHS, LARGE_MEMBERS, NAME_RE, SpecError, check_cost, check_data_path_flag,
                    data_warnings, grid_members, load_spec, shrink_for_smoke, timescale_warnings, total_steps)
-from .stores import StoreError, default_storage, default_tracking_uri
+from .stores import StoreError, default_storage, default_tracking_uri, masked
 
 EXIT_USAGE = 2
 
@@ -557,10 +557,19 @@ def cmd_ui(args) -> int:
         except StoreError as e:
             print(f"warning: {e}", file=sys.stderr)
     dash = None
+    if args.storage and not args.study:
+        raise SpecError(f"invalid --storage: it is the Optuna storage of --study, and no --study was given; add "
+                        f"--study NAME, but got storage={masked(args.storage)!r}")
     if args.study:  # installed beside this Python (a venv not on PATH), or on PATH
         beside = Path(sys.executable).with_name("optuna-dashboard")
         dash = str(beside) if beside.is_file() else shutil.which("optuna-dashboard")
     storage = args.storage or (default_storage(home, check_name(args.study)) if args.study else None)
+    if storage is not None and sqlite_path(storage) is not None and not sqlite_path(storage).is_file():
+        raise SpecError(f"invalid --study: no Optuna storage for study {args.study!r} at {sqlite_path(storage)} "
+                        f"(`study list` names the studies; --storage gives another), but got study={args.study!r}")
+    if args.study and not dash:
+        print(f"warning: --study {args.study}: optuna-dashboard is not installed (pip install optuna-dashboard); "
+              f"serving MLflow only", file=sys.stderr)
     if dash:
         _check_port(args.host, args.port + 1, "--port (+1, optuna-dashboard)")
     if args.host not in ("127.0.0.1", "localhost", "::1"):

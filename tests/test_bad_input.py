@@ -325,6 +325,27 @@ def test_spec_that_is_not_utf8_is_refused(tmp_path, capsys):
     _assert_refused(_study(capsys, ["--home", str(home), "run", str(spec)]), home, "not UTF-8")
 
 
+@pytest.mark.parametrize("argv,needle", [
+    (["--storage", "sqlite:////tmp/x.db"], "invalid --storage: it is the Optuna storage of --study, and no --study"),
+    (["--study", "nosuch"], "invalid --study: no Optuna storage for study 'nosuch' at "),
+    (["--study", "x", "--storage", "sqlite:////nonexistent/optuna.db"], "at /nonexistent/optuna.db"),
+])
+def test_ui_refuses_a_study_it_cannot_serve_before_starting(tmp_path, capsys, argv, needle):
+    """`study ui --study` names a study whose Optuna storage must exist (optuna-dashboard would create an empty
+    one and show nothing); --storage alone would be ignored."""
+    from study.cli import main
+
+    home = tmp_path / "home"
+    home.mkdir()
+    from mlflow.tracking import MlflowClient
+    MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()  # a store to serve
+    capsys.readouterr()
+    code = main(["--home", str(home), "ui", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert sorted(p.name for p in home.iterdir()) == ["mlflow.db"]  # no storage created
+
+
 @pytest.mark.parametrize("port,needle", [(70000, "[1, 65535]"), (None, "is not free")])
 def test_ui_refuses_a_bad_or_taken_port_at_once(tmp_path, capsys, port, needle):
     import socket
