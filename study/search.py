@@ -470,6 +470,17 @@ class StudySearch:
         return None
 
 
+def _has_optuna_tables(url: str) -> bool:
+    """Whether a database server's database holds Optuna's tables, looked at without creating any."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        return sqlalchemy.inspect(engine).has_table("studies")
+    finally:
+        engine.dispose()
+
+
 def read_lease(storage_url: str, name: str) -> tuple[bool | None, str]:
     """Whether the driver lease of study `name` (the Optuna study NAME.driver, search.Lease) is held, and by
     whom; (None, why) when it cannot be read. Looking never creates a store: a SQLite or journal file that
@@ -478,7 +489,9 @@ def read_lease(storage_url: str, name: str) -> tuple[bool | None, str]:
     if path is not None and not path.is_file():
         return False, "no lease"
     try:
-        storage = open_storage(storage_url)  # an existing file or server: nothing is created
+        if path is None and not _has_optuna_tables(storage_url):  # RDBStorage would create Optuna's schema there
+            return False, "no lease"
+        storage = open_storage(storage_url)  # an existing file or server with Optuna's tables: nothing is created
         study_id = storage.get_study_id_from_name(f"{name}.driver")
         attrs = storage.get_study_user_attrs(study_id)
     except KeyError:

@@ -115,6 +115,21 @@ def postgres_dbs():
     admin.close()
 
 
+def test_looking_for_a_lease_creates_no_schema_in_an_empty_database(postgres_dbs):
+    """`study list --storage URL` reads driver leases; a database without Optuna's tables gets none written."""
+    import sqlalchemy
+
+    from study.search import read_lease
+
+    url = postgres_dbs[0]
+    assert read_lease(url, "nosuch") == (False, "no lease")
+    engine = sqlalchemy.create_engine(url)
+    try:
+        assert sqlalchemy.inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+
+
 def test_postgres_as_optuna_storage_and_mlflow_backend(tmp_path, postgres_dbs):
     optuna_url, mlflow_url = postgres_dbs
     server = MlflowServer(mlflow_url, tmp_path / "artifacts").start()
