@@ -982,6 +982,9 @@ def build_parser() -> argparse.ArgumentParser:
 POSITIONALS = {"spec": "SPEC", "name": "NAME"}
 
 
+HOMELESS = {"train": "--out", "validate": "the terminal", "bench": "the terminal and --json"}
+
+
 def _refuse_empty_values(args) -> None:
     """An empty path, URL or name is a mistake, never "not given" (an empty --home would mean ~/studies)."""
     for dest, value in vars(args).items():
@@ -991,6 +994,9 @@ def _refuse_empty_values(args) -> None:
                 flag = POSITIONALS.get(dest, "--" + dest.replace("_", "-"))
                 raise SpecError(f"invalid {flag}: an empty value ({v!r}); give a value or leave the "
                                 f"{'argument' if dest in POSITIONALS else 'flag'} out")
+    if args.command in HOMELESS and args.home:  # nothing of these reads or writes a home: --home would be ignored
+        raise SpecError(f"invalid --home: study {args.command} reads and writes no studies' home (its output goes to "
+                        f"{HOMELESS[args.command]}); leave --home out, but got home={args.home!r}")
 
 
 def main(argv=None) -> int:

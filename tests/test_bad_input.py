@@ -194,6 +194,11 @@ class Result:
         self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
 
 
+def _with_home(home: Path, argv: list[str]) -> list[str]:
+    """argv with --home first, for the commands that have a studies' home (train, validate, bench refuse it)."""
+    return argv if argv[0] in ("train", "validate", "bench") else ["--home", str(home), *argv]
+
+
 def _study(capsys, argv) -> Result:
     """The real CLI entry point, in this process (a subprocess per case would mostly time imports)."""
     from study.cli import main
@@ -294,7 +299,7 @@ def test_console_command_refuses_with_exit_code_2(tmp_path):
 ])
 def test_bad_command_lines(tmp_path, capsys, argv, needle):
     home = tmp_path / "home"
-    out = _study(capsys, ["--home", str(home), *argv])
+    out = _study(capsys, _with_home(home, argv))
     assert out.returncode == 2, out.stderr[-2000:]
     assert needle in out.stderr.strip().splitlines()[-1]
     assert not home.exists()  # looking for a study creates no home and no store
@@ -309,6 +314,18 @@ def test_a_home_whose_path_a_sqlite_url_cannot_hold_is_refused(tmp_path, capsys,
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "invalid --home: a home's stores are SQLite URLs, which cannot hold '" in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing created, not even a cut-off path
+
+
+@pytest.mark.parametrize("command", [["validate", "SPEC"], ["train", "SPEC", "--out", "r.json"], ["bench"]])
+def test_home_given_to_a_command_without_one_is_refused(tmp_path, capsys, command):
+    """train, validate and bench read and write no studies' home: a --home would be silently ignored."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(GOOD))
+    argv = [str(spec) if a == "SPEC" else str(tmp_path / a) if a.endswith(".json") else a for a in command]
+    out = _study(capsys, ["--home", str(tmp_path / "home"), *argv])
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert f"invalid --home: study {command[0]} reads and writes no studies' home" in out.stderr
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_home_that_is_a_file_is_refused(tmp_path, capsys):
@@ -419,7 +436,7 @@ def test_outputs_are_checked_before_any_work(tmp_path, capsys, argv, needle):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(GOOD))
     argv = [str(spec) if a == "SPEC" else str(tmp_path) if a == "TMP" else a for a in argv]
-    out = _study(capsys, ["--home", str(tmp_path / "home"), *argv])
+    out = _study(capsys, _with_home(tmp_path / "home", argv))
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.count("\n") == 1 and needle.replace("TMP", str(tmp_path)) in out.stderr, out.stderr
     assert "study train:" not in out.stdout          # nothing trained
@@ -430,7 +447,7 @@ def test_a_large_study_runs_only_when_asked_and_validate_prints_its_cost(tmp_pat
     says what it costs (members, member-epochs, member-images)."""
     spec = tmp_path / "big.yaml"
     spec.write_text(yaml.safe_dump(mutate(["search", "seeds"], list(range(1000)))))
-    argv = ["--home", str(tmp_path / "home"), "validate", str(spec), "--set", "search.points=100"]
+    argv = ["validate", str(spec), "--set", "search.points=100"]
     out = _study(capsys, argv)
     assert out.returncode == 2 and "--allow-large" in out.stderr
     out = _study(capsys, argv + ["--allow-large"])
@@ -441,7 +458,7 @@ def test_a_large_study_runs_only_when_asked_and_validate_prints_its_cost(tmp_pat
 
 @pytest.mark.parametrize("spec", sorted(str(p) for p in (Path(__file__).parent.parent / "search_spaces").glob("*.yaml")))
 def test_shipped_specs_are_within_the_stated_size(spec, tmp_path, capsys):
-    argv = ["--home", str(tmp_path / "home"), "validate", spec]
+    argv = ["validate", spec]
     if "dataset: digits" not in Path(spec).read_text():
         argv += ["--data-path", str(tmp_path)]
     out = _study(capsys, argv)
@@ -576,7 +593,7 @@ def test_a_bad_dashboard_file_is_one_line(tmp_path, capsys, text, needle):
 def test_a_yaml_error_says_the_line_and_column(tmp_path, capsys):
     spec = tmp_path / "spec.yaml"
     spec.write_text("name: x\ntrain:\n  epochs: [1\n")
-    out = _study(capsys, ["--home", str(tmp_path / "home"), "validate", str(spec)])
+    out = _study(capsys, ["validate", str(spec)])
     assert out.returncode == 2 and "spec.yaml: invalid YAML:" in out.stderr and "at line 4, column 1" in out.stderr
 
 
