@@ -449,6 +449,11 @@ def _check_applies(spec: StudySpec, file) -> None:
     if s.sampler == "grid":
         _check(s.trials is None, file, "search.trials", f"sets how many settings a sampler draws; sampler grid takes "
                f"search.points (or each axis's points) instead, but got trials={s.trials}")
+        every_axis = bool(spec.arms) and all(getattr(a, axis).points is not None
+                                             for a in spec.arms for axis in ("lr", "weight_decay"))
+        _check(s.points == SearchSpec().points or not every_axis, file, "search.points",
+               f"is the grid points of an axis without its own, and every arm's lr and weight_decay set points: "
+               f"remove it, but got points={s.points}")
     else:
         _check(s.points == SearchSpec().points, file, "search.points", f"sets grid points; sampler {s.sampler} draws "
                f"search.trials settings instead, but got points={s.points}")
@@ -751,7 +756,9 @@ def shrink_for_smoke(spec: StudySpec) -> StudySpec:
 
     arms = tuple(dataclasses.replace(a, lr=two(a.lr), weight_decay=two(a.weight_decay)) for a in spec.arms)
     trials = None if spec.search.sampler == "grid" else min(spec.search.trials or 2, 2)
-    search = dataclasses.replace(spec.search, points=2 if spec.search.sampler == "grid" else spec.search.points,
+    # every grid axis now names its points (two()): search.points is left at its default, where it means nothing
+    grid = spec.search.sampler == "grid"
+    search = dataclasses.replace(spec.search, points=SearchSpec().points if grid else spec.search.points,
                                  trials=trials, seeds=spec.search.seeds[:1])
     train = dataclasses.replace(spec.train, epochs=1, warmup_epochs=0.0, batch_size=min(spec.train.batch_size, 64))
     execution = dataclasses.replace(spec.execution, members_per_trial=min(spec.execution.members_per_trial, 4),

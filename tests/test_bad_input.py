@@ -145,6 +145,10 @@ CASES = [
     ("axis points with the random sampler", (["search"], {"sampler": "random", "trials": 4}), ["--set",
      "arms[0].lr.points=3"], "arms[0].lr.points"),
     # numbers no machine can run, and studies past a stated size without --allow-large
+    ("search.points that no axis uses", (["arms", 0], {"optimizer": "sgd", "decay": "coupled",
+                                                       "lr": {"low": 0.01, "high": 0.1, "points": 3},
+                                                       "weight_decay": {"low": 0.001, "high": 0.1, "points": 3}}),
+     ["--set", "search.points=5"], "invalid search.points: is the grid points of an axis without its own"),
     ("10**30 epochs", (["train", "epochs"], 10**30), [], "invalid train.epochs: must be <= 100,000"),
     ("a learning rate float32 makes 0", (["arms", 0, "lr", "low"], 1e-50), [],
      "invalid arms[0].lr.low: must lie in float32's range [1.175e-38, 3.403e+38] where training runs, but got low=1e-50"),
