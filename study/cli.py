@@ -242,9 +242,18 @@ def check_address(address: str | None) -> None:
 
 # --------------------------------------------------------------------------- study run / resume
 
+_NOTED: set[str] = set()  # MLFLOW_TRACKING_URI values already pointed out in this process
+
+
 def tracking_uri(args, home: Path) -> str:
-    """--tracking-uri, else MLFLOW_TRACKING_URI, else the SQLite file under the studies' home."""
-    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(home)
+    """--tracking-uri, else MLFLOW_TRACKING_URI, else the SQLite file under the studies' home. Where a --home
+    was given but MLFLOW_TRACKING_URI decides, one line says so: the home's own store is not the one read."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if not args.tracking_uri and env and getattr(args, "home", None) and env not in _NOTED:
+        _NOTED.add(env)
+        print(f"note: the records are in MLFLOW_TRACKING_URI={masked(env)}, not {default_tracking_uri(home)} "
+              f"(--tracking-uri or unsetting MLFLOW_TRACKING_URI chooses otherwise)", file=sys.stderr)
+    return args.tracking_uri or env or default_tracking_uri(home)
 
 
 def cmd_run(args) -> int:

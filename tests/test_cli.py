@@ -339,3 +339,19 @@ def test_a_warm_up_or_milestone_that_rounds_to_nothing_is_said(capsys):
     assert "train.milestones 0.99 falls at step 12 of a run of 12 steps: its drop never happens" in out, out
     assert main(["validate", *base, "--set", "train.schedule=step", "--set", "train.milestones=[0.5,0.75]"]) == 0
     assert "milestones" not in capsys.readouterr().out
+
+
+def test_a_home_whose_store_mlflow_tracking_uri_overrides_is_said_once(tmp_path, capsys, monkeypatch):
+    """--home names a home, but MLFLOW_TRACKING_URI decides where the records are: one note says so."""
+    from study.cli import main
+
+    other = tmp_path / "elsewhere.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
+    home = tmp_path / "home"
+    main(["--home", str(home), "list"])
+    err = capsys.readouterr().err
+    assert err.count("note: the records are in MLFLOW_TRACKING_URI=sqlite:///") == 1, err
+    assert f"not sqlite:///{home / 'mlflow.db'}" in err
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    main(["--home", str(home), "list"])
+    assert "MLFLOW_TRACKING_URI" not in capsys.readouterr().err
