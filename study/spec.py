@@ -620,6 +620,9 @@ def read_spec_file(p: Path) -> dict:
     """The YAML mapping of a spec file; every way a file can be unreadable is one SpecError line."""
     if p.is_dir():
         raise SpecError(f"invalid spec: {excerpt(str(p), 200)} is a folder, not a spec file")
+    if p.exists() and not p.is_file():  # a FIFO, socket or device: reading it could block or never end
+        raise SpecError(f"invalid spec: {excerpt(str(p), 200)} is not a regular file (a pipe, socket or device); "
+                        f"write the spec to a file")
     if not p.is_file():
         raise SpecError(f"invalid spec: file {excerpt(str(p), 200)} does not exist")
     size = p.stat().st_size

@@ -2,6 +2,7 @@
 nothing written to the records."""
 
 import copy
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -592,6 +593,14 @@ def test_a_bad_dashboard_file_is_one_line(tmp_path, capsys, text, needle):
         load_dashboard(str(dash))
     msg = str(e.value)
     assert msg.startswith("dash.yaml: invalid") and needle in msg and "\n" not in msg, msg
+
+
+def test_a_spec_that_is_a_pipe_is_named_as_such(tmp_path, capsys):
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)
+    out = _study(capsys, ["validate", str(fifo)])
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "is not a regular file (a pipe, socket or device)" in out.stderr and "does not exist" not in out.stderr
 
 
 def test_a_yaml_error_says_the_line_and_column(tmp_path, capsys):
