@@ -22,7 +22,7 @@ from .registry import MAX_DEPTH, MODEL_NAMES, known_model
 from .environment import SettingError, check_settings
 from .spec import (HARD_LIMITS, LARGE_MEMBER_EPOCHS, LARGE_MEMBERS, NAME_RE, SpecError, check_cost, check_data_path_flag,
                    data_warnings, grid_members, load_spec, shrink_for_smoke, timescale_warnings, total_steps)
-from .stores import StoreError, default_storage, default_tracking_uri, masked
+from .stores import StoreError, default_storage, default_tracking_uri, masked, why_no_file
 
 EXIT_USAGE = 2
 
@@ -372,11 +372,13 @@ def cmd_list(args) -> int:
         if not home.is_dir():
             raise SpecError(f"invalid {home_source(args)}: {home} does not exist (no studies there); "
                             f"`study run SPEC --home {home}` starts one")
+        if db.exists() and not db.is_file():
+            raise SpecError(f"invalid {home_source(args)}: no MLflow store in {home} ({why_no_file(db)})")
         if not db.is_file():
             print(f"no studies in {home} yet (no MLflow store {db.name}); start one with `study run SPEC`")
             return 0
     elif db is not None and not db.is_file():
-        raise SpecError(f"invalid --tracking-uri: no MLflow store at {db} (the file does not exist)")
+        raise SpecError(f"invalid --tracking-uri: no MLflow store at {db} ({why_no_file(db)})")
     if db is not None and not check_mlflow_file(db):   # read-only: an empty file stays empty
         print(f"no studies in {tracking} yet (the file is empty); start one with `study run SPEC`")
         return 0
@@ -555,6 +557,8 @@ def cmd_ui(args) -> int:
     home = home_dir(args)
     tracking = tracking_uri(args, home)
     db = sqlite_path(tracking)
+    if db is not None and db.exists() and not db.is_file():
+        raise SpecError(f"invalid {home_source(args)}: no MLflow store in {tracking} ({why_no_file(db)})")
     if db is not None and not (db.is_file() and check_mlflow_file(db)):
         raise SpecError(f"invalid {home_source(args)}: no studies are recorded in {tracking} yet; start one with `study run`")
     _check_port(args.host, args.port)

@@ -56,6 +56,13 @@ def sqlite_path(url: str) -> Path | None:
     return Path(path[1:]) if path.startswith("/") else Path(path)
 
 
+def why_no_file(path: Path) -> str:
+    """Why a SQLite store's path holds no store, for a message: missing, or something else in its place."""
+    if path.is_dir():
+        return f"{path} is a folder, not a database file; move it away"
+    return "the file does not exist" if not path.exists() else f"{path} is not a regular file"
+
+
 def _check_sqlite(flag: str, url: str) -> Path:
     path = sqlite_path(url)
     if path is None or not str(path) or not path.is_absolute():

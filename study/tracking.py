@@ -45,7 +45,8 @@ from .spec import (EPOCH_METRICS, LANDSCAPE_METRICS, MemberSpec, SpecError, Stud
                    spec_from_dict, steps_per_epoch)
 from .environment import seconds
 from .serial import SerialWriter
-from .stores import StoreError, check_mlflow_file, check_tracking_uri, create_sqlite_atomically, masked, sqlite_path
+from .stores import (StoreError, check_mlflow_file, check_tracking_uri, create_sqlite_atomically, masked, sqlite_path,
+                     why_no_file)
 
 PER_EPOCH = EPOCH_METRICS
 # internal per-epoch name (spec.EPOCH_METRICS, the engine's rows) -> MLflow metric key: the run page shows
@@ -678,7 +679,7 @@ def _reader(uri: str) -> MlflowClient:
     if path is None:
         check_tracking_uri(uri)   # a server or database that does not answer is one line, not minutes of retries
     if path is not None and not path.is_file():
-        raise LookupError(f"invalid name: no studies are recorded in {uri} (the file does not exist)")
+        raise LookupError(f"invalid name: no studies are recorded in {uri} ({why_no_file(path)})")
     if path is not None and not check_mlflow_file(path):   # read-only: looking writes nothing
         raise LookupError(f"invalid name: no studies are recorded in {uri} (the file is empty)")
     try:

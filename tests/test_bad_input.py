@@ -595,6 +595,21 @@ def test_a_bad_dashboard_file_is_one_line(tmp_path, capsys, text, needle):
     assert msg.startswith("dash.yaml: invalid") and needle in msg and "\n" not in msg, msg
 
 
+@pytest.mark.parametrize("command", [["list"], ["resume", "x"], ["export", "x", "--out", "OUT"], ["ui"],
+                                     ["recommend", "x", "--lr", "0.1"], ["run", "SPEC"]])
+def test_a_folder_where_the_mlflow_store_should_be_is_named(tmp_path, capsys, command):
+    """HOME/mlflow.db as a folder: every command says so, none says the file does not exist."""
+    home = tmp_path / "home"
+    (home / "mlflow.db").mkdir(parents=True)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(GOOD))
+    argv = [str(spec) if a == "SPEC" else str(tmp_path / "out") if a == "OUT" else a for a in command]
+    out = _study(capsys, ["--home", str(home), *argv])
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert f"{home / 'mlflow.db'} is a folder, not a database file" in out.stderr, out.stderr
+    assert sorted(p.name for p in home.iterdir()) == ["mlflow.db"] and not any((home / "mlflow.db").iterdir())
+
+
 def test_a_spec_that_is_a_pipe_is_named_as_such(tmp_path, capsys):
     fifo = tmp_path / "spec.yaml"
     os.mkfifo(fifo)
