@@ -319,7 +319,7 @@ def test_a_batch_larger_than_the_training_set_is_said(tmp_path, capsys):
                        "(one step per epoch)" in out, out
     assert main(["validate", str(QUICKSTART)]) == 0 and "batch_size" not in capsys.readouterr().out
     rc = main(["train", str(QUICKSTART), "--out", str(tmp_path / "r.json"), "--set", "data.train_subset=20",
-               "--set", "train.epochs=1", "--set", "search.seeds=[0]", "--set", "search.points=2"])
+               "--set", "train.epochs=1", "--set", "search.seeds=[0]"])
     assert rc == 0 and "warning: train.batch_size 32 is larger than the 20" in capsys.readouterr().err
 
 
