@@ -8,6 +8,7 @@ epoch, decay timescale, grid size, planned members). Imports no torch, Ray, Optu
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import os
 import re
@@ -274,7 +275,10 @@ def _coerce(value, tp, file, where):
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            _fail(file, where, f"expected a string, but got {key}={excerpt(value)}")
+            # YAML reads 2026-12-07 as a date, yes/no/on/off as booleans and 1e3 as a number: quoting keeps the text
+            hint = (f" (YAML read it as a {type(value).__name__}; quote it: {key}: '{value}')"
+                    if isinstance(value, (bool, int, float, datetime.date)) else "")
+            _fail(file, where, f"expected a string{hint}, but got {key}={excerpt(value)}")
         return value
     raise TypeError(f"unsupported annotation {tp}")  # a bug in this module, not in the spec
 

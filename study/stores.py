@@ -123,6 +123,10 @@ def check_tracking_uri(uri: str) -> None:
             raise StoreError(f"invalid --tracking-uri: {e}, in tracking_uri={uri[:80]!r}") from None
         if scheme in TRACKING_SCHEMES and scheme != "sqlite" and not parsed.hostname:
             raise StoreError(f"invalid --tracking-uri: no host, in tracking_uri={uri[:80]!r}")
+        if parsed.fragment or (scheme in ("http", "https") and parsed.query):  # MLflow would drop or mangle them
+            part = f"fragment '#{parsed.fragment}'" if parsed.fragment else f"query '?{parsed.query}'"
+            raise StoreError(f"invalid --tracking-uri: a {part[:60]} means nothing to MLflow; leave it out, "
+                             f"in tracking_uri={uri[:80]!r}")
     if scheme not in TRACKING_SCHEMES:
         hint = " (MLflow's file store is disabled; use sqlite:////abs/path/mlflow.db)" if scheme in ("", "file") else ""
         raise StoreError(f"invalid --tracking-uri: scheme {scheme or 'none'!r} is not one of "
@@ -132,16 +136,18 @@ def check_tracking_uri(uri: str) -> None:
     elif scheme in ("http", "https"):
         patience = seconds("STUDY_STORE_CHECK_S")
         deadline, last = time.time() + patience, None
-        while time.time() < deadline:
+        while True:  # asked at least once, however short the patience
             try:
-                with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as r:
+                with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=min(5.0, max(patience, 0.5))) as r:
                     if r.status == 200:
                         return
+                    last = f"HTTP {r.status}"
             except (urllib.error.URLError, OSError) as e:
-                last = e
-            time.sleep(1)
-        raise StoreError(f"invalid --tracking-uri: no MLflow server answers at {uri} within {patience:.0f} s "
-                         f"({getattr(last, 'reason', last)})")
+                last = getattr(e, "reason", e)
+            if time.time() >= deadline:
+                break
+            time.sleep(min(1.0, max(0.0, deadline - time.time())))
+        raise StoreError(f"invalid --tracking-uri: no MLflow server answers at {uri} within {patience:g} s ({last})")
     else:
         _check_reachable("--tracking-uri", uri)
 

@@ -150,6 +150,9 @@ CASES = [
                                                        "lr": {"low": 0.01, "high": 0.1, "points": 3},
                                                        "weight_decay": {"low": 0.001, "high": 0.1, "points": 3}}),
      ["--set", "search.points=5"], "invalid search.points: is the grid points of an axis without its own"),
+    ("a name YAML reads as a date", (["name"], __import__("datetime").date(2026, 12, 7)), [],
+     "invalid name: expected a string (YAML read it as a date; quote it: name: '2026-12-07')"),
+    ("a name YAML reads as a boolean", (["name"], True), [], "(YAML read it as a bool; quote it"),
     ("10**30 epochs", (["train", "epochs"], 10**30), [], "invalid train.epochs: must be <= 100,000"),
     ("a learning rate float32 makes 0", (["arms", 0, "lr", "low"], 1e-50), [],
      "invalid arms[0].lr.low: must lie in float32's range [1.175e-38, 3.403e+38] where training runs, but got low=1e-50"),
@@ -301,6 +304,8 @@ def test_console_command_refuses_with_exit_code_2(tmp_path):
     (["bench", "--device", "cuda"] if not __import__("torch").cuda.is_available() else ["bench", "--steps", "0"],
      "invalid --"),
     (["recommend", "x", "--lr", "0.1", "--tracking-uri", "http://:0"], "invalid --tracking-uri: no host"),
+    (["list", "--tracking-uri", "http://127.0.0.1:9/#frag"], "invalid --tracking-uri: a fragment '#frag' means nothing"),
+    (["list", "--tracking-uri", "http://127.0.0.1:9/?x=1"], "invalid --tracking-uri: a query '?x=1' means nothing"),
 ])
 def test_bad_command_lines(tmp_path, capsys, argv, needle):
     home = tmp_path / "home"
@@ -608,6 +613,14 @@ def test_a_folder_where_the_mlflow_store_should_be_is_named(tmp_path, capsys, co
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert f"{home / 'mlflow.db'} is a folder, not a database file" in out.stderr, out.stderr
     assert sorted(p.name for p in home.iterdir()) == ["mlflow.db"] and not any((home / "mlflow.db").iterdir())
+
+
+def test_a_tracking_server_is_asked_at_least_once_however_short_the_patience(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("STUDY_STORE_CHECK_S", "1e-9")
+    out = _study(capsys, ["--home", str(tmp_path / "home"), "list", "--tracking-uri", "http://127.0.0.1:9"])
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "no MLflow server answers at http://127.0.0.1:9 within 1e-09 s (" in out.stderr
+    assert "(None)" not in out.stderr and "within 0 s" not in out.stderr
 
 
 def test_a_spec_that_is_a_pipe_is_named_as_such(tmp_path, capsys):
