@@ -9,6 +9,7 @@ Ray, Optuna or MLflow: each command imports what it uses.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -443,6 +444,9 @@ def _check_port(host: str, port: int, flag: str = "--port") -> None:
         try:
             s.bind((host, port))
         except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:  # a valid address, but none of this machine's interfaces has it
+                raise SpecError(f"invalid --host: {host} is not an address of this machine ({e.strerror}); "
+                                f"use 127.0.0.1 (or 0.0.0.0 for every interface)") from None
             raise SpecError(f"invalid {flag}: {host}:{port} is not free ({e.strerror}); choose another port") from None
 
 

@@ -373,6 +373,19 @@ def test_ui_refuses_a_study_it_cannot_serve_before_starting(tmp_path, capsys, ar
     assert sorted(p.name for p in home.iterdir()) == ["mlflow.db"]  # no storage created
 
 
+def test_ui_on_an_address_this_machine_lacks_blames_the_host(tmp_path, capsys):
+    from study.cli import main
+
+    home = tmp_path / "home"
+    home.mkdir()
+    from mlflow.tracking import MlflowClient
+    MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments()
+    capsys.readouterr()
+    code = main(["--home", str(home), "ui", "--host", "192.0.2.1"])  # TEST-NET-1: never a local address
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "invalid --host: 192.0.2.1 is not an address of this machine" in err[0], err
+
+
 @pytest.mark.parametrize("port,needle", [(70000, "[1, 65535]"), (None, "is not free")])
 def test_ui_refuses_a_bad_or_taken_port_at_once(tmp_path, capsys, port, needle):
     import socket
