@@ -243,11 +243,17 @@ def _failed(what, members, batch, device, compiled, e: Exception, log) -> Row:
                compiled=compiled, error=msg)
 
 
+def bench_data(dataset: str = "synthetic", path=None):
+    """The images a benchmark steps on (synthetic: 4,096 training images of CIFAR-10's shape)."""
+    return load_dataset(dataset, path, synthetic_size=(4096, 256)) if dataset != "digits" else load_dataset("digits")
+
+
 def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="cpu", dataset="synthetic",
               path=None, warmup=3, steps=5, windows=3, compile="off", baseline=True, workers=2, log=print,
-              precision: str = "auto", channels_last=None, cudnn_benchmark=None, on_row=None) -> dict:
+              precision: str = "auto", channels_last=None, cudnn_benchmark=None, on_row=None, data=None) -> dict:
     """Every row, in order: the plain loop, then arrays (eager, then compiled). A row that fails is recorded
-    with its error and the others still run; `on_row(result)` sees the result so far after every row."""
+    with its error and the others still run; `on_row(result)` sees the result so far after every row. `data`:
+    bench_data(dataset, path), when the caller has read it already."""
     from .engine import resolve_channels_last, resolve_cudnn_benchmark, resolve_precision
 
     device = torch.device(device)
@@ -257,7 +263,7 @@ def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="
         raise ValueError(f"invalid compile: must be off, on or both, but got compile={compile!r}")
     bf16, cl = resolve_precision(precision, device), resolve_channels_last(channels_last, device)
     cudnn = resolve_cudnn_benchmark(cudnn_benchmark, device)
-    data = load_dataset(dataset, path, synthetic_size=(4096, 256)) if dataset != "digits" else load_dataset("digits")
+    data = bench_data(dataset, path) if data is None else data
     data = data.to(device) if device.type == "cuda" else data
     rows: list[Row] = []
     depth = int(model.removeprefix("resnet")) if model.startswith("resnet") else 20

@@ -766,7 +766,7 @@ def cmd_recommend(args) -> int:
 def cmd_bench(args) -> int:
     import torch
 
-    from .bench import format_table, run_bench, write_json
+    from .bench import bench_data, format_table, run_bench, write_json
     from .engine import resolve_device
 
     if args.json:
@@ -797,6 +797,10 @@ def cmd_bench(args) -> int:
         raise SpecError(f"invalid --data-path: dataset {args.dataset} needs a folder, but got none")
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:  # a data error is the only line, before the banner, and names the flag that was typed
+        data = bench_data(args.dataset, args.data_path)
+    except (SpecError, DataError) as e:
+        raise SpecError(str(e).replace("invalid data.path:", "invalid --data-path:", 1)) from None
     print(f"study bench: {args.model} on {device} ({args.dataset}), K={members}, batch={batches}, "
           f"precision={args.precision}, channels_last={args.channels_last}, cudnn_benchmark={args.cudnn_benchmark}, "
           f"compile={args.compile}", flush=True)
@@ -804,7 +808,7 @@ def cmd_bench(args) -> int:
     result = run_bench(args.model, members, batches, str(device), args.dataset, args.data_path, args.warmup,
                        args.steps, args.windows, args.compile, not args.no_baseline, args.workers,
                        precision=args.precision, channels_last=AUTO_BOOL[args.channels_last],
-                       cudnn_benchmark=AUTO_BOOL[args.cudnn_benchmark], on_row=on_row)
+                       cudnn_benchmark=AUTO_BOOL[args.cudnn_benchmark], on_row=on_row, data=data)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)

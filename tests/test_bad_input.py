@@ -300,6 +300,8 @@ def test_console_command_refuses_with_exit_code_2(tmp_path):
     (["bench", "--model", "nope"], "invalid --model"),
     (["bench", "--data-path", "/tmp"], "invalid --data-path: dataset synthetic reads no folder"),
     (["bench", "--dataset", "parquet"], "invalid --data-path: dataset parquet needs a folder"),
+    (["bench", "--dataset", "parquet", "--data-path", "/nonexistent"],
+     "invalid --data-path: /nonexistent/train.parquet does not exist"),
     (["validate", "/"], "is a folder, not a spec file"),
     (["bench", "--device", "cuda"] if not __import__("torch").cuda.is_available() else ["bench", "--steps", "0"],
      "invalid --"),
@@ -312,6 +314,7 @@ def test_bad_command_lines(tmp_path, capsys, argv, needle):
     out = _study(capsys, _with_home(home, argv))
     assert out.returncode == 2, out.stderr[-2000:]
     assert needle in out.stderr.strip().splitlines()[-1]
+    assert "study bench:" not in out.stdout  # no banner of a benchmark that never starts
     assert not home.exists()  # looking for a study creates no home and no store
 
 
