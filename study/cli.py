@@ -230,6 +230,8 @@ def check_address(address: str | None) -> None:
             raise SpecError(f"invalid --address: auto, but {current} names no cluster")
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):  # an IPv6 address in brackets: [::1]:6379
+        host = host[1:-1]
     if not host or not port.isdigit():
         raise SpecError(f"invalid --address: expected HOST:PORT (or ray://HOST:PORT, auto), but got address={address!r}")
     if not 1 <= int(port) <= 65535:

@@ -171,6 +171,8 @@ CASES = [
     ("6,000,000 member-epochs", (["train", "epochs"], 100_000), ["--set", "search.seeds=[0,1,2,3,4,5,6,7,8,9,10,11,12,13,14]"],
      "member-epochs, more than 5,000,000"),
     ("a Ray port out of range", None, ["--address", "127.0.0.1:99999"], "invalid --address: a TCP port lies in"),
+    ("an IPv6 Ray address nothing answers", None, ["--address", "[::1]:1"],
+     "invalid --address: no Ray cluster answers at [::1]:1 (Connection refused)"),
     # found by a hostile pass: late failures and tracebacks, now refused up front
     ("a description MLflow would refuse", (["description"], "d" * 25_000), [], "invalid description"),
     ("a study named like the home's store", (["name"], "mlflow.db"), [], "the home's own mlflow.db"),
