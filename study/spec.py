@@ -431,11 +431,23 @@ def _check_limits(spec: StudySpec, file) -> None:
     _check(n <= MAX_SEEDS, file, "search.seeds", f"at most {MAX_SEEDS:,} seeds, but got {n:,} seeds")
 
 
+def _check_path_given(spec: StudySpec, file) -> None:
+    d = spec.data
+    _check(d.path is None or d.path.strip() != "", file, "data.path", f"an empty path; name the folder, or leave "
+           f"data.path out for dataset {d.dataset}'s default, but got path={d.path!r}")
+
+
 def _check_applies(spec: StudySpec, file) -> None:
     """A field the chosen dataset, schedule or sampler does not use is refused, never ignored: a user who
     wrote it expects it to take effect."""
     d, t, s = spec.data, spec.train, spec.search
     entry = DATASETS.get(d.dataset)
+    _check_path_given(spec, file)
+    if not spec.arms:  # explicit members: each names its setting and seed; the search section draws none
+        for name in ("sampler", "points", "trials", "seeds", "refine"):
+            _check(getattr(s, name) == getattr(SearchSpec(), name), file, f"search.{name}",
+                   f"draws or repeats the settings of arms, and this spec has members only (each with its own "
+                   f"setting and seed); remove it, but got {name}={excerpt(getattr(s, name))}")
     if entry is not None and not entry.takes_path:
         _check(d.path is None, file, "data.path", f"dataset {d.dataset} reads no folder ({entry.source}); remove "
                f"data.path or choose a dataset that reads one, but got path={excerpt(d.path)}")
@@ -721,6 +733,7 @@ def load_spec(path, data_path: str | None = None, overrides=None) -> StudySpec:
     raw.setdefault("name", p.stem)
     spec = _build(StudySpec, raw, p.name, "")
     check_data_path_flag(spec.data.dataset, data_path, f" of {p.name}")
+    _check_path_given(spec, p.name)  # before '' is resolved to the spec's own folder
     new_path = data_path if data_path is not None else spec.data.path
     if new_path is not None:
         q = Path(os.path.expandvars(new_path)).expanduser()

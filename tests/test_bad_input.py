@@ -269,9 +269,30 @@ def test_corrupt_parquet_is_refused(run_spec, corrupt_parquet):
 
 def test_explicit_members_are_refused_by_run(run_spec):
     spec = mutate(["arms"], [])
+    del spec["search"]   # a members-only spec has no search to draw (refused on its own: the next test)
     spec["members"] = [{"optimizer": "sgd", "decay": "coupled", "lr": 0.1, "weight_decay": 1e-4}]
     out, home = run_spec(yaml.safe_dump(spec), [])
     _assert_refused(out, home, "study train")
+
+
+@pytest.mark.parametrize("field,value", [("points", 3), ("seeds", [0, 1]), ("sampler", "tpe"), ("refine", 1)])
+def test_a_search_field_in_a_members_only_spec_is_refused(tmp_path, capsys, field, value):
+    raw = mutate(["arms"], [])
+    raw["search"] = {field: value}
+    raw["members"] = [{"optimizer": "sgd", "decay": "coupled", "lr": 0.1, "weight_decay": 1e-4}]
+    spec = tmp_path / "members.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    out = _study(capsys, ["validate", str(spec)])
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert f"invalid search.{field}: draws or repeats the settings of arms, and this spec has members only" in out.stderr
+
+
+def test_an_empty_data_path_is_refused_not_read_as_the_specs_folder(tmp_path, capsys):
+    raw = mutate(["data"], {"dataset": "cifar10", "path": ""})
+    spec = tmp_path / "c.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    out = _study(capsys, ["validate", str(spec)])
+    assert out.returncode == 2 and "invalid data.path: an empty path" in out.stderr, out.stderr
 
 
 def test_console_command_refuses_with_exit_code_2(tmp_path):
