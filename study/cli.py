@@ -61,6 +61,17 @@ def _fail(msg: str) -> int:
 
 AUTO_BOOL = {"auto": None, "true": True, "false": False}  # --channels-last, --cudnn-benchmark -> the spec's value
 
+def _fields_for_run_only(spec) -> list[str]:
+    """The spec's settings, other than their defaults, that only `study run` acts on."""
+    from .spec import ExecutionSpec, SearchSpec, TrackingSpec
+
+    out = [f"execution.{k}" for k in ("cpus_per_trial", "gpus_per_trial", "max_concurrent", "max_failures")
+           if getattr(spec.execution, k) != getattr(ExecutionSpec(), k)]
+    out += ["search.refine"] if spec.search.refine != SearchSpec().refine else []
+    out += ["tracking.experiment"] if spec.tracking.experiment != TrackingSpec().experiment else []
+    return out
+
+
 def cmd_train(args) -> int:
     import torch
 
@@ -97,6 +108,10 @@ def cmd_train(args) -> int:
     d = spec.data
     data = load_spec_data(d)
     arrays = pack_arrays(members, spec.execution.members_per_trial)
+    for_run = _fields_for_run_only(spec)
+    if for_run:  # the spec serves both commands: say what this one leaves to `study run`
+        print(f"note: study train trains here, one array after another, and records nothing in MLflow or Optuna; "
+              f"left to `study run`: {', '.join(for_run)}", file=sys.stderr)
     print(f"study train: {len(members)} members in {len(arrays)} arrays on {device} "
           f"({spec.model.name}, {d.dataset}: {len(data.train_y)} train / {len(data.test_y)} test images, "
           f"{spec.train.epochs} epochs)")

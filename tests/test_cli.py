@@ -355,3 +355,13 @@ def test_a_home_whose_store_mlflow_tracking_uri_overrides_is_said_once(tmp_path,
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     main(["--home", str(home), "list"])
     assert "MLFLOW_TRACKING_URI" not in capsys.readouterr().err
+
+
+def test_train_says_which_settings_it_leaves_to_study_run(tmp_path, capsys):
+    from study.cli import main
+
+    base = ["train", str(QUICKSTART), "--out", str(tmp_path / "r.json"), "--set", "data.train_subset=32",
+            "--set", "train.epochs=1", "--set", "search.seeds=[0]", "--set", "execution.members_per_trial=78"]
+    assert main([*base, "--set", "execution.max_failures=5", "--set", "search.refine=1"]) == 0
+    err = capsys.readouterr().err
+    assert "left to `study run`: execution.max_failures, search.refine, tracking.experiment" in err, err
