@@ -267,7 +267,8 @@ def tracking_uri(args, home: Path) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else the SQLite file under the studies' home. Where a --home
     was given but MLFLOW_TRACKING_URI decides, one line says so: the home's own store is not the one read."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
-    if not args.tracking_uri and env and getattr(args, "home", None) and env not in _NOTED:
+    if (not args.tracking_uri and env and getattr(args, "home", None) and env not in _NOTED
+            and env != default_tracking_uri(home)):
         _NOTED.add(env)
         print(f"note: the records are in MLFLOW_TRACKING_URI={masked(env)}, not {default_tracking_uri(home)} "
               f"(--tracking-uri or unsetting MLFLOW_TRACKING_URI chooses otherwise)", file=sys.stderr)
@@ -578,18 +579,12 @@ def cmd_ui(args) -> int:
     home = home_dir(args)
     tracking = tracking_uri(args, home)
     db = sqlite_path(tracking)
+    source = "--tracking-uri" if args.tracking_uri else home_source(args)
     if db is not None and db.exists() and not db.is_file():
-        raise SpecError(f"invalid {home_source(args)}: no MLflow store in {tracking} ({why_no_file(db)})")
+        raise SpecError(f"invalid {source}: no MLflow store in {tracking} ({why_no_file(db)})")
     if db is not None and not (db.is_file() and check_mlflow_file(db)):
-        raise SpecError(f"invalid {home_source(args)}: no studies are recorded in {tracking} yet; start one with `study run`")
-    _check_port(args.host, args.port)
-    if db is not None:  # a moved or copied home shows its own figures (MLflow records absolute locations)
-        from .stores import StoreError
-        from .tracking import adopt_home
-        try:
-            adopt_home(tracking)
-        except StoreError as e:
-            print(f"warning: {e}", file=sys.stderr)
+        raise SpecError(f"invalid {source}: no studies are recorded in {tracking} yet; start one with `study run`")
+    # what --study and --storage ask for, checked before anything is bound, read or written
     dash = None
     if args.storage and not args.study:
         raise SpecError(f"invalid --storage: it is the Optuna storage of --study, and no --study was given; add "
@@ -601,6 +596,14 @@ def cmd_ui(args) -> int:
     if storage is not None and sqlite_path(storage) is not None and not sqlite_path(storage).is_file():
         raise SpecError(f"invalid --study: no Optuna storage for study {args.study!r} at {sqlite_path(storage)} "
                         f"(`study list` names the studies; --storage gives another), but got study={args.study!r}")
+    _check_port(args.host, args.port)
+    if db is not None:  # a moved or copied home shows its own figures (MLflow records absolute locations)
+        from .stores import StoreError
+        from .tracking import adopt_home
+        try:
+            adopt_home(tracking)
+        except StoreError as e:
+            print(f"warning: {e}", file=sys.stderr)
     if args.study and not dash:
         print(f"warning: --study {args.study}: optuna-dashboard is not installed (pip install optuna-dashboard); "
               f"serving MLflow only", file=sys.stderr)

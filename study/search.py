@@ -476,7 +476,8 @@ def _has_optuna_tables(url: str) -> bool:
 
     engine = sqlalchemy.create_engine(url)
     try:
-        return sqlalchemy.inspect(engine).has_table("studies")
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+        return {"studies", "trials", "study_user_attributes"} <= tables
     finally:
         engine.dispose()
 
@@ -489,8 +490,10 @@ def read_lease(storage_url: str, name: str) -> tuple[bool | None, str]:
     if path is not None and not path.is_file():
         return False, "no lease"
     try:
-        if path is None and not _has_optuna_tables(storage_url):  # RDBStorage would create Optuna's schema there
-            return False, "no lease"
+        if path is None:
+            check_optuna_url(storage_url)  # scheme and a reachable server, within seconds, before connecting
+            if not _has_optuna_tables(storage_url):  # RDBStorage would create Optuna's schema there
+                return False, "no lease"
         storage = open_storage(storage_url)  # an existing file or server with Optuna's tables: nothing is created
         study_id = storage.get_study_id_from_name(f"{name}.driver")
         attrs = storage.get_study_user_attrs(study_id)

@@ -275,8 +275,8 @@ def _coerce(value, tp, file, where):
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            # YAML reads 2026-12-07 as a date, yes/no/on/off as booleans and 1e3 as a number: quoting keeps the text
-            hint = (f" (YAML read it as a {type(value).__name__}; quote it: {key}: '{value}')"
+            # YAML reads 2026-12-07 as a date, true/false as booleans and 1.5 as a number: quoting keeps the text
+            hint = (f" (YAML read it as a {type(value).__name__}; put the value in quotes as you wrote it)"
                     if isinstance(value, (bool, int, float, datetime.date)) else "")
             _fail(file, where, f"expected a string{hint}, but got {key}={excerpt(value)}")
         return value
@@ -431,6 +431,17 @@ def _check_limits(spec: StudySpec, file) -> None:
     _check(n <= MAX_SEEDS, file, "search.seeds", f"at most {MAX_SEEDS:,} seeds, but got {n:,} seeds")
 
 
+def _check_as_written(spec: StudySpec, file) -> None:
+    """Checks of what a person wrote (load_spec), not of specs a study recorded: an older version's `--smoke`
+    recorded a grid's search.points beside every axis's own, and `study resume` must still read it."""
+    s = spec.search
+    every_axis = bool(spec.arms) and all(getattr(a, axis).points is not None
+                                         for a in spec.arms for axis in ("lr", "weight_decay"))
+    _check(s.sampler != "grid" or s.points == SearchSpec().points or not every_axis, file, "search.points",
+           f"is the grid points of an axis without its own, and every arm's lr and weight_decay set points: "
+           f"remove it, but got points={s.points}")
+
+
 def _check_path_given(spec: StudySpec, file) -> None:
     d = spec.data
     _check(d.path is None or d.path.strip() != "", file, "data.path", f"an empty path; name the folder, or leave "
@@ -443,7 +454,7 @@ def _check_applies(spec: StudySpec, file) -> None:
     d, t, s = spec.data, spec.train, spec.search
     entry = DATASETS.get(d.dataset)
     _check_path_given(spec, file)
-    if not spec.arms:  # explicit members: each names its setting and seed; the search section draws none
+    if spec.members and not spec.arms:  # explicit members: each names its setting and seed; no search to draw
         for name in ("sampler", "points", "trials", "seeds", "refine"):
             _check(getattr(s, name) == getattr(SearchSpec(), name), file, f"search.{name}",
                    f"draws or repeats the settings of arms, and this spec has members only (each with its own "
@@ -465,11 +476,6 @@ def _check_applies(spec: StudySpec, file) -> None:
     if s.sampler == "grid":
         _check(s.trials is None, file, "search.trials", f"sets how many settings a sampler draws; sampler grid takes "
                f"search.points (or each axis's points) instead, but got trials={s.trials}")
-        every_axis = bool(spec.arms) and all(getattr(a, axis).points is not None
-                                             for a in spec.arms for axis in ("lr", "weight_decay"))
-        _check(s.points == SearchSpec().points or not every_axis, file, "search.points",
-               f"is the grid points of an axis without its own, and every arm's lr and weight_decay set points: "
-               f"remove it, but got points={s.points}")
     else:
         _check(s.points == SearchSpec().points, file, "search.points", f"sets grid points; sampler {s.sampler} draws "
                f"search.trials settings instead, but got points={s.points}")
@@ -734,6 +740,7 @@ def load_spec(path, data_path: str | None = None, overrides=None) -> StudySpec:
     spec = _build(StudySpec, raw, p.name, "")
     check_data_path_flag(spec.data.dataset, data_path, f" of {p.name}")
     _check_path_given(spec, p.name)  # before '' is resolved to the spec's own folder
+    _check_as_written(spec, p.name)
     new_path = data_path if data_path is not None else spec.data.path
     if new_path is not None:
         q = Path(os.path.expandvars(new_path)).expanduser()

@@ -124,9 +124,9 @@ def check_tracking_uri(uri: str) -> None:
         if scheme in TRACKING_SCHEMES and scheme != "sqlite" and not parsed.hostname:
             raise StoreError(f"invalid --tracking-uri: no host, in tracking_uri={uri[:80]!r}")
         if parsed.fragment or (scheme in ("http", "https") and parsed.query):  # MLflow would drop or mangle them
-            part = f"fragment '#{parsed.fragment}'" if parsed.fragment else f"query '?{parsed.query}'"
-            raise StoreError(f"invalid --tracking-uri: a {part[:60]} means nothing to MLflow; leave it out, "
-                             f"in tracking_uri={uri[:80]!r}")
+            part = "fragment ('#…')" if parsed.fragment else "query ('?…')"  # either may hold a token: not echoed
+            raise StoreError(f"invalid --tracking-uri: a {part} means nothing to MLflow; leave it out, in "
+                             f"tracking_uri={masked(uri.split('#')[0].split('?')[0])[:80]!r}")
     if scheme not in TRACKING_SCHEMES:
         hint = " (MLflow's file store is disabled; use sqlite:////abs/path/mlflow.db)" if scheme in ("", "file") else ""
         raise StoreError(f"invalid --tracking-uri: scheme {scheme or 'none'!r} is not one of "

@@ -804,8 +804,10 @@ def note_with_answer(note: str, metric: str, lines: list[str], report: str) -> s
     kept = [ANSWER_HEADING + sec for sec in sections if not sec.startswith(f"{metric}\n")]
     answer = (f"{ANSWER_HEADING}{metric}\n" + "".join(f"- {line}\n" for line in lines)
               + f"\nFigures and the report: this run's artifacts, `{report}`.")
+    while kept and len("".join("\n\n" + sec for sec in [*kept, answer])) > NOTE_LIMIT:
+        kept.pop(0)  # past MLflow's 8,000 characters of a tag, other metrics' answers give way first
     rest = "".join("\n\n" + sec for sec in [*kept, answer])
-    room = NOTE_LIMIT - len(rest)  # MLflow keeps 8,000 characters of a tag: the description gives way, not the answer
+    room = NOTE_LIMIT - len(rest)  # then the description, never this answer
     return (head if len(head) <= room else head[:max(0, room - 1)] + "…") + rest
 
 
