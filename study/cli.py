@@ -61,6 +61,15 @@ def _fail(msg: str) -> int:
 
 AUTO_BOOL = {"auto": None, "true": True, "false": False}  # --channels-last, --cudnn-benchmark -> the spec's value
 
+def _check_size(spec, allow_large: bool) -> None:
+    """Before training (train, run): the study's cost refused past the stated size, and what the data makes of
+    the spec's steps said on stderr."""
+    n = split_sizes(spec.data)[0]
+    check_cost(spec, n, allow_large)
+    for w in data_warnings(spec, n):
+        print(f"warning: {w}", file=sys.stderr)
+
+
 def _fields_for_run_only(spec) -> list[str]:
     """The spec's settings, other than their defaults, that only `study run` acts on."""
     from .spec import ExecutionSpec, SearchSpec, TrackingSpec
@@ -93,10 +102,7 @@ def cmd_train(args) -> int:
     if overrides:
         spec = dataclasses.replace(spec, train=dataclasses.replace(spec.train, **overrides))
     check_output(args.out, "--out")          # before training: results are never lost to a bad path
-    n = split_sizes(spec.data)[0]
-    check_cost(spec, n, args.allow_large)
-    for w in data_warnings(spec, n):
-        print(f"warning: {w}", file=sys.stderr)
+    _check_size(spec, args.allow_large)
     members = grid_members(spec)
     if args.device == "cuda":
         _refuse_cuda_flag()
@@ -279,10 +285,7 @@ def cmd_run(args) -> int:
     spec = load_spec(args.spec, args.data_path, args.set)
     if args.smoke:
         spec = shrink_for_smoke(spec)
-    n = split_sizes(spec.data)[0]
-    check_cost(spec, n, args.allow_large)
-    for w in data_warnings(spec, n):
-        print(f"warning: {w}", file=sys.stderr)
+    _check_size(spec, args.allow_large)
     return _drive(args, spec, resume=False)
 
 

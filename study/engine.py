@@ -28,7 +28,7 @@ from torch import Tensor
 from .data import Dataset, augment
 from .models import build_model
 from .optim import build_optimizer, flat_backward, param_groups
-from .spec import EPOCH_METRICS, DataSpec, MemberSpec, ModelSpec, TrainSpec, final_metrics, steps_per_epoch  # noqa: F401
+from .spec import EPOCH_METRICS, DataSpec, MemberSpec, ModelSpec, TrainSpec, final_metrics, steps_per_epoch, warmup_steps  # noqa: F401
 
 
 ANGLE_STEPS = 8  # angular update: mean over the last (up to) 8 steps of each epoch
@@ -162,7 +162,7 @@ class ArrayTrainer:
         self.batch = min(t.batch_size, len(data.train_y))
         self.steps_per_epoch = steps_per_epoch(t.batch_size, len(data.train_y))  # drop_last: full batches only
         self.total_steps = t.epochs * self.steps_per_epoch
-        self.warmup_steps = round(t.warmup_epochs * self.steps_per_epoch)
+        self.warmup_steps = warmup_steps(t, self.steps_per_epoch)
         self.crop_padding, self.flip = config.augmentation(data)
         self.model = build_model(config.model.name, self.K, data.num_classes, data.in_channels,
                                  config.model.width, seeds=[m.seed for m in members]).to(self.device)

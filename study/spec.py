@@ -856,6 +856,11 @@ def _check_float32(v: float, file, where: str) -> None:
                                        f"but got {where.rsplit('.', 1)[-1]}={v!r}")
 
 
+def warmup_steps(train: TrainSpec, per_epoch: int) -> int:
+    """The linear warm-up in steps: train.warmup_epochs of `per_epoch` steps, rounded (what the trainer runs)."""
+    return round(train.warmup_epochs * per_epoch)
+
+
 def data_warnings(spec: StudySpec, train_size: int) -> list[str]:
     """What the data makes of the spec's settings that the spec alone cannot show."""
     t, out = spec.train, []
@@ -863,19 +868,21 @@ def data_warnings(spec: StudySpec, train_size: int) -> list[str]:
         out.append(f"train.batch_size {t.batch_size} is larger than the {train_size:,} training images: every step "
                    f"takes all {train_size:,} (one step per epoch)")
     per_epoch, T = steps_per_epoch(t.batch_size, train_size), total_steps(spec, train_size)
-    warm = round(t.warmup_epochs * per_epoch)  # as the trainer rounds it (engine.ArrayTrainer)
+    warm = warmup_steps(t, per_epoch)
     if t.warmup_epochs > 0 and warm < 2:
         out.append(f"train.warmup_epochs {t.warmup_epochs:g} is {t.warmup_epochs * per_epoch:.3g} of this run's "
                    f"{per_epoch} steps per epoch, rounded to {warm}: no step is warmed up")
     if t.schedule == "step":
-        at = [math.ceil(q * T) for q in t.milestones]  # the first step with step >= q·T (engine.schedule_multiplier)
-        for q, step in zip(t.milestones, at):
+        by_step: dict[int, list[float]] = {}  # the first step with step >= q·T (engine.schedule_multiplier)
+        for q in t.milestones:
+            by_step.setdefault(math.ceil(q * T), []).append(q)
+        for step, qs in by_step.items():
             if step >= T:
-                out.append(f"train.milestones {q:g} falls at step {step} of a run of {T} steps: its drop never happens")
-            elif at.count(step) > 1 and q == next(m for m, s_ in zip(t.milestones, at) if s_ == step):
-                same = [f"{m:g}" for m, s_ in zip(t.milestones, at) if s_ == step]
-                out.append(f"train.milestones {', '.join(same)} fall on the same step {step} of {T}: their drops "
-                           f"happen at once")
+                out += [f"train.milestones {q:g} falls at step {step} of a run of {T} steps: its drop never happens"
+                        for q in qs]
+            elif len(qs) > 1:
+                out.append(f"train.milestones {', '.join(f'{q:g}' for q in qs)} fall on the same step {step} of {T}: "
+                           f"their drops happen at once")
     return out
 
 
