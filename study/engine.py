@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import diagnostics as diag
 from .data import Dataset, augment
 from .models import build_model
 from .optim import build_optimizer, flat_backward, param_groups
@@ -172,7 +173,7 @@ class ArrayTrainer:
         groups, self.decay_counts = param_groups(self.model.named_parameters(), wd, member_dims=1, flat=True)
         self.optimizer = build_optimizer(members[0].optimizer, groups, lr, members[0].decay,
                                          **members[0].optimizer_kwargs())
-        self.base_lr = lr
+        self.base_lr, self.weight_decay = lr, wd
         self._lr = lr.clone()          # every group's lr: base_lr · s_t · alive, rewritten in place each step
         self._bind_lr()
         # s_t for every step of the run, on the device: a step reads its multiplier without a host transfer
@@ -186,6 +187,9 @@ class ArrayTrainer:
         self.epoch = 0                 # epochs completed
         self.history: list[list[dict]] = [[] for _ in members]
         self.elapsed = 0.0             # seconds of training before this process (resume)
+        # per decayed tensor, each output channel's √v̂ summed over the epochs' ends (diagnostics.channel_sqrt_v)
+        self.sqrt_v_sum: list[Tensor] | None = None
+        self.sqrt_v_epochs = 0
         self.compile_s = 0.0
         self._loss_fn = compiled_member_loss() if self.compiled else member_loss
 
@@ -203,7 +207,8 @@ class ArrayTrainer:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "alive": self.alive.cpu(), "history": self.history, "elapsed": self.elapsed,
-                "members": [m.__dict__ for m in self.members]}
+                "members": [m.__dict__ for m in self.members],
+                "sqrt_v": None if self.sqrt_v_sum is None else ([t.cpu() for t in self.sqrt_v_sum], self.sqrt_v_epochs)}
 
     def load_state_dict(self, state: dict) -> None:
         if [m.__dict__ for m in self.members] != state["members"]:
@@ -213,6 +218,9 @@ class ArrayTrainer:
         self._bind_lr()  # the loaded groups carry the saved lr tensors; the step writes into self._lr
         self.alive = state["alive"].to(self.device)
         self.epoch, self.history, self.elapsed = state["epoch"], state["history"], state["elapsed"]
+        if state.get("sqrt_v") is not None:  # a checkpoint from before the diagnostics starts its average anew
+            sums, self.sqrt_v_epochs = state["sqrt_v"]
+            self.sqrt_v_sum = [t.to(self.device) for t in sums]
 
     # ------------------------------------------------------------------ training
 
@@ -337,7 +345,8 @@ class ArrayTrainer:
         angle = torch.stack(angles).mean(0) if angles else torch.full_like(lr_now, math.nan)
         self.elapsed += epoch_time
         cols = {"train_loss": train_loss, "test_loss": test_loss, "test_error": test_error,
-                "weight_norm": sq.sqrt(), "effective_lr": eff, "angular_update": angle, "lr": lr_now}
+                "weight_norm": sq.sqrt(), "effective_lr": eff, "angular_update": angle, "lr": lr_now,
+                **self._diagnostics(lr_now, s)}
         cols = {k: v.float().cpu().tolist() for k, v in cols.items()}  # the one host sync of the epoch
         alive = self.alive.cpu().tolist()
         rows, ended_at = [], time.time()  # when the epoch ended: MLflow's time axis (tracking.py)
@@ -348,6 +357,34 @@ class ArrayTrainer:
                 row.update(train_loss=math.nan, test_loss=math.nan, test_error=math.nan)
             rows.append(row)
         return rows
+
+    @torch.no_grad()
+    def _diagnostics(self, lr_now: Tensor, s: float) -> dict[str, Tensor]:
+        """The epoch's decay diagnostics (study/diagnostics.py), per member: the equilibrium angular update and
+        the output layer's norm always; for an optimizer with a preconditioner (Adam, Adagrad) also the spread
+        of the per-weight decay rate and the rank correlation of channel norms with their mean √v̂ so far."""
+        m = self.members[0]
+        opts = m.optimizer_kwargs()
+        out = {"angular_equilibrium": diag.equilibrium_angle(m.optimizer, m.decay, lr_now, s, self.weight_decay,
+                                                              opts.get("momentum", 0.0)),
+               "head_norm": self.model.head.weight.detach().float().flatten(1).norm(dim=1)}
+        if not (diag.has_preconditioner(m.optimizer) and self.decayed):
+            return out
+        rate = self.weight_decay * s if m.decay == "independent" else lr_now * self.weight_decay
+        states = [self.optimizer.state.get(p, {}) for p in self.decayed]
+        betas = opts.get("betas")
+        out["decay_spread"] = diag.decay_spread([diag.decay_rates(m.optimizer, m.decay, rate, st, opts.get("eps", 0.0),
+                                                                  betas) for st in states])
+        roots = [diag.channel_sqrt_v(m.optimizer, st, betas) for st in states]
+        if all(r is not None for r in roots):
+            self.sqrt_v_sum = roots if self.sqrt_v_sum is None else [a + r for a, r in zip(self.sqrt_v_sum, roots)]
+            self.sqrt_v_epochs += 1
+        if self.sqrt_v_sum is None:
+            out["norm_sqrt_v_corr"] = torch.full_like(lr_now, math.nan)
+        else:
+            norms = torch.cat([diag.channel_norms(p) for p in self.decayed], 1)
+            out["norm_sqrt_v_corr"] = diag.rank_correlation(norms, torch.cat(self.sqrt_v_sum, 1) / self.sqrt_v_epochs)
+        return out
 
     def run(self, report: Callable[[int, list[dict]], None] | None = None) -> list[dict]:
         """Train the remaining epochs; return one result per member: its settings, final metrics and history."""

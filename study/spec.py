@@ -41,7 +41,10 @@ LARGE_MEMBER_EPOCHS = 5_000_000
 MAX_SPEC_BYTES = 256 * 1024  # a spec is a page of YAML; anything near this size is not one
 # per-epoch metrics of every member (docs/science.md), in the engine's rows and the MLflow records
 EPOCH_METRICS = ("train_loss", "test_loss", "test_error", "weight_norm", "effective_lr", "angular_update",
-                 "lr", "epoch_time", "wall_time", "diverged")
+                 "lr", "epoch_time", "wall_time", "diverged", "angular_equilibrium", "head_norm", "decay_spread",
+                 "norm_sqrt_v_corr")
+# of those, the ones only an optimizer with a per-weight preconditioner (Adam, Adagrad) has (study/diagnostics.py)
+PRECONDITIONER_METRICS = ("decay_spread", "norm_sqrt_v_corr")
 
 
 class SpecError(ValueError):

@@ -54,7 +54,9 @@ PER_EPOCH = EPOCH_METRICS
 EPOCH_KEYS = {"train_loss": "train/loss", "test_loss": "test/loss", "test_error": "test/error",
               "weight_norm": "decay/weight_norm", "effective_lr": "decay/effective_lr",
               "angular_update": "decay/angular_update", "lr": "schedule/lr", "epoch_time": "time/epoch_s",
-              "wall_time": "time/train_s", "diverged": "train/diverged"}
+              "wall_time": "time/train_s", "diverged": "train/diverged",
+              "angular_equilibrium": "decay/angular_update_equilibrium", "head_norm": "decay/output_weight_norm",
+              "decay_spread": "decay/effective_decay_spread", "norm_sqrt_v_corr": "decay/norm_vs_sqrt_v_rank_corr"}
 EPOCH_KEYS.update({k: f"epoch/{k}" for k in PER_EPOCH if k not in EPOCH_KEYS})  # a metric added later
 # a row's key for the wall-clock time (unix seconds) its epoch ended; set by the trainer if it knows,
 # else by RecordWriter.log_epoch on receipt. Never logged as a metric: it is the metrics' timestamp.

@@ -10,7 +10,7 @@ import pytest
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from study.spec import EPOCH_METRICS, MemberSpec, final_metrics, spec_from_dict
+from study.spec import EPOCH_METRICS, PRECONDITIONER_METRICS, MemberSpec, final_metrics, spec_from_dict
 from study.tracking import (ENDED_AT, EPOCH_KEYS, RecordWriter, Tracker, ensure_store, member_name, read_study,
                             short)
 
@@ -23,11 +23,12 @@ EPOCHS = 3
 
 
 def _row(epoch: int, k: int) -> dict:
-    """An engine row (study/engine.py ArrayTrainer._epoch_rows): every metric of EPOCH_METRICS."""
+    """An SGD array's engine row (study/engine.py ArrayTrainer._epoch_rows): every metric of EPOCH_METRICS but
+    the ones only an optimizer with a preconditioner has."""
     return {"epoch": epoch, "train_loss": 2.0 / epoch + k, "test_loss": 2.1 / epoch + k,
             "test_error": 0.5 / epoch + 0.01 * k, "weight_norm": 10.0 + epoch, "effective_lr": 0.01 * epoch,
             "angular_update": 0.001 * epoch, "lr": 1e-6 * (EPOCHS - epoch + 1), "epoch_time": 0.5,
-            "wall_time": 0.5 * epoch, "diverged": 0.0}
+            "wall_time": 0.5 * epoch, "diverged": 0.0, "angular_equilibrium": 0.002 * epoch, "head_norm": 3.0 + k}
 
 
 def _store(tmp_path):
@@ -115,7 +116,7 @@ def test_metric_keys_are_grouped_and_never_a_param(study):
         metrics, params = set(r.data.metrics), set(r.data.params)
         assert not metrics & params, metrics & params
         per_epoch = {k for k in metrics if not k.startswith(("final_", "log10_"))}
-        assert per_epoch == set(EPOCH_KEYS.values())
+        assert per_epoch == {v for k, v in EPOCH_KEYS.items() if k not in PRECONDITIONER_METRICS}  # an SGD array
         assert not set(EPOCH_METRICS) & metrics  # no flat per-epoch key is left
         assert ENDED_AT not in metrics and not any(k.endswith(ENDED_AT) for k in metrics)
         hist = client.get_metric_history(r.info.run_id, "schedule/lr")
@@ -186,7 +187,7 @@ def test_read_study_and_history_read_back_internal_names(study):
         hist = tracker.metric_history(d["run_id"])
         assert [r["epoch"] for r in hist] == list(range(1, EPOCHS + 1))
         for r in hist:
-            assert set(r) == {"epoch", *EPOCH_METRICS}
+            assert set(r) == {"epoch", *EPOCH_METRICS} - set(PRECONDITIONER_METRICS)
             assert r["lr"] == pytest.approx(_row(r["epoch"], k)["lr"])
     resumed = Tracker(uri, spec, resume=True)
     finished = {f.member.key(spec.name) for f in resumed.recorded_members() if f.value is not None}

@@ -1,0 +1,141 @@
+"""The decay diagnostics (study/diagnostics.py) against hand computations, and on the engine's rows."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from study import diagnostics as diag
+from study.data import load_dataset
+from study.engine import ArrayConfig, ArrayTrainer
+from study.optim import Adam, Adagrad
+from study.spec import PRECONDITIONER_METRICS, DataSpec, MemberSpec, ModelSpec, TrainSpec
+
+
+def _adam_after(steps: int, decay: str, lr, wd, betas=(0.9, 0.999), eps=1e-8):
+    """A (K=2, 3, 4) parameter after `steps` Adam steps on fixed random gradients, and the gradients used."""
+    gen = torch.Generator().manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(2, 3, 4, generator=gen, dtype=torch.float64))
+    opt = Adam([{"params": [p], "weight_decay": torch.tensor(wd)}], lr=torch.tensor(lr), betas=betas, eps=eps,
+               decay=decay)
+    grads = []
+    for _ in range(steps):
+        g = torch.randn(2, 3, 4, generator=gen, dtype=torch.float64) * torch.logspace(-3, 1, 4, dtype=torch.float64)
+        grads.append(g)
+        p.grad = g.clone()
+        opt.step()
+    return p, opt.state[p], grads
+
+
+def test_coupled_adam_spread_is_the_hand_computed_ratio():
+    lr, wd, betas, eps = [0.01, 0.02], [0.1, 0.3], (0.9, 0.999), 1e-8
+    p, state, grads = _adam_after(5, "coupled", lr, wd, betas, eps)
+    # by hand: the L2 term enters the gradient, so v accumulates (g + λ·w_before)²; read v from the state's own
+    # arithmetic independently: v_t = β₂·v + (1 − β₂)·g_t² with g_t the decayed gradient, v̂ = v / (1 − β₂⁵)
+    v = state["exp_avg_sq"].numpy()
+    v_hat = v / (1 - betas[1] ** 5)
+    for k in range(2):
+        rate = lr[k] * wd[k] / (np.sqrt(v_hat[k]).ravel() + eps)
+        n = rate.size
+        lo, hi = np.sort(rate)[math.ceil(0.1 * n) - 1], np.sort(rate)[math.ceil(0.9 * n) - 1]
+        got = diag.decay_spread([diag.decay_rates("adam", "coupled", torch.tensor(lr[k] * wd[k])[None].expand(2),
+                                                  state, eps, betas)])[k]
+        assert float(got) == pytest.approx(hi / lo, rel=1e-6)
+    # the rate itself: η·λ/(√v̂ + ε) per weight, with v̂ recomputed from the gradients the optimizer saw
+    w, vv = None, np.zeros((2, 3, 4))
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(2, 3, 4, generator=gen, dtype=torch.float64).numpy()
+    m = np.zeros_like(w)
+    for t, g in enumerate(grads, 1):
+        g = g.numpy() + np.array(wd)[:, None, None] * w
+        m = betas[0] * m + (1 - betas[0]) * g
+        vv = betas[1] * vv + (1 - betas[1]) * g * g
+        w = w - np.array(lr)[:, None, None] * (m / (1 - betas[0] ** t)) / (np.sqrt(vv / (1 - betas[1] ** t)) + eps)
+    rates = diag.decay_rates("adam", "coupled", torch.tensor(lr) * torch.tensor(wd), state, eps, betas)
+    np.testing.assert_allclose(rates.numpy(), (np.array(lr) * np.array(wd))[:, None]
+                               / (np.sqrt(vv / (1 - betas[1] ** 5)).reshape(2, -1) + eps), rtol=1e-6)  # float32
+    assert np.allclose(p.detach().numpy(), w)  # the optimizer did what the hand computation did
+
+
+@pytest.mark.parametrize("decay", ["decoupled", "independent"])
+def test_uniform_decay_has_spread_one(decay):
+    _, state, _ = _adam_after(3, decay, [0.01, 0.02], [0.1, 0.3])
+    got = diag.decay_spread([diag.decay_rates("adam", decay, torch.tensor([0.001, 0.006]), state, 1e-8, (0.9, 0.999))])
+    assert got.tolist() == [1.0, 1.0]
+
+
+def test_adagrad_uses_its_accumulated_sum():
+    gen = torch.Generator().manual_seed(1)
+    p = torch.nn.Parameter(torch.randn(1, 2, 5, generator=gen, dtype=torch.float64))
+    opt = Adagrad([{"params": [p], "weight_decay": torch.tensor([0.1])}], lr=torch.tensor([0.1]), eps=1e-10)
+    p.grad = torch.randn(1, 2, 5, generator=gen, dtype=torch.float64)
+    opt.step()
+    s = opt.state[p]["sum"]
+    rates = diag.decay_rates("adagrad", "coupled", torch.tensor([0.01]), opt.state[p], 1e-10)
+    assert torch.allclose(rates.double(), 0.01 / (s.sqrt().flatten(1) + 1e-10), rtol=1e-6)
+
+
+def test_no_step_yet_and_no_decay_give_nan():
+    assert math.isnan(diag.decay_rates("adam", "coupled", torch.tensor([0.1]), {}, 1e-8, (0.9, 0.999)).item())
+    _, state, _ = _adam_after(2, "coupled", [0.01, 0.02], [0.0, 0.1])
+    got = diag.decay_spread([diag.decay_rates("adam", "coupled", torch.tensor([0.0, 0.002]), state, 1e-8, (0.9, 0.999))])
+    assert math.isnan(got[0]) and math.isfinite(got[1])
+
+
+def test_rank_correlation_is_spearman():
+    gen = np.random.default_rng(3)
+    a, b = gen.normal(size=(4, 30)), gen.normal(size=(4, 30))
+    b[1] = a[1] * 2 + 0.1 * b[1]           # nearly monotone: close to 1
+    b[2] = -np.exp(a[2])                    # exactly anti-monotone: -1
+    got = diag.rank_correlation(torch.tensor(a), torch.tensor(b))
+    want = [stats.spearmanr(a[k], b[k]).statistic for k in range(4)]
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
+    assert got[2] == pytest.approx(-1.0)
+    assert math.isnan(diag.rank_correlation(torch.ones(1, 5), torch.arange(5.0)[None])[0])  # no spread
+
+
+def test_equilibrium_angle_laws():
+    lr, wd = torch.tensor([0.1, 0.4]), torch.tensor([1e-3, 5e-4])
+    sgd = diag.equilibrium_angle("sgd", "coupled", lr, 0.5, wd, momentum=0.9)
+    assert torch.allclose(sgd, torch.sqrt(2 * lr * wd / 1.9))
+    assert torch.allclose(diag.equilibrium_angle("adam", "decoupled", lr, 0.5, wd), torch.sqrt(2 * lr * wd))
+    assert torch.allclose(diag.equilibrium_angle("adam", "independent", lr, 0.5, wd), torch.sqrt(2 * 0.5 * wd))
+    assert torch.isnan(diag.equilibrium_angle("adam", "coupled", lr, 0.5, wd)).all()  # no law: the rate varies
+    assert torch.isnan(diag.equilibrium_angle("lion", "decoupled", lr, 0.5, wd)).all()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", train_subset=256, test_subset=128)
+
+
+def _trainer(digits, optimizer, decay, epochs=2):
+    members = [MemberSpec(optimizer, decay, 0.003 * (1 + k), 0.05, seed=k) for k in range(3)]
+    config = ArrayConfig(ModelSpec("resnet8"), TrainSpec(epochs=epochs, batch_size=32), DataSpec())
+    return ArrayTrainer(members, digits, config, "cpu")
+
+
+def test_rows_carry_the_diagnostics_an_optimizer_has(digits):
+    adam = _trainer(digits, "adam", "coupled").run()
+    sgd = _trainer(digits, "sgd", "coupled", epochs=1).run()
+    for r in adam:
+        for row in r["history"]:
+            assert row["decay_spread"] > 1 and -1 <= row["norm_sqrt_v_corr"] <= 1
+            assert math.isnan(row["angular_equilibrium"]) and row["head_norm"] > 0
+    for r in sgd:
+        assert not set(PRECONDITIONER_METRICS) & set(r["history"][0])
+        assert r["history"][0]["angular_equilibrium"] > 0 and r["history"][0]["head_norm"] > 0
+
+
+def test_resumed_correlation_equals_the_uninterrupted_one(digits):
+    straight = _trainer(digits, "adam", "decoupled", epochs=3)
+    straight.run()
+    first = _trainer(digits, "adam", "decoupled", epochs=3)
+    first.train_epoch()
+    first.train_epoch()
+    resumed = _trainer(digits, "adam", "decoupled", epochs=3)
+    resumed.load_state_dict(first.state_dict())
+    resumed.run()
+    assert [h[-1]["norm_sqrt_v_corr"] for h in resumed.history] == [h[-1]["norm_sqrt_v_corr"] for h in straight.history]
