@@ -19,7 +19,7 @@ freedom, and rows whose best cell sits at a grid edge still inform the line thro
 
 The 95 % interval of b is the profile-likelihood interval of nonlinear least squares:
 {b : RSS_p(b) − RSS_min ≤ t²(ν) · RSS_min / ν}, with RSS_p(b) = min over a of RSS(a, b). The profile is
-evaluated on a grid of b (step `B_STEP` over `B_RANGE`; at each b, a coarse grid of a then Newton steps),
+evaluated on a grid of b (step `B_STEP` over `B_RANGE`; at each b, a coarse grid of a then a golden-section search),
 its minimum refined by golden-section search and each crossing by bisection; an interval that reaches the
 end of the range is unbounded on that side (the data do not bound the slope). tests/test_valley.py checks
 its coverage on planted landscapes of shapes the model does not assume (lopsided valleys, seed offsets,
@@ -38,8 +38,7 @@ HALF_WINDOW = 2                       # cells used per row: the best column and 
 B_RANGE = (-4.0, 3.0)                 # slopes searched (predictions are −1 and 0)
 B_STEP = 0.1                          # the profile's grid; the minimum and the crossings are then refined
 A_POINTS = 49                         # coarse grid of the ridge's height a over the weight-decay range ± 3 columns
-A_STEP_MAX = 0.5
-NEWTON_STEPS = 4
+A_ITERS = 25                          # golden-section steps in a between the coarse grid's neighbours
 
 
 def _window(mean: np.ndarray, half: int) -> np.ndarray:
@@ -75,23 +74,21 @@ def _total(xc, y, M, W, a, b):
 
 def _profile(xc, y, M, W, b, a_grid):
     """RSS_p(b) = min over a of RSS(a, b), and the a that attains it, for one slope per landscape b (D,):
-    the best point of a coarse grid of a, then Newton steps in a (finite differences), each kept only where
-    it lowers the RSS."""
+    the best point of a coarse grid of a, then golden-section search between its two neighbours on the grid.
+
+    The RSS is not smooth in a (each row's curvature is clipped at 0, and cells enter and leave a row's fit
+    as its floor moves), so derivative steps can stall on a kink and report a profile far above its true
+    value; a bracketing search cannot (tests/test_valley.py keeps such a landscape)."""
     v = a_grid[None, :, None] + b[:, None, None] * xc[:, None, :]               # (D, A, R)
     rss = _rss(v, y, M[:, None], W[:, None]).sum(-1)                             # (D, A)
-    a = a_grid[np.argmin(rss, -1)]
-    f0 = rss.min(-1)
-    h = 1e-4
-    for _ in range(NEWTON_STEPS):
-        fp, fm = _total(xc, y, M, W, a + h, b), _total(xc, y, M, W, a - h, b)
-        g, c = (fp - fm) / (2 * h), (fp - 2 * f0 + fm) / h ** 2
-        with np.errstate(all="ignore"):
-            step = np.where(c > 0, -g / c, -np.sign(g) * h * 10)
-        step = np.clip(np.nan_to_num(step), -A_STEP_MAX, A_STEP_MAX)
-        new = _total(xc, y, M, W, a + step, b)
-        take = new < f0
-        a, f0 = np.where(take, a + step, a), np.where(take, new, f0)
-    return f0, a
+    j = np.argmin(rss, -1)
+    lo = a_grid[np.clip(j - 1, 0, len(a_grid) - 1)]
+    hi = a_grid[np.clip(j + 1, 0, len(a_grid) - 1)]
+    a = _golden(lambda a: _total(xc, y, M, W, a, b), lo, hi, iters=A_ITERS)
+    f = _total(xc, y, M, W, a, b)
+    grid_best = rss[np.arange(len(j)), j]
+    keep_grid = grid_best < f
+    return np.where(keep_grid, grid_best, f), np.where(keep_grid, a_grid[j], a)
 
 
 def valley_fit(log_lr, log_wd, mean, level: float = LEVEL, half_window: int = HALF_WINDOW) -> dict:

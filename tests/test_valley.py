@@ -110,3 +110,39 @@ def test_a_monotone_row_is_censored_at_its_edge_whatever_a_curve_says(metric, si
     assert land.best_weight_decay == pytest.approx([WDS[0] if side == "low" else WDS[-1]] * len(LRS))
     assert math.isnan(land.slope)                        # no row measured: no slope claimed
     assert land.to_json()["verdict"]["outcome"] == "inconclusive"
+
+
+# A measured landscape (the coupled arm of a 240-step digits pilot, seeds 0 and 2 averaged, test loss) on which
+# derivative steps in the ridge's height stalled on a kink at b = −1.00 and reported the profile 35 % above its
+# minimum, so the interval's upper end landed on the estimate itself (−1.00 [−1.23, −1.00]: "excludes −1").
+PILOT_LR = [0.004, 0.00825913, 0.0170533, 0.0352114, 0.0727038, 0.150118, 0.30996]
+PILOT_WD = [0.00177828, 0.00316228, 0.00562341, 0.01, 0.0177828, 0.0316228, 0.0562342, 0.1, 0.177828, 0.316228,
+            0.562342, 1.0, 1.77828]
+PILOT_MEAN = [
+    [0.41021, 0.41015, 0.41013, 0.41115, 0.41172, 0.41257, 0.41246, 0.40788, 0.38836, 0.33241, 0.22806, 0.24099, 0.33218],
+    [0.22725, 0.22867, 0.22911, 0.22793, 0.22927, 0.23413, 0.23274, 0.22736, 0.20508, 0.16259, 0.18115, 0.24344, 0.33856],
+    [0.15754, 0.16102, 0.15868, 0.16034, 0.16091, 0.16514, 0.16474, 0.13957, 0.12919, 0.14875, 0.17824, 0.23884, 0.36368],
+    [0.13924, 0.13817, 0.13825, 0.13420, 0.13323, 0.13616, 0.10520, 0.10456, 0.11895, 0.14287, 0.18927, 0.29160, 0.59020],
+    [0.12091, 0.12405, 0.11987, 0.11084, 0.10864, 0.08879, 0.09668, 0.11053, 0.12344, 0.16208, 0.23777, 0.35282, 0.99597],
+    [0.10075, 0.10726, 0.08720, 0.08414, 0.09631, 0.10682, 0.10989, 0.11849, 0.14096, 0.20870, 0.32786, 1.00168, 2.04264],
+    [0.11331, 0.10029, 0.11875, 0.10037, 0.11773, 0.13640, 0.11927, 0.16590, 0.21891, 0.29788, 0.53463, 1.72123, 2.30031],
+]
+
+
+def test_the_profile_is_the_minimum_over_the_ridge_height_on_a_kinked_landscape():
+    from study import valley
+
+    x, y, mean = np.log(PILOT_LR), np.log(PILOT_WD), np.array(PILOT_MEAN)[None]
+    fit = valley_fit(x, y, mean[0])
+    W = valley._window(mean, valley.HALF_WINDOW).astype(float)
+    M = np.where(W > 0, mean, 0.0)
+    xc = (x - fit["x0"])[None]
+    dense = np.linspace(y[0] - 3, y[-1] + 3, 20001)                   # brute force: the true minimum over a
+    step = float(np.mean(np.diff(y)))
+    a_grid = np.linspace(y[0] - 3 * step, y[-1] + 3 * step, valley.A_POINTS)
+    for b in np.arange(-1.3, -0.69, 0.02):
+        got, _ = valley._profile(xc, y, M, W, np.array([b]), a_grid)
+        truth = min(valley._total(xc, y, M, W, dense[i:i + 2000], np.full(len(dense[i:i + 2000]), b)).min()
+                    for i in range(0, len(dense), 2000))
+        assert got[0] <= truth * (1 + 1e-6) + 1e-12, (b, got[0], truth)
+    assert fit["lo"] < fit["slope"] - 0.1 and fit["hi"] > fit["slope"] + 0.1  # the estimate inside its interval
