@@ -9,10 +9,10 @@ on the array's weights and optimizer state, every function batched over the K me
   Adam or Adagrad passes through the preconditioner, so weight i loses η_t·λ/(√v̂_i + ε): weights with a large
   gradient history are decayed less. `decay_spread` is the ratio of the 90th to the 10th percentile of that rate
   over a member's decayed weights: 1 by definition where the rate is uniform.
-- The article's claim as an outcome that could fail: per output channel of every decayed tensor, the final
-  weight norm against the channel's mean √v̂ over training (`channel_sqrt_v`, accumulated epoch by epoch), as a
-  Spearman rank correlation per member (`rank_correlation`). Coupled L2 predicts channels with a larger √v̂ keep
-  larger weights (a higher correlation than decoupled decay at the same setting).
+- The article's claim as an outcome that could fail: within every decayed tensor, its output channels' weight
+  norms against their mean √v̂ over training (`channel_sqrt_v`, accumulated epoch by epoch), as a Spearman rank
+  correlation per member, averaged over tensors (`norm_vs_sqrt_v`). Coupled L2 predicts channels with a larger
+  √v̂ keep larger weights (a higher correlation than decoupled decay at the same setting).
 - The equilibrium angular update per step (`equilibrium_angle`) that the measured angular update is compared
   with, and the output layer's weight norm, which no batch norm follows (so its scale is not invariant).
 """
@@ -69,11 +69,15 @@ def _nearest_rank(x: Tensor, q: float) -> Tensor:
 def decay_spread(rates: list[Tensor]) -> Tensor:
     """(K,) ratio of the 90th to the 10th percentile of the per-weight decay rate over all decayed weights.
 
-    NaN where a member's rates are not all finite and positive (no decay, or a diverged member)."""
-    full = torch.cat(rates, 1)  # one array shares its optimizer and decay: all uniform, or all per weight
-    lo, hi = (_nearest_rank(full, q) for q in PERCENTILES)
-    good = torch.isfinite(full).all(1) & (lo > 0)
-    return torch.where(good, hi / lo, torch.full_like(hi, math.nan))
+    Member by member, so that no more than one member's rates are held at once. NaN where a member's rates are
+    not all finite and positive (no decay, or a member that diverged)."""
+    out = []
+    for k in range(rates[0].shape[0]):
+        full = torch.cat([r[k] for r in rates])
+        lo, hi = (_nearest_rank(full[None], q)[0] for q in PERCENTILES)
+        good = bool(torch.isfinite(full).all()) and float(lo) > 0
+        out.append(hi / lo if good else torch.full_like(hi, math.nan))
+    return torch.stack(out)
 
 
 def channel_sqrt_v(optimizer: str, state: dict, betas=None) -> Tensor | None:
@@ -87,34 +91,58 @@ def channel_norms(weight: Tensor) -> Tensor:
     return weight.detach().float().flatten(2).norm(dim=2)
 
 
+def _average_ranks(x: Tensor) -> Tensor:
+    """Ranks of each row of x (K, n), 0-based, ties given their average rank (scipy.stats.rankdata's default)."""
+    order = x.argsort(dim=1, stable=True)
+    ranks = torch.empty_like(x, dtype=torch.float64)
+    ranks.scatter_(1, order, torch.arange(x.shape[1], dtype=torch.float64, device=x.device).expand_as(x).contiguous())
+    sorted_x = x.gather(1, order)
+    for k in range(x.shape[0]):  # ties: runs of equal values share the mean of their positions
+        values, counts = torch.unique_consecutive(sorted_x[k], return_counts=True)
+        if len(values) == x.shape[1]:
+            continue
+        ends = counts.cumsum(0)
+        mean_rank = (ends - 1 + ends - counts).double() / 2
+        ranks[k, order[k]] = mean_rank.repeat_interleave(counts)
+    return ranks
+
+
 def rank_correlation(a: Tensor, b: Tensor) -> Tensor:
-    """Spearman's rank correlation of each row of a and b (K, n): the Pearson correlation of their ranks
-    (ties broken by position; the inputs are continuous). NaN where a row has fewer than 3 entries or no spread."""
+    """Spearman's rank correlation of each row of a and b (K, n): the Pearson correlation of their ranks,
+    ties given average ranks. NaN where a row has fewer than 3 entries, no spread, or a non-finite value."""
     if a.shape[1] < 3:
         return torch.full((a.shape[0],), math.nan, device=a.device)
-
-    def ranks(x):
-        return x.argsort(dim=1).argsort(dim=1).double()
-
-    ra, rb = ranks(a), ranks(b)
+    ra, rb = _average_ranks(a), _average_ranks(b)
     ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
     den = (ra.pow(2).sum(1) * rb.pow(2).sum(1)).sqrt()
-    spread = (a.amax(1) > a.amin(1)) & (b.amax(1) > b.amin(1))
-    good = torch.isfinite(a).all(1) & torch.isfinite(b).all(1) & spread & (den > 0)
+    good = torch.isfinite(a).all(1) & torch.isfinite(b).all(1) & (den > 0)
     return torch.where(good, (ra * rb).sum(1) / den.clamp_min(1e-300), torch.full_like(den, math.nan)).float()
 
 
+def norm_vs_sqrt_v(weights: list[Tensor], mean_sqrt_v: list[Tensor]) -> Tensor:
+    """(K,) the claim's outcome: within each decayed tensor, the rank correlation of its output channels'
+    weight norms with their mean √v̂ over training; the mean over tensors with at least 3 channels. Within a
+    tensor only: layers differ in both norm and √v̂ by construction, and pooling them would measure that."""
+    per_tensor = [rank_correlation(channel_norms(w), v) for w, v in zip(weights, mean_sqrt_v) if w.shape[1] >= 3]
+    if not per_tensor:
+        return torch.full((weights[0].shape[0],), math.nan, device=weights[0].device)
+    return torch.stack(per_tensor).mean(0)
+
+
 def equilibrium_angle(optimizer: str, decay: str, lr_now: Tensor, s: float, weight_decay: Tensor,
-                      momentum: float = 0.0) -> Tensor:
+                      momentum: float = 0.0, beta1: float = 0.9, nesterov: bool = False) -> Tensor:
     """(K,) the angular update per step of scale-invariant weights at rotational equilibrium (Kosson et al.).
 
-    With r the decay term's rate per step (η_t·λ coupled and decoupled, s_t·λ independent): √(2r) for Adam
-    decoupled and independent, √(2r/(1 + μ)) for SGD with momentum μ (derived for coupled L2; for decoupled and
-    independent SGD the same expression with their own rate, exact at μ = 0). NaN where no law is stated:
-    coupled L2 under Adam or Adagrad (the rate differs per weight) and Adagrad or Lion otherwise."""
+    With r the decay term's rate per step (η_t·λ coupled and decoupled, s_t·λ independent) and β the momentum
+    (μ for SGD, β₁ for Adam): √(2r/(1 + μ)) for SGD with coupled L2, whose decay passes through the momentum
+    buffer; √(2r·(1 − β)/(1 + β)) for decoupled and independent decay, which does not (SGD and Adam alike).
+    tests/test_diagnostics.py checks both against a random walk of a scale-invariant weight. NaN where no law is
+    stated: coupled L2 under Adam or Adagrad (the rate differs per weight), Nesterov momentum, Adagrad and Lion."""
     rate = (weight_decay * s if decay == "independent" else lr_now * weight_decay).float()
-    if optimizer == "sgd":
-        return (2 * rate / (1 + momentum)).sqrt()
+    if optimizer == "sgd" and not nesterov:
+        if decay == "coupled":
+            return (2 * rate / (1 + momentum)).sqrt()
+        return (2 * rate * (1 - momentum) / (1 + momentum)).sqrt()
     if optimizer == "adam" and decay != "coupled":
-        return (2 * rate).sqrt()
+        return (2 * rate * (1 - beta1) / (1 + beta1)).sqrt()
     return torch.full_like(rate, math.nan)

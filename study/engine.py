@@ -140,7 +140,8 @@ class ArrayConfig:
 class ArrayTrainer:
     """Trains `members` (one array) on `data`; `run(report)` calls report(epoch, rows) after every epoch.
 
-    Member k's rows hold the metrics of EPOCH_METRICS. A member whose loss turns non-finite is marked
+    Member k's rows hold the metrics of EPOCH_METRICS (those of PRECONDITIONER_METRICS only for Adam and
+    Adagrad arrays; a diverged member's diagnostics are NaN). A member whose loss turns non-finite is marked
     diverged: from that step on its weights and optimizer receive no update (its gradient is zeroed and
     its lr is 0), and the other members continue exactly as they would have.
 
@@ -366,10 +367,18 @@ class ArrayTrainer:
         m = self.members[0]
         opts = m.optimizer_kwargs()
         out = {"angular_equilibrium": diag.equilibrium_angle(m.optimizer, m.decay, lr_now, s, self.weight_decay,
-                                                              opts.get("momentum", 0.0)),
+                                                              opts.get("momentum", 0.0), (opts.get("betas") or (0.9,))[0],
+                                                              bool(opts.get("nesterov"))),
                "head_norm": self.model.head.weight.detach().float().flatten(1).norm(dim=1)}
-        if not (diag.has_preconditioner(m.optimizer) and self.decayed):
-            return out
+        if diag.has_preconditioner(m.optimizer) and self.decayed:
+            out.update(self._preconditioner_diagnostics(m, opts, lr_now, s))
+        dead = torch.full_like(lr_now, math.nan)   # a diverged member's weights are frozen: nothing to diagnose
+        return {k: torch.where(self.alive, v, dead) for k, v in out.items()}
+
+    def _preconditioner_diagnostics(self, m: MemberSpec, opts: dict, lr_now: Tensor, s: float) -> dict[str, Tensor]:
+        """The spread of the per-weight decay rate, and the norm-vs-√v̂ correlation with √v̂ averaged over the
+        epochs' ends so far (the running sum is part of the checkpoint)."""
+        out = {}
         rate = self.weight_decay * s if m.decay == "independent" else lr_now * self.weight_decay
         states = [self.optimizer.state.get(p, {}) for p in self.decayed]
         betas = opts.get("betas")
@@ -379,11 +388,8 @@ class ArrayTrainer:
         if all(r is not None for r in roots):
             self.sqrt_v_sum = roots if self.sqrt_v_sum is None else [a + r for a, r in zip(self.sqrt_v_sum, roots)]
             self.sqrt_v_epochs += 1
-        if self.sqrt_v_sum is None:
-            out["norm_sqrt_v_corr"] = torch.full_like(lr_now, math.nan)
-        else:
-            norms = torch.cat([diag.channel_norms(p) for p in self.decayed], 1)
-            out["norm_sqrt_v_corr"] = diag.rank_correlation(norms, torch.cat(self.sqrt_v_sum, 1) / self.sqrt_v_epochs)
+        out["norm_sqrt_v_corr"] = (torch.full_like(lr_now, math.nan) if self.sqrt_v_sum is None else
+                                   diag.norm_vs_sqrt_v(self.decayed, [v / self.sqrt_v_epochs for v in self.sqrt_v_sum]))
         return out
 
     def run(self, report: Callable[[int, list[dict]], None] | None = None) -> list[dict]:

@@ -39,7 +39,8 @@ HOME_ENTRIES = ("mlflow.db", "artifacts")  # what a studies' home holds beside t
 LARGE_MEMBERS = 20_000
 LARGE_MEMBER_EPOCHS = 5_000_000
 MAX_SPEC_BYTES = 256 * 1024  # a spec is a page of YAML; anything near this size is not one
-# per-epoch metrics of every member (docs/science.md), in the engine's rows and the MLflow records
+# per-epoch metrics (docs/science.md), in the engine's rows and the MLflow records: every member has them all
+# but PRECONDITIONER_METRICS, which only optimizers with a per-weight preconditioner have
 EPOCH_METRICS = ("train_loss", "test_loss", "test_error", "weight_norm", "effective_lr", "angular_update",
                  "lr", "epoch_time", "wall_time", "diverged", "angular_equilibrium", "head_norm", "decay_spread",
                  "norm_sqrt_v_corr")
