@@ -19,8 +19,10 @@ best cell sits at an edge inform the line through the cells they have without th
 claimed. Its coverage on planted landscapes, lopsided valleys, seed offsets and censored rows included,
 is checked in tests/test_valley.py; docs/statistics.md gives the measurements.
 
-Verdicts: an interval *decides* when it is at most DECISIVE_WIDTH (1.5) wide and excludes at least one of
-the two laws (−1, 0); anything else is "inconclusive at this budget", with what would decide it.
+Verdicts: the laws are "about −1" and "about 0", so an arm's interval is compared with the predicted law
+± MARGIN (a quarter of the distance between the two laws): *consistent* when it lies inside, *contradicts*
+when it lies wholly outside (and is at most DECISIVE_WIDTH, 1.5, wide); anything else is "inconclusive at
+this budget", with what would decide it. docs/statistics.md says why a point law is not tested exactly.
 
 Arm comparison (compare_arms): the difference of two arms' slopes, the two fits combined as independent
 (Welch–Satterthwaite). A pair whose difference an identity fixes (decoupled vs independent decay of the
@@ -36,12 +38,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .registry import DECAY_MODES, OPTIMIZERS
-from .spec import decay_timescale
+from .spec import decay_timescale, has_timescale
 from .valley import valley_fit
 
 ALTERNATIVE = {-1.0: 0.0, 0.0: -1.0}  # the other law: the verdict needs the interval to tell the two apart
 LEVEL = 0.95
 DECISIVE_WIDTH = 1.5  # an interval wider than this decides nothing, whatever it excludes
+MARGIN = 0.25         # "about −1", "about 0": a slope within this of the law is the law (a quarter of the gap)
 WINDOW = 5            # columns in a row's quadratic fit (row_optima)
 MIN_MEASURED_ROWS = 2  # rows whose optimum the grid brackets, needed before an arm's slope is reported
 MAX_SEEDS_ADVICE = 64
@@ -387,13 +390,24 @@ TIMESCALE_FLOOR = 10   # a λ whose decay timescale exceeds this many runs in ev
 
 def min_weight_decay(land: ArmLandscape) -> float:
     """The smallest λ at which decay still acts within the run in some row: its timescale τ (1/(η·λ) coupled
-    and decoupled, 1/λ independent; docs/science.md) at most TIMESCALE_FLOOR runs. Below it a lower λ changes
-    nothing the run can see, so a row whose best λ is at the low edge there prefers no decay, and columns
-    further down measure noise. 0 when the run's length is not recorded."""
+    and decoupled, 1/λ independent, √v̂/(η·λ) coupled Adam; docs/science.md) at most TIMESCALE_FLOOR runs.
+    Below it a lower λ changes nothing the run can see, so a row whose best λ is at the low edge there prefers no
+    decay, and columns further down measure noise. An arm with no stated timescale (coupled Adagrad, Lion) gets
+    the plain rule 1/(η·λ). 0 when the run's length is not recorded."""
     if not land.total_steps:
         return 0.0
     reach = TIMESCALE_FLOOR * land.total_steps
-    return 1.0 / reach if land.decay == "independent" else 1.0 / (reach * max(land.lr))
+    optimizer = land.optimizer if has_timescale(land.optimizer, land.decay) else None
+    return decay_timescale(land.decay, max(land.lr), 1.0, optimizer) / reach   # τ ∝ 1/λ: τ(λ) = τ(1)/λ
+
+
+def timescale_rule(optimizer: str, decay: str) -> str:
+    """How the arm's decay timescale τ is computed (spec.decay_timescale), as printed beside a τ."""
+    if decay == "independent":
+        return "1/λ"
+    if decay == "coupled" and has_timescale(optimizer, decay) and optimizer != "sgd":
+        return "√v̂/(η·λ), √v̂ typical"
+    return "1/(η·λ)"
 
 
 def max_weight_decay(land: ArmLandscape) -> float:
@@ -470,8 +484,8 @@ def recommend(land: ArmLandscape, lr: float, level: float = LEVEL) -> dict:
                             f"(λ={best['weight_decay']:.3g} at η={best['lr']:.3g}): the valley is not a straight "
                             f"ridge there")
     return {"arm": land.arm, "lr": lr, "weight_decay": wd, "weight_decay_ci": [wd_lo, wd_hi],
-            "lr_x_weight_decay": lr * wd, "timescale_steps": decay_timescale(land.decay, lr, wd),
-            "timescale_rule": "1/λ" if independent else "1/(η·λ)", "lr_range": [lo_lr, hi_lr],
+            "lr_x_weight_decay": lr * wd, "timescale_steps": decay_timescale(land.decay, lr, wd, land.optimizer),
+            "timescale_rule": timescale_rule(land.optimizer, land.decay), "lr_range": [lo_lr, hi_lr],
             "rows": len(rows), "level": level, "verdict": verdict["outcome"], "verdict_text": verdict["text"],
             "warnings": warnings}
 
@@ -502,8 +516,10 @@ def arm_verdict(land: ArmLandscape) -> dict:
     """One of: consistent with the prediction, contradicts it, inconclusive at this budget (and what would
     decide it), or no prediction (docs/science.md states no law for the arm).
 
-    Consistent and contradicts are decisive verdicts: the interval is at most DECISIVE_WIDTH wide and
-    excludes the alternative law (consistent) or the predicted one (contradicts)."""
+    The laws are "about −1" and "about 0". Consistent: the interval lies inside the predicted law ± MARGIN (so
+    it also excludes the other law). Contradicts: it lies wholly outside that band and is at most DECISIVE_WIDTH
+    wide. Both are decisive; a point law tested exactly would flip between the two whenever the true slope sits
+    a few hundredths from it and the interval is that narrow (docs/statistics.md)."""
     pred, pred_text = land.predicted
     lo, hi = land.slope_ci
     s = land.slope
@@ -513,7 +529,7 @@ def arm_verdict(land: ArmLandscape) -> dict:
     fitted = int((land.ridge_fit or {}).get("rows_fitted", n))
     S = len(land.seeds)
     alt = ALTERNATIVE.get(pred) if pred is not None else None
-    out = {"arm": land.arm, "predicted": pred, "alternative": alt, "slope": s, "ci": [lo, hi],
+    out = {"arm": land.arm, "predicted": pred, "alternative": alt, "margin": MARGIN, "slope": s, "ci": [lo, hi],
            "offset": (s - pred) if pred is not None else math.nan, "rows_measured": n, "rows_censored": k,
            "decide": [], "decisive": False}
     ci = f"slope {fmt_number(s)} [{fmt_number(lo)}, {fmt_number(hi)}]"
@@ -531,18 +547,20 @@ def arm_verdict(land: ArmLandscape) -> dict:
         out.update(outcome="inconclusive", decide=decide,
                    text=f"inconclusive at this budget: {ci}{edge}; what would decide it: " + ", ".join(decide))
         return out
-    wide = hi - lo > DECISIVE_WIDTH
-    if not wide and not lo <= pred <= hi:
-        note = ": refine the grid to confirm" if k else ""
-        out.update(outcome="contradicts", decisive=True,
-                   text=f"contradicts it: {ci} excludes the predicted {pred:g}{edge}{note}")
-        return out
-    if not wide and (alt is None or not lo <= alt <= hi):
+    band = f"the predicted {pred:g} ± {MARGIN:g}"
+    if pred - MARGIN <= lo and hi <= pred + MARGIN:
         other = f" and excludes {alt:g}" if alt is not None else ""
         out.update(outcome="consistent", decisive=True,
-                   text=f"consistent with the prediction: {ci} holds {pred:g}{other}{edge}")
+                   text=f"consistent with the prediction: {ci} lies within {band}{other}{edge}")
         return out
-    target = min(abs(pred - alt) / 2 if alt is not None else DECISIVE_WIDTH / 2, DECISIVE_WIDTH / 2)
+    wide = hi - lo > DECISIVE_WIDTH
+    if not wide and (lo > pred + MARGIN or hi < pred - MARGIN):
+        note = ": refine the grid to confirm" if k else ""
+        out.update(outcome="contradicts", decisive=True,
+                   text=f"contradicts it: {ci} lies outside {band}{edge}{note}")
+        return out
+    # to decide, the interval must fit inside the band, or clear it: half-widths of about |s − pred| ∓ MARGIN
+    target = min(max(abs(abs(s - pred) - MARGIN), MARGIN / 2), DECISIVE_WIDTH / 2)
     hw = (hi - lo) / 2
     decide = []
     if k:
@@ -551,10 +569,10 @@ def arm_verdict(land: ArmLandscape) -> dict:
     decide.append(f"about {seeds} seeds (now {S})" if seeds <= MAX_SEEDS_ADVICE else f"more than {MAX_SEEDS_ADVICE} seeds (now {S})")
     rows = _rows_needed(fitted, hw, target)
     decide.append(f"or about {rows} learning rates (now {fitted})" if rows else "or a wider learning-rate range")
-    why = (f"is wider than {DECISIVE_WIDTH:g}" if wide else f"holds both {pred:g} and {alt:g}")
+    why = f"is wider than {DECISIVE_WIDTH:g}" if wide else f"reaches across the edge of {band}"
     out.update(outcome="inconclusive", decide=decide,
                text=f"inconclusive at this budget: {ci} {why}{edge}; what would decide it "
-                    f"(interval ±{target:g}): " + ", ".join(decide))
+                    f"(interval ±{target:.2g}): " + ", ".join(decide))
     return out
 
 

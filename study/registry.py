@@ -47,6 +47,9 @@ class OptimizerEntry:
     # law, and whether coupled decay forgets over τ = 1/(η·λ) (plain SGD; not through ÷√v̂ or a sign)
     coupled_slope: float | None = None
     coupled_law: str = "no clean law: the L2 term passes through the optimizer's normalization"
+    # coupled L2 through ÷(√v̂ + ε): weight i decays at η·λ/√v̂_i per step, so the timescale is about
+    # √v̂/(η·λ) with √v̂ a typical value (docs/science.md "Placing a grid"); None where no such rule is stated
+    coupled_sqrt_v: float | None = None
 
     @property
     def coupled_timescale(self) -> bool:
@@ -76,7 +79,8 @@ class OptimizerEntry:
 OPTIMIZERS: dict[str, OptimizerEntry] = {e.name: e for e in (
     OptimizerEntry("sgd", SGDOptions, "study.optim:SGD", -1.0, "about −1 (diagonal basin)"),
     OptimizerEntry("adam", AdamOptions, "study.optim:Adam",
-                   coupled_law="no clean law: L2 is divided by √v̂; often best near λ → 0"),
+                   coupled_law="no clean law: L2 is divided by √v̂; often best near λ → 0",
+                   coupled_sqrt_v=1e-3),   # the median √v̂ of resnet8 on digits: 4.5e-4 to 3.3e-3 over 240 steps
     OptimizerEntry("adagrad", AdagradOptions, "study.optim:Adagrad",
                    coupled_law="no clean law: L2 is divided by √Σg²"),
     OptimizerEntry("lion", LionOptions, "study.optim:Lion", coupled_law="no clean law: L2 passes through the sign"),

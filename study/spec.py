@@ -557,10 +557,20 @@ def total_steps(spec: StudySpec, train_size: int) -> int:
     return spec.train.epochs * steps_per_epoch(spec.train.batch_size, train_size)
 
 
-def decay_timescale(decay: str, lr: float, weight_decay: float) -> float:
-    """τ in steps (docs/science.md): 1/(η·λ) for coupled and decoupled decay, 1/λ for independent decay."""
+def decay_timescale(decay: str, lr: float, weight_decay: float, optimizer: str | None = None) -> float:
+    """τ in steps (docs/science.md): 1/(η·λ) for coupled and decoupled decay, 1/λ for independent decay; coupled
+    L2 under an optimizer that divides it by √v̂ (Adam) √v̂/(η·λ), with the registry's typical √v̂."""
     rate = weight_decay if decay == "independent" else lr * weight_decay
+    if decay == "coupled" and optimizer in OPTIMIZERS and OPTIMIZERS[optimizer].coupled_sqrt_v:
+        rate /= OPTIMIZERS[optimizer].coupled_sqrt_v
     return 1.0 / rate if rate > 0 else math.inf
+
+
+def has_timescale(optimizer: str, decay: str) -> bool:
+    """Whether docs/science.md states a decay timescale for the arm: every decoupled and independent arm, coupled
+    SGD, and coupled Adam through a typical √v̂; not coupled Adagrad (√Σg² grows all run) or Lion (a sign)."""
+    entry = OPTIMIZERS.get(optimizer)
+    return decay != "coupled" or (entry is not None and (entry.coupled_timescale or bool(entry.coupled_sqrt_v)))
 
 
 # --------------------------------------------------------------------------- reading files
@@ -896,9 +906,9 @@ def timescale_warnings(spec: StudySpec, train_size: int) -> list[str]:
     T = total_steps(spec, train_size)
     out = []
     for a in spec.arms:
-        if a.decay == "coupled" and not (a.optimizer in OPTIMIZERS and OPTIMIZERS[a.optimizer].coupled_timescale):
-            continue  # coupled decay passes through the optimizer's normalization (÷√v̂, a sign): no τ = 1/(lr·λ)
-        corners = [decay_timescale(a.decay, lr, wd) for lr in (a.lr.low, a.lr.high)
+        if not has_timescale(a.optimizer, a.decay):
+            continue  # coupled decay through a normalization with no stated timescale (√Σg², a sign)
+        corners = [decay_timescale(a.decay, lr, wd, a.optimizer) for lr in (a.lr.low, a.lr.high)
                    for wd in (a.weight_decay.low, a.weight_decay.high)]
         lo, hi = min(corners), max(corners)
         if lo > 10 * T:

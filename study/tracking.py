@@ -318,7 +318,7 @@ def data_dataset(spec: StudySpec):
 def member_params(spec: StudySpec, member: MemberSpec, train_size: int) -> dict:
     """Everything needed to place a member on the landscape, including the decay timescale τ."""
     spe = steps_per_epoch(spec.train.batch_size, train_size)
-    tau = decay_timescale(member.decay, member.lr, member.weight_decay)
+    tau = decay_timescale(member.decay, member.lr, member.weight_decay, member.optimizer)
     params = {"optimizer": member.optimizer, "decay": member.decay, "lr": member.lr,
               "weight_decay": member.weight_decay, "lr_exact": repr(float(member.lr)),
               "weight_decay_exact": repr(float(member.weight_decay)), "seed": member.seed, "model": spec.model.name,

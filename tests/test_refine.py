@@ -4,6 +4,7 @@ leaves it at the high weight-decay edge asks for the missing columns and, comple
 import math
 
 import numpy as np
+import pytest
 
 from study.landscape import arm_landscape, refine_columns, refine_weight_decays
 from study.search import StudySearch
@@ -157,3 +158,34 @@ def test_refine_stops_where_decay_does_nothing_within_the_run():
     advice = edge_advice(land)
     assert "extend weight_decay.low to about" in advice, advice
     assert float(advice.rsplit("about ", 1)[1].split()[0]) >= min_weight_decay(land) * 0.99, advice
+
+
+def test_coupled_adam_has_a_timescale_through_a_typical_sqrt_v():
+    """Coupled L2 under Adam decays weight i at η·λ/√v̂_i per step: τ ≈ √v̂/(η·λ) with the registry's typical
+    √v̂ (docs/science.md). Refine's floor and `study validate`'s warning use it; before, coupled Adam had no floor
+    (a smoke run's refine added λ = 1e-9) and no warning."""
+    from study.landscape import min_weight_decay, timescale_rule
+    from study.registry import OPTIMIZERS
+    from study.spec import decay_timescale, spec_from_dict, timescale_warnings
+
+    sqrt_v = OPTIMIZERS["adam"].coupled_sqrt_v
+    assert decay_timescale("coupled", 0.01, 0.1, "adam") == pytest.approx(sqrt_v / (0.01 * 0.1))
+    assert decay_timescale("coupled", 0.01, 0.1, "sgd") == pytest.approx(1 / (0.01 * 0.1))
+    assert decay_timescale("decoupled", 0.01, 0.1, "adam") == pytest.approx(1 / (0.01 * 0.1))
+    steps = 240
+    members = [{"optimizer": "adam", "decay": "coupled", "lr": lr, "weight_decay": wd, "seed": 0, "total_steps": steps,
+                "error": 0.1 + 0.05 * (math.log(wd) - math.log(1e-12)) ** 2, "diverged": False}
+               for lr in (0.001, 0.003, 0.01) for wd in (1e-7, 1e-6, 1e-5, 1e-4)]
+    land = arm_landscape(members, metric="error")
+    floor = min_weight_decay(land)
+    assert floor == pytest.approx(sqrt_v / (10 * steps * 0.01))
+    assert all(w >= floor for w in refine_columns(land)), refine_columns(land)
+    assert timescale_rule("adam", "coupled").startswith("√v̂/(η·λ)") and timescale_rule("sgd", "coupled") == "1/(η·λ)"
+    raw = {"name": "t", "data": {"dataset": "digits", "train_subset": 400}, "model": {"name": "resnet8"},
+           "train": {"epochs": 20, "batch_size": 32},
+           "arms": [{"optimizer": "adam", "decay": "coupled", "lr": {"low": 1e-3, "high": 1e-2},
+                     "weight_decay": {"low": 1e-9, "high": 1e-8}}], "search": {"points": 2}}
+    (warning,) = timescale_warnings(spec_from_dict(raw), 400)
+    assert "adam-coupled" in warning and "decay does nothing" in warning
+    raw["arms"][0]["weight_decay"] = {"low": 1e-4, "high": 1e-1}      # τ = √v̂/(η·λ) reaches the run: no warning
+    assert timescale_warnings(spec_from_dict(raw), 400) == []

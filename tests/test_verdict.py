@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_metric_name, _validate_tag_name
 
 from study.cli import main
-from study.landscape import arm_verdict, compare_arms, landscapes, parent_metrics, study_verdict, verdict_tags
+from study.landscape import MARGIN, arm_verdict, compare_arms, landscapes, parent_metrics, study_verdict, verdict_tags
 from study.report import render, summary_lines
 
 LRS = np.geomspace(0.01, 0.3, 5)
@@ -74,8 +74,11 @@ def test_verdict_inconclusive_says_what_would_decide_it():
     n = land.ridge_fit["rows_measured"]
     assert any(f"learning rates (now {n})" in d or "learning-rate range" in d for d in v["decide"])
     assert any("wider weight_decay grid" in d for d in v["decide"]) == any(land.censored)
-    # the advice is the arithmetic of the interval: that many seeds shrink ±half to about ±0.5
-    assert (hi - lo) / 2 / math.sqrt(seeds) <= 0.5 < (hi - lo) / 2 / math.sqrt(seeds - 1)
+    # the advice is the arithmetic of the interval: that many seeds shrink ±half to the half-width that would
+    # clear the band −1 ± MARGIN or fit inside it, about | |slope + 1| − MARGIN | (at least MARGIN/2)
+    target = max(abs(abs(land.slope + 1) - MARGIN), MARGIN / 2)
+    assert f"(interval ±{target:.2g})" in v["text"]
+    assert (hi - lo) / 2 / math.sqrt(seeds) <= target < (hi - lo) / 2 / math.sqrt(seeds - 1)
 
 
 def test_parent_metrics_and_tags_have_valid_mlflow_names():
@@ -276,3 +279,25 @@ def test_export_writes_the_answer_into_the_parent_runs_description_once_per_metr
     assert "`landscape/test_loss/default/report.html`" in note
     long = note_with_answer("d" * 9000, "test_loss", ["sgd-coupled: consistent"], "r.html")
     assert len(long) == NOTE_LIMIT and long.endswith("`r.html`.") and "…\n\n## Answer" in long
+
+
+@pytest.mark.parametrize("slope, ci, outcome", [
+    (-0.07, (-0.10, -0.01), "consistent"),    # excludes 0 exactly, but is about 0: a measured quickstart run
+    (-0.00, (-0.08, 0.07), "consistent"),
+    (0.16, (-0.03, 0.34), "inconclusive"),    # holds 0, and also slopes a quarter of the way to the other law
+    (0.30, (0.21, 0.42), "inconclusive"),     # excludes 0, but reaches into "about 0"
+    (0.45, (0.30, 0.60), "contradicts"),
+    (-0.60, (-0.90, -0.30), "contradicts"),
+    (0.0, (-0.80, 0.80), "inconclusive"),     # wider than the band
+])
+def test_a_law_is_about_its_value_within_the_margin(slope, ci, outcome):
+    """The verdict tests "about 0" as 0 ± MARGIN: an interval inside the band is consistent, one wholly outside
+    contradicts, one across its edge decides nothing; a point law would call the first case a contradiction."""
+    import dataclasses
+
+    (land,) = [L for L in landscapes(planted(np.random.default_rng(4), [0, 1], 0.01, SGD_ARMS)) if L.decay == "independent"]
+    v = arm_verdict(dataclasses.replace(land, slope=slope, slope_ci=list(ci)))
+    assert v["outcome"] == outcome, v["text"]
+    assert v["decisive"] == (outcome != "inconclusive")
+    if outcome == "consistent":
+        assert "lies within the predicted 0 ± 0.25 and excludes -1" in v["text"]
