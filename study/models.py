@@ -114,7 +114,9 @@ class BasicBlock(nn.Module):
         if self.stride == 1 and self.pad == 0:
             return x
         channels_last = x.stride(1) == 1 and x.shape[1] > 1
-        x = x[:, :, :: self.stride, :: self.stride]
+        # subsample: the values of x[:, :, ::s, ::s], but a pooling whose gradient keeps x's memory format
+        # (the strided slice sends an NCHW gradient into a channels-last network: tests/test_engine.py)
+        x = F.avg_pool2d(x, 1, self.stride)
         left, right = self.pad // 2, self.pad - self.pad // 2
         if channels_last:
             # channels-last: pad each member's channels in (N, H, W, K, C) order, stay channels-last
@@ -188,7 +190,7 @@ class MemberArrayNet(nn.Module):
         out = self.layers(out)
         if self.final_bn is not None:
             out = F.relu(self.final_bn(out))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)          # (N, K·C)
+        out = out.mean((2, 3))                                  # (N, K·C): global average pooling
         return self.head(out.view(out.shape[0], self.members, -1))  # (N, K, classes)
 
     @torch.no_grad()

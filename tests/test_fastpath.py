@@ -18,6 +18,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from study import optim
 from study.cli import main
@@ -87,6 +88,45 @@ def _params(K=3, seed=0, channels_last=True):
         conv = conv.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     shapes = [conv, torch.randn(K, 5, 4, generator=g), torch.randn(K, 4, generator=g), torch.randn(K, 5, generator=g)]
     return [torch.nn.Parameter(t.clone()) for t in shapes]
+
+@pytest.mark.parametrize("name", ["resnet20", "preact_resnet18"])
+def test_gradients_stay_channels_last_into_every_block(name):
+    """Backward as well as forward: the gradient reaching every block's input is channels-last when the model
+    is. The option-A shortcut's strided slice x[:, :, ::2, ::2] sent an NCHW gradient into the first block of
+    stages 2 and 3 (elementwise kernels on mismatched strides on a GPU); a 1×1 average pooling with stride 2
+    takes the same values and keeps the layout. The head's global mean keeps it too."""
+    from study.models import BasicBlock, PreActBlock
+
+    model = build_model(name, 3).set_memory_format(True)
+    ref = build_model(name, 3)
+    grads = {}
+    blocks = [m for m in model.modules() if isinstance(m, (BasicBlock, PreActBlock))]
+    def catch(i):
+        def pre_hook(module, inputs):       # returns None: the block's input stays as it is
+            inputs[0].register_hook(lambda g: grads.__setitem__(i, g))
+        return pre_hook
+
+    for i, block in enumerate(blocks):
+        block.register_forward_pre_hook(catch(i))
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x.contiguous(memory_format=torch.channels_last))
+    out.sum().backward()
+    assert sorted(grads) == list(range(len(blocks)))
+    assert [i for i, g in grads.items() if not g.is_contiguous(memory_format=torch.channels_last)] == []
+    torch.testing.assert_close(out, ref(x), atol=1e-4, rtol=1e-4)   # the same function
+
+
+def test_subsampling_and_pooling_give_the_values_of_slicing_and_adaptive_pooling():
+    """The two replacements are exact on the CPU (values and gradients), in both memory formats."""
+    gen = torch.Generator().manual_seed(0)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(4, 48, 8, 8, generator=gen).contiguous(memory_format=fmt).requires_grad_()
+        assert torch.equal(F.avg_pool2d(x, 1, 2), x[:, :, ::2, ::2])
+        assert torch.equal(x.mean((2, 3)), F.adaptive_avg_pool2d(x, 1).flatten(1))
+        g1, = torch.autograd.grad(x.mean((2, 3)).sum(), x)
+        g2, = torch.autograd.grad(F.adaptive_avg_pool2d(x, 1).sum(), x)
+        assert torch.equal(g1, g2)
+
 
 
 def _run(name, decay, flat, steps=6, params=None, grads_seed=1):
