@@ -157,6 +157,7 @@ def train_one(config: dict, spec_dict: dict) -> None:
     from torchvision.transforms import v2
 
     from study.bench import PlainResNet, UInt8Images
+    from study.engine import resolve_eval_batch_size
     from study.data import load_spec_data
     from study.engine import resolve_channels_last, resolve_cudnn_benchmark, resolve_device, resolve_precision
     from study.spec import spec_from_dict
@@ -180,7 +181,8 @@ def train_one(config: dict, spec_dict: dict) -> None:
     train_loader = torch.utils.data.DataLoader(UInt8Images(data.train_x, data.train_y, train_tf), batch_size=batch,
                                                shuffle=True, drop_last=True, num_workers=workers)
     test_loader = torch.utils.data.DataLoader(UInt8Images(data.test_x, data.test_y, v2.Compose(norm)),
-                                              batch_size=t.eval_batch_size, num_workers=workers)
+                                              batch_size=resolve_eval_batch_size(t.eval_batch_size, torch.device(device)),
+                                              num_workers=workers)
     depth = int(spec.model.name.removeprefix("resnet"))
     model = PlainResNet(depth, data.num_classes, data.in_channels, spec.model.width, fan_out_init=True)
     model = model.to(device, memory_format=fmt)

@@ -89,6 +89,15 @@ def resolve_cudnn_benchmark(cudnn_benchmark, device: torch.device) -> bool:
     return _resolve_switch("cudnn_benchmark", cudnn_benchmark, device)
 
 
+EVAL_BATCH = {"cuda": 1024, "cpu": 64}  # test images per forward pass when the spec says null (auto)
+
+
+def resolve_eval_batch_size(value: int | None, device: torch.device) -> int:
+    """train.eval_batch_size, or the device's default: large on CUDA; on a CPU small batches keep a layer's
+    activations in cache (resnet8 on digits, 41 members: 0.38 s per evaluation at 64 against 0.76 s at 1024)."""
+    return value if value is not None else EVAL_BATCH.get(device.type, 1024)
+
+
 def member_loss(model: torch.nn.Module, x: Tensor, y: Tensor, bf16: bool) -> Tensor:
     """Per-member mean cross-entropy of a member array, shape (K,), in float32."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -322,7 +331,7 @@ class ArrayTrainer:
     def evaluate(self) -> tuple[Tensor, Tensor]:
         """Test loss and test error per member, shape (K,) each."""
         self.model.eval()
-        d, bs = self.data, self.config.train.eval_batch_size
+        d, bs = self.data, resolve_eval_batch_size(self.config.train.eval_batch_size, self.device)
         loss = torch.zeros(self.K, device=self.device)
         wrong = torch.zeros(self.K, device=self.device)
         for i in range(0, len(d.test_y), bs):

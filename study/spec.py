@@ -81,7 +81,7 @@ class TrainSpec:
     gamma: float = 0.1              # step schedule: factor at each milestone
     seed: int = 0                   # data order and augmentation, shared by every member of an array
     device: str = "auto"            # auto | cpu | cuda
-    eval_batch_size: int = 1024
+    eval_batch_size: int | None = None  # test images per forward pass; null: 1024 on CUDA, 64 on a CPU (faster there)
     compile: bool = False           # torch.compile the array step's forward and loss (CPU inductor or CUDA)
     precision: str = "auto"         # auto | fp32 | bf16 (bfloat16 autocast); auto: bf16 on CUDA, fp32 on a CPU
     channels_last: bool | str | None = None  # channels-last activations and conv weights: auto (or null): on for CUDA
@@ -339,7 +339,8 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check(1 <= m.width <= 16, file, "model.width", f"must lie in [1, 16], but got width={m.width}")
     _check(t.epochs >= 1, file, "train.epochs", f"must be >= 1, but got epochs={t.epochs}")
     _check(t.batch_size >= 1, file, "train.batch_size", f"must be >= 1, but got batch_size={t.batch_size}")
-    _check(t.eval_batch_size >= 1, file, "train.eval_batch_size", f"must be >= 1, but got eval_batch_size={t.eval_batch_size}")
+    _check(t.eval_batch_size is None or t.eval_batch_size >= 1, file, "train.eval_batch_size",
+           f"must be >= 1 (or null: chosen by the device), but got eval_batch_size={t.eval_batch_size}")
     _check(t.schedule in SCHEDULES, file, "train.schedule", f"must be one of {', '.join(SCHEDULES)}, but got schedule={excerpt(t.schedule)}")
     _check(0 <= t.warmup_epochs < t.epochs, file, "train.warmup_epochs", f"must lie in [0, epochs={t.epochs}), but got warmup_epochs={t.warmup_epochs}")
     _check(all(0 < q < 1 for q in t.milestones), file, "train.milestones", f"fractions of the run must lie in (0, 1), but got milestones={list(t.milestones)}")

@@ -112,7 +112,7 @@ def test_read_lease_reads_a_real_lease_and_never_creates_a_store(tmp_path):
 def test_set_overrides_spec_fields_before_validation():
     out = study("validate", str(QUICKSTART), "--set", "train.epochs=3", "--set", "search.seeds=[0,1,2]")
     assert out.returncode == 0, out.stderr
-    assert "3 epochs" in out.stdout and f"{(6 * 7 + 6 * 6) * 3} members" in out.stdout  # 6 × 7 and 6 × 6, 3 seeds
+    assert "3 epochs" in out.stdout and f"{(7 * 13 + 7 * 10) * 3} members" in out.stdout  # 7 × 13 and 7 × 10, 3 seeds
 
 
 @pytest.mark.parametrize("flag, field", [("train.epochs=-1", "train.epochs"), ("train.epochs=ten", "train.epochs"),

@@ -186,3 +186,26 @@ def test_engine_imports_without_ray_optuna_mlflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_eval_batch_size_follows_the_device_unless_the_spec_sets_it(digits):
+    """null (the default): 64 test images per forward pass on a CPU, 1024 on CUDA; any batch gives the same
+    test loss and error up to float rounding (the per-image losses are summed in another order)."""
+    import dataclasses
+
+    from study.engine import resolve_eval_batch_size
+
+    assert resolve_eval_batch_size(None, torch.device("cpu")) == 64
+    assert resolve_eval_batch_size(None, torch.device("cuda")) == 1024
+    assert resolve_eval_batch_size(7, torch.device("cuda")) == 7
+    members = [MemberSpec("sgd", "coupled", 0.1, 5e-4, seed=k) for k in range(3)]
+    results = []
+    for ebs in (None, 1000, 5):
+        config = _config(epochs=1)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, eval_batch_size=ebs))
+        trainer = ArrayTrainer(members, digits, config)
+        trainer.train_epoch()
+        results.append(trainer.evaluate())
+    for loss, err in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], rtol=1e-6, atol=0)
+        assert torch.equal(err, results[0][1])
