@@ -129,7 +129,9 @@ def test_a_bad_set_is_one_line_naming_the_field(flag, field, tmp_path):
 
 def test_set_error_is_the_line_the_file_would_give(tmp_path):
     bad = tmp_path / "quickstart.yaml"
-    bad.write_text(QUICKSTART.read_text().replace("epochs: 40", "epochs: -1"))
+    text = QUICKSTART.read_text()
+    assert "epochs: 20\n" in text
+    bad.write_text(text.replace("epochs: 20\n", "epochs: -1\n"))
     from_file = study("validate", str(bad))
     from_flag = study("validate", str(QUICKSTART), "--set", "train.epochs=-1")
     assert from_file.returncode == from_flag.returncode == 2
