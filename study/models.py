@@ -114,9 +114,10 @@ class BasicBlock(nn.Module):
         if self.stride == 1 and self.pad == 0:
             return x
         channels_last = x.stride(1) == 1 and x.shape[1] > 1
-        # subsample: the values of x[:, :, ::s, ::s], but a pooling whose gradient keeps x's memory format
-        # (the strided slice sends an NCHW gradient into a channels-last network: tests/test_engine.py)
-        x = F.avg_pool2d(x, 1, self.stride)
+        # subsample. Channels-last: a 1×1 average pooling with the slice's values, whose gradient keeps the layout
+        # (the strided slice sends an NCHW gradient into a channels-last network: tests/test_fastpath.py); else
+        # the slice itself, a view (the pooling's copy costs a few percent of a CPU step)
+        x = F.avg_pool2d(x, 1, self.stride) if channels_last else x[:, :, :: self.stride, :: self.stride]
         left, right = self.pad // 2, self.pad - self.pad // 2
         if channels_last:
             # channels-last: pad each member's channels in (N, H, W, K, C) order, stay channels-last
@@ -190,7 +191,9 @@ class MemberArrayNet(nn.Module):
         out = self.layers(out)
         if self.final_bn is not None:
             out = F.relu(self.final_bn(out))
-        out = out.mean((2, 3))                                  # (N, K·C): global average pooling
+        # (N, K·C): global average pooling; the mean keeps a channels-last gradient, adaptive pooling is the
+        # cheaper kernel on contiguous memory (the same values: tests/test_fastpath.py)
+        out = out.mean((2, 3)) if self.channels_last else F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.head(out.view(out.shape[0], self.members, -1))  # (N, K, classes)
 
     @torch.no_grad()
