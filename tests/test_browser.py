@@ -88,10 +88,22 @@ def _assert_stopped(children, *ports) -> None:
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(pair: bool = False) -> int:
+    """A port nothing listens on now; `pair`: one whose next port is free too (`study ui --study` serves
+    optuna-dashboard on port + 1)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not pair:
+            return port
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no pair of free ports found")
 
 
 @pytest.fixture
@@ -294,12 +306,20 @@ def test_optuna_dashboard_contour_is_lr_by_weight_decay(browser, quickstart_home
     if not Path(sys.executable).with_name("optuna-dashboard").is_file():
         pytest.skip("optuna-dashboard is not installed (the `dashboard` extra)")
     name = next(p.name for p in quickstart_home.iterdir() if (p / "optuna.db").is_file())
-    port = _free_port()
-    proc, lines = _start_ui(quickstart_home, port, "--study", name)
+    for attempt in range(3):  # another process may take a chosen port before `study ui` binds it: a new pair
+        port = _free_port(pair=True)
+        proc, lines = _start_ui(quickstart_home, port, "--study", name)
+        try:
+            line, _, _ = _wait_line(proc, lines, "optuna-dashboard:")
+            break
+        except AssertionError as e:
+            if proc.poll() is None:          # any other failure: leave no server behind
+                os.killpg(proc.pid, signal.SIGTERM)
+            if "is not free" not in str(e) or attempt == 2:
+                raise
     wait = WebDriverWait(browser, 120, poll_frequency=0.25)
     body = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
     try:
-        line, _, _ = _wait_line(proc, lines, "optuna-dashboard:")
         url = line.split()[1]
         deadline = time.time() + 120
         while True:  # printed once MLflow answers; the dashboard starts beside it
