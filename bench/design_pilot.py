@@ -29,6 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from study.landscape import landscapes, study_verdict  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from robustness import verdicts as robustness_verdicts  # noqa: E402
+
 ARMS = ("coupled", "independent")
 
 
@@ -60,11 +63,8 @@ def parse_design(text: str) -> dict:
 
 
 def verdicts(members: list[dict], metric: str) -> list[tuple]:
-    v = study_verdict(landscapes(members, metric=metric))
-    out = [(a["arm"], a["slope"], a["ci"], a["outcome"], bool(a.get("decisive"))) for a in v["arms"]]
-    out += [(" − ".join(p["arms"]), p["difference"], p["ci"], p["outcome"],
-             p["outcome"] in ("differ", "no difference detected", "self-check holds")) for p in v["pairs"]]
-    return out
+    """(name, value, interval, outcome, decisive) per arm, then per pair: robustness.verdicts, on these members."""
+    return robustness_verdicts({"verdict": study_verdict(landscapes(members, metric=metric))})
 
 
 def judge(cells: list[dict], design: dict, k: int, metric: str, steps: int) -> None:
