@@ -405,8 +405,8 @@ def timescale_rule(optimizer: str, decay: str) -> str:
     """How the arm's decay timescale τ is computed (spec.decay_timescale), as printed beside a τ."""
     if decay == "independent":
         return "1/λ"
-    if decay == "coupled" and has_timescale(optimizer, decay) and optimizer != "sgd":
-        return "√v̂/(η·λ), √v̂ typical"
+    if decay == "coupled" and optimizer in OPTIMIZERS and OPTIMIZERS[optimizer].coupled_sqrt_v:
+        return f"√v̂/(η·λ), √v̂ = {OPTIMIZERS[optimizer].coupled_sqrt_v:g} typical"
     return "1/(η·λ)"
 
 
@@ -468,7 +468,6 @@ def recommend(land: ArmLandscape, lr: float, level: float = LEVEL) -> dict:
     m, lo, hi = (float(v[0]) for v in predict_log_wd(land, [lr], level))
     wd, wd_lo, wd_hi = math.exp(m), math.exp(lo) if math.isfinite(lo) else math.nan, \
         math.exp(hi) if math.isfinite(hi) else math.nan
-    independent = land.decay == "independent"
     verdict = arm_verdict(land)
     warnings = []
     if verdict["outcome"] == "inconclusive":
