@@ -8,7 +8,7 @@ engine and member arrays as a study's trials, in one process, without Ray and th
 with one thread each; the verdicts are computed from its results by the same code `study export` uses.
 Perturbations, none of which should change the answer:
   train.seed 1, train.seed 2      another batch order
-  seeds [2, 3]                    other members' seeds (initial weights)
+  seeds [2, 3]                    other members' seeds (initial weights): as many as the spec has, after its last
   arrays of 15, arrays of 60      execution.members_per_trial: members packed differently, other rounding
   avx2 kernels                    ATEN_CPU_CAPABILITY=avx2, DNNL_MAX_CPU_ISA=AVX2 in Ray's workers
 It prints one row per run: each arm's slope, interval and verdict, the pair's, the wall time, and how far
@@ -27,15 +27,23 @@ import sys
 import time
 from pathlib import Path
 
-RUNS = [  # label, --set overrides, extra environment
-    ("unperturbed", [], {}),
-    ("train.seed=1", ["train.seed=1"], {}),
-    ("train.seed=2", ["train.seed=2"], {}),
-    ("seeds=[2,3]", ["search.seeds=[2,3]"], {}),
-    ("arrays of 15", ["execution.members_per_trial=15"], {}),
-    ("arrays of 60", ["execution.members_per_trial=60"], {}),
-    ("avx2 kernels", [], {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2"}),
-]
+
+def perturbations(spec_path: str) -> list[tuple[str, list[str], dict]]:
+    """(label, --set overrides, extra environment) per run, the unperturbed one first. The other seeds are as
+    many as the spec's, numbered after its last (a 2-seed spec [0, 1] gets [2, 3]; a 3-seed one [3, 4, 5])."""
+    from study.spec import load_spec
+
+    seeds = load_spec(spec_path).search.seeds
+    other = ",".join(str(max(seeds) + 1 + i) for i in range(len(seeds)))
+    return [
+        ("unperturbed", [], {}),
+        ("train.seed=1", ["train.seed=1"], {}),
+        ("train.seed=2", ["train.seed=2"], {}),
+        (f"seeds=[{other}]", [f"search.seeds=[{other}]"], {}),
+        ("arrays of 15", ["execution.members_per_trial=15"], {}),
+        ("arrays of 60", ["execution.members_per_trial=60"], {}),
+        ("avx2 kernels", [], {"ATEN_CPU_CAPABILITY": "avx2", "DNNL_MAX_CPU_ISA": "AVX2"}),
+    ]
 
 
 def _slug(label: str) -> str:
@@ -141,12 +149,13 @@ def main() -> int:
     out = Path(args.out or f"build/robustness/{Path(spec).stem}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     study = str(Path(sys.executable).with_name("study"))
+    runs = perturbations(spec)
     parallel = 1 if via == "run" else 2      # study train: two runs at a time, one thread each
-    results: list[dict | None] = [None] * len(RUNS)
-    pending = [] if args.report else list(enumerate(RUNS))
+    results: list[dict | None] = [None] * len(runs)
+    pending = [] if args.report else list(enumerate(runs))
     running = []
     if args.report:
-        for i, (label, _, _) in enumerate(RUNS):
+        for i, (label, _, _) in enumerate(runs):
             home = out / _slug(label)
             found = [home / "members.json"] if via == "train" else list(home.glob("*/export/landscape.json"))
             ok = bool(found) and found[0].is_file()
@@ -164,7 +173,7 @@ def main() -> int:
         results[i] = r
         print(f"[robustness] {r['label']}: exit {r['rc']} in {r['wall_s']:.0f} s", flush=True)
     base = results[0]["doc"]
-    print(f"\nrobustness of {spec} via study {via} ({len(RUNS) - 1} perturbations; slope [95 % interval] "
+    print(f"\nrobustness of {spec} via study {via} ({len(runs) - 1} perturbations; slope [95 % interval] "
           f"verdict, decisive = *)")
     agree = 0
     for r in results:
@@ -182,8 +191,8 @@ def main() -> int:
             agree += same
     base_ok = base is not None and all(d for *_, d in verdicts(base))
     print(f"unperturbed run decisive everywhere: {'yes' if base_ok else 'no'}; perturbed runs with every arm and "
-          f"pair decisive and as unperturbed: {agree} of {len(RUNS) - 1} (target: at least {len(RUNS) - 2})")
-    return 0 if base_ok and agree >= len(RUNS) - 2 else 1
+          f"pair decisive and as unperturbed: {agree} of {len(runs) - 1} (target: at least {len(runs) - 2})")
+    return 0 if base_ok and agree >= len(runs) - 2 else 1
 
 
 if __name__ == "__main__":
