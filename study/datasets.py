@@ -9,8 +9,10 @@ what `load` returns into tensors and caches it. Adding a dataset (SVHN, say) is 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,7 +199,16 @@ def _folder_sizes(d) -> tuple[int, int]:
     sizes = len(_folder_files(tr, ctr)), len(_folder_files(te, cte))
     if min(sizes) == 0:
         raise DataError(f"invalid data.path: {d.path} has no images ({', '.join(IMAGE_SUFFIXES)}) in train/ or test/")
+    _decodable_folder(str(d.path), _folder_key(d))
     return sizes
+
+
+@functools.lru_cache(maxsize=4)
+def _decodable_folder(path: str, key: str) -> None:
+    """Every image of the folder decoded once, as the trials will (a file that is no image, a truncated one,
+    another size): a bad file is refused before a study starts, not in every trial. Cached per process by the
+    files' key (paths, sizes, modification times), so validate, run and the driver decode a folder once."""
+    _image_folder(types.SimpleNamespace(path=path))
 
 
 def _image_folder(d) -> dict:

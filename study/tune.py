@@ -33,7 +33,7 @@ CHECKPOINT_FILE = "array.pt"
 TUNE_COPIED_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN")
 # what a trial's environment may carry from the driver's: fault-injection hooks of the tests and the
 # settings of the libraries a trial uses; never credentials (they would land in Ray's logs)
-TRIAL_ENV = ("STUDY_TEST_CRASH_AT_EPOCH", "STUDY_TEST_SLOW_EPOCH_S", "STUDY_CACHE", "OMP_NUM_THREADS",
+TRIAL_ENV = ("STUDY_TEST_CRASH_AT_EPOCH", "STUDY_TEST_SLOW_EPOCH_S", "STUDY_TEST_FAIL_WHILE", "STUDY_CACHE", "OMP_NUM_THREADS",
              "CUDA_VISIBLE_DEVICES", "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
              "ATEN_CPU_CAPABILITY", "DNNL_MAX_CPU_ISA")  # the CPU kernels torch and oneDNN dispatch to
 
@@ -49,6 +49,9 @@ def train_array(config: dict) -> None:
     from .environment import device_info
     from .spec import spec_from_dict
 
+    failing = os.environ.get("STUDY_TEST_FAIL_WHILE")  # fault injection for tests: fail while this file exists
+    if failing and Path(failing).exists():
+        raise RuntimeError(f"test fault: {failing} exists")
     spec = spec_from_dict(config["spec"])  # the data, model and train sections, and this array's members
     members = list(spec.members)
     torch.set_num_threads(max(1, int(config.get("threads", 1))))

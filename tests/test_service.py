@@ -429,29 +429,44 @@ def test_driver_killed_with_a_backlog_resume_records_every_epoch_once(tmp_path):
     assert _count(mlflow_db, epochs_in_mlflow) == 4 * epochs
 
 
-def test_failed_members_are_counted_failed_and_resume_retries_them(tmp_path):
-    """Members whose arrays fail inside Ray (here: an unreadable image found only when decoding) are reported as
-    failed with their reason, the run exits non-zero, and `study resume` trains them once the data is fixed."""
+def test_an_unreadable_image_is_refused_before_anything_starts(tmp_path):
+    """A file of an image folder that does not decode is found by `validate` and `run` (which decode every image
+    once, as the trials will), not by every trial after the records were written."""
     folder = _image_folder(tmp_path / "imgs", {"a": 6, "b": 6})
-    bad = folder / "train" / "b" / "0.png"
-    good_bytes = bad.read_bytes()
-    bad.write_bytes(b"not a png")
-    raw = yaml.safe_load(write_spec(tmp_path / "failing.yaml", "failing", members_per_trial=2, max_failures=0).read_text())
+    (folder / "train" / "b" / "0.png").write_bytes(b"not a png")
+    raw = yaml.safe_load(write_spec(tmp_path / "bad.yaml", "badimg", members_per_trial=2).read_text())
     raw["data"] = {"dataset": "imagefolder", "path": str(folder)}
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    home = tmp_path / "home"
+    env = {**os.environ, "STUDY_CACHE": str(tmp_path / "cache")}
+    for cmd in (study_cmd(home, "run", str(spec)), [sys.executable, "-m", "study.cli", "validate", str(spec)]):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == 2, out.stderr[-3000:]
+        assert "cannot read" in out.stderr and "0.png" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert not home.exists() or not any(home.iterdir()), sorted(home.rglob("*"))
+
+
+def test_failed_members_are_counted_failed_and_resume_retries_them(tmp_path):
+    """Members whose arrays fail inside Ray (a fault the trials raise while a file exists) are reported as
+    failed with their reason, the run exits non-zero, and `study resume` trains them once the cause is gone."""
+    raw = yaml.safe_load(write_spec(tmp_path / "failing.yaml", "failing", members_per_trial=2, max_failures=0).read_text())
     raw["arms"], raw["search"]["seeds"], raw["train"]["epochs"] = raw["arms"][:1], [0], 1
     spec = tmp_path / "failing.yaml"
     spec.write_text(yaml.safe_dump(raw))
     home = tmp_path / "home"
-    env = {**os.environ, "STUDY_CACHE": str(tmp_path / "cache")}
+    fault = tmp_path / "fault"
+    fault.touch()
+    env = {**os.environ, "STUDY_CACHE": str(tmp_path / "cache"), "STUDY_TEST_FAIL_WHILE": str(fault)}
     out = subprocess.run(study_cmd(home, "run", str(spec)), capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 1, out.stderr[-3000:]
-    assert "0/4 members recorded, 4 failed" in out.stdout and "cannot read" in out.stdout, out.stdout
+    assert "0/4 members recorded, 4 failed" in out.stdout and "test fault" in out.stdout, out.stdout
     assert "study resume failing" in out.stdout
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     exp = client.get_experiment_by_name("failing").experiment_id
     assert {r.info.status for r in client.search_runs([exp], "tags.role = 'member'")} == {"FAILED"}
     assert client.search_runs([exp], "tags.role = 'parent'")[0].info.status == "FAILED"
-    bad.write_bytes(good_bytes)
+    fault.unlink()
     out = subprocess.run(study_cmd(home, "resume", "failing"), capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "4/4 members recorded" in out.stdout
