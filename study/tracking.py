@@ -675,8 +675,10 @@ def list_studies(tracking: str) -> list[dict]:
     return rows
 
 
-def _reader(uri: str) -> MlflowClient:
-    """A client for reading records; a SQLite store that does not exist is not created by looking."""
+def _reader(uri: str, adopt: bool = False) -> MlflowClient:
+    """A client for reading records; a SQLite store that does not exist is not created by looking. A moved or
+    copied home is adopted (its artifact locations rewritten, see adopt_home) only with `adopt`, by a command
+    that is about to write artifacts anyway (export); a read alone writes nothing (see read_artifact)."""
     path = sqlite_path(uri)
     if path is None:
         check_tracking_uri(uri)   # a server or database that does not answer is one line, not minutes of retries
@@ -684,11 +686,35 @@ def _reader(uri: str) -> MlflowClient:
         raise LookupError(f"invalid name: no studies are recorded in {uri} ({why_no_file(path)})")
     if path is not None and not check_mlflow_file(path):   # read-only: looking writes nothing
         raise LookupError(f"invalid name: no studies are recorded in {uri} (the file is empty)")
-    try:
-        adopt_home(uri)  # a moved or copied home reads (and export writes) its own artifacts
-    except StoreError as e:  # read-only or busy: reads still work while the original home exists
-        print(f"warning: {e}", file=sys.stderr)
+    if adopt:
+        try:
+            adopt_home(uri)  # a moved or copied home: export writes its figures into its own artifacts
+        except StoreError as e:  # read-only or busy: reads still work (read_artifact)
+            print(f"warning: {e}", file=sys.stderr)
     return MlflowClient(uri)
+
+
+def read_artifact(uri: str, run, artifact_path: str) -> Path:
+    """A local path of a run's artifact. In a moved or copied home not yet adopted, the run's recorded location
+    lies under the old home: the copy under this home's `artifacts/` is read instead, without writing the store
+    (adopt_home does that, once, when a command writes). MlflowException if the artifact is not there."""
+    db = sqlite_path(uri)
+    loc = run.info.artifact_uri or ""
+    if db is not None and db.is_file() and (db.parent / "artifacts").is_dir():
+        own = Path(os.path.normpath(os.path.abspath(db.parent / "artifacts")))
+        con = sqlite3.connect(f"file:{urllib.parse.quote(str(db))}?mode=ro", uri=True, timeout=60)
+        try:
+            roots = _foreign_roots(con, own)
+        finally:
+            con.close()
+        for root in roots:
+            if loc == root or loc.startswith(root + "/"):
+                path = own / urllib.request.url2pathname(loc[len(root) + 1:]) / artifact_path
+                if not path.exists():
+                    raise MlflowException(f"no artifact {artifact_path} in {path.parent}")
+                return path
+    return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact_path,
+                                                    tracking_uri=uri))
 
 
 def find_parent(uri: str, name: str):
@@ -706,8 +732,7 @@ def recorded_spec(uri: str, name: str) -> StudySpec:
     """The resolved spec a study was started with (spec.json on its parent run): what resume runs."""
     parent = find_parent(uri, name)
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="spec.json",
-                                                   tracking_uri=uri)
+        path = read_artifact(uri, parent, "spec.json")
     except MlflowException:
         raise LookupError(f"invalid name: study {name!r} in {uri} has no spec.json on its parent run "
                           f"(recorded by an older version); start it again under a new name") from None
@@ -765,8 +790,7 @@ def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str
     metric = metric or parents[0].data.params.get("metric", "test_error")
     spec_text = ""
     try:
-        spec_text = Path(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="spec.yaml",
-                                                             tracking_uri=uri)).read_text()
+        spec_text = read_artifact(uri, parents[0], "spec.yaml").read_text()
     except Exception:  # a study without its spec artifact still exports
         pass
     members = []
@@ -818,7 +842,7 @@ def log_export(uri: str, parent_run_id: str, folder: Path, artifact_path: str, m
     """The exported figures, landscape.json and report as artifacts of the study's parent run (under
     `artifact_path`), with the answer as parent metrics (per-arm slope, interval, best η, λ and metric), the
     verdicts as tags and, given `answer` (metric, verdict lines), in the run's description."""
-    client = _reader(uri)
+    client = _reader(uri, adopt=True)
     _retry("logging the export", client.log_artifacts, parent_run_id, str(folder), artifact_path)
     ts = int(time.time() * 1000)
     ms = [Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items() if v is not None and math.isfinite(float(v))]

@@ -165,7 +165,8 @@ def test_adoption_is_one_rewrite_of_every_location(tmp_path):
     b = tmp_path / "elsewhere" / "b"
     shutil.copytree(a, b)
     with _away(a):
-        assert recorded_spec(_uri(b), "carry").name == "carry"  # reads adopt first
+        assert recorded_spec(_uri(b), "carry").name == "carry"  # reads the copy's spec.json, rewrites nothing
+        assert adopt_home(_uri(b)) == [(a / "artifacts").as_uri()]
         assert all(loc.startswith((b / "artifacts").as_uri()) for loc in _locations(b))
         assert MlflowClient(_uri(b)).get_experiment("0").artifact_location == (b / "artifacts" / "0").as_uri()
         assert adopt_home(_uri(b)) == []  # once per move
@@ -176,6 +177,24 @@ def test_adoption_is_one_rewrite_of_every_location(tmp_path):
         assert (b / "artifacts" / parent / "artifacts" / "landscape" / "x" / "f.txt").is_file()
         read_study(_uri(b), "carry")
         assert not a.exists()
+
+
+def test_reading_a_copied_home_writes_nothing(tmp_path):
+    """list, recommend, a resume's first read: the copy's own artifacts are read, its mlflow.db left as it is
+    (byte for byte) until a command writes; the original's files are not read (moved away) nor touched."""
+    from study.tracking import list_studies
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    _small_home(a)
+    shutil.copytree(a, b)
+    db = (b / "mlflow.db").read_bytes()
+    with _away(a):
+        assert recorded_spec(_uri(b), "carry").name == "carry"
+        assert "carry" in read_study(_uri(b), "carry")[1]  # spec.yaml, read from b/artifacts
+        assert [r["name"] for r in list_studies(_uri(b))] == ["carry"]
+        assert (b / "mlflow.db").read_bytes() == db
+        assert not a.exists()
+    assert all(loc.startswith((a / "artifacts").as_uri()) for loc in _locations(b))  # not adopted by reading
 
 
 def test_copy_with_the_original_in_place_is_adopted(tmp_path):
