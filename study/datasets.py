@@ -206,9 +206,11 @@ def _folder_sizes(d) -> tuple[int, int]:
 @functools.lru_cache(maxsize=4)
 def _decodable_folder(path: str, key: str) -> None:
     """Every image of the folder decoded once, as the trials will (a file that is no image, a truncated one,
-    another size): a bad file is refused before a study starts, not in every trial. Cached per process by the
-    files' key (paths, sizes, modification times), so validate, run and the driver decode a folder once."""
-    _image_folder(types.SimpleNamespace(path=path))
+    another size): a bad file is refused before a study starts, not in every trial. Done once per process for
+    the files' key (paths, sizes, modification times), and not at all where the decoded-image cache for that key
+    exists (written only after a whole decode of exactly these files, see data._cached)."""
+    if not (cache_dir() / f"{key}.npz").is_file():
+        _image_folder(types.SimpleNamespace(path=path))
 
 
 def _image_folder(d) -> dict:
