@@ -99,8 +99,9 @@ def _select(lands: list[ArmLandscape], arms) -> list[ArmLandscape]:
 
 
 def render(study: str, metric: str, lands: list[ArmLandscape], dashboard: dict, out: Path, formats,
-           spec_text: str = "", environment: dict | None = None) -> list[Path]:
-    """Write the dashboard's figures, landscape.json and (with 'html') report.html into `out`."""
+           spec_text: str = "", environment: dict | None = None, claims: dict | None = None) -> list[Path]:
+    """Write the dashboard's figures, landscape.json, claims.json (given `claims`, see study/claims.py) and (with
+    'html') report.html into `out`."""
     import matplotlib.pyplot as plt
 
     from .plots import FIGURES
@@ -135,9 +136,13 @@ def render(study: str, metric: str, lands: list[ArmLandscape], dashboard: dict, 
            "environment": environment or {}}
     (out / "landscape.json").write_text(json.dumps(doc, indent=1))
     written.append(out / "landscape.json")
+    if claims is not None:
+        (out / "claims.json").write_text(json.dumps(_clean_json(claims), indent=1))
+        written.append(out / "claims.json")
     if "html" in formats:
         path = out / "report.html"
-        path.write_text(report_html(study, metric, lands, pngs, spec_text, dashboard.get("title", ""), environment))
+        path.write_text(report_html(study, metric, lands, pngs, spec_text, dashboard.get("title", ""), environment,
+                                    claims))
         written.append(path)
     return written
 
@@ -326,8 +331,71 @@ def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, exte
             f'<figcaption class="readout">hover a cell for its {esc(metric)}</figcaption></figure>')
 
 
+def _clean_json(v):
+    """NaN and ±inf as null (JSON has neither), at any depth."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean_json(x) for x in v]
+    return v
+
+
+def claims_html(claims: dict | None, metric: str) -> str:
+    """The report's section on the article's claims (study/claims.py): the SGD identities on the study's model,
+    then per arm its best error over seeds, tensor counts, the decay diagnostics, slope and regime."""
+    if not claims:
+        return ""
+    sgd = claims.get("sgd")
+    if isinstance(sgd, list) and sgd:
+        r0 = sgd[0]
+        rows = "".join(f"<tr><td>{_num(r['momentum'])}</td><td>{r['coupled_vs_decoupled']:.1e}</td>"
+                       f"<td>{r['decoupled_vs_independent']:.1e}</td></tr>" for r in sgd)
+        sgd_part = (f"<p>(a) Plain SGD: coupled(λ), decoupled(λ) and independent(η·λ) from the same initial weights, "
+                    f"{r0['steps']} float64 steps of this study's model at η = {_num(r0['lr'])}, λ = "
+                    f"{_num(r0['weight_decay'])} on a fixed random batch of eight 8×8 images. The largest weight difference, relative to "
+                    f"the largest change of a weight over those steps:</p><table id=\"sgd-identity\"><thead><tr>"
+                    f"<th>momentum</th><th>coupled vs decoupled</th><th>decoupled vs independent(η·λ)</th></tr>"
+                    f"</thead><tbody>{rows}</tbody></table><p>Without momentum the three rules are one (rounding "
+                    f"only); with momentum coupled decay passes through the momentum buffer and parts from the "
+                    f"other two, which stay one.</p>")
+    elif isinstance(sgd, dict):
+        sgd_part = f"<p>(a) Plain SGD identities: not shown ({html.escape(sgd.get('error', ''))}).</p>"
+    else:
+        sgd_part = ""
+    rows = "".join(
+        f"<tr><td>{html.escape(a['arm'])}</td><td>{_num(a['lr'])}</td><td>{_num(a['weight_decay'])}</td>"
+        f"<td>{_num(a['error'], '.4f')} ± {_num(a['error_spread'], '.4f')} ({a['seeds']})</td>"
+        f"<td>{html.escape(str(a['decayed_tensors'] or 'n/a'))} / {html.escape(str(a['no_decay_tensors'] or 'n/a'))}</td>"
+        f"<td>{_num(a['decay_spread'], '.2f')}</td><td>{_num(a['norm_sqrt_v_corr'], '+.2f')}</td>"
+        f"<td>{_num(a['slope'], '.2f')} [{_num(a['slope_ci'][0], '.2f')}, {_num(a['slope_ci'][1], '.2f')}]: "
+        f"{html.escape(a['outcome'])}<br><small>predicted {html.escape(a['predicted'])}</small></td>"
+        f"<td>{html.escape(a['regime'])}</td></tr>" for a in claims.get("arms", []))
+    by_arm = {a["arm"]: a for a in claims.get("arms", [])}
+    compare = ""
+    c, d = by_arm.get("adam-coupled"), by_arm.get("adam-decoupled")
+    if c and d and math.isfinite(c["norm_sqrt_v_corr"]) and math.isfinite(d["norm_sqrt_v_corr"]):
+        higher = c["norm_sqrt_v_corr"] > d["norm_sqrt_v_corr"]
+        compare = (f"<p id=\"outcome-correlation\">Measured: the norm–√v̂ correlation is "
+                   f"{_num(c['norm_sqrt_v_corr'], '+.2f')} under coupled Adam and {_num(d['norm_sqrt_v_corr'], '+.2f')} "
+                   f"under decoupled Adam at their best cells: {'higher' if higher else 'not higher'} under coupled "
+                   f"decay, {'as the article predicts' if higher else 'against the article'}.</p>")
+    return f"""<h2>The article's claims</h2>{sgd_part}
+<p>(b)-(e) Per arm at its best cell (the seed-averaged best setting): the best final {html.escape(metric)} with its
+half-range over seeds (how many); decayed / never-decayed tensors; the spread of the per-weight decay rate (90th /
+10th percentile, 1 by definition for decoupled and independent decay; under coupled Adam, L2 is divided by √v̂);
+the rank correlation between a channel's final weight norm and its mean √v̂ (the article predicts it higher under
+coupled decay: weights with a large gradient history regularized less); the slope of log λ*(η) beside its
+prediction; and the regime: the angular update of the decayed weights at mid-run against its equilibrium value
+(the predicted slopes assume equilibrium).</p>
+<table id="claims"><thead><tr><th>arm</th><th>best η</th><th>best λ</th><th>best {html.escape(metric)} (seeds)</th>
+<th>decayed / never</th><th>decay spread</th><th>norm–√v̂ corr</th><th>slope</th><th>regime</th></tr></thead>
+<tbody>{rows}</tbody></table>{compare}"""
+
+
 def report_html(study: str, metric: str, lands: list[ArmLandscape], pngs, spec_text: str, title: str,
-                environment: dict | None = None) -> str:
+                environment: dict | None = None, claims: dict | None = None) -> str:
     """One HTML file, viewable offline and fetching nothing: the heatmaps are inline SVG (hover: each cell's
     <title>, echoed below the plot by a few lines of script), the figures inline PNGs."""
     from .plots import color_extend, error_range
@@ -389,6 +457,7 @@ every cell near each row's best, one quadratic valley per row, the floor's line 
 <th>slope</th><th>95 % interval</th><th>predicted</th><th>interval from</th></tr></thead><tbody>{rows}</tbody></table>
 <h2>Interactive landscapes</h2><p>Hover a cell for its value. One colour scale for all arms;
 an arrow on the colour bar marks values beyond it (drawn in the end colour).</p><div class="grid">{interactive}</div>
+{claims_html(claims, metric)}
 <h2>Figures</h2>{figures}
 <h2>Spec</h2><pre>{html.escape(spec_text)}</pre>
 </body></html>
@@ -407,7 +476,11 @@ def export(uri: str, study: str, out: Path, metric: str | None = None, formats=(
     if not members:
         raise SpecError(f"invalid name: study {study!r} has no finished member runs yet")
     lands = landscapes(members, metric=metric)
-    written = render(study, metric, lands, dash, Path(out), formats, spec_text, parent_environment(uri, parent))
+    from .claims import study_claims
+
+    claims = study_claims(uri, yaml.safe_load(spec_text) or {} if spec_text else {}, lands, members)
+    written = render(study, metric, lands, dash, Path(out), formats, spec_text, parent_environment(uri, parent),
+                     claims)
     from .tracking import is_complete
 
     if log_to_mlflow and not is_complete(uri, study, len(members)):

@@ -717,6 +717,23 @@ def read_artifact(uri: str, run, artifact_path: str) -> Path:
                                                     tracking_uri=uri))
 
 
+def member_details(uri: str, run_ids: list[str], epoch: int, histories=("decay/angular_update",
+                   "decay/angular_update_equilibrium")) -> list[dict]:
+    """Per member run: {"final": its final_* metrics without the prefix, "tags": its tags, "at_epoch": the
+    `histories` metrics at `epoch` (those recorded)} — what the report's claims section reads (study/claims.py)."""
+    client = _reader(uri)
+    out = []
+    for rid in run_ids:
+        run = _retry("reading a member run", client.get_run, rid)
+        at = {}
+        for key in histories:
+            hist = _retry("reading a metric history", client.get_metric_history, rid, key)
+            at.update({key: m.value for m in hist if m.step == epoch})
+        out.append({"final": {k[6:]: v for k, v in run.data.metrics.items() if k.startswith("final_")},
+                    "tags": dict(run.data.tags), "at_epoch": at})
+    return out
+
+
 def find_parent(uri: str, name: str):
     """The parent run of study `name`, or LookupError naming the store."""
     client = _reader(uri)

@@ -243,3 +243,46 @@ def test_a_figure_naming_arms_the_study_lacks_says_so(lands, tmp_path, capsys):
     assert "'some' names arms this study lacks (adam-nosuch): drawn with " + have[0] in err
     assert "'none' names arms this study lacks (lion-nosuch): not drawn" in err
     assert {p.name for p in written} >= {"some.png"} and not (tmp_path / "out" / "none.png").exists()
+
+
+# ---------------------------------------------------------------------------------------- the article's claims
+
+def test_the_export_measures_the_claims_on_the_study(smoke_study):
+    """claims.json and the report's section, from a real finished study: the plain-SGD identities on the
+    study's model (exact without momentum, apart with it), and per arm its best cell over seeds, the tensor
+    counts and the regime, each agreeing with what landscape.json and the members recorded."""
+    import json
+
+    export = smoke_study.home / "quickstart-smoke" / "export"
+    claims = json.loads((export / "claims.json").read_text())
+    land = json.loads((export / "landscape.json").read_text())
+    sgd = {r["momentum"]: r for r in claims["sgd"]}
+    assert sgd[0.0]["coupled_vs_decoupled"] < 1e-12 and sgd[0.0]["decoupled_vs_independent"] < 1e-12
+    assert sgd[0.9]["coupled_vs_decoupled"] > 1e-4            # coupled decay goes through the momentum buffer
+    assert sgd[0.9]["decoupled_vs_independent"] < 1e-12       # decoupled(λ) ≡ independent(η·λ) with momentum too
+    assert [a["arm"] for a in claims["arms"]] == [f"{a['optimizer']}-{a['decay']}" for a in land["arms"]]
+    for a, L in zip(claims["arms"], land["arms"]):
+        assert a["seeds"] >= 1 and (a["lr"], a["weight_decay"]) == (L["best"]["lr"], L["best"]["weight_decay"])
+        assert math.isclose(a["error"], L["best"]["error"], rel_tol=1e-9)
+        assert int(a["decayed_tensors"]) > 0 and int(a["no_decay_tensors"]) > 0
+        assert a["angular_ratio_mid"] is not None and a["angular_ratio_mid"] > 0   # SGD arms state an equilibrium
+        assert "equilibrium" in a["regime"]
+    page = (export / "report.html").read_text()
+    assert 'id="claims"' in page and 'id="sgd-identity"' in page
+
+
+def test_the_outcome_correlation_is_compared_in_words_whatever_it_shows():
+    from study.claims import regime
+    from study.report import claims_html
+
+    def arm(name, corr):
+        return {"arm": name, "lr": 0.01, "weight_decay": 0.1, "seeds": 2, "error": 0.1, "error_spread": 0.01,
+                "decayed_tensors": "8", "no_decay_tensors": "15", "decay_spread": 1.0, "norm_sqrt_v_corr": corr,
+                "predicted": "p", "slope": -1.0, "slope_ci": [-1.2, -0.8], "outcome": "consistent",
+                "regime": regime(float("nan"))}
+
+    page = claims_html({"sgd": None, "arms": [arm("adam-coupled", 0.8), arm("adam-decoupled", -0.2)]}, "test_loss")
+    assert "higher under coupled decay, as the article predicts" in page
+    page = claims_html({"sgd": None, "arms": [arm("adam-coupled", -0.3), arm("adam-decoupled", 0.1)]}, "test_loss")
+    assert "not higher under coupled decay, against the article" in page
+    assert regime(0.5).startswith("below") and regime(2.0).startswith("above") and regime(1.2).startswith("near")

@@ -1,0 +1,139 @@
+"""The article's claims, measured on a study's own records: the report's "Claims" section (docs/science.md).
+
+(a) Plain SGD: coupled(λ) ≡ decoupled(λ) ≡ independent(η·λ). Shown on the study's own model: a few float64
+    steps each way from the same initial weights, on a fixed random batch of small images (8×8: the same layers
+    and weights, a fraction of the arithmetic); then the same with momentum 0.9,
+    where coupled decay passes through the momentum buffer and the three part.
+(b) Under Adam, L2's decay is divided by √v̂: per arm, at its best cell, the spread of the per-weight decay
+    rate (90th / 10th percentile; 1 by definition for decoupled and independent decay) and the outcome the
+    article predicts, the rank correlation between a channel's final weight norm and its mean √v̂ (higher
+    under coupled decay if weights with a large gradient history are regularized less).
+(c) How many tensors decay (conv and linear weights) and how many never do (biases, normalization).
+(d) Each arm's best error with its spread over seeds.
+(e) The measured slope beside the prediction, with the regime: the angular update per step of the decayed
+    weights against its equilibrium value (docs/science.md) at mid-run, before the schedule has decayed.
+
+Everything here reads what the members recorded (final metrics and per-epoch histories on their MLflow runs),
+except (a), which trains the model for a few steps on the CPU (1-4 s for resnet8 to resnet56 on 2 cores).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+NEAR = 1.5   # mid-run angular update within this factor of its equilibrium value: "near equilibrium"
+
+
+def sgd_identity(model: str, width: int = 1, steps: int = 5, lr: float = 0.1, weight_decay: float = 0.01,
+                 batch: int = 8) -> list[dict]:
+    """Per momentum (0, 0.9): the largest difference between the weights after `steps` float64 steps of
+    coupled(λ) and decoupled(λ), and of decoupled(λ) and independent(η·λ), relative to the largest change of a
+    weight over those steps (coupled). Plain SGD makes both rounding-level; momentum separates coupled."""
+    import torch
+    import torch.nn.functional as F
+
+    from .models import build_model
+    from .optim import build_optimizer, param_groups
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 3, 8, 8, generator=gen, dtype=torch.float64)  # small images: the same model, fast
+    y = torch.randint(0, 10, (batch,), generator=gen)
+    out = []
+    for momentum in (0.0, 0.9):
+        final, start = {}, None
+        for decay, lam in (("coupled", weight_decay), ("decoupled", weight_decay), ("independent", lr * weight_decay)):
+            net = build_model(model, members=1, width=width, seeds=[0]).double()
+            start = torch.cat([p.detach().flatten() for p in net.parameters()])
+            groups, _ = param_groups(net.named_parameters(), lam, member_dims=1)
+            opt = build_optimizer("sgd", groups, lr, decay, momentum=momentum)
+            for _ in range(steps):
+                opt.zero_grad()
+                F.cross_entropy(net(x)[:, 0], y).backward()
+                opt.step()
+            final[decay] = torch.cat([p.detach().flatten() for p in net.parameters()])
+        moved = float((final["coupled"] - start).abs().max())
+        out.append({"momentum": momentum, "steps": steps, "lr": lr, "weight_decay": weight_decay, "moved": moved,
+                    "coupled_vs_decoupled": float((final["coupled"] - final["decoupled"]).abs().max()) / moved,
+                    "decoupled_vs_independent": float((final["decoupled"] - final["independent"]).abs().max()) / moved})
+    return out
+
+
+def _mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and half-range of the finite values (NaN, NaN when none)."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return (statistics.fmean(v), (max(v) - min(v)) / 2) if v else (math.nan, math.nan)
+
+
+def _ratio(details: list[dict]) -> float:
+    """Mean over the members of angular update / its equilibrium at the chosen epoch (NaN without one)."""
+    ratios = []
+    for d in details:
+        u = d["at_epoch"].get("decay/angular_update")
+        e = d["at_epoch"].get("decay/angular_update_equilibrium")
+        if u is not None and e is not None and math.isfinite(u) and math.isfinite(e) and e > 0:
+            ratios.append(u / e)
+    return statistics.fmean(ratios) if ratios else math.nan
+
+
+def regime(ratio: float) -> str:
+    """Words for the mid-run angular update against its equilibrium value."""
+    if not math.isfinite(ratio):
+        return "no equilibrium value stated for this update rule"
+    if ratio < 1 / NEAR:
+        return f"below equilibrium at mid-run (update {ratio:.2f}× its equilibrium value): still approaching it"
+    if ratio > NEAR:
+        return f"above equilibrium at mid-run ({ratio:.2f}× its equilibrium value)"
+    return f"near equilibrium at mid-run ({ratio:.2f}× its equilibrium value)"
+
+
+def arm_claims(land, cell: list[dict], details: list[dict]) -> dict:
+    """(b)-(e) for one arm from its best cell's members (`cell`, as read_study gives them) and their recorded
+    details (tracking.member_details at mid-run)."""
+    from .landscape import study_verdict
+
+    err_mean, err_spread = _mean_spread([m["error"] for m in cell])
+    spread = _mean_spread([d["final"].get("decay_spread", math.nan) for d in details])
+    corr = _mean_spread([d["final"].get("norm_sqrt_v_corr", math.nan) for d in details])
+    tags = details[0]["tags"] if details else {}
+    ratio = _ratio(details)
+    verdict = study_verdict([land])["arms"][0]
+    return {"arm": land.arm, "lr": land.best.get("lr"), "weight_decay": land.best.get("weight_decay"),
+            "seeds": len(cell), "error": err_mean, "error_spread": err_spread,
+            "decay_spread": spread[0], "norm_sqrt_v_corr": corr[0], "norm_sqrt_v_corr_spread": corr[1],
+            "decayed_tensors": tags.get("decay_counts.decayed_tensors"),
+            "no_decay_tensors": tags.get("decay_counts.no_decay_tensors"),
+            "predicted": land.predicted[1], "slope": land.slope, "slope_ci": list(land.slope_ci),
+            "outcome": verdict["outcome"], "angular_ratio_mid": ratio, "regime": regime(ratio)}
+
+
+def best_cell(land, members: list[dict]) -> list[dict]:
+    """The members of an arm's best (seed-averaged) cell; for a sampler's interpolated landscape, its best
+    member measured."""
+    mine = [m for m in members if (m["optimizer"], m["decay"]) == (land.optimizer, land.decay)]
+    lr, wd = land.best.get("lr"), land.best.get("weight_decay")
+    cell = [m for m in mine if lr is not None and wd is not None
+            and math.isclose(m["lr"], lr, rel_tol=1e-9) and math.isclose(m["weight_decay"], wd, rel_tol=1e-9)]
+    if not cell and mine:
+        cell = [min(mine, key=lambda m: m["error"] if math.isfinite(m["error"]) else math.inf)]
+    return cell
+
+
+def study_claims(uri: str, spec: dict, lands, members: list[dict]) -> dict:
+    """The claims section's numbers: {"sgd": sgd_identity(...) (or {"error": …}, or None without a model),
+    "arms": [arm_claims per arm]}."""
+    from .tracking import member_details
+
+    epochs = int((spec.get("train") or {}).get("epochs") or 0)
+    model = spec.get("model") or {}
+    sgd = None
+    if model.get("name"):
+        try:
+            sgd = sgd_identity(model["name"], int(model.get("width") or 1))
+        except (ValueError, RuntimeError) as e:  # a model this check cannot build: said, not a traceback
+            sgd = {"error": f"{type(e).__name__}: {e}"}
+    arms = []
+    for land in lands:
+        cell = best_cell(land, members)
+        arms.append(arm_claims(land, cell, member_details(uri, [m["run_id"] for m in cell], max(1, epochs // 2))))
+    return {"sgd": sgd, "arms": arms}
