@@ -415,3 +415,33 @@ class ArrayTrainer:
             out.append({"optimizer": m.optimizer, "decay": m.decay, "lr": m.lr, "weight_decay": m.weight_decay,
                         "seed": m.seed, "final": final_metrics(hist), "history": hist})
         return out
+
+
+def train_arrays(spec, arrays: list[list[MemberSpec]], data: Dataset, device: torch.device,
+                 log: Callable[..., None] = print) -> list[dict]:
+    """`study train`'s loop: each array trained in this process, one after another, with its settings and a
+    table row per member and epoch written by `log`; returns every member's result (ArrayTrainer.run)."""
+    torch.manual_seed(spec.train.seed)
+    results = []
+    for i, array in enumerate(arrays, 1):
+        trainer = ArrayTrainer(array, data, ArrayConfig(spec.model, spec.train, spec.data), device)
+        c, st = trainer.decay_counts, trainer.settings()
+        log(f"array {i}/{len(arrays)}: {array[0].arm}, {len(array)} members; decays {c['decayed_tensors']} "
+            f"tensors ({c['decayed_params']} params), never {c['no_decay_tensors']} ({c['no_decay_params']}); "
+            f"{st['precision']}, channels_last={st['channels_last']}, cudnn_benchmark={st['cudnn_benchmark']}, "
+            f"compile={st['compile']}")
+        log(f"{'epoch':>5} {'member':>6} {'lr':>9} {'wd':>9} {'seed':>4} {'train_loss':>10} {'test_err':>8} "
+            f"{'|w|':>8} {'angle':>8} {'time':>6}")
+
+        def report(epoch, rows, array=array):
+            for k, (m, r) in enumerate(zip(array, rows)):
+                flag = " diverged" if r["diverged"] else ""
+                log(f"{epoch:>5} {k:>6} {m.lr:>9.3g} {m.weight_decay:>9.3g} {m.seed:>4} {r['train_loss']:>10.4f} "
+                    f"{r['test_error']:>8.4f} {r['weight_norm']:>8.2f} {r['angular_update']:>8.4f} "
+                    f"{r['wall_time']:>6.1f}{flag}", flush=True)
+
+        results.extend(trainer.run(report))
+        if trainer.compiled:
+            log(f"array {i}/{len(arrays)}: first compiled step (tracing and code generation, or a cache hit) "
+                f"took {trainer.compile_s:.1f} s", flush=True)
+    return results

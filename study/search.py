@@ -503,3 +503,24 @@ def read_lease(storage_url: str, name: str) -> tuple[bool | None, str]:
         return None, f"lease unreadable: {type(e).__name__}"
     age = time.time() - float(attrs.get("heartbeat", 0.0))
     return holder_alive(attrs, Lease.STALE_S), f"{attrs.get('holder', 'unknown driver')}, heartbeat {age:.0f} s ago"
+
+
+def study_state(row: dict, storage: str) -> str:
+    """What a study is doing: its parent run's status, and for a RUNNING one whether its driver lease is held."""
+    status, name = row["status"], row["name"]
+    complete = row["planned"] is not None and row["done"] >= row["planned"]
+    if status == "RUNNING":
+        held, who = read_lease(storage, name)
+        if held:
+            training = f", {row['training']} members training" if row["training"] else ""
+            return f"running ({who}{training})"
+        if held is None:
+            return f"running? ({who})"
+        return f"stopped: its driver is gone ({who}); study resume {name}"
+    if status == "FINISHED":
+        return "finished" if complete else "finished, incomplete"
+    if status == "KILLED":
+        return f"interrupted; study resume {name}"
+    if status == "FAILED":
+        return f"stopped with an error; study resume {name}"
+    return status.lower()

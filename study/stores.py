@@ -243,3 +243,21 @@ class StoreWatch:
             if (st.st_dev, st.st_ino) != ident:
                 return label, f"the {label} {path} was replaced by another file during the run"
         return None
+
+
+def database_damage(e: BaseException) -> str | None:
+    """SQLite's own complaint when `e` (or what it wraps) says a store file is damaged ("file is not a
+    database", "database disk image is malformed"): damage in pages the up-front check
+    (stores.check_mlflow_file) does not read. Operational errors (locks, races, a full disk) are not damage
+    and stay as they are."""
+    import sqlite3
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        orig = getattr(e, "orig", None)   # SQLAlchemy wraps the driver's exception
+        for x in (e, orig):
+            if isinstance(x, sqlite3.DatabaseError) and not isinstance(x, sqlite3.OperationalError):
+                return str(x).splitlines()[0][:200]
+        e = e.__cause__ or e.__context__
+    return None

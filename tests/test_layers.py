@@ -38,6 +38,7 @@ def _loaded_after(statement: str) -> list[str]:
 
 
 @pytest.mark.parametrize("module", ["study.spec", "study.registry", "study.datasets", "study.stores", "study.cli",
+                                    "study.parser", "study.checks", "study.ui",
                                     "study.progress", "study.landscape"])
 def test_config_and_cli_layers_load_no_heavy_dependency(module):
     assert _loaded_after(f"import {module}") == []
