@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 # Tests and the quickstart keep all traffic on 127.0.0.1.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER = 0
 
-.PHONY: quickstart test test-fast install lock smoke clean
+.PHONY: quickstart test test-fast lint install lock smoke clean
 
 # Installs the exact versions of requirements.lock, then the project itself without resolving anything.
 $(BIN)/study: pyproject.toml requirements.lock
@@ -27,7 +27,11 @@ install: $(BIN)/study
 quickstart: $(BIN)/study   ## the main job: a CPU study of coupled vs independent decay, then its landscape
 	$(BIN)/study run search_spaces/quickstart.yaml
 
-test: $(BIN)/study         ## the test suite (CPU, real Ray / Optuna / MLflow)
+lint: $(BIN)/study         ## no unused import or variable, no dead code (seconds)
+	$(BIN)/ruff check --select F401,F841 study tests bench
+	$(BIN)/vulture study .ci/dead_code_allowed.py --min-confidence 60
+
+test: $(BIN)/study lint    ## lint, then the test suite (CPU, real Ray / Optuna / MLflow)
 	$(BIN)/python -m pytest -q -n 2 --durations=25 tests
 
 test-fast: $(BIN)/study    ## the inner loop: the suite without the statistical calibration tests (marked slow)

@@ -35,9 +35,7 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import queue
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile

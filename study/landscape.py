@@ -171,17 +171,6 @@ def row_optima(log_wd, err, window: int = WINDOW) -> tuple[np.ndarray, np.ndarra
     return np.where(measurable, opt, np.nan), np.where(any_f, code, 0)
 
 
-def row_optimum(log_wd: np.ndarray, err: np.ndarray) -> float:
-    """log λ* of one row (its edge when the optimum lies beyond the grid; NaN without data)."""
-    opt, _ = row_optima(log_wd, np.asarray(err, float)[None])
-    return float(opt[0])
-
-
-def ridge(lr, wd, err) -> tuple[np.ndarray, np.ndarray]:
-    """log λ*(η) per row of an error grid err[row=lr][col=wd], and each row's censoring code."""
-    return row_optima(np.log(np.asarray(wd, float)), err)
-
-
 # --------------------------------------------------------------------------- the ridge line: the valley model
 
 def slope_intervals(lr, wd, per_seed, level: float = LEVEL) -> dict:

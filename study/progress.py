@@ -50,7 +50,6 @@ class Progress:
                  refresh: float = 0.5):
         self.total, self.done, self.failed, self.retried, self.diverged = total, done, 0, 0, 0
         self.epochs_total, self.epochs_done = total * epochs, done * epochs
-        self.epochs_at_start = self.epochs_done
         self.metric, self.interval, self.refresh = metric, interval, refresh
         self.out = out or sys.stderr
         self.tty = _isatty(self.out)

@@ -155,7 +155,7 @@ def check_tracking_uri(uri: str) -> None:
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-def check_mlflow_file(path: Path, flag: str = "--tracking-uri", writing: bool = False) -> bool:
+def check_mlflow_file(path: Path, flag: str = "--tracking-uri") -> bool:
     """An existing file named as MLflow's SQLite store must be one: SQLite, with MLflow's tables. Checked
     read-only, before MLflow opens it (MLflow runs its schema setup into whatever file it is given, so a reader
     would write a user's own database full of tables). Returns False for an empty file (no records yet): a

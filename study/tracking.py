@@ -151,7 +151,7 @@ def ensure_store(uri: str, artifact_root: str | None = None) -> None:
     check_tracking_uri(uri)
     path = sqlite_path(uri)
     if path is not None and path.exists():
-        check_mlflow_file(path, writing=True)   # never MLflow's schema written into someone else's database
+        check_mlflow_file(path)   # never MLflow's schema written into someone else's database
 
     def build(tmp_uri: str) -> None:
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -521,10 +521,6 @@ class Tracker:
                                 r.data.tags.get("diverged") == "true", r.info.run_id))
         return out
 
-    def log_epoch(self, run_id: str, row: dict, tags: dict | None = None) -> bool:
-        """Log one epoch's metrics with step = epoch, unless that epoch is already recorded."""
-        return self.log_epochs(run_id, [row], tags) == 1
-
     def finish_member(self, run_id: str, final: dict | None) -> None:
         if _retry("reading a member run", self.client.get_run, run_id).info.status == "FINISHED":
             return  # recorded already (an interrupted driver's cleanup after the fact): never twice, never undone
@@ -568,9 +564,6 @@ class RecordWriter(SerialWriter):
 
     def open_member(self, key: str, member: MemberSpec, trial_number: int) -> None:
         self.call(self._open, key, member, trial_number)
-
-    def log_epoch(self, key: str, row: dict, tags: dict) -> None:
-        self.log_epochs([(key, row)], tags)
 
     def log_epochs(self, rows: list[tuple[str, dict]], tags: dict) -> None:
         """One epoch row per member (an array's epoch): one queued call, whatever the array's size."""

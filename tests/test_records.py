@@ -52,7 +52,7 @@ def _run_study(uri: str, tmp_path, spec, members=MEMBERS, epochs=EPOCHS, pause=0
         time.sleep(pause)  # an epoch takes a while
         received[epoch] = time.time()
         for k, key in enumerate(keys):
-            writer.log_epoch(key, _row(epoch, k), {"ray_trial_id": "t0"})
+            writer.log_epochs([(key, _row(epoch, k))], {"ray_trial_id": "t0"})
     writer.flush()
     for key in keys:
         writer.finish_member(key, final_metrics(writer.history(key, epochs)))
@@ -204,7 +204,7 @@ def test_resume_writes_on_under_the_same_keys(tmp_path):
     w = RecordWriter(tracker, 256)
     w.open_member(key, m, 0)
     for e in (1, 2):
-        w.log_epoch(key, _row(e, 0), {})
+        w.log_epochs([(key, _row(e, 0))], {})
     w.flush()
     again = Tracker(uri, spec, resume=True)  # a new driver: the run is found by key, epoch 2 is re-reported
     again.start()
@@ -212,7 +212,7 @@ def test_resume_writes_on_under_the_same_keys(tmp_path):
     w2.open_member(key, m, 0)
     for e in (2, 3):
         time.sleep(0.01)
-        w2.log_epoch(key, _row(e, 0), {})
+        w2.log_epochs([(key, _row(e, 0))], {})
     w2.flush()
     assert w2.epochs_written == 1
     assert [r["epoch"] for r in w2.history(key, EPOCHS)] == [1, 2, 3]
