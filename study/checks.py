@@ -138,10 +138,25 @@ def check_address(address: str | None) -> None:
 _NOTED: set[str] = set()  # MLFLOW_TRACKING_URI values already pointed out in this process
 
 
+def env_address() -> str:
+    """RAY_ADDRESS (set by `ray job submit`) as --address, checked as such and named as itself when refused."""
+    value = os.environ["RAY_ADDRESS"]
+    try:
+        if not value.strip():
+            raise SpecError("invalid --address: an empty value")
+        check_address(value)
+    except SpecError as e:
+        raise SpecError(str(e).replace("invalid --address", "invalid RAY_ADDRESS", 1)
+                        + ("; unset it or give HOST:PORT" if not value.strip() else "")) from None
+    return value
+
+
 def tracking_uri(args, home: Path) -> str:
     """--tracking-uri, else MLFLOW_TRACKING_URI, else the SQLite file under the studies' home. Where a --home
     was given but MLFLOW_TRACKING_URI decides, one line says so: the home's own store is not the one read."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
+    if not args.tracking_uri and env is not None and not env.strip():  # not "unset": a mistake, said as one
+        raise SpecError(f"invalid MLFLOW_TRACKING_URI: an empty value ({env!r}); unset it, or give a URI")
     if (not args.tracking_uri and env and getattr(args, "home", None) and env not in _NOTED
             and env != default_tracking_uri(home)):
         _NOTED.add(env)
@@ -157,6 +172,12 @@ def check_bench_args(args) -> tuple[tuple[int, ...], tuple[int, ...]]:
     except ValueError:
         raise SpecError(f"invalid --members/--batch-size: comma-separated integers, but got "
                         f"members={args.members!r}, batch_size={args.batch_size!r}") from None
+    for flag, vals in (("--members", members), ("--batch-size", batches)):
+        if len(set(vals)) < len(vals):  # the same row twice: twice the time, nothing learned
+            raise SpecError(f"invalid {flag}: each value once, but got {flag[2:]}={','.join(map(str, vals))}")
+    if args.no_baseline and args.workers is not None:
+        raise SpecError(f"invalid --workers: the DataLoader workers of the plain loop, which --no-baseline skips; "
+                        f"leave one of them out, but got workers={args.workers}")
     if min(members) < 1 or min(batches) < 1:
         raise SpecError(f"invalid --members/--batch-size: values must be >= 1, but got {members}, {batches}")
     if max(members) > HARD_LIMITS["execution.members_per_trial"] or max(batches) > HARD_LIMITS["train.batch_size"]:

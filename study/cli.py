@@ -19,13 +19,13 @@ from pathlib import Path
 
 from .checks import (check_address, check_bench_args, check_local_device, check_lr, check_name, check_output,
                      check_size, fields_for_run_only, home_dir, home_source, refuse_cuda_flag, tracking_uri,
-                     with_train_flags)
+                     env_address, with_train_flags)
 from .datasets import DataError, split_sizes
 from .environment import SettingError, check_settings
 from .parser import AUTO_BOOL, build_parser, refuse_empty_values
 from .spec import (SpecError, check_cost, data_warnings, grid_members, load_spec, shrink_for_smoke,
                    timescale_warnings, total_steps)
-from .stores import StoreError, database_damage, default_storage, why_no_file
+from .stores import StoreError, database_damage, default_storage, masked, why_no_file
 from .ui import cmd_ui
 
 EXIT_USAGE = 2
@@ -129,8 +129,14 @@ def cmd_resume(args) -> int:
     home = home_dir(args)
     try:  # the resolved spec the study started with: same data, same --smoke shrinking, same everything
         spec = recorded_spec(tracking_uri(args, home), check_name(args.name))
+        started = recorded_storage(tracking_uri(args, home), spec.name, given=args.storage)
         if args.storage is None:  # the Optuna storage it was started with, when that was not the home's default
-            args.storage = recorded_storage(tracking_uri(args, home), spec.name)
+            args.storage = started
+        elif masked(args.storage) != masked(started or default_storage(home, spec.name)):
+            raise SpecError(f"invalid --storage: study {spec.name!r} was started with the Optuna storage "
+                            f"{masked(started or default_storage(home, spec.name))}; resume it there (leave --storage "
+                            f"out{', or give that URL with its password' if started and '***@' in started else ''}), "
+                            f"but got storage={masked(args.storage)!r}")
     except LookupError as e:
         raise SpecError(str(e).strip("'\"")) from None
     return _drive(args, spec, resume=True)
@@ -143,6 +149,13 @@ def _drive(args, spec, resume: bool) -> int:
     home = home_dir(args)
     if args.address is None:
         check_local_device(spec, "a local Ray, no --address")
+    if args.address is None and spec.execution.gpus_per_trial > 0:
+        import torch
+
+        if not torch.cuda.is_available():  # a local Ray has no GPU to give: its trials would wait for ever
+            raise SpecError(f"invalid execution.gpus_per_trial: a local Ray on this machine has no GPU (torch sees "
+                            f"none); use 0, or run on a cluster with GPU workers (--address), but got "
+                            f"gpus_per_trial={spec.execution.gpus_per_trial}")
     if args.address is None and spec.execution.cpus_per_trial > (os.cpu_count() or 1):
         raise SpecError(f"invalid execution.cpus_per_trial: a local Ray on this machine has {os.cpu_count()} CPUs, "
                         f"but got cpus_per_trial={spec.execution.cpus_per_trial}")
@@ -211,13 +224,15 @@ def _drive(args, spec, resume: bool) -> int:
 
 def cmd_list(args) -> int:
     """The studies of a home (or of --tracking-uri): members done of planned, failed, running or not, last update."""
-    from .stores import check_mlflow_file, check_tracking_uri, sqlite_path
+    from .stores import check_mlflow_file, check_optuna_url, check_tracking_uri, sqlite_path
     from .search import study_state
     from .tracking import environment_line, list_studies
 
     home = home_dir(args)
     tracking = tracking_uri(args, home)
     db = sqlite_path(tracking)
+    if args.storage:  # the leases' storage, checked as run checks it (a wrong one would misreport every study)
+        check_optuna_url(args.storage)
     if args.tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
         if not home.is_dir():
             raise SpecError(f"invalid {home_source(args)}: {home} does not exist (no studies there); "
@@ -355,12 +370,18 @@ def cmd_bench(args) -> int:
         data = bench_data(args.dataset, args.data_path)
     except (SpecError, DataError) as e:
         raise SpecError(str(e).replace("invalid data.path:", "invalid --data-path:", 1)) from None
+    n_train = len(data.train_y)
+    for b in batches:
+        if b > n_train:
+            print(f"warning: --batch-size {b} is larger than {args.dataset}'s {n_train:,} training images: each "
+                  f"step takes them all", file=sys.stderr)
     print(f"study bench: {args.model} on {device} ({args.dataset}), K={members}, batch={batches}, "
           f"precision={args.precision}, channels_last={args.channels_last}, cudnn_benchmark={args.cudnn_benchmark}, "
           f"compile={args.compile}", flush=True)
     on_row = (lambda partial: write_json(partial, args.json)) if args.json else None  # a killed run keeps its rows
     result = run_bench(args.model, members, batches, str(device), args.dataset, args.data_path, args.warmup,
-                       args.steps, args.windows, args.compile, not args.no_baseline, args.workers,
+                       args.steps, args.windows, args.compile, not args.no_baseline,
+                       2 if args.workers is None else args.workers,
                        precision=args.precision, channels_last=AUTO_BOOL[args.channels_last],
                        cudnn_benchmark=AUTO_BOOL[args.cudnn_benchmark], on_row=on_row, data=data)
     print(format_table(result))
@@ -381,12 +402,13 @@ def main(argv=None) -> int:
     # one retry loop that tells the user (tracking._retry), instead of MLflow's silent HTTP retries
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-    if getattr(args, "address", None) is None and os.environ.get("RAY_ADDRESS") and args.command in ("run", "resume"):
-        args.address = os.environ["RAY_ADDRESS"]  # launched by `ray job submit`
+
     handlers = {"train": cmd_train, "validate": cmd_validate, "run": cmd_run, "resume": cmd_resume, "ui": cmd_ui,
                 "export": cmd_export, "bench": cmd_bench, "recommend": cmd_recommend, "list": cmd_list}
     try:
         refuse_empty_values(args)
+        if getattr(args, "address", None) is None and "RAY_ADDRESS" in os.environ and args.command in ("run", "resume"):
+            args.address = env_address()  # launched by `ray job submit`
         check_settings()
         if args.command in ("train", "run", "resume", "bench") and os.environ.get("STUDY_CACHE") is not None:
             check_output(os.environ["STUDY_CACHE"], "STUDY_CACHE", folder=True)  # decoded datasets go there

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .datasets import split_sizes
 from .progress import Progress
-from .search import StudySearch, check_optuna_url
+from .search import StudySearch, check_optuna_url, precheck_identity
 from .serial import SerialWriter
 from .spec import MemberSpec, SpecError, StudySpec, final_metrics, timescale_warnings
 from .stores import StoreWatch, default_storage, default_tracking_uri
@@ -138,6 +138,7 @@ class Driver:
         self.train_size, _ = split_sizes(spec.data)  # headers only: the driver never decodes images
         # every store checked (scheme, reachable, writable) before the first record is written anywhere
         check_optuna_url(stores.storage)
+        precheck_identity(stores.storage, spec)   # another spec's trials under this name: refused, nothing written
         ensure_store(stores.tracking, stores.artifacts())
         self.tracker = Tracker(stores.tracking, spec, resume)  # refuses a name that has records, unless resuming
         (stores.home / spec.name).mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 from importlib import metadata
 
 PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "ray", "optuna", "mlflow")
@@ -58,6 +59,15 @@ def check_settings() -> None:
     for name, what in FOLDERS.items():
         if name in os.environ and not os.environ[name].strip():
             raise SettingError(f"invalid {name}: {what}, but it is set to {os.environ[name]!r}; unset it for the default")
+    slow = os.environ.get("STUDY_TEST_SLOW_EPOCH_S")  # the tests' fault hooks, read inside trials: checked here
+    try:
+        if slow is not None and not 0 <= float(slow) < 3600:
+            raise ValueError
+    except ValueError:
+        raise SettingError(f"invalid STUDY_TEST_SLOW_EPOCH_S: seconds in [0, 3600), but it is set to {slow!r}") from None
+    crash = os.environ.get("STUDY_TEST_CRASH_AT_EPOCH")
+    if crash is not None and not re.fullmatch(r"[0-9]+:.+", crash):
+        raise SettingError(f"invalid STUDY_TEST_CRASH_AT_EPOCH: EPOCH:MARKER_FILE, but it is set to {crash!r}")
 
 
 def versions() -> dict[str, str]:

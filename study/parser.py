@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     b.add_argument("--steps", type=int, default=5, help="steps per timed window")
     b.add_argument("--windows", type=int, default=3, help="timed windows; the median is reported")
-    b.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
+    b.add_argument("--workers", type=int, help="DataLoader workers of the baseline (default 2)")
     b.add_argument("--threads", type=int, help="torch CPU threads")
     b.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 autocast on CUDA, fp32 on a CPU (the plain loop uses the same)")

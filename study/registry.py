@@ -102,8 +102,9 @@ MAX_DEPTH = 1202  # the deepest CIFAR ResNet of this family ever trained (He et 
 
 def model_depth(name: str) -> int | None:
     """The depth of `resnet{6n+2}` (8 to MAX_DEPTH), None for any other name."""
-    d = name.removeprefix("resnet")
-    ok = name.startswith("resnet") and d.isdigit() and len(d) <= 5 and 8 <= int(d) <= MAX_DEPTH and (int(d) - 2) % 6 == 0
+    d = name.removeprefix("resnet")   # ASCII digits, no leading zero: one spelling per model (resnet8, not resnet008)
+    ok = (name.startswith("resnet") and d.isascii() and d.isdigit() and not d.startswith("0") and len(d) <= 5
+          and 8 <= int(d) <= MAX_DEPTH and (int(d) - 2) % 6 == 0)
     return int(d) if ok else None
 
 

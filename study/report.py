@@ -29,6 +29,17 @@ DASHBOARD_KEYS = {"title": str, "description": str, "metric": str, "figures": li
 FIGURE_KEYS = {"kind": str, "arms": list, "title": str, "columns": int, "name": str}
 
 
+def dashboard_folder(name_or_path: str) -> str:
+    """The parent run's folder for a dashboard's figures: a shipped dashboard's name; a file of one's own gets
+    its name and a digest of its path, so that `my/default.yaml` never replaces the shipped default's figures."""
+    import hashlib
+
+    p = Path(name_or_path)
+    if not p.suffix or p.resolve().parent == DASHBOARDS:
+        return p.stem
+    return f"{p.stem}-{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:8]}"
+
+
 def load_dashboard(name_or_path: str) -> dict:
     """A dashboard file (dashboards/NAME.yaml, or a path), read as strictly as a spec: every key known, every
     value of its type, one line naming the file and the key otherwise."""
@@ -487,7 +498,7 @@ def export(uri: str, study: str, out: Path, metric: str | None = None, formats=(
         print("warning: not logged to the parent run: a half-done study's landscape is not the study's", file=sys.stderr)
         log_to_mlflow = False
     if log_to_mlflow:  # one folder per metric and dashboard: an export never replaces another's figures
-        name = Path(dashboard).stem
+        name = dashboard_folder(dashboard)
         log_export(uri, parent, Path(out), f"landscape/{metric}/{name}",
                    metrics=parent_metrics(lands), tags={**verdict_tags(lands), f"landscape.{metric}.{name}": f"landscape/{metric}/{name}"},
                    answer=(metric, study_verdict(lands)["lines"]))

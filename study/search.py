@@ -482,6 +482,17 @@ def _has_optuna_tables(url: str) -> bool:
         engine.dispose()
 
 
+def precheck_identity(storage_url: str, spec: StudySpec) -> None:
+    """check_identity before any store is written (the driver runs it before creating the MLflow store): read
+    only, and nothing to check where the storage does not exist yet or has no Optuna tables."""
+    path = sqlite_path(storage_url) if "://" in storage_url else Path(storage_url).expanduser()
+    if path is not None and not path.is_file():
+        return
+    if path is None and not _has_optuna_tables(storage_url):
+        return
+    check_identity(open_storage(storage_url), spec)
+
+
 def read_lease(storage_url: str, name: str) -> tuple[bool | None, str]:
     """Whether the driver lease of study `name` (the Optuna study NAME.driver, search.Lease) is held, and by
     whom; (None, why) when it cannot be read. Looking never creates a store: a SQLite or journal file that

@@ -233,6 +233,10 @@ def excerpt(value, limit: int = 60) -> str:
     return r if len(r) <= limit else f"{r[:limit - 12]}… ({len(r)} chars)"
 
 
+_NUMBER_TEXT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?|[-+]?\.?(inf|nan|infinity)",
+                          re.IGNORECASE | re.ASCII)
+
+
 def _coerce(value, tp, file, where):
     """Check `value` against the annotation `tp`; build nested dataclasses. Ints are accepted as floats."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
@@ -267,11 +271,12 @@ def _coerce(value, tp, file, where):
             _fail(file, where, f"expected an integer, but got {key}={excerpt(value)}")
         return value
     if tp is float:
-        if isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string; accept what float() accepts
-            try:
-                value = float(value)
-            except ValueError:
+        if isinstance(value, str):  # a quoted number ("1e-3"): the spellings of a YAML 1.2 number only, not
+            # everything float() takes (0_5 is 5.0 there, full-width digits a number)
+            if not _NUMBER_TEXT.fullmatch(value.strip()):
                 _fail(file, where, f"expected a number, but got {key}={excerpt(value)}")
+            value = float(value.strip().replace(".", "", 1) if value.strip().lower().lstrip("+-") in (".inf", ".nan")
+                          else value.strip())
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(file, where, f"expected a number, but got {key}={excerpt(value)}")
         if not math.isfinite(value):
@@ -344,7 +349,10 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check(t.schedule in SCHEDULES, file, "train.schedule", f"must be one of {', '.join(SCHEDULES)}, but got schedule={excerpt(t.schedule)}")
     _check(0 <= t.warmup_epochs < t.epochs, file, "train.warmup_epochs", f"must lie in [0, epochs={t.epochs}), but got warmup_epochs={t.warmup_epochs}")
     _check(all(0 < q < 1 for q in t.milestones), file, "train.milestones", f"fractions of the run must lie in (0, 1), but got milestones={list(t.milestones)}")
+    _check(t.schedule != "step" or len(t.milestones) > 0, file, "train.milestones", "schedule step needs at least one "
+           "milestone (otherwise train.gamma never acts: use schedule constant), but got milestones=[]")
     _check(0 < t.gamma <= 1, file, "train.gamma", f"must lie in (0, 1], but got gamma={t.gamma}")
+    _check_float32(t.gamma, file, "train.gamma")
     _check(t.device in ("auto", "cpu", "cuda"), file, "train.device", f"must be auto, cpu or cuda, but got device={excerpt(t.device)}")
     _check(t.precision in ("auto", "fp32", "bf16"), file, "train.precision", f"must be auto, fp32 or bf16, but got precision={excerpt(t.precision)}")
     _check(t.channels_last in (None, True, False, "auto"), file, "train.channels_last", f"must be auto, true or false, but got channels_last={excerpt(t.channels_last)}")
@@ -419,10 +427,26 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
             _check_float32(mem.weight_decay, file, f"{w}.weight_decay")
         _check(0 <= mem.seed < 2**32, file, f"{w}.seed", f"must lie in [0, 2**32), but got seed={mem.seed}")
         _check_options(mem, file, w)
-    keys = [m.key(spec.name) for m in spec.members]
-    dup = next((k for k in keys if keys.count(k) > 1), None)
-    _check(dup is None, file, "members", f"every member must be distinct, but {excerpt(dup, 100)} appears twice")
+    # distinct as a person reads them (run names and params show 4 significant digits, -0.0 as 0), also from
+    # the grid's points: a twin would be trained twice, or two members would share one name and one filter
+    shown = [(m.arm, _shown(m.lr), _shown(m.weight_decay), m.seed) for m in spec.members]
+    dup = next((k for k in shown if shown.count(k) > 1), None)
+    _check(dup is None, file, "members", f"every member must be distinct at the 4 significant digits runs and "
+           f"params show, but {dup[0]} lr={dup[1]} weight_decay={dup[2]} seed={dup[3]} appears twice" if dup else "")
+    if spec.search.sampler == "grid":
+        for i, (arm, lr, wd, seed) in enumerate(shown):
+            for a in spec.arms:
+                if (a.name == arm and seed in spec.search.seeds
+                        and lr in {_shown(v) for v in grid_axis(a.lr, spec.search.points)}
+                        and wd in {_shown(v) for v in grid_axis(a.weight_decay, spec.search.points)}):
+                    _check(False, file, f"members[{i}]", f"is a point of arm {arm}'s grid (lr={lr}, weight_decay={wd}, "
+                           f"seed {seed}): it would be trained twice; remove the member")
     return spec
+
+
+def _shown(v: float) -> str:
+    """A number as run names and params show it: 4 significant digits, zero without a sign."""
+    return f"{v + 0.0:.4g}"
 
 
 def _check_limits(spec: StudySpec, file) -> None:
@@ -445,6 +469,31 @@ def _check_as_written(spec: StudySpec, file) -> None:
     _check(s.sampler != "grid" or s.points == SearchSpec().points or not every_axis, file, "search.points",
            f"is the grid points of an axis without its own, and every arm's lr and weight_decay set points: "
            f"remove it, but got points={s.points}")
+
+
+def _check_written(raw: dict, spec: StudySpec, file) -> None:
+    """A field written in the file (or by --set) that this spec's dataset, schedule or sampler does not use is
+    refused even where its value is the default (_check_applies sees values only, and cannot tell)."""
+    def given(section: str, name: str) -> bool:
+        return isinstance(raw.get(section), dict) and name in raw[section]
+
+    t, s = spec.train, spec.search
+    for name in ("milestones", "gamma"):
+        _check(t.schedule == "step" or not given("train", name), file, f"train.{name}",
+               f"applies to schedule step only, not {t.schedule}; remove it")
+    for name in ("synthetic_train", "synthetic_test"):
+        _check(spec.data.dataset == "synthetic" or not given("data", name), file, f"data.{name}",
+               f"sizes only dataset synthetic, not {spec.data.dataset}; remove it")
+    if spec.members and not spec.arms:
+        for name in ("sampler", "points", "trials", "seeds", "refine"):
+            _check(not given("search", name), file, f"search.{name}", "draws or repeats the settings of arms, and "
+                   "this spec has members only (each with its own setting and seed); remove it")
+    elif s.sampler != "grid":
+        _check(not given("search", "points"), file, "search.points",
+               f"sets grid points; sampler {s.sampler} draws search.trials settings instead; remove it")
+    elif spec.arms and all(getattr(a, axis).points is not None for a in spec.arms for axis in ("lr", "weight_decay")):
+        _check(not given("search", "points"), file, "search.points", "is the grid points of an axis without its "
+               "own, and every arm's lr and weight_decay set points: remove it")
 
 
 def _check_path_given(spec: StudySpec, file) -> None:
@@ -532,6 +581,7 @@ def _check_options(a, file, w: str) -> None:
         _check(all(0 <= b < 1 for b in a.betas), file, f"{w}.betas", f"must lie in [0, 1), but got betas={list(a.betas)}")
     if a.eps is not None:
         _check(a.eps > 0, file, f"{w}.eps", f"must be > 0, but got eps={a.eps}")
+        _check_float32(a.eps, file, f"{w}.eps")
 
 
 def grid_size(arm: ArmSpec, search: SearchSpec) -> int:
@@ -698,13 +748,21 @@ def apply_overrides(raw: dict, sets, file=None) -> dict:
     (`train.epochs`, `search.seeds`, `arms[0].lr.high`), VALUE a YAML scalar or flow collection (`3`,
     `1e-3`, `[0, 1]`, `{low: 0.01, high: 0.1}`, `null`). An unknown key is one line naming it; a bad value
     gets the same line the file would (the spec is validated after). Returns `raw`, changed in place."""
+    seen: dict[str, str] = {}
     for item in sets or ():
         key, eq, text = str(item).partition("=")
         key = key.strip()
         if not eq or not key:
             raise SpecError(f"invalid --set: expected KEY=VALUE (e.g. train.epochs=3), but got {excerpt(item)}")
+        if not text.strip():  # as the file's `key:` with nothing after it would: say which, never guess
+            raise SpecError(f"invalid --set {key}: an empty value; write {key}=null for none, but got {excerpt(item)}")
+        canonical = re.sub(r"\s+", "", key)
+        if canonical in seen:  # the last one would win silently, as a repeated key in a file would
+            raise SpecError(f"invalid --set {key}: given twice ({excerpt(seen[canonical])}, then {excerpt(text)}); "
+                            f"give it once")
+        seen[canonical] = text
         try:
-            value = load_yaml(text) if text.strip() else None
+            value = load_yaml(text)
         except yaml.YAMLError as e:
             raise SpecError(f"invalid --set {key}: not a YAML value ({yaml_message(e)}), "
                             f"but got {excerpt(text)}") from None
@@ -758,10 +816,16 @@ def load_spec(path, data_path: str | None = None, overrides=None) -> StudySpec:
     _check_as_written(spec, p.name)
     new_path = data_path if data_path is not None else spec.data.path
     if new_path is not None:
-        q = Path(os.path.expandvars(new_path)).expanduser()
+        expanded = os.path.expandvars(new_path)
+        if not expanded.strip():  # '$UNSET_VAR' would name the current folder
+            _fail(p.name, "data.path" if data_path is None else "--data-path",
+                  f"empty once environment variables are expanded, but got path={excerpt(new_path)}")
+        q = Path(expanded).expanduser()
         base = Path.cwd() if data_path is not None else p.resolve().parent
         spec = dataclasses.replace(spec, data=dataclasses.replace(spec.data, path=str((base / q).resolve())))
-    return validate(spec, p.name)
+    spec = validate(spec, p.name)
+    _check_written(raw, spec, p.name)   # after validate: a field's own error (an unknown sampler) comes first
+    return spec
 
 
 def check_data_path_flag(dataset: str, data_path: str | None, where: str = "") -> None:

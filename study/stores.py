@@ -64,6 +64,9 @@ def why_no_file(path: Path) -> str:
 
 
 def _check_sqlite(flag: str, url: str) -> Path:
+    if "?" in url.split("://", 1)[-1]:  # the file is created whole under a temporary name: no options to carry
+        raise StoreError(f"invalid {flag}: a SQLite store is named by its path alone; options after '?' are not "
+                         f"supported, but got {flag.lstrip('-')}={masked(url)!r}")
     path = sqlite_path(url)
     if path is None or not str(path) or not path.is_absolute():
         raise StoreError(f"invalid {flag}: a SQLite store needs an absolute path (sqlite:////abs/path/file.db; "

@@ -341,6 +341,8 @@ class Tracker:
         self.client = MlflowClient(uri)
         exp = _retry("finding the experiment", self.client.get_experiment_by_name, spec.experiment)
         self.experiment_id = exp.experiment_id if exp else None
+        if exp:   # one experiment, one study: the UI, export and filters read an experiment whole
+            self._check_own_experiment(exp)
         parents = self._search(f"tags.study = '{spec.name}' and tags.role = 'parent'") if exp else []
         if not resume:   # in any experiment of the store: another tracking.experiment must not start a twin
             anywhere = parents or self._search_all(f"tags.study = '{spec.name}' and tags.role = 'parent'")
@@ -356,6 +358,21 @@ class Tracker:
         self.logged_steps: dict[str, int] = {}  # run id -> last epoch recorded
         self.last_ts: dict[str, int] = {}       # run id -> timestamp (ms) of the last epoch recorded here
         self.flat_keys: set[str] = set()        # runs recorded before EPOCH_KEYS: written on as they began
+
+    def _check_own_experiment(self, exp) -> None:
+        """The experiment is this study's: tagged so at its creation (or, recorded before that tag, holding this
+        study's runs only), and never MLflow's catch-all Default. FileExistsError naming the holder otherwise."""
+        name = self.spec.name
+        owner = exp.tags.get("study")
+        if owner is None and exp.name != "Default":
+            runs = _retry("reading the experiment", self.client.search_runs, [exp.experiment_id], max_results=100)
+            others = {r.data.tags.get("study") for r in runs} - {name}
+            owner = name if not others else next((o for o in others if o), None)
+        if owner != name:
+            whose = f"study {owner!r}'s records" if owner else "runs no study made"
+            raise FileExistsError(f"invalid tracking.experiment: the experiment {exp.name!r} in {self.uri} holds "
+                                  f"{whose}; each study records into an experiment of its own: choose another "
+                                  f"tracking.experiment, but got experiment={exp.name!r}")
 
     def epoch_key(self, run_id: str, name: str) -> str:
         """The MLflow key of per-epoch metric `name` in this run."""
@@ -749,11 +766,11 @@ def recorded_spec(uri: str, name: str) -> StudySpec:
     return spec_from_dict(json.loads(Path(path).read_text()))
 
 
-def recorded_storage(uri: str, name: str) -> str | None:
-    """The Optuna storage a study was started with, if it was not the home's default (None); LookupError if its
-    URL held a password, which is never recorded: then `--storage` must say it again."""
+def recorded_storage(uri: str, name: str, given: str | None = None) -> str | None:
+    """The Optuna storage a study was started with, if it was not the home's default (None), as recorded
+    (a password masked); LookupError if its URL held a password and `given` (--storage) does not say it again."""
     url = find_parent(uri, name).data.tags.get("optuna_storage")
-    if url and "***@" in url:
+    if url and "***@" in url and given is None:
         raise LookupError(f"invalid --storage: study {name!r} was started with the Optuna storage {url}; "
                           f"pass it again with its password: study resume {name} --storage URL")
     return url

@@ -144,7 +144,7 @@ def cmd_ui(args) -> int:
     import tempfile
     import threading
 
-    from .stores import check_mlflow_file, sqlite_path
+    from .stores import check_mlflow_file, check_optuna_url, check_tracking_uri, sqlite_path
 
     home = home_dir(args)
     tracking = tracking_uri(args, home)
@@ -154,6 +154,8 @@ def cmd_ui(args) -> int:
         raise SpecError(f"invalid {source}: no MLflow store in {tracking} ({why_no_file(db)})")
     if db is not None and not (db.is_file() and check_mlflow_file(db)):
         raise SpecError(f"invalid {source}: no studies are recorded in {tracking} yet; start one with `study run`")
+    if db is None:
+        check_tracking_uri(tracking)  # a server or database that answers, before a UI is started on it
     # what --study and --storage ask for, checked before anything is bound, read or written
     dash = None
     if args.storage and not args.study:
@@ -163,6 +165,11 @@ def cmd_ui(args) -> int:
         beside = Path(sys.executable).with_name("optuna-dashboard")
         dash = str(beside) if beside.is_file() else shutil.which("optuna-dashboard")
     storage = args.storage or (default_storage(home, check_name(args.study)) if args.study else None)
+    if args.storage:
+        check_optuna_url(args.storage)  # a URL optuna-dashboard can open, not one it dies on after the UI started
+        if "://" not in args.storage and not Path(args.storage).expanduser().is_file():
+            raise SpecError(f"invalid --storage: no Optuna journal file at {args.storage}, but got "
+                            f"storage={masked(args.storage)!r}")
     if storage is not None and sqlite_path(storage) is not None and not sqlite_path(storage).is_file():
         raise SpecError(f"invalid --study: no Optuna storage for study {args.study!r} at {sqlite_path(storage)} "
                         f"(`study list` names the studies; --storage gives another), but got study={args.study!r}")

@@ -188,6 +188,31 @@ CASES = [
                                                                        "points": 3}), [], "coincide at the 4 significant"),
     ("grid points equal after rounding, many points", (["arms", 0, "weight_decay"], {"low": 0.01, "high": 0.01001,
                                                                                      "points": 5}), [], "arms[0].weight_decay"),
+    # held out by a hostile pass: written fields at their default values that the spec's choices do not use
+    ("milestones written beside a cosine schedule", (["train", "milestones"], [0.5, 0.75]), [],
+     "invalid train.milestones: applies to schedule step only, not cosine"),
+    ("gamma written beside a cosine schedule", (["train", "gamma"], 0.1), [], "invalid train.gamma"),
+    ("synthetic sizes written for digits", (["data", "synthetic_train"], 2048), [], "invalid data.synthetic_train"),
+    ("a step schedule with no milestone", (["train"], {"epochs": 1, "batch_size": 32, "schedule": "step",
+                                                       "milestones": []}), [], "needs at least one milestone"),
+    ("search.points beside every axis's own, at its default", (["arms", 0], {
+        "optimizer": "sgd", "decay": "coupled", "lr": {"low": 0.01, "high": 0.1, "points": 2},
+        "weight_decay": {"low": 0.001, "high": 0.1, "points": 2}}), ["--set", "search.points=8"], "invalid search.points"),
+    ("a --set key given twice", None, ["--set", "train.epochs=3", "--set", "train.epochs=2"], "given twice"),
+    ("an empty --set value", None, ["--set", "tracking.experiment="], "an empty value"),
+    ("a float spelled with an underscore", (["train", "warmup_epochs"], "0_5"), [], "invalid train.warmup_epochs"),
+    ("a float in full-width digits", (["arms", 0, "lr", "high"], "０.１"), [], "invalid arms[0].lr.high"),
+    ("a model depth in superscript digits", (["model", "name"], "resnet2⁰"), [], "invalid model.name"),
+    ("a model depth with a leading zero", (["model", "name"], "resnet008"), [], "invalid model.name"),
+    ("adam eps beyond float32", (["arms", 0], {"optimizer": "adam", "decay": "decoupled", "eps": 1e300,
+                                               "lr": {"low": 0.001, "high": 0.01}, "weight_decay": {"low": 0.01, "high": 0.1}}),
+     [], "invalid arms[0].eps"),
+    ("GPUs a local Ray on a CPU machine cannot give", (["execution", "gpus_per_trial"], 0.5), [],
+     "invalid execution.gpus_per_trial: a local Ray on this machine has no GPU"),
+    ("a SQLite tracking URI with options", None, ["--tracking-uri", "sqlite:////tmp/study-test-m.db?mode=ro"],
+     "options after '?' are not supported"),
+    ("a SQLite storage with options", None, ["--storage", "sqlite:////tmp/study-test-o.db?timeout=abc"],
+     "options after '?' are not supported"),
 ]
 
 
@@ -245,7 +270,7 @@ def _assert_refused(out, home, needle):
 
 @pytest.mark.parametrize("what,change,extra,needle", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused_before_anything_starts(run_spec, what, change, extra, needle):
-    if what == "cuda on a machine without a GPU":
+    if what in ("cuda on a machine without a GPU", "GPUs a local Ray on a CPU machine cannot give"):
         import torch
         if torch.cuda.is_available():
             pytest.skip("this machine has a CUDA device")
@@ -340,6 +365,9 @@ def test_console_command_refuses_with_exit_code_2(tmp_path):
     (["bench", "--device", "cuda"] if not __import__("torch").cuda.is_available() else ["bench", "--steps", "0"],
      "invalid --"),
     (["recommend", "x", "--lr", "0.1", "--tracking-uri", "http://:0"], "invalid --tracking-uri: no host"),
+    (["bench", "--members", "1,1"], "invalid --members: each value once"),
+    (["bench", "--no-baseline", "--workers", "7"], "invalid --workers"),
+    (["list", "--storage", "bogus"], "invalid --storage"),
     (["list", "--tracking-uri", "http://127.0.0.1:9/#frag"], "invalid --tracking-uri: a fragment ('#…') means nothing"),
     (["list", "--tracking-uri", "http://127.0.0.1:9/?token=s3cret"], "a query ('?…') means nothing to MLflow; leave "
                                                                        "it out, in tracking_uri='http://127.0.0.1:9/'"),
@@ -394,6 +422,8 @@ def test_spec_that_is_not_utf8_is_refused(tmp_path, capsys):
     (["--storage", "sqlite:////tmp/x.db"], "invalid --storage: it is the Optuna storage of --study, and no --study"),
     (["--study", "nosuch"], "invalid --study: no Optuna storage for study 'nosuch' at "),
     (["--study", "x", "--storage", "sqlite:////nonexistent/optuna.db"], "at /nonexistent/optuna.db"),
+    (["--study", "x", "--storage", "bogus"], "invalid --storage: expected a SQLAlchemy URL"),
+    (["--study", "x", "--storage", "/nonexistent/o.journal"], "invalid --storage: no Optuna journal file"),
 ])
 def test_ui_refuses_a_study_it_cannot_serve_before_starting(tmp_path, capsys, argv, needle):
     """`study ui --study` names a study whose Optuna storage must exist (optuna-dashboard would create an empty
@@ -614,6 +644,10 @@ def test_a_damaged_or_foreign_mlflow_store_is_one_line_and_stays_untouched(damag
     ("STUDY_HOME", "/dev/null", "invalid STUDY_HOME"),
     ("STUDY_HOME", "", "invalid STUDY_HOME: the studies' home (default ~/studies), but it is set to ''"),
     ("STUDY_CACHE", " ", "invalid STUDY_CACHE: the decoded datasets' cache (default ~/.cache/study), but it is set"),
+    ("MLFLOW_TRACKING_URI", "", "invalid MLFLOW_TRACKING_URI: an empty value"),
+    ("RAY_ADDRESS", " ", "invalid RAY_ADDRESS: an empty value"),
+    ("RAY_ADDRESS", "127.0.0.1:1", "invalid RAY_ADDRESS: no Ray cluster answers"),
+    ("STUDY_TEST_SLOW_EPOCH_S", "abc", "invalid STUDY_TEST_SLOW_EPOCH_S"),
 ])
 def test_a_bad_environment_setting_is_named_before_anything_starts(run_spec, tmp_path, capsys, monkeypatch, var, value,
                                                                    needle):
@@ -709,3 +743,105 @@ def test_a_damaged_dataset_cache_is_named_and_rebuilt(tmp_path, monkeypatch, cap
         assert (again.train_x == fresh.train_x).all() and (again.test_y == fresh.test_y).all()
         assert load_spec_data(d).train_x.shape == fresh.train_x.shape   # and the rebuilt file reads back
         assert "cannot be read" not in capsys.readouterr().err
+
+
+MEMBER = {"optimizer": "sgd", "decay": "coupled", "lr": 0.1, "weight_decay": 0.001, "seed": 0}
+
+
+@pytest.mark.parametrize("members,arms,needle", [
+    ([MEMBER, {**MEMBER, "weight_decay": 0.0}, {**MEMBER, "weight_decay": -0.0}], False, "weight_decay=0 seed=0 appears twice"),
+    ([MEMBER, {**MEMBER, "lr": 0.10000001}], False, "lr=0.1 weight_decay=0.001 seed=0 appears twice"),
+    ([{**MEMBER, "lr": 0.01}], True, "invalid members[0]: is a point of arm sgd-coupled's grid"),
+])
+def test_members_are_distinct_as_they_are_shown_and_from_the_grid(tmp_path, capsys, members, arms, needle):
+    """Two members a person cannot tell apart (run names and params show 4 significant digits, -0.0 as 0), or a
+    member that is also a grid point, would be trained twice or share one name: refused."""
+    spec = {k: v for k, v in GOOD.items() if k != "arms" or arms}
+    if not arms:
+        spec = {k: v for k, v in spec.items() if k != "search"}
+    spec["members"] = members
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = _study(capsys, ["validate", str(path)])
+    assert out.returncode == 2 and needle in out.stderr, out.stderr
+
+
+def test_a_data_path_empty_once_variables_are_expanded_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("STUDY_TEST_EMPTY", "")
+    spec = tmp_path / "c.yaml"
+    spec.write_text(yaml.safe_dump({**GOOD, "data": {"dataset": "cifar10"}}))
+    out = _study(capsys, ["validate", str(spec), "--data-path", "$STUDY_TEST_EMPTY"])
+    assert out.returncode == 2 and "invalid --data-path: empty once environment variables are expanded" in out.stderr
+
+
+def test_ui_on_a_tracking_server_that_does_not_answer_starts_nothing(tmp_path, capsys):
+    out = _study(capsys, ["--home", str(tmp_path / "home"), "ui", "--tracking-uri", "http://127.0.0.1:1",
+                          "--port", "1"])
+    assert out.returncode == 2 and "invalid --tracking-uri: no MLflow server answers" in out.stderr, out.stderr
+
+
+# ---------------------------------------------------------------------------------------- records never mixed
+
+def _recorded(home: Path, name: str, experiment: str | None = None, storage: str | None = None):
+    """A study's records as the driver opens them (experiment, parent run, spec.json, its Optuna studies)."""
+    from study.driver import Driver, Stores
+    from study.spec import spec_from_dict
+
+    raw = {**copy.deepcopy(GOOD), "name": name}
+    if experiment:
+        raw["tracking"] = {"experiment": experiment}
+    spec = spec_from_dict(raw)
+    driver = Driver(spec, Stores.default(home, name, storage=storage))
+    driver.search.lease.release()
+    return spec
+
+
+def _files(folder: Path) -> dict:
+    return {str(p): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("experiment", ["first", "Default"])
+def test_a_study_never_records_into_another_studys_experiment(tmp_path, capsys, experiment):
+    """tracking.experiment naming an experiment another study (or no study: MLflow's Default) holds is refused:
+    the UI, export and filters read an experiment whole, and run names would repeat."""
+    home = tmp_path / "home"
+    _recorded(home, "first")
+    before = _files(home)
+    spec = tmp_path / "second.yaml"
+    spec.write_text(yaml.safe_dump({**GOOD, "name": "second", "tracking": {"experiment": experiment}}))
+    out = _study(capsys, ["--home", str(home), "run", str(spec)])
+    assert out.returncode == 2 and "invalid tracking.experiment" in out.stderr, out.stderr
+    assert "each study records into an experiment of its own" in out.stderr
+    assert _files(home) == before
+
+
+def test_another_specs_optuna_study_is_refused_before_a_new_tracking_store_is_made(tmp_path, capsys):
+    home = tmp_path / "home"
+    _recorded(home, "same")
+    other = tmp_path / "other" / "mlflow.db"
+    other.parent.mkdir()
+    spec = tmp_path / "same.yaml"
+    spec.write_text(yaml.safe_dump({**GOOD, "name": "same", "train": {**GOOD["train"], "seed": 5}}))
+    out = _study(capsys, ["--home", str(home), "run", str(spec), "--tracking-uri", f"sqlite:///{other}"])
+    assert out.returncode == 2 and "was made by another spec" in out.stderr, out.stderr
+    assert not other.exists() and not any(other.parent.iterdir())
+
+
+def test_resume_refuses_another_optuna_storage_than_the_study_started_with(tmp_path, capsys):
+    home = tmp_path / "home"
+    _recorded(home, "first")
+    _recorded(home, "second")
+    before = _files(home)
+    for storage in (f"sqlite:///{home / 'second' / 'optuna.db'}", f"sqlite:///{tmp_path / 'fresh.db'}"):
+        out = _study(capsys, ["--home", str(home), "resume", "first", "--storage", storage])
+        assert out.returncode == 2 and "was started with the Optuna storage" in out.stderr, out.stderr
+    assert _files(home) == before and not (tmp_path / "fresh.db").exists()
+
+
+def test_a_dashboard_file_of_ones_own_never_shares_the_shipped_ones_folder(tmp_path):
+    from study.report import DASHBOARDS, dashboard_folder
+
+    mine = tmp_path / "default.yaml"
+    assert dashboard_folder("default") == dashboard_folder(str(DASHBOARDS / "default.yaml")) == "default"
+    assert dashboard_folder(str(mine)).startswith("default-") and dashboard_folder(str(mine)) != "default"
+    assert dashboard_folder(str(mine)) == dashboard_folder(str(mine))   # re-exported: its own folder again
