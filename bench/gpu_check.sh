@@ -28,10 +28,10 @@ TINY=${GPU_CHECK_TINY:-${SMALL:-0}}
 FORCE=(--precision bf16 --channels-last true --cudnn-benchmark true)  # the GPU settings (auto on CUDA; forced so a CPU takes them too)
 if [[ "$TINY" == 1 ]]; then
   DEVICE=cpu; MEMBERS=1,2; KMAX=2; CMEMBERS=1,2; BATCH=16; BUDGET=${GPU_CHECK_BUDGET_S:-1500}
-  TIMING=(--warmup 1 --steps 2 --windows 2 --workers 0); TINYFLAG=--tiny
+  TIMING=(--warmup 1 --steps 2 --windows 2); WORKERS=(--workers 0); TINYFLAG=--tiny
 else
   DEVICE=cuda; MEMBERS=1,16,64,128; KMAX=128; CMEMBERS=${GPU_CHECK_COMPILE_MEMBERS:-1,128}; BATCH=512
-  BUDGET=${GPU_CHECK_BUDGET_S:-480}; TIMING=(--warmup 5 --steps 10 --windows 3 --workers 4); TINYFLAG=
+  BUDGET=${GPU_CHECK_BUDGET_S:-480}; TIMING=(--warmup 5 --steps 10 --windows 3); WORKERS=(--workers 4); TINYFLAG=
 fi
 T0=$(date +%s); : > "$OUT/failed.txt"
 left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
@@ -59,7 +59,7 @@ step "1b. no host sync in the training step" 120 "$OUT/sync.txt" "$PY" bench/gpu
   --device "$DEVICE"
 step "2. throughput, eager ($DEVICE)" 150 "$OUT/bench_eager.txt" "$STUDY" bench --device "$DEVICE" --model resnet20 \
   --members "$MEMBERS" --batch-size "$BATCH" --dataset parquet --data-path "$DATA" "${FORCE[@]}" "${TIMING[@]}" \
-  --json "$OUT/bench_eager.json"
+  "${WORKERS[@]}" --json "$OUT/bench_eager.json"  # --workers: the plain loop's DataLoader (the ablations have none)
 ABLATE=(bench --device "$DEVICE" --model resnet20 --members "$KMAX" --batch-size "$BATCH" --dataset parquet
         --data-path "$DATA" --precision bf16 --no-baseline "${TIMING[@]}")
 step "2b. K=$KMAX without cuDNN autotuning" 90 "$OUT/bench_no_autotune.txt" "$STUDY" "${ABLATE[@]}" \
@@ -78,6 +78,6 @@ fi
   --device "$DEVICE" "${FORCE[@]}"
 step "4. throughput, torch.compile ($DEVICE)" 600 "$OUT/bench_compiled.txt" "$STUDY" bench --device "$DEVICE" \
   --model resnet20 --members "$CMEMBERS" --batch-size "$BATCH" --dataset parquet --data-path "$DATA" "${FORCE[@]}" \
-  --compile on "${TIMING[@]}" --json "$OUT/bench_compiled.json"
+  --compile on "${TIMING[@]}" "${WORKERS[@]}" --json "$OUT/bench_compiled.json"
 "$PY" bench/gpu_check_report.py summary "$OUT" $TINYFLAG || echo "!! FAILED: summary"
 echo "== done in $(( $(date +%s) - T0 )) s; results in $OUT =="

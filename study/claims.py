@@ -11,7 +11,8 @@
 (c) How many tensors decay (conv and linear weights) and how many never do (biases, normalization).
 (d) Each arm's best error with its spread over seeds.
 (e) The measured slope beside the prediction, with the regime: the angular update per step of the decayed
-    weights against its equilibrium value (docs/science.md) at mid-run, before the schedule has decayed.
+    weights against its equilibrium value (docs/science.md) at the middle epoch (a cosine schedule is at half
+    its peak there; the equilibrium value follows the epoch's learning rate).
 
 Everything here reads what the members recorded (final metrics and per-epoch histories on their MLflow runs),
 except (a), which trains the model for a few steps on the CPU (1-4 s for resnet8 to resnet56 on 2 cores).
@@ -66,20 +67,28 @@ def _mean_spread(values: list[float]) -> tuple[float, float]:
 
 
 def _ratio(details: list[dict]) -> float:
-    """Mean over the members of angular update / its equilibrium at the chosen epoch (NaN without one)."""
+    """Mean over the members of angular update / its equilibrium at each one's middle epoch (NaN without one)."""
     ratios = []
     for d in details:
-        u = d["at_epoch"].get("decay/angular_update")
-        e = d["at_epoch"].get("decay/angular_update_equilibrium")
+        upd, eq = d["history"].get("angular_update", {}), d["history"].get("angular_equilibrium", {})
+        if not upd:
+            continue
+        mid = max(1, max(upd) // 2)
+        u, e = upd.get(mid), eq.get(mid)
         if u is not None and e is not None and math.isfinite(u) and math.isfinite(e) and e > 0:
             ratios.append(u / e)
     return statistics.fmean(ratios) if ratios else math.nan
 
 
-def regime(ratio: float) -> str:
-    """Words for the mid-run angular update against its equilibrium value."""
+def _has_equilibrium(optimizer: str, decay: str) -> bool:
+    """Whether docs/science.md states an equilibrium angular update for this update rule."""
+    return optimizer == "sgd" or (optimizer == "adam" and decay in ("decoupled", "independent"))
+
+
+def regime(ratio: float, why_none: str = "no equilibrium value stated for this update rule") -> str:
+    """Words for the mid-run angular update against its equilibrium value (`why_none` where there is none)."""
     if not math.isfinite(ratio):
-        return "no equilibrium value stated for this update rule"
+        return why_none
     if ratio < 1 / NEAR:
         return f"below equilibrium at mid-run (update {ratio:.2f}× its equilibrium value): still approaching it"
     if ratio > NEAR:
@@ -89,22 +98,34 @@ def regime(ratio: float) -> str:
 
 def arm_claims(land, cell: list[dict], details: list[dict]) -> dict:
     """(b)-(e) for one arm from its best cell's members (`cell`, as read_study gives them) and their recorded
-    details (tracking.member_details at mid-run)."""
+    details (tracking.member_details)."""
     from .landscape import study_verdict
 
-    err_mean, err_spread = _mean_spread([m["error"] for m in cell])
+    finite = [m["error"] for m in cell if math.isfinite(m["error"])]
+    err_mean, err_spread = _mean_spread(finite)
     spread = _mean_spread([d["final"].get("decay_spread", math.nan) for d in details])
     corr = _mean_spread([d["final"].get("norm_sqrt_v_corr", math.nan) for d in details])
     tags = details[0]["tags"] if details else {}
     ratio = _ratio(details)
+    lr, wd = (cell[0]["lr"], cell[0]["weight_decay"]) if cell else (land.best.get("lr"), land.best.get("weight_decay"))
+    if not _has_equilibrium(land.optimizer, land.decay):
+        why = "no equilibrium value stated for this update rule"
+    elif wd == 0:
+        why = "no decay at this cell (λ = 0): no equilibrium"
+    else:
+        why = "not recorded (diverged members, or runs recorded before the diagnostics)"
     verdict = study_verdict([land])["arms"][0]
-    return {"arm": land.arm, "lr": land.best.get("lr"), "weight_decay": land.best.get("weight_decay"),
-            "seeds": len(cell), "error": err_mean, "error_spread": err_spread,
+
+    def count(key):
+        v = tags.get(f"decay_counts.{key}")
+        return int(v) if v is not None else None
+
+    return {"arm": land.arm, "lr": lr, "weight_decay": wd, "seeds": len(finite),
+            "error": err_mean, "error_spread": err_spread,
             "decay_spread": spread[0], "norm_sqrt_v_corr": corr[0], "norm_sqrt_v_corr_spread": corr[1],
-            "decayed_tensors": tags.get("decay_counts.decayed_tensors"),
-            "no_decay_tensors": tags.get("decay_counts.no_decay_tensors"),
+            "decayed_tensors": count("decayed_tensors"), "no_decay_tensors": count("no_decay_tensors"),
             "predicted": land.predicted[1], "slope": land.slope, "slope_ci": list(land.slope_ci),
-            "outcome": verdict["outcome"], "angular_ratio_mid": ratio, "regime": regime(ratio)}
+            "outcome": verdict["outcome"], "angular_ratio_mid": ratio, "regime": regime(ratio, why)}
 
 
 def best_cell(land, members: list[dict]) -> list[dict]:
@@ -124,7 +145,6 @@ def study_claims(uri: str, spec: dict, lands, members: list[dict]) -> dict:
     "arms": [arm_claims per arm]}."""
     from .tracking import member_details
 
-    epochs = int((spec.get("train") or {}).get("epochs") or 0)
     model = spec.get("model") or {}
     sgd = None
     if model.get("name"):
@@ -135,5 +155,5 @@ def study_claims(uri: str, spec: dict, lands, members: list[dict]) -> dict:
     arms = []
     for land in lands:
         cell = best_cell(land, members)
-        arms.append(arm_claims(land, cell, member_details(uri, [m["run_id"] for m in cell], max(1, epochs // 2))))
+        arms.append(arm_claims(land, cell, member_details(uri, [m["run_id"] for m in cell])))
     return {"sgd": sgd, "arms": arms}

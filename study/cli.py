@@ -124,6 +124,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_resume(args) -> int:
+    from .search import holds_study
     from .tracking import recorded_spec, recorded_storage
 
     home = home_dir(args)
@@ -132,9 +133,11 @@ def cmd_resume(args) -> int:
         started = recorded_storage(tracking_uri(args, home), spec.name, given=args.storage)
         if args.storage is None:  # the Optuna storage it was started with, when that was not the home's default
             args.storage = started
-        elif masked(args.storage) != masked(started or default_storage(home, spec.name)):
-            raise SpecError(f"invalid --storage: study {spec.name!r} was started with the Optuna storage "
-                            f"{masked(started or default_storage(home, spec.name))}; resume it there (leave --storage "
+        elif (masked(args.storage) != masked(started or default_storage(home, spec.name))
+              and not holds_study(args.storage, spec)):
+            raise SpecError(f"invalid --storage: it holds no Optuna study of {spec.name!r}, which was started with "
+                            f"the Optuna storage {masked(started or default_storage(home, spec.name))}; resume it "
+                            f"there, or with a copy of it (leave --storage "
                             f"out{', or give that URL with its password' if started and '***@' in started else ''}), "
                             f"but got storage={masked(args.storage)!r}")
     except LookupError as e:
@@ -232,7 +235,7 @@ def cmd_list(args) -> int:
     tracking = tracking_uri(args, home)
     db = sqlite_path(tracking)
     if args.storage:  # the leases' storage, checked as run checks it (a wrong one would misreport every study)
-        check_optuna_url(args.storage)
+        check_optuna_url(args.storage, writing=False)
     if args.tracking_uri is None and not os.environ.get("MLFLOW_TRACKING_URI"):
         if not home.is_dir():
             raise SpecError(f"invalid {home_source(args)}: {home} does not exist (no studies there); "

@@ -1,21 +1,18 @@
 """Datasets as uint8 tensors (N, C, H, W), and augmentation done on the training device per batch.
 
-Owns the tensors, the on-disk cache of decoded images, and normalization. Pure torch/numpy: no Ray,
+Owns the tensors and normalization (the on-disk cache of decoded images is study/datasets.py's). Pure torch/numpy: no Ray,
 Optuna or MLflow. Which datasets exist and how each is read is study/datasets.py's registry.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import zipfile
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .datasets import DATASETS, DataError, cache_dir, dataset_entry, split_sizes  # noqa: F401  (re-exported)
+from .datasets import DATASETS, DataError, cache_dir, cached, dataset_entry, split_sizes  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -39,42 +36,12 @@ class Dataset:
                        self.test_y.to(device), self.num_classes, self.mean, self.std, self.padded_crop)
 
 
-def _cached(key: str | None, build) -> dict:
-    """Decoded arrays cached as .npz under cache_dir(), so the second run does not decode again. A cache file
-    that cannot be read (truncated, overwritten, another format) is named in a warning and rebuilt; a cache
-    that cannot be written is named and skipped: the cache only saves time, it never decides what is trained."""
-    if key is None:
-        return build()
-    path = cache_dir() / f"{key}.npz"
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files}
-            if {"train_x", "train_y", "test_x", "test_y"} <= set(arrays):
-                return arrays
-            why = "it lacks the arrays train_x, train_y, test_x, test_y"
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
-            why = f"{type(e).__name__}: {str(e)[:80]}"
-        print(f"warning: the dataset cache {path} cannot be read ({why}); decoding the dataset again", file=sys.stderr)
-    arrays = build()
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
-    except OSError as e:
-        print(f"warning: cannot write the dataset cache {path} ({e.strerror or e}); going on without it", file=sys.stderr)
-        if tmp.parent.is_dir():
-            tmp.unlink(missing_ok=True)
-    return arrays
-
-
 def load_spec_data(d) -> Dataset:
     """The dataset a spec's `data` section (a DataSpec) names, as uint8 tensors on the CPU. A subset keeps
     the first n images of a fixed shuffle."""
     entry = dataset_entry(d.dataset)
     split_sizes(d)  # the same checks as before a run: a bad subset or path is named, not a traceback
-    arrays = _cached(entry.cache_key(d), lambda: entry.load(d))
+    arrays = cached(entry.cache_key(d), lambda: entry.load(d))
     classes = int(arrays.get("classes", entry.classes or 0))
     split = {}
     for s, n in (("train", d.train_subset), ("test", d.test_subset)):

@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 import types
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,36 @@ def cache_dir() -> Path:
 
 
 # --------------------------------------------------------------------------- sources
+
+
+def cached(key: str | None, build) -> dict:
+    """Decoded arrays cached as .npz under cache_dir(), so the second run does not decode again. A cache file
+    that cannot be read (truncated, overwritten, another format) is named in a warning and rebuilt; a cache
+    that cannot be written is named and skipped: the cache only saves time, it never decides what is trained."""
+    if key is None:
+        return build()
+    path = cache_dir() / f"{key}.npz"
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            if {"train_x", "train_y", "test_x", "test_y"} <= set(arrays):
+                return arrays
+            why = "it lacks the arrays train_x, train_y, test_x, test_y"
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+            why = f"{type(e).__name__}: {str(e)[:80]}"
+        print(f"warning: the dataset cache {path} cannot be read ({why}); decoding the dataset again", file=sys.stderr)
+    arrays = build()
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    except OSError as e:
+        print(f"warning: cannot write the dataset cache {path} ({e.strerror or e}); going on without it", file=sys.stderr)
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+    return arrays
 
 def _digits(d) -> dict:
     from sklearn.datasets import load_digits
@@ -206,11 +238,10 @@ def _folder_sizes(d) -> tuple[int, int]:
 @functools.lru_cache(maxsize=4)
 def _decodable_folder(path: str, key: str) -> None:
     """Every image of the folder decoded once, as the trials will (a file that is no image, a truncated one,
-    another size): a bad file is refused before a study starts, not in every trial. Done once per process for
-    the files' key (paths, sizes, modification times), and not at all where the decoded-image cache for that key
-    exists (written only after a whole decode of exactly these files, see data._cached)."""
-    if not (cache_dir() / f"{key}.npz").is_file():
-        _image_folder(types.SimpleNamespace(path=path))
+    another size): a bad file is refused before a study starts, not in every trial. The decoded arrays go into
+    the cache the trials read (`cached`, keyed by the files' paths, sizes and modification times), so the
+    folder is decoded once per machine and its files, not once per check and trial."""
+    cached(key, lambda: _image_folder(types.SimpleNamespace(path=path)))
 
 
 def _image_folder(d) -> dict:

@@ -135,7 +135,7 @@ class Driver:
         if spec.members:
             raise SpecError("invalid members: `study run` searches arms; train explicit members with `study train`, "
                             f"but got {len(spec.members)} members")
-        self.train_size, _ = split_sizes(spec.data)  # headers only: the driver never decodes images
+        self.train_size, _ = split_sizes(spec.data)  # headers only (an image folder is decoded once, into the cache)
         # every store checked (scheme, reachable, writable) before the first record is written anywhere
         check_optuna_url(stores.storage)
         precheck_identity(stores.storage, spec)   # another spec's trials under this name: refused, nothing written

@@ -493,6 +493,26 @@ def precheck_identity(storage_url: str, spec: StudySpec) -> None:
     check_identity(open_storage(storage_url), spec)
 
 
+def holds_study(storage_url: str, spec: StudySpec) -> bool:
+    """Whether a storage holds an Optuna study of this spec's arms made by this spec (the one a study started
+    with, under another spelling, or a copy of it); read only: a storage that does not exist holds none."""
+    path = sqlite_path(storage_url) if "://" in storage_url else Path(storage_url).expanduser()
+    try:
+        if (path is not None and not path.is_file()) or (path is None and not _has_optuna_tables(storage_url)):
+            return False
+        storage = open_storage(storage_url)
+        for arm in spec.arms:
+            try:
+                study_id = storage.get_study_id_from_name(f"{spec.name}.{arm.name}")
+            except KeyError:
+                continue
+            if storage.get_study_user_attrs(study_id).get("spec_identity") in (None, spec.identity()):
+                return True
+    except Exception:  # unreadable: it holds nothing this study can resume from
+        return False
+    return False
+
+
 def read_lease(storage_url: str, name: str) -> tuple[bool | None, str]:
     """Whether the driver lease of study `name` (the Optuna study NAME.driver, search.Lease) is held, and by
     whom; (None, why) when it cannot be read. Looking never creates a store: a SQLite or journal file that

@@ -275,8 +275,11 @@ def _coerce(value, tp, file, where):
             # everything float() takes (0_5 is 5.0 there, full-width digits a number)
             if not _NUMBER_TEXT.fullmatch(value.strip()):
                 _fail(file, where, f"expected a number, but got {key}={excerpt(value)}")
-            value = float(value.strip().replace(".", "", 1) if value.strip().lower().lstrip("+-") in (".inf", ".nan")
-                          else value.strip())
+            text = value.strip()
+            body = text.lstrip("+-")
+            if body.startswith(".") and body[1:].isalpha():  # YAML's .inf / .nan (and .infinity): Python's inf, nan
+                text = text[:len(text) - len(body)] + body[1:]
+            value = float(text)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             _fail(file, where, f"expected a number, but got {key}={excerpt(value)}")
         if not math.isfinite(value):
@@ -349,8 +352,6 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check(t.schedule in SCHEDULES, file, "train.schedule", f"must be one of {', '.join(SCHEDULES)}, but got schedule={excerpt(t.schedule)}")
     _check(0 <= t.warmup_epochs < t.epochs, file, "train.warmup_epochs", f"must lie in [0, epochs={t.epochs}), but got warmup_epochs={t.warmup_epochs}")
     _check(all(0 < q < 1 for q in t.milestones), file, "train.milestones", f"fractions of the run must lie in (0, 1), but got milestones={list(t.milestones)}")
-    _check(t.schedule != "step" or len(t.milestones) > 0, file, "train.milestones", "schedule step needs at least one "
-           "milestone (otherwise train.gamma never acts: use schedule constant), but got milestones=[]")
     _check(0 < t.gamma <= 1, file, "train.gamma", f"must lie in (0, 1], but got gamma={t.gamma}")
     _check_float32(t.gamma, file, "train.gamma")
     _check(t.device in ("auto", "cpu", "cuda"), file, "train.device", f"must be auto, cpu or cuda, but got device={excerpt(t.device)}")
@@ -463,7 +464,9 @@ def _check_limits(spec: StudySpec, file) -> None:
 def _check_as_written(spec: StudySpec, file) -> None:
     """Checks of what a person wrote (load_spec), not of specs a study recorded: an older version's `--smoke`
     recorded a grid's search.points beside every axis's own, and `study resume` must still read it."""
-    s = spec.search
+    s, t = spec.search, spec.train
+    _check(t.schedule != "step" or len(t.milestones) > 0, file, "train.milestones", "schedule step needs at least one "
+           "milestone (otherwise train.gamma never acts: use schedule constant), but got milestones=[]")
     every_axis = bool(spec.arms) and all(getattr(a, axis).points is not None
                                          for a in spec.arms for axis in ("lr", "weight_decay"))
     _check(s.sampler != "grid" or s.points == SearchSpec().points or not every_axis, file, "search.points",
@@ -471,29 +474,36 @@ def _check_as_written(spec: StudySpec, file) -> None:
            f"remove it, but got points={s.points}")
 
 
+def not_applicable(spec: StudySpec) -> dict[str, str]:
+    """The fields ("section.name") this spec's dataset, schedule or sampler does not use, each with why: refused
+    where a person wrote them (_check_written), left out of the spec a study records for people (spec.yaml)."""
+    t, s = spec.train, spec.search
+    out = {}
+    if t.schedule != "step":
+        out.update({f"train.{n}": f"applies to schedule step only, not {t.schedule}" for n in ("milestones", "gamma")})
+    if spec.data.dataset != "synthetic":
+        out.update({f"data.{n}": f"sizes only dataset synthetic, not {spec.data.dataset}"
+                    for n in ("synthetic_train", "synthetic_test")})
+    if spec.members and not spec.arms:
+        out.update({f"search.{n}": "draws or repeats the settings of arms, and this spec has members only (each with "
+                    "its own setting and seed)" for n in ("sampler", "points", "trials", "seeds", "refine")})
+    elif s.sampler != "grid":
+        out["search.points"] = f"sets grid points; sampler {s.sampler} draws search.trials settings instead"
+    else:
+        out["search.trials"] = "sets how many settings a sampler draws; sampler grid takes search.points instead"
+        if spec.arms and all(getattr(a, axis).points is not None for a in spec.arms for axis in ("lr", "weight_decay")):
+            out["search.points"] = "is the grid points of an axis without its own, and every arm's lr and " \
+                                   "weight_decay set points"
+    return out
+
+
 def _check_written(raw: dict, spec: StudySpec, file) -> None:
     """A field written in the file (or by --set) that this spec's dataset, schedule or sampler does not use is
     refused even where its value is the default (_check_applies sees values only, and cannot tell)."""
-    def given(section: str, name: str) -> bool:
-        return isinstance(raw.get(section), dict) and name in raw[section]
-
-    t, s = spec.train, spec.search
-    for name in ("milestones", "gamma"):
-        _check(t.schedule == "step" or not given("train", name), file, f"train.{name}",
-               f"applies to schedule step only, not {t.schedule}; remove it")
-    for name in ("synthetic_train", "synthetic_test"):
-        _check(spec.data.dataset == "synthetic" or not given("data", name), file, f"data.{name}",
-               f"sizes only dataset synthetic, not {spec.data.dataset}; remove it")
-    if spec.members and not spec.arms:
-        for name in ("sampler", "points", "trials", "seeds", "refine"):
-            _check(not given("search", name), file, f"search.{name}", "draws or repeats the settings of arms, and "
-                   "this spec has members only (each with its own setting and seed); remove it")
-    elif s.sampler != "grid":
-        _check(not given("search", "points"), file, "search.points",
-               f"sets grid points; sampler {s.sampler} draws search.trials settings instead; remove it")
-    elif spec.arms and all(getattr(a, axis).points is not None for a in spec.arms for axis in ("lr", "weight_decay")):
-        _check(not given("search", "points"), file, "search.points", "is the grid points of an axis without its "
-               "own, and every arm's lr and weight_decay set points: remove it")
+    for where, why in not_applicable(spec).items():
+        section, name = where.split(".")
+        if isinstance(raw.get(section), dict) and name in raw[section]:
+            _fail(file, where, f"{why}; remove it")
 
 
 def _check_path_given(spec: StudySpec, file) -> None:

@@ -63,7 +63,7 @@ def why_no_file(path: Path) -> str:
     return "the file does not exist" if not path.exists() else f"{path} is not a regular file"
 
 
-def _check_sqlite(flag: str, url: str) -> Path:
+def _check_sqlite(flag: str, url: str, writing: bool = True) -> Path:
     if "?" in url.split("://", 1)[-1]:  # the file is created whole under a temporary name: no options to carry
         raise StoreError(f"invalid {flag}: a SQLite store is named by its path alone; options after '?' are not "
                          f"supported, but got {flag.lstrip('-')}={masked(url)!r}")
@@ -78,7 +78,7 @@ def _check_sqlite(flag: str, url: str) -> Path:
         folder = folder.parent
     if not folder.is_dir():
         raise StoreError(f"invalid {flag}: {folder} is a file, so {path.parent} cannot be a folder")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+    if writing and (not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK))):
         raise StoreError(f"invalid {flag}: {path if path.exists() else folder} is not writable")
     return path
 
@@ -96,20 +96,21 @@ def _check_reachable(flag: str, url: str) -> None:
         raise StoreError(f"invalid {flag}: no database answers at {host}:{port} ({e.strerror or e})") from None
 
 
-def check_optuna_url(url: str) -> None:
-    """--storage: a SQLAlchemy URL (sqlite, postgresql, mysql) or a journal file path (.log, .journal)."""
+def check_optuna_url(url: str, writing: bool = True) -> None:
+    """--storage: a SQLAlchemy URL (sqlite, postgresql, mysql) or a journal file path (.log, .journal); a store
+    only read (`writing` False: list, ui) need not be writable."""
     if "://" not in url:
         if not url.endswith((".log", ".journal")):
             raise StoreError(f"invalid --storage: expected a SQLAlchemy URL ({', '.join(s + '://…' for s in SQL_SCHEMES)}) "
                              f"or a journal file ending .log or .journal, but got storage={url!r}")
         path = Path(url).expanduser().resolve()
-        _check_sqlite("--storage", f"sqlite:///{path}")  # the same folder and file checks
+        _check_sqlite("--storage", f"sqlite:///{path}", writing)  # the same folder and file checks
         return
     if _scheme(url) not in SQL_SCHEMES:
         raise StoreError(f"invalid --storage: scheme {_scheme(url)!r} is not one of {', '.join(SQL_SCHEMES)} "
                          f"(or a journal file path), in storage={url!r}")
     if _scheme(url) == "sqlite":
-        _check_sqlite("--storage", url)
+        _check_sqlite("--storage", url, writing)
     else:
         _check_reachable("--storage", url)
 

@@ -59,7 +59,7 @@ EPOCH_KEYS = {"train_loss": "train/loss", "test_loss": "test/loss", "test_error"
               "decay_spread": "decay/effective_decay_spread", "norm_sqrt_v_corr": "decay/norm_vs_sqrt_v_rank_corr"}
 EPOCH_KEYS.update({k: f"epoch/{k}" for k in PER_EPOCH if k not in EPOCH_KEYS})  # a metric added later
 # a row's key for the wall-clock time (unix seconds) its epoch ended; set by the trainer if it knows,
-# else by RecordWriter.log_epoch on receipt. Never logged as a metric: it is the metrics' timestamp.
+# else by RecordWriter.log_epochs on receipt. Never logged as a metric: it is the metrics' timestamp.
 ENDED_AT = "ended_at"
 # MLflow prints "🏃 View run NAME at: URL" and "🧪 View experiment at: URL" to stdout each time a run ends on a
 # tracking server: two lines per member would bury the study's own output (`study ui` links every run instead)
@@ -341,9 +341,9 @@ class Tracker:
         self.client = MlflowClient(uri)
         exp = _retry("finding the experiment", self.client.get_experiment_by_name, spec.experiment)
         self.experiment_id = exp.experiment_id if exp else None
-        if exp:   # one experiment, one study: the UI, export and filters read an experiment whole
-            self._check_own_experiment(exp)
         parents = self._search(f"tags.study = '{spec.name}' and tags.role = 'parent'") if exp else []
+        if exp and not (resume and parents):   # one experiment, one study (a study an older version recorded
+            self._check_own_experiment(exp)     # beside another's still resumes where it is)
         if not resume:   # in any experiment of the store: another tracking.experiment must not start a twin
             anywhere = parents or self._search_all(f"tags.study = '{spec.name}' and tags.role = 'parent'")
             if anywhere:
@@ -364,10 +364,10 @@ class Tracker:
         study's runs only), and never MLflow's catch-all Default. FileExistsError naming the holder otherwise."""
         name = self.spec.name
         owner = exp.tags.get("study")
-        if owner is None and exp.name != "Default":
-            runs = _retry("reading the experiment", self.client.search_runs, [exp.experiment_id], max_results=100)
-            others = {r.data.tags.get("study") for r in runs} - {name}
-            owner = name if not others else next((o for o in others if o), None)
+        if owner is None and exp.name != "Default":  # made before the tag: whose runs does it hold?
+            other = _retry("reading the experiment", self.client.search_runs, [exp.experiment_id],
+                           f"tags.study != '{name}'", max_results=1)
+            owner = other[0].data.tags["study"] if other else name
         if owner != name:
             whose = f"study {owner!r}'s records" if owner else "runs no study made"
             raise FileExistsError(f"invalid tracking.experiment: the experiment {exp.name!r} in {self.uri} holds "
@@ -425,7 +425,7 @@ class Tracker:
             data_dataset(spec)._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, "training")])])
         _retry("logging the spec", self.client.log_text, self.parent_id,
                "# the resolved spec of this study (spec.json holds the same; `study resume` reads it)\n"
-               + yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False, allow_unicode=True), "spec.yaml")
+               + yaml.safe_dump(applicable(resolved, spec), sort_keys=False, allow_unicode=True), "spec.yaml")
         _retry("logging study params", self.client.log_batch, self.parent_id, params=[
             Param("study", spec.name), Param("sampler", spec.search.sampler), Param("model", spec.model.name),
             Param("data", spec.data.dataset), Param("epochs", str(spec.train.epochs)),
@@ -727,20 +727,33 @@ def read_artifact(uri: str, run, artifact_path: str) -> Path:
                                                     tracking_uri=uri))
 
 
-def member_details(uri: str, run_ids: list[str], epoch: int, histories=("decay/angular_update",
-                   "decay/angular_update_equilibrium")) -> list[dict]:
-    """Per member run: {"final": its final_* metrics without the prefix, "tags": its tags, "at_epoch": the
-    `histories` metrics at `epoch` (those recorded)} — what the report's claims section reads (study/claims.py)."""
+def applicable(resolved: dict, spec: StudySpec) -> dict:
+    """The resolved spec without the fields it does not use (spec.not_applicable): a file `study run` takes again."""
+    from .spec import not_applicable
+
+    out = json.loads(json.dumps(resolved))
+    for where in not_applicable(spec):
+        section, name = where.split(".")
+        if isinstance(out.get(section), dict):
+            out[section].pop(name, None)
+    return out
+
+
+def member_details(uri: str, run_ids: list[str], histories=("angular_update", "angular_equilibrium")) -> list[dict]:
+    """Per member run: {"final": its final_* metrics without the prefix, "tags": its tags, "history": {name:
+    {epoch: value}} of the per-epoch `histories` (EPOCH_KEYS names; a run recorded before them, under the flat
+    name)} — what the report's claims section reads (study/claims.py)."""
     client = _reader(uri)
     out = []
     for rid in run_ids:
         run = _retry("reading a member run", client.get_run, rid)
-        at = {}
-        for key in histories:
-            hist = _retry("reading a metric history", client.get_metric_history, rid, key)
-            at.update({key: m.value for m in hist if m.step == epoch})
+        history = {}
+        for name in histories:
+            hist = _retry("reading a metric history", client.get_metric_history, rid, EPOCH_KEYS[name]) \
+                or _retry("reading a metric history", client.get_metric_history, rid, name)
+            history[name] = {m.step: m.value for m in hist}
         out.append({"final": {k[6:]: v for k, v in run.data.metrics.items() if k.startswith("final_")},
-                    "tags": dict(run.data.tags), "at_epoch": at})
+                    "tags": dict(run.data.tags), "history": history})
     return out
 
 

@@ -166,7 +166,7 @@ def cmd_ui(args) -> int:
         dash = str(beside) if beside.is_file() else shutil.which("optuna-dashboard")
     storage = args.storage or (default_storage(home, check_name(args.study)) if args.study else None)
     if args.storage:
-        check_optuna_url(args.storage)  # a URL optuna-dashboard can open, not one it dies on after the UI started
+        check_optuna_url(args.storage, writing=False)  # a URL optuna-dashboard can open, not one it dies on after the UI started
         if "://" not in args.storage and not Path(args.storage).expanduser().is_file():
             raise SpecError(f"invalid --storage: no Optuna journal file at {args.storage}, but got "
                             f"storage={masked(args.storage)!r}")

@@ -836,6 +836,28 @@ def test_resume_refuses_another_optuna_storage_than_the_study_started_with(tmp_p
         out = _study(capsys, ["--home", str(home), "resume", "first", "--storage", storage])
         assert out.returncode == 2 and "was started with the Optuna storage" in out.stderr, out.stderr
     assert _files(home) == before and not (tmp_path / "fresh.db").exists()
+    # another spelling of the same store, or a copy of it, holds the study: accepted
+    from study.search import holds_study
+    from study.spec import spec_from_dict
+
+    first = spec_from_dict({**copy.deepcopy(GOOD), "name": "first"})
+    copied = tmp_path / "copy.db"
+    copied.write_bytes((home / "first" / "optuna.db").read_bytes())
+    assert holds_study(f"sqlite:///{copied}", first) and holds_study(f"sqlite:////{home}/./first/optuna.db", first)
+    assert not holds_study(f"sqlite:///{home / 'second' / 'optuna.db'}", first)
+
+
+@pytest.mark.parametrize("spec", sorted(str(p) for p in (Path(__file__).parent.parent / "search_spaces").glob("*.yaml")))
+def test_the_spec_a_study_records_for_people_runs_again(spec, tmp_path):
+    """spec.yaml on the parent run leaves out the fields the spec does not use (refused where a person writes
+    them): `study run` takes it back, and it is the same study (identity)."""
+    from study.spec import load_spec
+    from study.tracking import applicable
+
+    s = load_spec(spec, data_path=None if "dataset: digits" in Path(spec).read_text() else str(tmp_path))
+    again = tmp_path / "again.yaml"
+    again.write_text(yaml.safe_dump(applicable(s.to_dict(), s), sort_keys=False, allow_unicode=True))
+    assert load_spec(again).identity() == s.identity()
 
 
 def test_a_dashboard_file_of_ones_own_never_shares_the_shipped_ones_folder(tmp_path):

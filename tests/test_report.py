@@ -264,7 +264,7 @@ def test_the_export_measures_the_claims_on_the_study(smoke_study):
     for a, L in zip(claims["arms"], land["arms"]):
         assert a["seeds"] >= 1 and (a["lr"], a["weight_decay"]) == (L["best"]["lr"], L["best"]["weight_decay"])
         assert math.isclose(a["error"], L["best"]["error"], rel_tol=1e-9)
-        assert int(a["decayed_tensors"]) > 0 and int(a["no_decay_tensors"]) > 0
+        assert a["decayed_tensors"] > 0 and a["no_decay_tensors"] > 0
         assert a["angular_ratio_mid"] is not None and a["angular_ratio_mid"] > 0   # SGD arms state an equilibrium
         assert "equilibrium" in a["regime"]
     page = (export / "report.html").read_text()
@@ -277,12 +277,17 @@ def test_the_outcome_correlation_is_compared_in_words_whatever_it_shows():
 
     def arm(name, corr):
         return {"arm": name, "lr": 0.01, "weight_decay": 0.1, "seeds": 2, "error": 0.1, "error_spread": 0.01,
-                "decayed_tensors": "8", "no_decay_tensors": "15", "decay_spread": 1.0, "norm_sqrt_v_corr": corr,
+                "decayed_tensors": 8, "no_decay_tensors": 15, "decay_spread": 1.0, "norm_sqrt_v_corr": corr,
                 "predicted": "p", "slope": -1.0, "slope_ci": [-1.2, -0.8], "outcome": "consistent",
                 "regime": regime(float("nan"))}
 
-    page = claims_html({"sgd": None, "arms": [arm("adam-coupled", 0.8), arm("adam-decoupled", -0.2)]}, "test_loss")
-    assert "higher under coupled decay, as the article predicts" in page
-    page = claims_html({"sgd": None, "arms": [arm("adam-coupled", -0.3), arm("adam-decoupled", 0.1)]}, "test_loss")
-    assert "not higher under coupled decay, against the article" in page
+    def page(c, d, spread=0.05, seeds=2):
+        arms = [{**arm("adam-coupled", c), "norm_sqrt_v_corr_spread": spread, "seeds": seeds},
+                {**arm("adam-decoupled", d), "norm_sqrt_v_corr_spread": spread, "seeds": seeds}]
+        return claims_html({"sgd": None, "arms": arms}, "test_loss")
+
+    assert "higher under coupled decay, beyond the seeds' half-ranges, as the article predicts" in page(0.8, -0.2)
+    assert "lower under coupled decay, beyond the seeds' half-ranges, against the article" in page(-0.3, 0.1)
+    assert "no clear difference" in page(0.3, 0.25)                 # 0.05 apart, half-ranges 0.05 each
+    assert "one seed: no spread" in page(0.8, -0.2, spread=0.0, seeds=1)
     assert regime(0.5).startswith("below") and regime(2.0).startswith("above") and regime(1.2).startswith("near")
