@@ -183,10 +183,12 @@ def check_bench_args(args) -> tuple[tuple[int, ...], tuple[int, ...]]:
     if max(members) > HARD_LIMITS["execution.members_per_trial"] or max(batches) > HARD_LIMITS["train.batch_size"]:
         raise SpecError(f"invalid --members/--batch-size: at most {HARD_LIMITS['execution.members_per_trial']:,} members "
                         f"and {HARD_LIMITS['train.batch_size']:,} images per batch, but got {members}, {batches}")
-    for flag, v, lo in (("--warmup", args.warmup, 0), ("--steps", args.steps, 1), ("--windows", args.windows, 1),
-                        ("--workers", args.workers, 0), ("--threads", args.threads, 1)):
-        if v is not None and not lo <= v <= 100_000:
-            raise SpecError(f"invalid {flag}: must lie in [{lo}, 100,000], but got {flag[2:]}={v}")
+    for flag, v, lo, hi in (("--warmup", args.warmup, 0, 100_000), ("--steps", args.steps, 1, 100_000),
+                            ("--windows", args.windows, 1, 100_000),
+                            ("--workers", args.workers, 0, 256),     # DataLoader processes
+                            ("--threads", args.threads, 1, 1024)):   # torch's pool (100,000 crashed it)
+        if v is not None and not lo <= v <= hi:
+            raise SpecError(f"invalid {flag}: must lie in [{lo}, {hi:,}], but got {flag[2:]}={v}")
     if not known_model(args.model):
         raise SpecError(f"invalid --model: must be one of {', '.join(MODEL_NAMES)} (any resnet of depth 6n+2 up to "
                         f"{MAX_DEPTH}), but got model={args.model[:60]!r}")

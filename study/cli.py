@@ -54,6 +54,9 @@ def cmd_train(args) -> int:
     if not args.device:
         check_local_device(spec, "study train trains here")
     device = resolve_device(args.device or spec.train.device)
+    if device.type == "cpu" and spec.train.cudnn_benchmark is True:  # kept (a CPU rehearsal forces it), but said
+        print("warning: cudnn_benchmark true changes nothing on a CPU (cuDNN autotunes CUDA convolutions only)",
+              file=sys.stderr)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     d = spec.data
@@ -152,6 +155,13 @@ def _drive(args, spec, resume: bool) -> int:
     home = home_dir(args)
     if args.address is None:
         check_local_device(spec, "a local Ray, no --address")
+    x, device = spec.execution, spec.train.device
+    if device == "cpu" and x.gpus_per_trial > 0:  # said, not refused: a cluster may declare GPUs it schedules by
+        print(f"warning: train.device is cpu and execution.gpus_per_trial is {x.gpus_per_trial:g}: each trial holds a "
+              f"GPU share it does not train on", file=sys.stderr)
+    if device == "cuda" and x.gpus_per_trial == 0:
+        raise SpecError("invalid execution.gpus_per_trial: train.device is cuda, and Ray gives a trial without a GPU "
+                        "share no CUDA device; use a share in (0, 1], but got gpus_per_trial=0")
     if args.address is None and spec.execution.gpus_per_trial > 0:
         import torch
 
@@ -162,6 +172,7 @@ def _drive(args, spec, resume: bool) -> int:
     if args.address is None and spec.execution.cpus_per_trial > (os.cpu_count() or 1):
         raise SpecError(f"invalid execution.cpus_per_trial: a local Ray on this machine has {os.cpu_count()} CPUs, "
                         f"but got cpus_per_trial={spec.execution.cpus_per_trial}")
+    check_output(str(home / spec.name / "export"), "--home", folder=True)  # where the landscape goes, at the end
     stores = Stores.default(home, spec.name, tracking_uri(args, home), args.storage)
     # the records live in MLflow and Optuna: no Tune CSV/JSON/TensorBoard files, no snapshot nagging; Ctrl-C
     # and SIGTERM reach the driver (not Tune's handler), which records what finished and says how to resume
@@ -278,6 +289,10 @@ def cmd_export(args) -> int:
     tracking = tracking_uri(args, home)
     check_name(args.name)
     check_output(args.out, "--out", folder=True)
+    out = Path(args.out).expanduser().resolve()
+    if out == home or home.is_relative_to(out) or out.is_relative_to(home / "artifacts"):
+        raise SpecError(f"invalid --out: {out} holds the studies' home or its MLflow artifacts; export into a folder "
+                        f"of its own (e.g. {home / check_name(args.name) / 'export'}), but got out={args.out!r}")
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     from .report import FORMATS
     bad = [f for f in formats if f not in FORMATS]
@@ -367,6 +382,9 @@ def cmd_bench(args) -> int:
         refuse_cuda_flag()
     device = resolve_device(args.device)
     members, batches = check_bench_args(args)
+    if device.type == "cpu" and args.cudnn_benchmark == "true":
+        print("warning: --cudnn-benchmark true changes nothing on a CPU (cuDNN autotunes CUDA convolutions only)",
+              file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:  # a data error is the only line, before the banner, and names the flag that was typed
@@ -415,6 +433,10 @@ def main(argv=None) -> int:
         check_settings()
         if args.command in ("train", "run", "resume", "bench") and os.environ.get("STUDY_CACHE") is not None:
             check_output(os.environ["STUDY_CACHE"], "STUDY_CACHE", folder=True)  # decoded datasets go there
+            # absolute: trials run in folders of their own, where a relative one would name another place
+            os.environ["STUDY_CACHE"] = str(Path(os.environ["STUDY_CACHE"]).expanduser().resolve())
+        if args.command in ("run", "resume") and os.environ.get("RAY_TMPDIR") is not None:
+            check_output(os.environ["RAY_TMPDIR"], "RAY_TMPDIR", folder=True)  # a local Ray's sessions go there
         return handlers[args.command](args)
     except (SpecError, DataError, StoreError, SettingError, FileExistsError) as e:
         return _fail(str(e))

@@ -182,7 +182,14 @@ def _cifar_root(d) -> Path:
 def _cifar_sizes(d) -> tuple[int, int]:
     if d.path is not None and not Path(d.path).expanduser().is_dir():
         raise DataError(f"invalid data.path: folder {d.path} does not exist (path={d.path!r})")
-    return _parquet_sizes(d) if _has_parquet(d) else (50_000, 10_000)
+    if _has_parquet(d):
+        return _parquet_sizes(d)
+    root, archive = _cifar_root(d), "cifar-10-batches-py" if d.dataset == "cifar10" else "cifar-100-python"
+    if not (root / archive).is_dir() and not (cache_dir() / f"{_cifar_key(d)}.npz").is_file():
+        # found here, before a study starts, not by every trial (which would each try to download it)
+        raise DataError(f"invalid data.path: no {d.dataset} under {root}; put the extracted python archive "
+                        f"({archive}) there, or give data.path: a folder with train.parquet and test.parquet")
+    return 50_000, 10_000
 
 
 def _cifar_key(d) -> str:
@@ -238,10 +245,12 @@ def _folder_sizes(d) -> tuple[int, int]:
 @functools.lru_cache(maxsize=4)
 def _decodable_folder(path: str, key: str) -> None:
     """Every image of the folder decoded once, as the trials will (a file that is no image, a truncated one,
-    another size): a bad file is refused before a study starts, not in every trial. The decoded arrays go into
-    the cache the trials read (`cached`, keyed by the files' paths, sizes and modification times), so the
-    folder is decoded once per machine and its files, not once per check and trial."""
-    cached(key, lambda: _image_folder(types.SimpleNamespace(path=path)))
+    another size): a bad file is refused before a study starts, not in every trial. Once per process for the
+    folder's key (its class folders and its files' paths, sizes and modification times), and not at all where the
+    decoded-image cache holds that key (written only by a whole decode, `cached`). The check writes no cache:
+    `study validate` writes nothing."""
+    if not (cache_dir() / f"{key}.npz").is_file():
+        _image_folder(types.SimpleNamespace(path=path))
 
 
 def _image_folder(d) -> dict:
@@ -272,8 +281,12 @@ def _image_folder(d) -> dict:
 
 
 def _folder_key(d) -> str:
-    files = [f for split in ("train", "test") for f, _ in _folder_files(*_folder_split(d, split))]
-    return f"imagefolder-{_file_key(*files)}"
+    """The decoded-image cache's key: the class folders (an added empty one renumbers the labels) and every
+    image file's path, size and modification time."""
+    splits = [_folder_split(d, split) for split in ("train", "test")]
+    files = [f for root, classes in splits for f, _ in _folder_files(root, classes)]
+    classes = "|".join("/".join(c) for _, c in splits)
+    return f"imagefolder-{hashlib.sha1((classes + _file_key(*files)).encode()).hexdigest()[:16]}"
 
 
 DATASETS: dict[str, DatasetEntry] = {e.name: e for e in (

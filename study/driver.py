@@ -138,7 +138,8 @@ class Driver:
         self.train_size, _ = split_sizes(spec.data)  # headers only (an image folder is decoded once, into the cache)
         # every store checked (scheme, reachable, writable) before the first record is written anywhere
         check_optuna_url(stores.storage)
-        precheck_identity(stores.storage, spec)   # another spec's trials under this name: refused, nothing written
+        precheck_identity(stores.storage, spec, resume)  # another spec's trials, or a study's finished members
+        # a new run would count and never record: refused before anything is written
         ensure_store(stores.tracking, stores.artifacts())
         self.tracker = Tracker(stores.tracking, spec, resume)  # refuses a name that has records, unless resuming
         (stores.home / spec.name).mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ class SettingError(ValueError):
 # the environment variables that tune the study (all optional): name -> (default seconds, what it sets, whether
 # 0 is allowed: a log interval of 0 writes every epoch at once)
 SECONDS = {"STUDY_LOG_INTERVAL_S": (10.0, "seconds between the driver's batched metric writes", True),
-           "STUDY_STORE_CHECK_S": (30.0, "seconds a tracking server may take to answer", False)}
+           "STUDY_STORE_CHECK_S": (30.0, "seconds a tracking server may take to answer", False),
+           "STUDY_RAY_START_S": (600.0, "seconds Ray may take to start or join a cluster", False)}
 
 
 def seconds(name: str) -> float:
@@ -47,7 +48,9 @@ def seconds(name: str) -> float:
 
 # folders the study reads from the environment: name -> what it is and its default when unset
 FOLDERS = {"STUDY_HOME": "the studies' home (default ~/studies)",
-           "STUDY_CACHE": "the decoded datasets' cache (default ~/.cache/study)"}
+           "STUDY_CACHE": "the decoded datasets' cache (default ~/.cache/study)",
+           "RAY_TMPDIR": "the temporary folder of a local Ray (default /tmp)",
+           "STUDY_TEST_FAIL_WHILE": "a file whose existence makes trials fail (a test hook)"}
 
 
 def check_settings() -> None:

@@ -87,6 +87,8 @@ def load_dashboard(name_or_path: str) -> dict:
                 bad(f"{w}.{k}", f"must be a {FIGURE_KEYS[k].__name__}, but got {k}={str(v)[:40]!r}")
         if f.get("kind") not in FIGURES:
             bad(f"{w}.kind", f"must be one of {', '.join(FIGURES)}, but got kind={str(f.get('kind'))[:40]!r}")
+        if f.get("arms") == []:
+            bad(f"{w}.arms", "an empty list would draw every arm; leave arms out for that, or name the arms")
         if not all(isinstance(a, str) for a in f.get("arms", [])):
             bad(f"{w}.arms", f"a list of arm names (optimizer-decay), but got arms={str(f['arms'])[:40]!r}")
         if "columns" in f and f.get("kind") != "heatmaps":
@@ -95,9 +97,11 @@ def load_dashboard(name_or_path: str) -> dict:
             bad(f"{w}.columns", f"must lie in [1, 8], but got columns={f['columns']}")
         if "name" in f and not re.fullmatch(r"[A-Za-z0-9_.-]{1,80}", f["name"]):
             bad(f"{w}.name", f"a file stem of letters, digits, '_', '.', '-', but got name={f['name'][:40]!r}")
-    names = [f.get("name") for f in d.get("figures", []) if f.get("name")]
+    # a figure's file stem: its name, else NN-kind (render's default), so an unnamed one may collide too
+    names = [f.get("name") or f"{i + 1:02d}-{f['kind']}" for i, f in enumerate(d.get("figures", []))]
     if len(set(names)) < len(names):
-        bad("figures", f"two figures share the name {next(n for n in names if names.count(n) > 1)!r} (one file each)")
+        bad("figures", f"two figures share the file name {next(n for n in names if names.count(n) > 1)!r} "
+                       f"(one file each: give them other names)")
     d.setdefault("figures", [{"kind": k} for k in FIGURES])
     return d
 
@@ -153,7 +157,7 @@ def render(study: str, metric: str, lands: list[ArmLandscape], dashboard: dict, 
     if "html" in formats:
         path = out / "report.html"
         path.write_text(report_html(study, metric, lands, pngs, spec_text, dashboard.get("title", ""), environment,
-                                    claims))
+                                    claims, dashboard.get("description", "")))
         written.append(path)
     return written
 
@@ -417,7 +421,7 @@ prediction; and the regime: the angular update of the decayed weights at mid-run
 
 
 def report_html(study: str, metric: str, lands: list[ArmLandscape], pngs, spec_text: str, title: str,
-                environment: dict | None = None, claims: dict | None = None) -> str:
+                environment: dict | None = None, claims: dict | None = None, description: str = "") -> str:
     """One HTML file, viewable offline and fetching nothing: the heatmaps are inline SVG (hover: each cell's
     <title>, echoed below the plot by a few lines of script), the figures inline PNGs."""
     from .plots import color_extend, error_range
@@ -467,6 +471,7 @@ document.addEventListener("mouseover", e => {{
 }});
 </script></head><body>
 <h1>{html.escape(title or "Weight decay vs learning rate")}: {html.escape(study)}</h1>
+{f'<p id="description">{html.escape(description)}</p>' if description else ""}
 <section id="verdict"><h2>Verdict</h2><ul>{verdict_items}</ul>{advice}
 <p id="environment"><small>Computed with {html.escape(environment_line(environment or {}))}</small></p></section>
 <p>Metric: final {html.escape(metric)}. Squares mark the best cell of each learning-rate row; a row's optimum
@@ -494,6 +499,8 @@ def export(uri: str, study: str, out: Path, metric: str | None = None, formats=(
         if f not in FORMATS:
             raise SpecError(f"invalid --format: must be among {', '.join(FORMATS)}, but got {f!r}")
     dash = load_dashboard(dashboard)
+    if metric and dash.get("metric") and metric != dash["metric"]:  # the flag decides, and says so
+        print(f"note: --metric {metric} replaces the dashboard's metric {dash['metric']}", file=sys.stderr)
     parent, spec_text, metric, members = read_study(uri, study, metric or dash.get("metric"))
     if not members:
         raise SpecError(f"invalid name: study {study!r} has no finished member runs yet")
@@ -510,7 +517,7 @@ def export(uri: str, study: str, out: Path, metric: str | None = None, formats=(
         log_to_mlflow = False
     if log_to_mlflow:  # one folder per metric and dashboard: an export never replaces another's figures
         name = dashboard_folder(dashboard)
-        log_export(uri, parent, Path(out), f"landscape/{metric}/{name}",
+        log_export(uri, parent, Path(out), f"landscape/{metric}/{name}", files=written,
                    metrics=parent_metrics(lands), tags={**verdict_tags(lands), f"landscape.{metric}.{name}": f"landscape/{metric}/{name}"},
                    answer=(metric, study_verdict(lands)["lines"]))
     return lands, written

@@ -470,35 +470,71 @@ class StudySearch:
         return None
 
 
-def _has_optuna_tables(url: str) -> bool:
-    """Whether a database server's database holds Optuna's tables, looked at without creating any."""
-    import sqlalchemy
+def storage_state(url: str) -> str:
+    """What a storage holds, looked at read-only (opening one with Optuna would write its schema): "absent" (no
+    file, or a server database without tables), "optuna" (Optuna's tables, or a journal file), or "foreign" (a
+    SQLite file or database with other tables: MLflow's store, another program's)."""
+    import sqlite3
 
-    engine = sqlalchemy.create_engine(url)
-    try:
-        tables = set(sqlalchemy.inspect(engine).get_table_names())
-        return {"studies", "trials", "study_user_attributes"} <= tables
-    finally:
-        engine.dispose()
+    if "://" not in url:
+        return "optuna" if Path(url).expanduser().is_file() else "absent"
+    path = sqlite_path(url)
+    if path is None:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url)
+        try:
+            tables = set(sqlalchemy.inspect(engine).get_table_names())
+        finally:
+            engine.dispose()
+    else:
+        if not path.is_file() or path.stat().st_size == 0:
+            return "absent"
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            try:
+                tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            finally:
+                con.close()
+        except sqlite3.DatabaseError:
+            return "foreign"
+    if not tables:
+        return "absent"
+    return "optuna" if {"studies", "trials", "study_user_attributes"} <= tables else "foreign"
 
 
-def precheck_identity(storage_url: str, spec: StudySpec) -> None:
+def precheck_identity(storage_url: str, spec: StudySpec, resume: bool = False) -> None:
     """check_identity before any store is written (the driver runs it before creating the MLflow store): read
-    only, and nothing to check where the storage does not exist yet or has no Optuna tables."""
-    path = sqlite_path(storage_url) if "://" in storage_url else Path(storage_url).expanduser()
-    if path is not None and not path.is_file():
+    only; nothing to check where the storage does not exist yet; a database of other tables is refused, and so
+    is a new run (not `resume`) of a name whose Optuna studies hold finished members: the run would count them
+    as done and never record them (they belong to the records of wherever the study ran)."""
+    state = storage_state(storage_url)
+    if state == "foreign":
+        raise StoreError(f"invalid --storage: {masked(storage_url)} is a database without Optuna's tables (MLflow's "
+                         f"store, or another program's): name a new file or an Optuna storage")
+    if state != "optuna":
         return
-    if path is None and not _has_optuna_tables(storage_url):
+    storage = open_storage(storage_url)
+    check_identity(storage, spec)
+    if resume:
         return
-    check_identity(open_storage(storage_url), spec)
+    for arm in spec.arms:
+        try:
+            study_id = storage.get_study_id_from_name(f"{spec.name}.{arm.name}")
+        except KeyError:
+            continue
+        done = len(storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,)))
+        if done:
+            raise SpecError(f"invalid name: the Optuna storage {masked(storage_url)} already holds {done} finished "
+                            f"members of study {spec.name!r} (arm {arm.name}): `study resume {spec.name}` where it "
+                            f"was recorded, or choose another name or storage")
 
 
 def holds_study(storage_url: str, spec: StudySpec) -> bool:
     """Whether a storage holds an Optuna study of this spec's arms made by this spec (the one a study started
     with, under another spelling, or a copy of it); read only: a storage that does not exist holds none."""
-    path = sqlite_path(storage_url) if "://" in storage_url else Path(storage_url).expanduser()
     try:
-        if (path is not None and not path.is_file()) or (path is None and not _has_optuna_tables(storage_url)):
+        if storage_state(storage_url) != "optuna":
             return False
         storage = open_storage(storage_url)
         for arm in spec.arms:
@@ -517,14 +553,12 @@ def read_lease(storage_url: str, name: str) -> tuple[bool | None, str]:
     """Whether the driver lease of study `name` (the Optuna study NAME.driver, search.Lease) is held, and by
     whom; (None, why) when it cannot be read. Looking never creates a store: a SQLite or journal file that
     does not exist holds no lease."""
-    path = sqlite_path(storage_url) if "://" in storage_url else Path(storage_url).expanduser()
-    if path is not None and not path.is_file():
-        return False, "no lease"
     try:
-        if path is None:
-            check_optuna_url(storage_url)  # scheme and a reachable server, within seconds, before connecting
-            if not _has_optuna_tables(storage_url):  # RDBStorage would create Optuna's schema there
-                return False, "no lease"
+        if "://" in storage_url and sqlite_path(storage_url) is None:
+            check_optuna_url(storage_url, writing=False)  # a reachable server, within seconds, before connecting
+        state = storage_state(storage_url)  # RDBStorage would create Optuna's schema in anything else
+        if state != "optuna":
+            return (False, "no lease") if state == "absent" else (None, "lease unreadable: not an Optuna storage")
         storage = open_storage(storage_url)  # an existing file or server with Optuna's tables: nothing is created
         study_id = storage.get_study_id_from_name(f"{name}.driver")
         attrs = storage.get_study_user_attrs(study_id)

@@ -380,7 +380,7 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check(0 <= t.seed < 2**32, file, "train.seed", f"must lie in [0, 2**32), but got seed={t.seed}")
     _check(s.sampler == "grid" or not spec.arms or s.trials is not None, file, "search.trials", f"sampler {s.sampler} needs trials (settings per arm), but got trials=None")
     _check(x.members_per_trial >= 1, file, "execution.members_per_trial", f"must be >= 1, but got members_per_trial={x.members_per_trial}")
-    _check(x.cpus_per_trial >= 0.01, file, "execution.cpus_per_trial", f"must be >= 0.01 (Ray's smallest useful share), but got cpus_per_trial={x.cpus_per_trial}")
+    _check(0.01 <= x.cpus_per_trial <= 1024, file, "execution.cpus_per_trial", f"must lie in [0.01, 1024] (Ray's smallest useful share, and more CPUs than a node has), but got cpus_per_trial={x.cpus_per_trial}")
     _check(x.gpus_per_trial == 0 or 0.01 <= x.gpus_per_trial <= 1, file, "execution.gpus_per_trial", f"a GPU fraction must be 0 or lie in [0.01, 1], but got gpus_per_trial={x.gpus_per_trial}")
     _check(x.max_concurrent is None or x.max_concurrent >= 1, file, "execution.max_concurrent", f"must be >= 1 (or unset), but got max_concurrent={x.max_concurrent}")
     _check(x.max_failures >= 0, file, "execution.max_failures", f"must be >= 0, but got max_failures={x.max_failures}")
@@ -467,6 +467,8 @@ def _check_as_written(spec: StudySpec, file) -> None:
     s, t = spec.search, spec.train
     _check(t.schedule != "step" or len(t.milestones) > 0, file, "train.milestones", "schedule step needs at least one "
            "milestone (otherwise train.gamma never acts: use schedule constant), but got milestones=[]")
+    _check(t.schedule != "step" or t.gamma != 1, file, "train.gamma", "schedule step with gamma 1 never changes the "
+           "learning rate at its milestones: use schedule constant, or a gamma below 1, but got gamma=1")
     every_axis = bool(spec.arms) and all(getattr(a, axis).points is not None
                                          for a in spec.arms for axis in ("lr", "weight_decay"))
     _check(s.sampler != "grid" or s.points == SearchSpec().points or not every_axis, file, "search.points",
@@ -667,30 +669,48 @@ class _NoAliasLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# YAML 1.1's other implicit types are not YAML 1.2's core schema: a date (2026-12-07), `=` (the value key) and
+# `<<` (the merge key) stay strings, as YAML 1.2 reads them (and `<<` is then an unknown key like any other)
 _NoAliasLoader.yaml_implicit_resolvers = {
     k: [(tag, rx) for tag, rx in v if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
-                                                  "tag:yaml.org,2002:bool")]
+                                                  "tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp",
+                                                  "tag:yaml.org,2002:value", "tag:yaml.org,2002:merge")]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-for _tag, _rx, _first in (
-        ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
-        ("tag:yaml.org,2002:int", r"^[-+]?[0-9]+$", "-+0123456789"),
-        ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
-                                    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+.0123456789")):
-    _NoAliasLoader.add_implicit_resolver(_tag, re.compile(_rx), list(_first))
+_YAML12 = {"tag:yaml.org,2002:bool": re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+           "tag:yaml.org,2002:int": re.compile(r"^[-+]?[0-9]+$", re.ASCII),
+           "tag:yaml.org,2002:float": re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                                                 r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", re.ASCII)}
+for _tag, _first in (("tag:yaml.org,2002:bool", "tTfF"), ("tag:yaml.org,2002:int", "-+0123456789"),
+                     ("tag:yaml.org,2002:float", "-+.0123456789")):
+    _NoAliasLoader.add_implicit_resolver(_tag, _YAML12[_tag], list(_first))
+
+
+def _yaml12_text(loader, node, tag: str) -> str:
+    """A scalar's text, in YAML 1.2's core form for `tag` (an explicit `!!int 1_0` or `!!int ３` too)."""
+    text = loader.construct_scalar(node)
+    if not _YAML12[tag].match(text):
+        kind = tag.rsplit(":", 1)[-1]
+        raise yaml.constructor.ConstructorError(None, None, f"{text!r} is not a YAML 1.2 {kind}", node.start_mark)
+    return text
 
 
 def _construct_yaml12_int(loader, node):
-    return int(loader.construct_scalar(node), 10)   # "010" is ten, as YAML 1.2 reads it
+    return int(_yaml12_text(loader, node, "tag:yaml.org,2002:int"), 10)   # "010" is ten, as YAML 1.2 reads it
 
 
 def _construct_yaml12_float(loader, node):
-    text = loader.construct_scalar(node)
+    text = _yaml12_text(loader, node, "tag:yaml.org,2002:float")
     return float(text.replace(".inf", "inf").replace(".Inf", "inf").replace(".INF", "inf")
                  .replace(".nan", "nan").replace(".NaN", "nan").replace(".NAN", "nan"))
 
 
+def _construct_yaml12_bool(loader, node):
+    return _yaml12_text(loader, node, "tag:yaml.org,2002:bool").lower() == "true"
+
+
 _NoAliasLoader.add_constructor("tag:yaml.org,2002:int", _construct_yaml12_int)
 _NoAliasLoader.add_constructor("tag:yaml.org,2002:float", _construct_yaml12_float)
+_NoAliasLoader.add_constructor("tag:yaml.org,2002:bool", _construct_yaml12_bool)
 
 
 def load_yaml(text: str):

@@ -878,12 +878,15 @@ def note_with_answer(note: str, metric: str, lines: list[str], report: str) -> s
 
 
 def log_export(uri: str, parent_run_id: str, folder: Path, artifact_path: str, metrics: dict | None = None,
-               tags: dict | None = None, answer: tuple[str, list[str]] | None = None) -> None:
+               tags: dict | None = None, answer: tuple[str, list[str]] | None = None,
+               files: list[Path] | None = None) -> None:
     """The exported figures, landscape.json and report as artifacts of the study's parent run (under
-    `artifact_path`), with the answer as parent metrics (per-arm slope, interval, best η, λ and metric), the
-    verdicts as tags and, given `answer` (metric, verdict lines), in the run's description."""
+    `artifact_path`): `files` (what this export wrote; default every file directly in `folder`), never anything
+    else the folder holds. With the answer as parent metrics (per-arm slope, interval, best η, λ and metric),
+    the verdicts as tags and, given `answer` (metric, verdict lines), in the run's description."""
     client = _reader(uri, adopt=True)
-    _retry("logging the export", client.log_artifacts, parent_run_id, str(folder), artifact_path)
+    for f in files if files is not None else sorted(p for p in Path(folder).iterdir() if p.is_file()):
+        _retry("logging the export", client.log_artifact, parent_run_id, str(f), artifact_path)
     ts = int(time.time() * 1000)
     ms = [Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items() if v is not None and math.isfinite(float(v))]
     tags = dict(tags or {})

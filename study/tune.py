@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import signal
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +27,8 @@ os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
 import ray  # noqa: E402
 from ray import tune
 from ray.tune.search import Searcher
+
+from .environment import seconds  # noqa: E402
 
 CHECKPOINT_FILE = "array.pt"
 # Tune copies these from the driver's environment into every trial's runtime_env (ray/tune/execution/
@@ -186,6 +190,12 @@ def start_ray(address: str | None) -> None:
     env = {k: os.environ[k] for k in TRIAL_ENV if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
     on_sigterm = signal.getsignal(signal.SIGTERM)
+    # ray.init was seen to hang for good in its core worker's registration (a 2-core machine under 4x load):
+    # past STUDY_RAY_START_S the driver says so and ends (exit 1; its lease goes stale, `study resume` goes on)
+    limit = seconds("STUDY_RAY_START_S")
+    watchdog = threading.Timer(limit, _ray_start_hung, (limit, address))
+    watchdog.daemon = True
+    watchdog.start()
     try:
         if address:
             ray.init(address=address, log_to_driver=False, runtime_env=runtime_env, logging_level=logging.WARNING)
@@ -199,8 +209,22 @@ def start_ray(address: str | None) -> None:
             raise KeyboardInterrupt from None
         raise
     finally:
+        watchdog.cancel()
         if callable(on_sigterm):  # Ray's handler (sys.exit) would skip the driver's records: keep the driver's
             signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _ray_start_hung(limit: float, address: str | None) -> None:
+    print(f"study: error: Ray did not {'join ' + address if address else 'start'} within {limit:g} s "
+          f"(STUDY_RAY_START_S); what was recorded is kept: end stray Ray processes (`ray stop`) and go on with "
+          f"`study resume`", file=sys.stderr, flush=True)
+    node = getattr(ray._private.worker, "_global_node", None)  # a local Ray of this driver's: its processes go too
+    if node is not None and not address:
+        try:
+            node.kill_all_processes(check_alive=False, allow_graceful=False)
+        except Exception:  # ending anyway: the hang is the error said above
+            pass
+    os._exit(1)
 
 
 def stop_ray() -> None:

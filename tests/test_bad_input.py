@@ -150,8 +150,10 @@ CASES = [
                                                        "lr": {"low": 0.01, "high": 0.1, "points": 3},
                                                        "weight_decay": {"low": 0.001, "high": 0.1, "points": 3}}),
      ["--set", "search.points=5"], "invalid search.points: is the grid points of an axis without its own"),
-    ("a name YAML reads as a date", (["name"], __import__("datetime").date(2026, 12, 7)), [],
-     "invalid name: expected a string (YAML read it as a date; put the value in quotes as you wrote it)"),
+    ("a name YAML reads as a number", (["name"], 1.5), [],
+     "invalid name: expected a string (YAML read it as a float; put the value in quotes as you wrote it)"),
+    ("an explicit !!int tag on a YAML 1.1 spelling", "name: t\ntrain: {epochs: !!int 1_0}\n", [], "not a YAML 1.2 int"),
+    ("the merge key", "name: t\n<<: {epochs: 7}\n", [], "unknown key '<<'"),
     ("a name YAML reads as a boolean", (["name"], True), [], "(YAML read it as a bool; put the value in quotes"),
     ("10**30 epochs", (["train", "epochs"], 10**30), [], "invalid train.epochs: must be <= 100,000"),
     ("a learning rate float32 makes 0", (["arms", 0, "lr", "low"], 1e-50), [],
@@ -207,8 +209,8 @@ CASES = [
     ("adam eps beyond float32", (["arms", 0], {"optimizer": "adam", "decay": "decoupled", "eps": 1e300,
                                                "lr": {"low": 0.001, "high": 0.01}, "weight_decay": {"low": 0.01, "high": 0.1}}),
      [], "invalid arms[0].eps"),
-    ("GPUs a local Ray on a CPU machine cannot give", (["execution", "gpus_per_trial"], 0.5), [],
-     "invalid execution.gpus_per_trial: a local Ray on this machine has no GPU"),
+    ("GPUs a local Ray on a CPU machine cannot give", (["train"], {"epochs": 1, "batch_size": 32, "device": "auto"}),
+     ["--set", "execution.gpus_per_trial=0.5"], "invalid execution.gpus_per_trial: a local Ray on this machine has no GPU"),
     ("a SQLite tracking URI with options", None, ["--tracking-uri", "sqlite:////tmp/study-test-m.db?mode=ro"],
      "options after '?' are not supported"),
     ("a SQLite storage with options", None, ["--storage", "sqlite:////tmp/study-test-o.db?timeout=abc"],
@@ -550,7 +552,9 @@ def test_a_large_study_runs_only_when_asked_and_validate_prints_its_cost(tmp_pat
 @pytest.mark.parametrize("spec", sorted(str(p) for p in (Path(__file__).parent.parent / "search_spaces").glob("*.yaml")))
 def test_shipped_specs_are_within_the_stated_size(spec, tmp_path, capsys):
     argv = ["validate", spec]
-    if "dataset: digits" not in Path(spec).read_text():
+    if "dataset: digits" not in Path(spec).read_text():   # a folder where torchvision's CIFAR archive would be
+        (tmp_path / "cifar-10-batches-py").mkdir()
+        (tmp_path / "cifar-100-python").mkdir()
         argv += ["--data-path", str(tmp_path)]
     out = _study(capsys, argv)
     assert out.returncode == 0, out.stderr
@@ -667,7 +671,9 @@ def test_a_bad_environment_setting_is_named_before_anything_starts(run_spec, tmp
     ("figures: [\n", "at line 2, column 1"),
     (b"\xc2\x00\xff binary", "cannot read"),
     ("figures:\n  - {kind: heatmaps, columns: 99}\n", "figures[0].columns"),
-    ("figures:\n  - {kind: ridge, name: a}\n  - {kind: ridge, name: a}\n", "share the name 'a'"),
+    ("figures:\n  - {kind: ridge, name: a}\n  - {kind: ridge, name: a}\n", "share the file name 'a'"),
+    ("figures:\n  - {kind: heatmaps, name: 02-ridge}\n  - {kind: ridge}\n", "share the file name '02-ridge'"),
+    ("figures:\n  - {kind: ridge, arms: []}\n", "figures[0].arms: an empty list would draw every arm"),
     ("metric: lr\n", "invalid metric"),
     ("figures:\n  - {kind: ridge, colour: red}\n", "figures[0].colour: unknown key"),
     ("figures:\n  - {kind: ridge, columns: 3}\n", "figures[0].columns: only a heatmaps figure has columns"),
@@ -843,7 +849,7 @@ def test_resume_refuses_another_optuna_storage_than_the_study_started_with(tmp_p
     first = spec_from_dict({**copy.deepcopy(GOOD), "name": "first"})
     copied = tmp_path / "copy.db"
     copied.write_bytes((home / "first" / "optuna.db").read_bytes())
-    assert holds_study(f"sqlite:///{copied}", first) and holds_study(f"sqlite:////{home}/./first/optuna.db", first)
+    assert holds_study(f"sqlite:///{copied}", first) and holds_study(f"sqlite:///{home}/./first/optuna.db", first)
     assert not holds_study(f"sqlite:///{home / 'second' / 'optuna.db'}", first)
 
 
@@ -867,3 +873,12 @@ def test_a_dashboard_file_of_ones_own_never_shares_the_shipped_ones_folder(tmp_p
     assert dashboard_folder("default") == dashboard_folder(str(DASHBOARDS / "default.yaml")) == "default"
     assert dashboard_folder(str(mine)).startswith("default-") and dashboard_folder(str(mine)) != "default"
     assert dashboard_folder(str(mine)) == dashboard_folder(str(mine))   # re-exported: its own folder again
+
+
+def test_yaml_12_reads_a_date_as_the_text_written(tmp_path):
+    from study.spec import load_spec
+
+    spec = tmp_path / "d.yaml"
+    spec.write_text(yaml.safe_dump({k: v for k, v in GOOD.items() if k != "name"}) + "name: 2026-12-07\n")
+    assert load_spec(spec).name == "2026-12-07"
+
