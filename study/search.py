@@ -400,15 +400,20 @@ class Lease:
             pass
 
 
+def _arm_studies(storage, spec: StudySpec):
+    """(arm, Optuna study id) of each of the spec's arms whose study the storage holds."""
+    for arm in spec.arms:
+        try:
+            yield arm, storage.get_study_id_from_name(f"{spec.name}.{arm.name}")
+        except KeyError:
+            continue
+
+
 def check_identity(storage, spec: StudySpec) -> None:
     """Refuse, before anything is written, an arm's Optuna study that another spec created under this name:
     its queued and finished trials would be trained and counted under this spec."""
-    for arm in spec.arms:
+    for arm, study_id in _arm_studies(storage, spec):
         name = f"{spec.name}.{arm.name}"
-        try:
-            study_id = storage.get_study_id_from_name(name)
-        except KeyError:
-            continue
         recorded = storage.get_study_user_attrs(study_id).get("spec_identity")
         if recorded is not None and recorded != spec.identity():
             raise SpecError(f"invalid name: the Optuna study {name!r} was made by another spec (identity {recorded}, "
@@ -518,11 +523,7 @@ def precheck_identity(storage_url: str, spec: StudySpec, resume: bool = False) -
     check_identity(storage, spec)
     if resume:
         return
-    for arm in spec.arms:
-        try:
-            study_id = storage.get_study_id_from_name(f"{spec.name}.{arm.name}")
-        except KeyError:
-            continue
+    for arm, study_id in _arm_studies(storage, spec):
         done = len(storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.COMPLETE,)))
         if done:
             raise SpecError(f"invalid name: the Optuna storage {masked(storage_url)} already holds {done} finished "
@@ -537,11 +538,7 @@ def holds_study(storage_url: str, spec: StudySpec) -> bool:
         if storage_state(storage_url) != "optuna":
             return False
         storage = open_storage(storage_url)
-        for arm in spec.arms:
-            try:
-                study_id = storage.get_study_id_from_name(f"{spec.name}.{arm.name}")
-            except KeyError:
-                continue
+        for _, study_id in _arm_studies(storage, spec):
             if storage.get_study_user_attrs(study_id).get("spec_identity") in (None, spec.identity()):
                 return True
     except Exception:  # unreadable: it holds nothing this study can resume from

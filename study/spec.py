@@ -462,18 +462,13 @@ def _check_limits(spec: StudySpec, file) -> None:
 
 
 def _check_as_written(spec: StudySpec, file) -> None:
-    """Checks of what a person wrote (load_spec), not of specs a study recorded: an older version's `--smoke`
-    recorded a grid's search.points beside every axis's own, and `study resume` must still read it."""
-    s, t = spec.search, spec.train
+    """Checks of what a person writes (load_spec), not of specs a study recorded, which an older version may have
+    recorded otherwise and `study resume` must still read (see also _check_written)."""
+    t = spec.train
     _check(t.schedule != "step" or len(t.milestones) > 0, file, "train.milestones", "schedule step needs at least one "
            "milestone (otherwise train.gamma never acts: use schedule constant), but got milestones=[]")
     _check(t.schedule != "step" or t.gamma != 1, file, "train.gamma", "schedule step with gamma 1 never changes the "
            "learning rate at its milestones: use schedule constant, or a gamma below 1, but got gamma=1")
-    every_axis = bool(spec.arms) and all(getattr(a, axis).points is not None
-                                         for a in spec.arms for axis in ("lr", "weight_decay"))
-    _check(s.sampler != "grid" or s.points == SearchSpec().points or not every_axis, file, "search.points",
-           f"is the grid points of an axis without its own, and every arm's lr and weight_decay set points: "
-           f"remove it, but got points={s.points}")
 
 
 def not_applicable(spec: StudySpec) -> dict[str, str]:
@@ -515,36 +510,24 @@ def _check_path_given(spec: StudySpec, file) -> None:
 
 
 def _check_applies(spec: StudySpec, file) -> None:
-    """A field the chosen dataset, schedule or sampler does not use is refused, never ignored: a user who
-    wrote it expects it to take effect."""
-    d, t, s = spec.data, spec.train, spec.search
+    """A field the chosen dataset, schedule or sampler does not use (not_applicable) is refused where it differs
+    from its default, never ignored: a user who wrote it expects it to take effect. (Where it was written at its
+    default, _check_written refuses it for a file; a recorded spec is read as it was recorded.)"""
+    d, s = spec.data, spec.search
     entry = DATASETS.get(d.dataset)
     _check_path_given(spec, file)
-    if spec.members and not spec.arms:  # explicit members: each names its setting and seed; no search to draw
-        for name in ("sampler", "points", "trials", "seeds", "refine"):
-            _check(getattr(s, name) == getattr(SearchSpec(), name), file, f"search.{name}",
-                   f"draws or repeats the settings of arms, and this spec has members only (each with its own "
-                   f"setting and seed); remove it, but got {name}={excerpt(getattr(s, name))}")
     if entry is not None and not entry.takes_path:
         _check(d.path is None, file, "data.path", f"dataset {d.dataset} reads no folder ({entry.source}); remove "
                f"data.path or choose a dataset that reads one, but got path={excerpt(d.path)}")
-    default = DataSpec()
-    if d.dataset != "synthetic":
-        for name in ("synthetic_train", "synthetic_test"):
-            _check(getattr(d, name) == getattr(default, name), file, f"data.{name}",
-                   f"sizes only dataset synthetic, not {d.dataset}, but got {name}={excerpt(getattr(d, name))}")
-    if t.schedule != "step":
-        default = TrainSpec()
-        for name in ("milestones", "gamma"):
-            v = getattr(t, name)
-            _check(v == getattr(default, name), file, f"train.{name}",
-                   f"applies to schedule step only, not {t.schedule}, but got {name}={excerpt(list(v) if isinstance(v, tuple) else v)}")
-    if s.sampler == "grid":
-        _check(s.trials is None, file, "search.trials", f"sets how many settings a sampler draws; sampler grid takes "
-               f"search.points (or each axis's points) instead, but got trials={s.trials}")
-    else:
-        _check(s.points == SearchSpec().points, file, "search.points", f"sets grid points; sampler {s.sampler} draws "
-               f"search.trials settings instead, but got points={s.points}")
+    defaults = {"data": DataSpec(), "train": TrainSpec(), "search": SearchSpec()}
+    for where, why in not_applicable(spec).items():
+        if where == "search.points" and s.sampler == "grid" and not (spec.members and not spec.arms):
+            continue  # beside every axis's own points: an older --smoke recorded it; refused as written only
+        section, name = where.split(".")
+        v = getattr(getattr(spec, section), name)
+        _check(v == getattr(defaults[section], name), file, where,
+               f"{why}; remove it, but got {name}={excerpt(list(v) if isinstance(v, tuple) else v)}")
+    if s.sampler != "grid":
         for i, a in enumerate(spec.arms):
             for axis in ("lr", "weight_decay"):
                 pts = getattr(a, axis).points
