@@ -227,3 +227,27 @@ def with_train_flags(spec, args):
     if getattr(args, "compile", None) is not None:
         overrides["compile"] = args.compile
     return dataclasses.replace(spec, train=dataclasses.replace(spec.train, **overrides)) if overrides else spec
+
+
+def smoke_notes(full, smoke, sets) -> list[str]:
+    """The --set values `--smoke` replaces (it shrinks epochs, grids, seeds, refine, arrays): said, not silent."""
+    import re
+
+    def at(d, key: str):
+        for part in key.split("."):
+            m = re.fullmatch(r"([A-Za-z_]+)((?:\[[0-9]+\])*)", part.strip())
+            if m is None or not isinstance(d, dict):
+                return None
+            d = d.get(m.group(1))
+            for i in re.findall(r"\[([0-9]+)\]", m.group(2)):
+                d = d[int(i)] if isinstance(d, list) and int(i) < len(d) else None
+        return d
+
+    before, after = full.to_dict(), smoke.to_dict()
+    out = []
+    for item in sets or ():
+        key = str(item).partition("=")[0].strip()
+        if key != "name" and at(before, key) != at(after, key):
+            out.append(f"note: --smoke replaces --set {key} ({at(before, key)!r} -> {at(after, key)!r})")
+    return out
+

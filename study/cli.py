@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .checks import (check_address, check_bench_args, check_local_device, check_lr, check_name, check_output,
                      check_size, fields_for_run_only, home_dir, home_source, refuse_cuda_flag, tracking_uri,
-                     env_address, with_train_flags)
+                     env_address, smoke_notes, with_train_flags)
 from .datasets import DataError, split_sizes
 from .environment import SettingError, check_settings
 from .parser import AUTO_BOOL, build_parser, refuse_empty_values
@@ -99,7 +99,9 @@ def cmd_train(args) -> int:
 def cmd_validate(args) -> int:
     spec = load_spec(args.spec, args.data_path, args.set)
     if args.smoke:
-        spec = shrink_for_smoke(spec)
+        spec, full = shrink_for_smoke(spec), spec
+        for note in smoke_notes(full, spec, args.set):
+            print(note, file=sys.stderr)
     n, n_test = split_sizes(spec.data)
     cost = check_cost(spec, n, args.allow_large)
     print(f"{args.spec}: valid. Study {spec.name!r}: {len(spec.arms)} arms, {cost['members']:,} members, "
@@ -121,7 +123,9 @@ def cmd_validate(args) -> int:
 def cmd_run(args) -> int:
     spec = load_spec(args.spec, args.data_path, args.set)
     if args.smoke:
-        spec = shrink_for_smoke(spec)
+        spec, full = shrink_for_smoke(spec), spec
+        for note in smoke_notes(full, spec, args.set):
+            print(note, file=sys.stderr)
     check_size(spec, args.allow_large)
     return _drive(args, spec, resume=False)
 

@@ -882,3 +882,14 @@ def test_yaml_12_reads_a_date_as_the_text_written(tmp_path):
     spec.write_text(yaml.safe_dump({k: v for k, v in GOOD.items() if k != "name"}) + "name: 2026-12-07\n")
     assert load_spec(spec).name == "2026-12-07"
 
+
+
+def test_smoke_says_which_set_values_it_replaces(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(GOOD))
+    out = _study(capsys, ["validate", str(spec), "--smoke", "--set", "search.refine=2", "--set", "train.seed=3",
+                          "--set", "execution.cpus_per_trial=2"])
+    assert out.returncode == 0, out.stderr
+    assert "note: --smoke replaces --set search.refine (2 -> 0)" in out.stderr
+    assert "note: --smoke replaces --set execution.cpus_per_trial (2.0 -> 1.0)" in out.stderr
+    assert "train.seed" not in out.stderr   # a value the shrink keeps is not mentioned
