@@ -271,7 +271,8 @@ def test_smoke_quickstart_end_to_end(smoke_study):
     out = smoke_study.out
     assert "members recorded" in out.stdout and "slope of log" in out.stdout
     # no third-party noise (Ray, Tune, MLflow's table creation, matplotlib's font search): the study's own lines only
-    noise = [ln for ln in out.stderr.splitlines() if ln.strip() and not ln.startswith(("[study]", "study ", "warning:"))]
+    noise = [ln for ln in out.stderr.splitlines()
+             if ln.strip() and not ln.startswith(("[study]", "study ", "warning:", "note:"))]
     assert not noise, noise[:10]
     # what it is doing before the first epoch is reported, and where to watch it
     assert "[study] starting a local Ray (127.0.0.1)" in out.stderr and "[study] Ray ready in" in out.stderr
