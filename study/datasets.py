@@ -306,6 +306,21 @@ DATASETS: dict[str, DatasetEntry] = {e.name: e for e in (
 )}
 
 
+def image_side(d) -> int:
+    """The side of a data spec's (square or not: the shorter side) images, from headers only: 8 for digits,
+    32 for the CIFAR files and synthetic images, an image folder's first image (they all share one size)."""
+    if d.dataset == "digits":
+        return 8
+    if d.dataset != "imagefolder":
+        return 32
+    from PIL import Image
+
+    root, classes = _folder_split(d, "train")
+    first = next(f for f, _ in _folder_files(root, classes))  # _folder_sizes found images
+    with Image.open(first) as im:
+        return min(im.size)
+
+
 def dataset_entry(name: str) -> DatasetEntry:
     if name not in DATASETS:
         raise DataError(f"invalid data.dataset: must be one of {', '.join(DATASETS)}, but got dataset={name!r}")
@@ -313,8 +328,14 @@ def dataset_entry(name: str) -> DatasetEntry:
 
 
 def split_sizes(d) -> tuple[int, int]:
-    """(train, test) images a data spec uses, read from headers only; checks the subsets fit the data."""
+    """(train, test) images a data spec uses, read from headers only; checks the subsets fit the data and the
+    crop padding fits the images."""
     full = dataset_entry(d.dataset).sizes(d)
+    side = image_side(d)
+    if d.crop_padding is not None and d.crop_padding > side // 2:  # spec.validate bounds it by 16 (CIFAR's half)
+        raise DataError(f"invalid data.crop_padding: at most half the image side, {side // 2} pixels for "
+                        f"{d.dataset}'s {side}×{side} images (a larger padding makes crops that are mostly "
+                        f"padding), but got crop_padding={d.crop_padding}")
     out = []
     for split, n, subset in (("train", full[0], d.train_subset), ("test", full[1], d.test_subset)):
         if subset is not None and not 1 <= subset <= n:

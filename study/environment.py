@@ -20,19 +20,20 @@ class SettingError(ValueError):
     """An environment variable the study reads holds a value it cannot use; str(e) names the variable."""
 
 
-# the environment variables that tune the study (all optional): name -> (default seconds, what it sets, whether
-# 0 is allowed: a log interval of 0 writes every epoch at once)
-SECONDS = {"STUDY_LOG_INTERVAL_S": (10.0, "seconds between the driver's batched metric writes", True),
-           "STUDY_STORE_CHECK_S": (30.0, "seconds a tracking server may take to answer", False),
-           "STUDY_RAY_START_S": (600.0, "seconds Ray may take to start or join a cluster", False)}
+# the environment variables that tune the study (all optional): name -> (default seconds, what it sets, the least
+# value that makes sense: a log interval of 0 writes every epoch at once; a server or Ray given less than a tenth of
+# a second to answer could never be ready, so 1e-320 is refused rather than read as "no patience")
+SECONDS = {"STUDY_LOG_INTERVAL_S": (10.0, "seconds between the driver's batched metric writes", 0.0),
+           "STUDY_STORE_CHECK_S": (30.0, "seconds a tracking server may take to answer", 0.1),
+           "STUDY_RAY_START_S": (600.0, "seconds Ray may take to start or join a cluster", 0.1)}
 
 
 def seconds(name: str) -> float:
-    """The value of one of SECONDS: a finite number in (0, 86400] ([0, 86400] where 0 is allowed), or
-    SettingError naming the variable."""
+    """The value of one of SECONDS: a finite number in [its least value, 86400], or SettingError naming the
+    variable."""
     import math
 
-    default, what, zero = SECONDS[name]
+    default, what, low = SECONDS[name]
     raw = os.environ.get(name)
     if raw is None:
         return default
@@ -40,8 +41,8 @@ def seconds(name: str) -> float:
         v = float(raw)
     except ValueError:
         v = math.nan
-    if not (math.isfinite(v) and (0 <= v if zero else 0 < v) and v <= 86400):
-        raise SettingError(f"invalid {name}: {what}, a number in {'[' if zero else '('}0, 86400], "
+    if not (math.isfinite(v) and low <= v <= 86400):
+        raise SettingError(f"invalid {name}: {what}, a number in [{low:g}, 86400], "
                            f"but got {name}={raw[:40]!r}")
     return v
 

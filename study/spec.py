@@ -59,7 +59,7 @@ class DataSpec:
                                     # imagefolder: folder with train/<class>/*.png and test/<class>/*.png
     train_subset: int | None = None  # keep the first n training images of a fixed shuffle
     test_subset: int | None = None   # keep the first n test images of a fixed shuffle
-    crop_padding: int | None = None  # pixels; default 4 for 32×32 images, 0 for digits
+    crop_padding: int | None = None  # pixels, at most half the image side; default 4 for 32×32 images, 0 for digits
     flip: bool | None = None         # random horizontal flip; default on for CIFAR, off for digits
     synthetic_train: int = 2048     # images, synthetic only
     synthetic_test: int = 512

@@ -417,6 +417,7 @@ class Tracker:
                                                "spec_identity": spec.identity(),
                                                "env.driver_cpu": cpu_model(),
                                                **({"optuna_storage": masked(storage)} if storage else {}),
+                                               **_in_home(storage, self.uri),
                                                "mlflow.note.content": spec.description or f"study {spec.name}"})
         self.parent_id = run.info.run_id
         resolved = spec.to_dict()  # after --data-path and --smoke: exactly what runs, and what resume runs
@@ -779,13 +780,41 @@ def recorded_spec(uri: str, name: str) -> StudySpec:
     return spec_from_dict(json.loads(Path(path).read_text()))
 
 
+def _storage_file(url: str) -> Path | None:
+    """The file of a SQLite URL or an Optuna journal path; None for a server."""
+    return sqlite_path(url) if "://" in url else Path(url).expanduser()
+
+
+def _in_home(storage: str | None, uri: str) -> dict[str, str]:
+    """{"optuna_storage_in_home": path relative to the home} for a storage file inside the home of a SQLite
+    tracking store (where a copy of the home has its own copy of it), else nothing."""
+    home, path = sqlite_path(uri), _storage_file(storage) if storage else None
+    if home is None or path is None:
+        return {}
+    try:
+        return {"optuna_storage_in_home": path.resolve().relative_to(home.parent.resolve()).as_posix()}
+    except ValueError:
+        return {}
+
+
 def recorded_storage(uri: str, name: str, given: str | None = None) -> str | None:
     """The Optuna storage a study was started with, if it was not the home's default (None), as recorded
-    (a password masked); LookupError if its URL held a password and `given` (--storage) does not say it again."""
-    url = find_parent(uri, name).data.tags.get("optuna_storage")
+    (a password masked); LookupError if its URL held a password and `given` (--storage) does not say it again.
+    A storage file that lay inside the home is read from this home's copy of it, when the home was moved or
+    copied (the absolute path recorded would write into the original home)."""
+    tags = find_parent(uri, name).data.tags
+    url, rel = tags.get("optuna_storage"), tags.get("optuna_storage_in_home")
     if url and "***@" in url and given is None:
         raise LookupError(f"invalid --storage: study {name!r} was started with the Optuna storage {url}; "
                           f"pass it again with its password: study resume {name} --storage URL")
+    home = sqlite_path(uri)
+    if url and rel and home is not None:
+        here = (home.parent / rel).resolve()
+        if here != _storage_file(url).resolve() and here.is_file():
+            moved = f"sqlite:///{here}" if "://" in url else str(here)
+            print(f"[study] this home was moved or copied: study {name!r}'s Optuna storage is read from its copy "
+                  f"{moved} (recorded: {url})", file=sys.stderr, flush=True)
+            return moved
     return url
 
 

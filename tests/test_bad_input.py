@@ -117,6 +117,8 @@ CASES = [
     ("unknown device", (["train", "device"], "tpu"), [], "device='tpu'"),
     ("width 0", (["model", "width"], 0), [], "model.width"),
     ("crop padding of 99", (["data", "crop_padding"], 99), [], "crop_padding"),
+    ("crop padding past half of digits' 8×8 images", (["data", "crop_padding"], 5), [],
+     "invalid data.crop_padding: at most half the image side, 4 pixels for digits's 8×8 images"),
     ("tpe with 0 trials", (["search"], {"sampler": "tpe", "trials": 0}), [], "search.trials"),
     # what the user wrote is never silently dropped or misread
     ("a key repeated in a mapping", yaml.safe_dump(GOOD).replace("  epochs: 1\n", "  epochs: 1\n  epochs: 40\n"),
@@ -706,12 +708,16 @@ def test_a_folder_where_the_mlflow_store_should_be_is_named(tmp_path, capsys, co
     assert sorted(p.name for p in home.iterdir()) == ["mlflow.db"] and not any((home / "mlflow.db").iterdir())
 
 
-def test_a_tracking_server_is_asked_at_least_once_however_short_the_patience(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("STUDY_STORE_CHECK_S", "1e-9")
+@pytest.mark.parametrize("var,value", [("STUDY_STORE_CHECK_S", "1e-9"), ("STUDY_STORE_CHECK_S", "1e-320"),
+                                       ("STUDY_RAY_START_S", "0.01"), ("STUDY_RAY_START_S", "5e-324")])
+def test_a_patience_no_server_could_meet_is_refused(tmp_path, capsys, monkeypatch, var, value):
+    """A wait of a billionth of a second (or a subnormal) could never see a server or Ray answer: refused before
+    anything is asked, naming the variable and its least value, instead of failing every check it sets."""
+    monkeypatch.setenv(var, value)
     out = _study(capsys, ["--home", str(tmp_path / "home"), "list", "--tracking-uri", "http://127.0.0.1:9"])
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
-    assert "no MLflow server answers at http://127.0.0.1:9 within 1e-09 s (" in out.stderr
-    assert "(None)" not in out.stderr and "within 0 s" not in out.stderr
+    assert f"invalid {var}: " in out.stderr and "a number in [0.1, 86400]" in out.stderr, out.stderr
+    assert f"but got {var}={value!r}" in out.stderr and not (tmp_path / "home").exists()
 
 
 def test_a_spec_that_is_a_pipe_is_named_as_such(tmp_path, capsys):

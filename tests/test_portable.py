@@ -217,3 +217,25 @@ def test_artifacts_kept_in_another_home_are_left_alone(tmp_path):
     assert adopt_home(_uri(d)) == []
     assert _locations(d) == before
     assert recorded_spec(_uri(d), "carry").name == "carry"
+
+
+def test_a_storage_inside_a_copied_home_is_read_from_the_copy(tmp_path, capsys):
+    """A study started with --storage pointing into its home: `study resume` from a copy of the home uses the copy's
+    storage (the absolute path recorded would write into the original home's), and the recorded one otherwise."""
+    from study.tracking import recorded_storage
+
+    home = tmp_path / "home"
+    storage = home / "custom" / "opt.db"
+    ensure_store(_uri(home), (home / "artifacts").as_uri())
+    tracker = Tracker(_uri(home), spec_from_dict(SPEC))
+    tracker.start((home / "artifacts").as_uri(), storage=f"sqlite:///{storage}")
+    tracker.finish_study()
+    storage.parent.mkdir()
+    storage.write_bytes(b"")
+    copy = tmp_path / "copy"
+    shutil.copytree(home, copy)
+    assert recorded_storage(_uri(home), "carry") == f"sqlite:///{storage}"  # where it was: as recorded
+    assert recorded_storage(_uri(copy), "carry") == f"sqlite:///{copy / 'custom' / 'opt.db'}"
+    assert "moved or copied" in capsys.readouterr().err
+    (copy / "custom" / "opt.db").unlink()  # the copy lacks it: the recorded storage, as before
+    assert recorded_storage(_uri(copy), "carry") == f"sqlite:///{storage}"

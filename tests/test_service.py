@@ -454,6 +454,22 @@ def test_an_unreadable_image_is_refused_before_anything_starts(tmp_path):
     assert not home.exists() or not any(home.iterdir()), sorted(home.rglob("*"))
 
 
+def test_a_crop_padding_past_half_an_image_folders_side_is_refused(tmp_path):
+    """The padding bound follows the images a folder holds (6×6 here: at most 3), read from a header."""
+    folder = _image_folder(tmp_path / "imgs", {"a": 2, "b": 2}, size=6)
+    raw = yaml.safe_load(write_spec(tmp_path / "pad.yaml", "pad").read_text())
+    env = {**os.environ, "STUDY_CACHE": str(tmp_path / "cache")}
+    for padding, code in ((4, 2), (3, 0)):
+        raw["data"] = {"dataset": "imagefolder", "path": str(folder), "crop_padding": padding}
+        (tmp_path / "pad.yaml").write_text(yaml.safe_dump(raw))
+        out = subprocess.run([sys.executable, "-m", "study.cli", "validate", str(tmp_path / "pad.yaml")],
+                             capture_output=True, text=True, timeout=300, env=env)
+        assert out.returncode == code, out.stderr[-3000:]
+        if code:
+            assert out.stderr.count("\n") == 1 and ("at most half the image side, 3 pixels for imagefolder's 6×6 "
+                                                    "images" in out.stderr), out.stderr
+
+
 def test_failed_members_are_counted_failed_and_resume_retries_them(tmp_path):
     """Members whose arrays fail inside Ray (a fault the trials raise while a file exists) are reported as
     failed with their reason, the run exits non-zero, and `study resume` trains them once the cause is gone."""
