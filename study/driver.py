@@ -28,6 +28,7 @@ from .datasets import split_sizes
 from .progress import Progress
 from .search import StudySearch, check_optuna_url, precheck_identity
 from .serial import SerialWriter
+from .settings import SettingBook
 from .spec import MemberSpec, SpecError, StudySpec, final_metrics, timescale_warnings
 from .stores import StoreWatch, default_storage, default_tracking_uri
 from .tracking import RecordWriter, Tracker, ensure_store, stop_retrying
@@ -143,7 +144,8 @@ class Driver:
         ensure_store(stores.tracking, stores.artifacts())
         self.tracker = Tracker(stores.tracking, spec, resume)  # refuses a name that has records, unless resuming
         (stores.home / spec.name).mkdir(parents=True, exist_ok=True)
-        self.search = StudySearch(spec, stores.storage, finished=self.tracker.recorded_members if resume else None)
+        self.book = SettingBook(spec.search.seeds)  # seed-averaged settings, recorded as their last seed finishes
+        self.search = StudySearch(spec, stores.storage, finished=self._recorded if resume else None)
         try:
             default = default_storage(stores.home, spec.name)
             self.tracker.start(stores.artifacts(), None if stores.storage == default else stores.storage)
@@ -168,6 +170,33 @@ class Driver:
             print(f"warning: resuming under other versions than the study started with "
                   f"({', '.join(self.tracker.version_changes)}): its members may not be comparable", file=self.out)
         self.env_tagged = self.tracker.device_recorded   # the first trial's device, tagged on the parent once
+
+    def _recorded(self):
+        """The members MLflow holds (a resumed study), read once the lease is this driver's: the search is rebuilt
+        from them, and the settings book learns the finished ones."""
+        recorded = self.tracker.recorded_members()
+        for f in recorded:
+            if f.value is not None:
+                self.book.add(f.member, f.final, f.diverged, f.run_id)
+        return recorded
+
+    def record_settings(self) -> int:
+        """Every complete setting either store lacks (a study recorded before settings existed, or a driver that
+        died between a setting's last member and its records), written now; the number written."""
+        complete = self.book.complete()
+        if not complete:
+            return 0
+        in_mlflow, arms, n = self.tracker.setting_runs(), {a.arm.name: a for a in self.search.arms}, 0
+        for setting in complete:
+            key = setting.key(self.spec.name)
+            if key not in in_mlflow:
+                in_mlflow[key] = self.tracker.record_setting(setting, self.train_size)
+                n += 1
+            arm = arms.get(setting.arm)
+            if arm is not None and not arm.setting_recorded(key):
+                self._tell_setting(arm, setting, in_mlflow[key])
+                n += 1
+        return n
 
     # ------------------------------------------------------------------ hooks called by tune.py
 
@@ -263,7 +292,7 @@ class Driver:
         if self.lost in ("MLflow tracking store", "lease"):
             return
         self.writer.write_now()
-        epochs, outcomes = self.spec.train.epochs, []
+        epochs, outcomes, settings = self.spec.train.epochs, [], []
         for number, member, key in entries:
             history = self.writer.history(key, epochs)
             if error is not None or len(history) < epochs:
@@ -276,10 +305,14 @@ class Driver:
                 self.writer.finish_now(key, final)
                 outcomes.append((number, member, key, final.get(self.spec.search.metric, math.nan),
                                  bool(final.get("diverged")), None))
-        self.optuna.call(self._tell_trial, arm, outcomes)
+                done = self.book.add(member, final, bool(final.get("diverged")), self.writer.run_ids.get(key))
+                if done is not None:  # its last seed: the seed mean recorded, after every seed's own record
+                    settings.append((done, self.tracker.record_setting(done, self.train_size)))
+        self.optuna.call(self._tell_trial, arm, outcomes, settings)
 
-    def _tell_trial(self, arm, outcomes) -> None:
-        """Optuna's writer: each member's final metric (or its failure), once its records are in MLflow."""
+    def _tell_trial(self, arm, outcomes, settings=()) -> None:
+        """Optuna's writer: each member's final metric (or its failure), once its records are in MLflow; then the
+        settings these members completed, as trials of the arm's settings study."""
         if self.lost in ("Optuna storage", "lease"):
             return
         for number, member, key, value, diverged, reason in outcomes:
@@ -293,7 +326,18 @@ class Driver:
                 self.outcome.failed.pop(key, None)
                 self.outcome.done += 1
                 self.progress.member_done(member.arm, value, diverged=diverged)
+        for setting, run_id in settings:
+            self._tell_setting(arm, setting, run_id)
         self.progress.print()
+
+    def _tell_setting(self, arm, setting, run_id: str) -> None:
+        metric = self.spec.search.metric
+        seeds = sorted(setting.seeds)
+        std = setting.std(metric)
+        arm.record_setting(setting.key(self.spec.name), setting.lr, setting.weight_decay, setting.mean(metric),
+                           {"seeds": seeds, "seeds_diverged": setting.diverged, "mlflow_run_id": run_id,
+                            "member_runs": [setting.seeds[s].run_id for s in seeds],
+                            **({f"{metric}_std": std} if math.isfinite(std) else {})})
 
     def drain(self) -> None:
         """Wait until both writers have recorded everything queued: MLflow's first (its closings queue the tells)."""
@@ -356,6 +400,8 @@ class Driver:
                 raise KeyboardInterrupt  # one that came while the records opened, and Python swallowed
             self.progress.print()
             self.progress.tick()
+            if n := self.record_settings():  # a resumed study: settings its records complete and its stores lack
+                self.progress.message(f"[study] recorded {n} seed-averaged setting records the stores lacked")
             if self.address is None:  # a Ray of the study's own binds 127.0.0.1 only; Ray reads this as it loads
                 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             from . import tune  # Ray loads only here, once every input is known good

@@ -21,7 +21,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
@@ -68,12 +68,14 @@ def _sampler(spec: StudySpec):
 
 @dataclass(frozen=True)
 class Finished:
-    """A member as the tracking store records it (used to rebuild a lost Optuna storage); value None: the member
-    was started but did not finish."""
+    """A member as the tracking store records it (used to rebuild a lost Optuna storage, and the seed-averaged
+    settings of a resumed study); value None: the member was started but did not finish. `final`: its final
+    metrics by name (test_error, …), empty for one that did not finish."""
     member: MemberSpec
     value: float | None
     diverged: bool
     run_id: str
+    final: dict = field(default_factory=dict, compare=False)
 
 
 class ArmSearch:
@@ -106,6 +108,8 @@ class ArmSearch:
         self._sampled: set[tuple[float, float]] = set()  # settings a sampler has drawn (not grids)
         self._lock = threading.Lock()         # ask (the Tune loop) and report/tell (the Optuna writer)
         self._reported: dict[int, set[int]] = {}  # trial number -> epochs reported
+        self._settings_study: optuna.Study | None = None  # NAME.ARM.settings, made by _settings()
+        self._settings_keys: set[str] = set()
         self._reconcile(list(finished))
 
     # ------------------------------------------------------------------ state
@@ -278,6 +282,50 @@ class ArmSearch:
             self.study.tell(number, state=TrialState.FAIL)
         else:
             self.study.tell(number, 1.0 if diverged or not math.isfinite(error) else float(error))
+
+
+    # ------------------------------------------------------------------ seed-averaged settings
+
+    def _settings(self) -> optuna.Study:
+        """The arm's second study, NAME.ARM.settings: one trial per setting whose seeds have all finished, its
+        value their mean (study/settings.py), so that its best trial is the study's best cell. Made on first use."""
+        if self._settings_study is None:
+            study = optuna.create_study(study_name=f"{self.study.study_name}.settings", storage=self.storage,
+                                        direction="minimize", load_if_exists=True)
+            if not study.user_attrs:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names([f"{self.spec.search.metric} (mean over seeds)"])
+                for k, v in (("arm", self.arm.name), ("metric", self.spec.search.metric), ("seeds", self.seeds),
+                             ("spec_identity", self.spec.identity()),
+                             ("holds", f"one trial per setting: the mean over seeds of the members of study "
+                                       f"{self.study.study_name}, diverged seeds left out")):
+                    study.set_user_attr(k, v)
+            self._settings_keys = {t.user_attrs.get("setting_key") for t in study.get_trials(deepcopy=False)}
+            self._settings_study = study
+        return self._settings_study
+
+    def setting_recorded(self, key: str) -> bool:
+        self._settings()
+        return key in self._settings_keys
+
+    def record_setting(self, key: str, lr: float, weight_decay: float, value: float, attrs: dict) -> bool:
+        """The setting as a finished trial of the settings study (FAIL, with no value, when every seed diverged:
+        the landscape has no value for that cell either); once per key. Returns whether it was added."""
+        study = self._settings()
+        if key in self._settings_keys:
+            return False
+        dist = {"lr": FloatDistribution(min(lr, self.distributions["lr"].low), max(lr, self.distributions["lr"].high),
+                                        log=True),
+                "weight_decay": FloatDistribution(min(weight_decay, self.distributions["weight_decay"].low),
+                                                  max(weight_decay, self.distributions["weight_decay"].high), log=True)}
+        ok = math.isfinite(value)
+        study.add_trial(optuna.trial.create_trial(
+            params={"lr": lr, "weight_decay": weight_decay}, distributions=dist,
+            value=value if ok else None, state=TrialState.COMPLETE if ok else TrialState.FAIL,
+            user_attrs={**attrs, "setting_key": key}))
+        self._settings_keys.add(key)
+        return True
 
 
 def holder_alive(attrs: dict, stale_s: float) -> bool:

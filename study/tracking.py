@@ -270,6 +270,11 @@ def member_name(member: MemberSpec) -> str:
     return f"{member.arm} lr={short(member.lr)} wd={short(member.weight_decay)} seed={member.seed}"
 
 
+def setting_name(setting, seeds: int) -> str:
+    """A seed-averaged setting's run name: a member's without the seed."""
+    return f"{setting.arm} lr={short(setting.lr)} wd={short(setting.weight_decay)} mean of {seeds} seed{'s' * (seeds != 1)}"
+
+
 def log10_metrics(member: MemberSpec, ts: int) -> list[Metric]:
     """log10 of lr and weight_decay (where positive), for MLflow's charts, whose axes are linear."""
     return [Metric(f"log10_{k}", math.log10(v), ts, 0) for k, v in
@@ -535,8 +540,9 @@ class Tracker:
                 continue  # a driver died between creating the run and logging its params: nothing of it counts
             member = MemberSpec.from_dict({"optimizer": p["optimizer"], "decay": p["decay"], "lr": _exact(p, "lr"),
                                            "weight_decay": _exact(p, "weight_decay"), "seed": int(p["seed"])})
+            final = {k[6:]: v for k, v in r.data.metrics.items() if k.startswith("final_")} if done else {}
             out.append(Finished(member, r.data.metrics[metric] if done else None,
-                                r.data.tags.get("diverged") == "true", r.info.run_id))
+                                r.data.tags.get("diverged") == "true", r.info.run_id, final))
         return out
 
     def finish_member(self, run_id: str, final: dict | None) -> None:
@@ -551,6 +557,38 @@ class Tracker:
         _retry("logging final metrics", self.client.log_batch, run_id, metrics=metrics,
                tags=[RunTag("diverged", "true" if final.get("diverged") else "false")])
         _retry("closing a member run", self.client.set_terminated, run_id, "FINISHED")
+
+    def setting_runs(self) -> dict[str, str]:
+        """The seed-averaged settings recorded (study/settings.py): setting key -> run id."""
+        return {r.data.tags["setting_key"]: r.info.run_id
+                for r in self._search(f"tags.study = '{self.spec.name}' and tags.role = 'setting'")}
+
+    def record_setting(self, setting, train_size: int) -> str:
+        """A setting whose seeds have all finished, as a finished child run of the parent: role `setting` (member
+        counts and the landscape read `member` runs only), the params a member has but `seeds` for `seed`, and
+        `final_METRIC` the seed mean the landscape's cell holds (with `final_METRIC_std`, `seeds_finished`,
+        `seeds_diverged`), so that sorting MLflow's table by it ranks what the study ranks. Returns the run id."""
+        key = setting.key(self.spec.name)
+        seeds = sorted(setting.seeds)
+        members = ",".join(setting.seeds[s].run_id or "" for s in seeds)
+        run = _retry("creating a setting run", self.client.create_run, self.experiment_id,
+                     run_name=setting_name(setting, len(seeds)),
+                     tags={"mlflow.parentRunId": self.parent_id, "study": self.spec.name, "role": "setting",
+                           "setting_key": key, "arm": setting.arm, "seeds": ",".join(map(str, seeds)),
+                           "member_runs": members[:5000],
+                           "mlflow.note.content": f"The mean over seeds {', '.join(map(str, seeds))} of the member "
+                                                  f"runs {members.replace(',', ', ')} (diverged seeds left out, as "
+                                                  f"the landscape does)."})
+        params = member_params(self.spec, setting.member(), train_size)
+        params.pop("seed")
+        params["seeds"] = ",".join(map(str, seeds))
+        ts = int(time.time() * 1000)
+        _retry("logging a setting", self.client.log_batch, run.info.run_id,
+               params=[Param(k, _param_str(k, v)) for k, v in params.items()],
+               metrics=[Metric(k, v, ts, 0) for k, v in setting.metrics().items()]
+               + log10_metrics(setting.member(), ts))
+        _retry("closing a setting run", self.client.set_terminated, run.info.run_id, "FINISHED")
+        return run.info.run_id
 
     def finish_study(self, status: str = "FINISHED", summary: dict | None = None) -> None:
         if summary:

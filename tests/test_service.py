@@ -97,7 +97,40 @@ def check_records(home: Path, spec_path: Path, tracking_uri: str | None = None, 
         assert sorted(seen) == sorted(grid)  # every grid point exactly once per seed
         total += len(trials)
     assert total == n
+    check_settings(runs, spec, storage)
     return {"runs": members, "client": client, "parent": parents[0]}
+
+
+def check_settings(runs, spec, storage: str) -> None:
+    """One seed-averaged setting record per arm and (lr, weight_decay), in MLflow and in the arm's settings study:
+    its value the mean of its seeds' member runs (the landscape's cell), linked to them, never counted as members."""
+    import math
+
+    members = [r for r in runs if r.data.tags.get("role") == "member"]
+    settings = [r for r in runs if r.data.tags.get("role") == "setting"]
+    groups: dict[str, list] = {}
+    for r in members:
+        groups.setdefault(r.data.tags["member_key"].rsplit("|seed=", 1)[0], []).append(r)
+    assert sorted(r.data.tags["setting_key"] for r in settings) == sorted(groups)  # each once, none missing
+    metric = spec.search.metric
+    for r in settings:
+        seeds = groups[r.data.tags["setting_key"]]
+        assert len(seeds) == len(spec.search.seeds) and r.info.status == "FINISHED"
+        assert sorted(r.data.tags["member_runs"].split(",")) == sorted(m.info.run_id for m in seeds)
+        assert r.data.tags["mlflow.parentRunId"] == seeds[0].data.tags["mlflow.parentRunId"]
+        ok = [m.data.metrics[f"final_{metric}"] for m in seeds if m.data.tags.get("diverged") != "true"]
+        if ok:
+            assert r.data.metrics[f"final_{metric}"] == pytest.approx(sum(ok) / len(ok), rel=1e-12)
+        assert r.data.params["lr"] == seeds[0].data.params["lr"] and "seed" not in r.data.params
+    for arm in spec.arms:
+        trials = optuna.load_study(study_name=f"{spec.name}.{arm.name}.settings", storage=storage).get_trials()
+        mine = {r.data.tags["setting_key"]: r for r in settings if r.data.tags["arm"] == arm.name}
+        assert sorted(t.user_attrs["setting_key"] for t in trials) == sorted(mine)
+        for t in trials:
+            run = mine[t.user_attrs["setting_key"]]
+            assert t.user_attrs["mlflow_run_id"] == run.info.run_id
+            value = run.data.metrics.get(f"final_{metric}", math.nan)
+            assert (t.value is None and math.isnan(value)) or t.value == pytest.approx(value, rel=1e-12)
 
 
 SECRET = "s3cr3t-value-that-must-never-be-recorded"
