@@ -348,7 +348,7 @@ def cmd_recommend(args) -> int:
         if len(no_ridge) == len(refused):   # no --arm was given: blame the study, not a flag
             raise SpecError(f"invalid name: study {args.name!r} has no arm with a fitted ridge to recommend from: "
                             + "; ".join(no_ridge))
-        ranges = "; ".join(f"{L.arm} [{r[0]:.3g}, {r[1]:.3g}]" if (r := measured_lr_range(L)) else f"{L.arm}: no ridge"
+        ranges = "; ".join(f"{L.arm} [{shown(r[0])}, {shown(r[1])}]" if (r := measured_lr_range(L)) else f"{L.arm}: no ridge"
                            for L in chosen)
         raise SpecError(f"invalid --lr: {lr:g} is outside the learning rates where every arm's ridge was measured "
                         f"({ranges}); no extrapolation")
@@ -357,13 +357,13 @@ def cmd_recommend(args) -> int:
           f"95 % interval")
     for L, r in results:
         lo, hi = r["weight_decay_ci"]
-        ci = f"[{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else "(no interval: the data do not bound the slope)"
+        ci = f"[{shown(lo)}, {shown(hi)}]" if math.isfinite(lo) else "(no interval: the data do not bound the slope)"
         tau = r["timescale_steps"]
         run = f" = {tau / steps:.2g}× the run's {steps} steps" if steps else ""
         prod = "" if L.decay == "independent" else f"; η·λ* = {r['lr_x_weight_decay']:.3g}"
-        print(f"  {L.arm:<20} λ* = {r['weight_decay']:.3g} {ci}{prod}; decay timescale τ = {r['timescale_rule']} "
-              f"≈ {tau:.3g} steps{run} (ridge over {r['rows']} rows, η in [{r['lr_range'][0]:.3g}, "
-              f"{r['lr_range'][1]:.3g}]; slope {L.slope:.2f})")
+        print(f"  {L.arm:<20} λ* = {shown(r['weight_decay'])} {ci}{prod}; decay timescale τ = {r['timescale_rule']} "
+              f"≈ {tau:.3g} steps{run} (ridge over {r['rows']} rows, η in [{shown(r['lr_range'][0])}, "
+              f"{shown(r['lr_range'][1])}]; slope {L.slope:.2f})")
         print(f"  {'':<20} verdict: {r['verdict_text']}")
         for w in r["warnings"]:
             print(f"  {'':<20} warning: {w}")

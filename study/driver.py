@@ -29,7 +29,7 @@ from .progress import Progress
 from .search import StudySearch, check_optuna_url, precheck_identity
 from .serial import SerialWriter
 from .settings import SettingBook
-from .spec import MemberSpec, SpecError, StudySpec, final_metrics, timescale_warnings
+from .spec import MemberSpec, SpecError, StudySpec, final_metrics, shown, timescale_warnings
 from .stores import StoreWatch, default_storage, default_tracking_uri
 from .tracking import RecordWriter, Tracker, ensure_store, stop_retrying
 
@@ -364,7 +364,7 @@ class Driver:
             added += n
             self.progress.message(f"[study] refine {land.arm}: best λ at the grid's edge in "
                                   f"{sum(c is not None for c in land.censored)} of {len(land.lr)} rows; adding weight_decay "
-                                  f"{', '.join(f'{w:.3g}' for w in new)} ({n} members)")
+                                  f"{', '.join(shown(w) for w in new)} ({n} members)")
         self.outcome.total = self.progress.total = self.search.total
         self.progress.epochs_total = self.search.total * self.spec.train.epochs
         return added

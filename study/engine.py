@@ -29,7 +29,7 @@ from . import diagnostics as diag
 from .data import Dataset, augment
 from .models import build_model
 from .optim import build_optimizer, flat_backward, param_groups
-from .spec import EPOCH_METRICS, DataSpec, MemberSpec, ModelSpec, TrainSpec, final_metrics, steps_per_epoch, warmup_steps  # noqa: F401
+from .spec import EPOCH_METRICS, DataSpec, MemberSpec, ModelSpec, TrainSpec, final_metrics, shown, steps_per_epoch, warmup_steps  # noqa: F401
 
 
 ANGLE_STEPS = 8  # angular update: mean over the last (up to) 8 steps of each epoch
@@ -436,7 +436,7 @@ def train_arrays(spec, arrays: list[list[MemberSpec]], data: Dataset, device: to
         def report(epoch, rows, array=array):
             for k, (m, r) in enumerate(zip(array, rows)):
                 flag = " diverged" if r["diverged"] else ""
-                log(f"{epoch:>5} {k:>6} {m.lr:>9.3g} {m.weight_decay:>9.3g} {m.seed:>4} {r['train_loss']:>10.4f} "
+                log(f"{epoch:>5} {k:>6} {shown(m.lr):>9} {shown(m.weight_decay):>9} {m.seed:>4} {r['train_loss']:>10.4f} "
                     f"{r['test_error']:>8.4f} {r['weight_norm']:>8.2f} {r['angular_update']:>8.4f} "
                     f"{r['wall_time']:>6.1f}{flag}", flush=True)
 

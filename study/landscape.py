@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .registry import DECAY_MODES, OPTIMIZERS
-from .spec import decay_timescale, has_timescale
+from .spec import decay_timescale, has_timescale, shown
 from .valley import valley_fit
 
 ALTERNATIVE = {-1.0: 0.0, 0.0: -1.0}  # the other law: the verdict needs the interval to tell the two apart
@@ -453,7 +453,7 @@ def recommend(land: ArmLandscape, lr: float, level: float = LEVEL) -> dict:
     lo_lr, hi_lr = rng
     if not (lo_lr * (1 - 1e-9) <= lr <= hi_lr * (1 + 1e-9)):
         raise ValueError(f"invalid --lr: {lr:g} is outside the learning rates where {land.arm}'s ridge was measured "
-                         f"[{lo_lr:.3g}, {hi_lr:.3g}]; no extrapolation")
+                         f"[{shown(lo_lr)}, {shown(hi_lr)}]; no extrapolation")
     m, lo, hi = (float(v[0]) for v in predict_log_wd(land, [lr], level))
     wd, wd_lo, wd_hi = math.exp(m), math.exp(lo) if math.isfinite(lo) else math.nan, \
         math.exp(hi) if math.isfinite(hi) else math.nan
@@ -467,9 +467,9 @@ def recommend(land: ArmLandscape, lr: float, level: float = LEVEL) -> dict:
         _, b_lo, b_hi = (float(v[0]) for v in predict_log_wd(land, [best["lr"]], level))
         half = _grid_step(land) / 2                   # a cell stands for λ within half a column of it
         if math.isfinite(b_lo) and not b_lo - half <= math.log(best["weight_decay"]) <= b_hi + half:
-            warnings.append(f"the fitted ridge's interval at η={best['lr']:.3g} [{math.exp(b_lo):.3g}, "
-                            f"{math.exp(b_hi):.3g}] excludes the best setting this study measured "
-                            f"(λ={best['weight_decay']:.3g} at η={best['lr']:.3g}): the valley is not a straight "
+            warnings.append(f"the fitted ridge's interval at η={shown(best['lr'])} [{shown(math.exp(b_lo))}, "
+                            f"{shown(math.exp(b_hi))}] excludes the best setting this study measured "
+                            f"(λ={shown(best['weight_decay'])} at η={shown(best['lr'])}): the valley is not a straight "
                             f"ridge there")
     return {"arm": land.arm, "lr": lr, "weight_decay": wd, "weight_decay_ci": [wd_lo, wd_hi],
             "lr_x_weight_decay": lr * wd, "timescale_steps": decay_timescale(land.decay, lr, wd, land.optimizer),

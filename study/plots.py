@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 
 from .landscape import ArmLandscape, fmt_number, predict_log_wd, row_best_cells  # noqa: E402
+from .spec import shown  # noqa: E402
 
 DECAY_LABEL = {
     "coupled": "weight decay λ, coupled (L2: g ← g + λ·w)",
@@ -64,26 +65,9 @@ def color_extend(lands: list[ArmLandscape], lo: float, hi: float) -> str:
     return {(False, False): "neither", (True, False): "min", (False, True): "max", (True, True): "both"}[below, above]
 
 
-def compact(v: float, digits: int = 2) -> str:
-    """A short tick label with `digits` significant digits: 0.05, 0.3, 1, 30, 1.1e-3, 5e-4, 2e4."""
-    if v == 0 or not math.isfinite(v):
-        return format(v, "g")
-    r = float(f"{v:.{digits - 1}e}")
-    e = math.floor(math.log10(abs(r)))
-    if -2 <= e <= 2:
-        text = f"{r:.{max(0, digits - 1 - e)}f}"
-        return text.rstrip("0").rstrip(".") if "." in text else text
-    mant = f"{r / 10 ** e:.{digits - 1}f}"
-    return f"{mant.rstrip('0').rstrip('.') if '.' in mant else mant}e{e}"
-
-
 def grid_labels(values) -> list[str]:
-    """One label per grid value, with as many significant digits as it takes to tell neighbours apart."""
-    for digits in (2, 3, 4):
-        labels = [compact(v, digits) for v in values]
-        if len(set(labels)) == len(labels):
-            return labels
-    return labels
+    """One label per grid value, spelled as params, run names and the terminal spell it (spec.shown)."""
+    return [shown(v) for v in values]
 
 
 def thin(labels: list[str], most: int = 12) -> list[str]:
@@ -93,7 +77,7 @@ def thin(labels: list[str], most: int = 12) -> list[str]:
 
 
 def _grid_ticks(ax, land: ArmLandscape) -> None:
-    """Ticks at every grid value of λ (x) and η (y), labelled compactly (Loshchilov & Hutter label every cell)."""
+    """Ticks at every grid value of λ (x) and η (y), labelled as every output spells them (Loshchilov & Hutter label every cell)."""
     from matplotlib.ticker import FixedFormatter, FixedLocator, NullLocator
 
     for axis, values in ((ax.xaxis, land.weight_decay), (ax.yaxis, land.lr)):
@@ -228,7 +212,7 @@ def collapse_figure(lands: list[ArmLandscape], title: str = "", metric: str = "t
         cmap = plt.get_cmap("plasma")
         for r, lr in enumerate(land.lr):
             x = np.array(land.weight_decay) * (lr if land.decay != "independent" else 1.0)
-            ax.plot(x, err[r], "-o", ms=3, color=cmap(r / max(1, len(land.lr) - 1)), label=f"η={lr:.3g}")
+            ax.plot(x, err[r], "-o", ms=3, color=cmap(r / max(1, len(land.lr) - 1)), label=f"η={shown(lr)}")
         ax.set_xscale("log")
         scale = np.array(land.lr) if land.decay != "independent" else np.ones(len(land.lr))
         ax.set_xlim(min(land.weight_decay) * scale.min() / 1.5, max(land.weight_decay) * scale.max() * 1.5)

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from .landscape import ArmLandscape, edge_advice, fmt_number, landscapes, parent_metrics, study_verdict, verdict_tags
-from .spec import SpecError
+from .spec import SpecError, shown
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
 FORMATS = ("png", "svg", "html")
@@ -166,6 +166,11 @@ def _num(v, fmt=".3g") -> str:
     return fmt_number(v, fmt)
 
 
+def _lam(v) -> str:
+    """A learning rate or weight decay, spelled as params and run names spell it (spec.shown); n/a if missing."""
+    return shown(v) if isinstance(v, (int, float)) and math.isfinite(v) else fmt_number(v)
+
+
 def _axis_map(values, centres):
     """Position on a categorical cell axis of any value, linear in its log between cell centres (and beyond)."""
     import numpy as np
@@ -221,7 +226,7 @@ def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, exte
     for r in range(nr):
         for c in range(nc):
             x, y = ml + c * cw, mt + (nr - 1 - r) * ch
-            where = f"λ={land.weight_decay[c]:.3g}, η={land.lr[r]:.3g}"
+            where = f"λ={shown(land.weight_decay[c])}, η={shown(land.lr[r])}"
             e, d = err[r, c], div[r, c]
             if math.isfinite(e):
                 tip = f"{where}: {metric}={e:.4f}" + (f" ({d:.0%} of {n_seeds} seeds diverged)" if d > 0 else "")
@@ -242,7 +247,7 @@ def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, exte
                                  f'pointer-events="none"/>')
     if not land.grid and land.samples:                  # the sampled points over the interpolated surface
         for m in land.samples:
-            tip = (f"sample λ={m['weight_decay']:.3g}, η={m['lr']:.3g}: "
+            tip = (f"sample λ={shown(m['weight_decay'])}, η={shown(m['lr'])}: "
                    + ("diverged" if m["diverged"] else f"{metric}={m['error']:.4f}"))
             fill = "#d9d9d9" if m["diverged"] or not math.isfinite(m["error"]) else colour(m["error"])
             parts.append(f'<circle cx="{xpos(m["weight_decay"]):.1f}" cy="{ypos(m["lr"]):.1f}" r="3.5" '
@@ -264,8 +269,8 @@ def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, exte
     cells = row_best_cells(land) if land.grid else []
     for r, c in cells:                                  # the observed best cell of each row: a square outline
         opt = land.best_weight_decay[r] if r < len(land.best_weight_decay) else math.nan
-        tip = (f"η={land.lr[r]:.3g}: best cell λ={land.weight_decay[c]:.3g}"
-               + (f", bracketed optimum λ*≈{opt:.3g}" if censored[r] is None and math.isfinite(opt)
+        tip = (f"η={shown(land.lr[r])}: best cell λ={shown(land.weight_decay[c])}"
+               + (f", bracketed optimum λ*≈{shown(opt)}" if censored[r] is None and math.isfinite(opt)
                   else ", optimum not bracketed"))
         parts.append(f'<rect class="best-cell" x="{ml + c * cw + 3:.1f}" y="{mt + (nr - 1 - r) * ch + 3:.1f}" '
                      f'width="{cw - 6:.1f}" height="{ch - 6:.1f}" fill="none" stroke="crimson" stroke-width="2.5">'
@@ -281,7 +286,7 @@ def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, exte
             sgn = 1 if side == "high" else -1
             parts.append(f'<path d="M{x - 6 * sgn:.1f},{y - 7:.1f}L{x + 6 * sgn:.1f},{y:.1f}L{x - 6 * sgn:.1f},'
                          f'{y + 7:.1f}Z" fill="none" stroke="crimson" stroke-width="2">'
-                         f"<title>{esc(f'η={land.lr[r]:.3g}: best λ beyond the {side} edge of the grid')}</title>"
+                         f"<title>{esc(f'η={shown(land.lr[r])}: best λ beyond the {side} edge of the grid')}</title>"
                          "</path>")
     if beyond:
         legend.append(('<path d="M5,-7L17,0L5,7Z" fill="none" stroke="crimson" stroke-width="2"/>',
@@ -368,8 +373,8 @@ def claims_html(claims: dict | None, metric: str) -> str:
         rows = "".join(f"<tr><td>{_num(r['momentum'])}</td><td>{r['coupled_vs_decoupled']:.1e}</td>"
                        f"<td>{r['decoupled_vs_independent']:.1e}</td></tr>" for r in sgd)
         sgd_part = (f"<p>(a) Plain SGD: coupled(λ), decoupled(λ) and independent(η·λ) from the same initial weights, "
-                    f"{r0['steps']} float64 steps of this study's model at η = {_num(r0['lr'])}, λ = "
-                    f"{_num(r0['weight_decay'])} on a fixed random batch of eight 8×8 images. The largest weight difference, relative to "
+                    f"{r0['steps']} float64 steps of this study's model at η = {shown(r0['lr'])}, λ = "
+                    f"{shown(r0['weight_decay'])} on a fixed random batch of eight 8×8 images. The largest weight difference, relative to "
                     f"the largest change of a weight over those steps:</p><table id=\"sgd-identity\"><thead><tr>"
                     f"<th>momentum</th><th>coupled vs decoupled</th><th>decoupled vs independent(η·λ)</th></tr>"
                     f"</thead><tbody>{rows}</tbody></table><p>Without momentum the three rules are one (rounding "
@@ -380,7 +385,7 @@ def claims_html(claims: dict | None, metric: str) -> str:
     else:
         sgd_part = ""
     rows = "".join(
-        f"<tr><td>{html.escape(a['arm'])}</td><td>{_num(a['lr'])}</td><td>{_num(a['weight_decay'])}</td>"
+        f"<tr><td>{html.escape(a['arm'])}</td><td>{_lam(a['lr'])}</td><td>{_lam(a['weight_decay'])}</td>"
         f"<td>{_num(a['error'], '.4f')} ± {_num(a['error_spread'], '.4f')} ({a['seeds']})</td>"
         f"<td>{'n/a' if a['decayed_tensors'] is None else a['decayed_tensors']} / "
         f"{'n/a' if a['no_decay_tensors'] is None else a['no_decay_tensors']}</td>"
@@ -431,7 +436,7 @@ def report_html(study: str, metric: str, lands: list[ArmLandscape], pngs, spec_t
     zmax = zmax if zmax > zmin else zmin + 1e-6
     extend = color_extend(lands, zmin, zmax)
     rows = "".join(
-        f"<tr><td>{html.escape(L.arm)}</td><td>{_num(L.best['lr'])}</td><td>{_num(L.best['weight_decay'])}</td>"
+        f"<tr><td>{html.escape(L.arm)}</td><td>{_lam(L.best['lr'])}</td><td>{_lam(L.best['weight_decay'])}</td>"
         f"<td>{_num(L.best['error'], '.4f')}</td><td>{_num(L.slope, '.2f')}</td>"
         f"<td>[{_num(L.slope_ci[0], '.2f')}, {_num(L.slope_ci[1], '.2f')}]</td>"
         f"<td>{html.escape(L.predicted[1])}</td><td>{html.escape(L.ci_method)}</td></tr>" for L in lands)
@@ -529,8 +534,8 @@ def summary_lines(lands: list[ArmLandscape]) -> list[str]:
     verdict = study_verdict(lands)
     for L, v in zip(lands, verdict["arms"]):
         lo, hi = L.slope_ci
-        out.append(f"  {L.arm:<20} best {L.metric} {_num(L.best['error'], '.4f')} at η={_num(L.best['lr'])}, "
-                   f"λ={_num(L.best['weight_decay'])}; slope of log λ*(η): {_num(L.slope, '.2f')} "
+        out.append(f"  {L.arm:<20} best {L.metric} {_num(L.best['error'], '.4f')} at η={_lam(L.best['lr'])}, "
+                   f"λ={_lam(L.best['weight_decay'])}; slope of log λ*(η): {_num(L.slope, '.2f')} "
                    f"[{_num(lo, '.2f')}, {_num(hi, '.2f')}] (predicted {L.predicted[1]}; {L.ci_method})")
         out.append(f"  {'':<20} verdict: {v['text']}")
         if (a := edge_advice(L)):

@@ -410,8 +410,8 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
         _check(s.sampler != "grid" or n <= MAX_GRID_POINTS, file, f"{w}", f"a grid of {n} points per seed exceeds {MAX_GRID_POINTS}")
         if s.sampler == "grid" and n <= MAX_GRID_POINTS:
             for axis in ("lr", "weight_decay"):
-                shown = [f"{v:.4g}" for v in grid_axis(getattr(a, axis), s.points)]  # as run names and params show them
-                twins = sorted({v for v in shown if shown.count(v) > 1})
+                spelled = [shown(v) for v in grid_axis(getattr(a, axis), s.points)]  # as every output shows them
+                twins = sorted({v for v in spelled if spelled.count(v) > 1})
                 _check(not twins, file, f"{w}.{axis}",
                        f"grid points that coincide at the 4 significant digits runs and params show ({', '.join(twins)}) "
                        f"would give two members one name and one filter; widen the range or use fewer points, "
@@ -430,23 +430,25 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
         _check_options(mem, file, w)
     # distinct as a person reads them (run names and params show 4 significant digits, -0.0 as 0), also from
     # the grid's points: a twin would be trained twice, or two members would share one name and one filter
-    shown = [(m.arm, _shown(m.lr), _shown(m.weight_decay), m.seed) for m in spec.members]
-    dup = next((k for k in shown if shown.count(k) > 1), None)
+    seen = [(m.arm, shown(m.lr), shown(m.weight_decay), m.seed) for m in spec.members]
+    dup = next((k for k in seen if seen.count(k) > 1), None)
     _check(dup is None, file, "members", f"every member must be distinct at the 4 significant digits runs and "
            f"params show, but {dup[0]} lr={dup[1]} weight_decay={dup[2]} seed={dup[3]} appears twice" if dup else "")
     if spec.search.sampler == "grid":
-        for i, (arm, lr, wd, seed) in enumerate(shown):
+        for i, (arm, lr, wd, seed) in enumerate(seen):
             for a in spec.arms:
                 if (a.name == arm and seed in spec.search.seeds
-                        and lr in {_shown(v) for v in grid_axis(a.lr, spec.search.points)}
-                        and wd in {_shown(v) for v in grid_axis(a.weight_decay, spec.search.points)}):
+                        and lr in {shown(v) for v in grid_axis(a.lr, spec.search.points)}
+                        and wd in {shown(v) for v in grid_axis(a.weight_decay, spec.search.points)}):
                     _check(False, file, f"members[{i}]", f"is a point of arm {arm}'s grid (lr={lr}, weight_decay={wd}, "
                            f"seed {seed}): it would be trained twice; remove the member")
     return spec
 
 
-def _shown(v: float) -> str:
-    """A number as run names and params show it: 4 significant digits, zero without a sign."""
+def shown(v: float) -> str:
+    """A learning rate or weight decay as every output spells it (run names, params, the terminal, the report,
+    the figures' ticks): 4 significant digits, zero without a sign (0.05477, 0.001778, 1e-05). Typed back into
+    a filter (`params.lr = '0.05477'`) it finds the member; the exact value is kept beside it (`lr_exact`)."""
     return f"{v + 0.0:.4g}"
 
 

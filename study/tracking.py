@@ -41,7 +41,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from . import __version__
 from .environment import cpu_model, version_changes, version_tags
-from .spec import (EPOCH_METRICS, LANDSCAPE_METRICS, MemberSpec, SpecError, StudySpec, decay_timescale, planned_members,
+from .spec import (EPOCH_METRICS, LANDSCAPE_METRICS, MemberSpec, SpecError, StudySpec, decay_timescale, planned_members, shown,
                    spec_from_dict, steps_per_epoch)
 from .environment import seconds
 from .serial import SerialWriter
@@ -260,9 +260,7 @@ def adopt_home(uri: str) -> list[str]:
     return roots
 
 
-def short(x: float) -> str:
-    """A float as params and run names show it: 4 significant digits (0.12818610191887028 -> '0.1282')."""
-    return f"{float(x):.4g}"
+short = shown  # a learning rate or weight decay as params, run names and every output show it (spec.shown)
 
 
 def member_name(member: MemberSpec) -> str:

@@ -13,6 +13,7 @@ from test_landscape import scattered
 from study.landscape import landscapes
 from study.plots import heatmaps, ridge_figure
 from study.report import DASHBOARDS, load_dashboard, render
+from study.spec import shown as spelled
 
 LRS = np.geomspace(0.01, 0.3, 6)
 WDS = np.geomspace(1e-4, 1.0, 8)
@@ -72,11 +73,11 @@ def test_static_heatmaps_label_every_grid_value(lands):
             assert np.allclose(axis.get_ticklocs(), values)
             labels = _labels(axis)
             assert len(labels) == len(values) and all(labels), labels
-            assert all(len(t) <= 7 for t in labels), labels                      # compact: 0.055, 3.7e-4
-            assert np.allclose([float(t) for t in labels], values, rtol=0.05), labels
+            assert labels == [spelled(v) for v in values], labels  # one spelling: the params' and the terminal's
+            assert np.allclose([float(t) for t in labels], values, rtol=5e-4), labels
             assert not axis.get_minor_locator().tick_values(*sorted(axis.get_view_interval()))  # no decade ticks
-    assert _labels(panels[0].yaxis) == ["0.01", "0.02", "0.039", "0.077", "0.15", "0.3"]
-    assert _labels(panels[0].xaxis)[0] == "1e-4" and _labels(panels[0].xaxis)[-1] == "1"
+    assert _labels(panels[0].yaxis) == ["0.01", "0.01974", "0.03898", "0.07696", "0.1519", "0.3"]
+    assert _labels(panels[0].xaxis)[0] == "0.0001" and _labels(panels[0].xaxis)[-1] == "1"
 
 
 def test_many_grid_values_are_thinned_but_every_one_keeps_its_tick():
@@ -87,8 +88,8 @@ def test_many_grid_values_are_thinned_but_every_one_keeps_its_tick():
     ax, = _panels(fig)
     assert np.allclose(ax.xaxis.get_ticklocs(), wds)
     shown = [t for t in _labels(ax.xaxis) if t]
-    assert 6 <= len(shown) <= 12 and shown[0] == "1e-5"
-    assert _labels(ax.yaxis) == ["0.01", "0.02", "0.039", "0.077", "0.15", "0.3"]   # 6 rows: all labelled
+    assert 6 <= len(shown) <= 12 and shown[0] == "1e-05"
+    assert _labels(ax.yaxis) == ["0.01", "0.01974", "0.03898", "0.07696", "0.1519", "0.3"]   # 6 rows: all labelled
 
 
 def test_a_clipped_colour_scale_is_marked_and_diverged_cells_stay_grey(lands, exported):
@@ -207,7 +208,7 @@ def test_report_in_headless_chromium_shows_values_on_hover(exported, lands, tmp_
         r, c = np.unravel_index(np.nanargmin(np.array(adam.error, float)), np.array(adam.error).shape)
         cell = figures[0].find_elements(By.CSS_SELECTOR, "rect.cell")[r * len(adam.weight_decay) + c]
         tip = driver.execute_script("return arguments[0].querySelector('title').textContent", cell)
-        assert tip == f"λ={adam.weight_decay[c]:.3g}, η={adam.lr[r]:.3g}: test_loss={adam.best['error']:.4f}"
+        assert tip == f"λ={spelled(adam.weight_decay[c])}, η={spelled(adam.lr[r])}: test_loss={adam.best['error']:.4f}"
         readout = figures[0].find_element(By.CSS_SELECTOR, ".readout")
         ActionChains(driver).move_to_element(cell).perform()
         wait.until(lambda d: readout.text == tip)

@@ -274,7 +274,8 @@ def _completed_trials(home: Path, name: str) -> int:
     storage = f"sqlite:///{db}"
     try:
         return sum(len(optuna.load_study(study_name=s.study_name, storage=storage).get_trials(
-            states=(optuna.trial.TrialState.COMPLETE,))) for s in optuna.get_all_study_summaries(storage))
+            states=(optuna.trial.TrialState.COMPLETE,))) for s in optuna.get_all_study_summaries(storage)
+            if not s.study_name.endswith(".settings"))  # members' trials only, not the seed-averaged settings
     except Exception:
         return 0
 
