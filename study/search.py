@@ -634,3 +634,16 @@ def study_state(row: dict, storage: str) -> str:
     if status == "FAILED":
         return f"stopped with an error; study resume {name}"
     return status.lower()
+
+
+def dashboard_studies(storage_url: str, name: str) -> list[tuple[str, int]]:
+    """(Optuna study name, id) of study `name`'s arms and settings studies, for optuna-dashboard's addresses
+    (/dashboard/studies/ID); read only, and [] for a storage that does not hold Optuna's tables."""
+    if storage_state(storage_url) != "optuna":
+        return []
+    storage = open_storage(storage_url)
+    out = []
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        if s.study_name.startswith(f"{name}.") and not s.study_name.endswith(".driver"):
+            out.append((s.study_name, storage.get_study_id_from_name(s.study_name)))
+    return sorted(out, key=lambda x: (x[0].endswith(".settings"), x[0]))

@@ -34,6 +34,10 @@ def default_tracking_uri(home: Path) -> str:
     return f"sqlite:///{home / 'mlflow.db'}"
 
 
+# the experiment tag prefix of MLflow's shared views (its UI's Share button writes them): tracking.question_views
+VIEW_TAG = "mlflow.sharedViewState."
+
+
 def default_storage(home: Path, name: str) -> str:
     """A study's Optuna storage under the studies' home."""
     return f"sqlite:///{home / name / 'optuna.db'}"

@@ -45,7 +45,7 @@ from .spec import (EPOCH_METRICS, LANDSCAPE_METRICS, MemberSpec, SpecError, Stud
                    spec_from_dict, steps_per_epoch)
 from .environment import seconds
 from .serial import SerialWriter
-from .stores import (StoreError, check_mlflow_file, check_tracking_uri, create_sqlite_atomically, masked, sqlite_path,
+from .stores import (VIEW_TAG, StoreError, check_mlflow_file, check_tracking_uri, create_sqlite_atomically, masked, sqlite_path,
                      why_no_file)
 
 PER_EPOCH = EPOCH_METRICS
@@ -335,6 +335,60 @@ def member_params(spec: StudySpec, member: MemberSpec, train_size: int) -> dict:
     return params
 
 
+# MLflow's UI opens a runs page on a "shared view" when its address carries `viewStateShareKey=KEY`: the view (filter,
+# order, columns, charts) is the JSON of the experiment tag `mlflow.sharedViewState.KEY`, the tag its Share button
+# writes. MLflow 3.17 has no API to set a page's columns, so the study writes these tags itself: views that open on
+# the question instead of the default table (a collapsed parent, no lr or weight decay column). Keys are ours.
+
+
+def _col(kind: str, key: str) -> str:
+    return f"{kind}.`{key}`"  # how the UI names a column: params.`lr`, metrics.`final_test_loss`
+
+
+def question_views(spec: StudySpec) -> dict[str, dict]:
+    """The views a study's experiment offers (VIEW_TAG): `study-members`, every member with lr, weight decay, seed
+    and final metric, best first; `study-settings`, the seed-averaged settings the same way (the study's ranking);
+    and per arm `study-landscape-ARM`, its settings as a contour of log10 λ × log10 η → the metric (with
+    compareRunsMode=CHART). The metric is the study's search metric."""
+    m = f"final_{spec.search.metric}"
+    name = _col("attributes", "Run Name")
+    base = {"orderByKey": _col("metrics", m), "orderByAsc": True, "startTime": "ALL", "lifecycleFilter": "Active",
+            "datasetsFilter": [], "modelVersionFilter": "All Runs", "runsHiddenMode": "SHOW_ALL",
+            "runListHidden": False, "viewMaximized": False}
+
+    def table(search: str, columns: list[str]) -> dict:
+        # the UI applies widths only to the columns of columnOrder, in that order: the name first, in full
+        # ("sgd-independent lr=0.05477 wd=0.001778 seed=1"), then the question's columns
+        return {**base, "searchFilter": search, "selectedColumns": columns, "columnOrder": [name, *columns],
+                "columnWidths": {name: 360}}
+
+    views = {
+        "study-members": table("tags.role = 'member'", [
+            _col("metrics", m), _col("params", "lr"), _col("params", "weight_decay"), _col("params", "seed"),
+            _col("tags", "arm"), _col("tags", "diverged")]),
+        "study-settings": table("tags.role = 'setting'", [
+            _col("metrics", m), _col("metrics", f"{m}_std"), _col("metrics", "seeds_diverged"),
+            _col("params", "lr"), _col("params", "weight_decay"), _col("params", "seeds"), _col("tags", "arm")]),
+    }
+    for arm in spec.arms:
+        section = f"study-{arm.name}"
+        chart = {"uuid": f"{section}-contour", "type": "CONTOUR", "runsCountToCompare": 10000,
+                 "metricSectionId": section, "deleted": False, "isGenerated": False,
+                 "displayName": f"{arm.name}: {m} (mean over seeds) by log10 weight decay × log10 lr",
+                 "xaxis": {"key": "log10_weight_decay", "type": "METRIC"},
+                 "yaxis": {"key": "log10_lr", "type": "METRIC"}, "zaxis": {"key": m, "type": "METRIC"}}
+        scatter = {"uuid": f"{section}-scatter", "type": "SCATTER", "runsCountToCompare": 10000,
+                   "metricSectionId": section, "deleted": False, "isGenerated": False,
+                   "displayName": f"{arm.name}: {m} (mean over seeds) by log10 weight decay",
+                   "xaxis": {"key": "log10_weight_decay", "type": "METRIC"}, "yaxis": {"key": m, "type": "METRIC"}}
+        views[f"study-landscape-{arm.name}"] = {
+            **views["study-settings"], "searchFilter": f"tags.role = 'setting' and tags.arm = '{arm.name}'",
+            "compareRunCharts": [chart, scatter], "isAccordionReordered": True,
+            "compareRunSections": [{"uuid": section, "name": f"{arm.name}: the landscape", "display": True,
+                                    "isReordered": True, "deleted": False, "isGenerated": False}]}
+    return views
+
+
 class Tracker:
     """The study's MLflow records. Constructing one only looks (and refuses a name that already has records
     unless `resume`); `start()` writes: the experiment, the parent run with the resolved spec."""
@@ -406,6 +460,9 @@ class Tracker:
                 "creating the experiment", self.client.create_experiment, spec.experiment,
                 artifact_location=artifact_location,
                 tags={"study": spec.name, "mlflow.note.content": spec.description or f"study {spec.name}"})
+        for key, view in question_views(spec).items():  # written again on resume: older studies get them too
+            _retry("writing the experiment's views", self.client.set_experiment_tag, self.experiment_id,
+                   VIEW_TAG + key, json.dumps(view, separators=(",", ":")))
         if self.parent_id is not None:
             _retry("reopening the parent run", self.client.update_run, self.parent_id, "RUNNING")
             recorded = _retry("reading the parent run", self.client.get_run, self.parent_id).data.tags

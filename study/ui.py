@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .checks import check_name, home_dir, home_source, tracking_uri
 from .spec import SpecError
-from .stores import default_storage, masked, why_no_file
+from .stores import VIEW_TAG, default_storage, masked, why_no_file
 
 
 def _check_port(host: str, port: int, flag: str = "--port") -> None:
@@ -120,9 +120,13 @@ def _ui_proxy(host: str, port: int, upstream_port: int):
     return Server((host, port), Handler)
 
 
-def _experiment_urls(base: str) -> list[tuple[str, str]]:
-    """(name, URL of its runs table) of each study's experiment the server lists (all of them if none is a
-    study's), read through the UI's own address with MLflow's REST API."""
+VIEWS = (("study-members", "members, best first"), ("study-settings", "settings, mean over seeds, best first"))
+
+
+def _experiment_urls(base: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(name, URL of its runs table, [(what, URL)] of the views that open on the question) of each study's
+    experiment the server lists (all of them if none is a study's), read through the UI's own address with MLflow's
+    REST API. The views are the experiment's shared views the driver wrote (tracking.question_views)."""
     import urllib.request
 
     req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search", method="POST",
@@ -131,8 +135,16 @@ def _experiment_urls(base: str) -> list[tuple[str, str]]:
     with urllib.request.urlopen(req, timeout=30) as r:
         exps = json.load(r).get("experiments", [])
     studies = [e for e in exps if any(t.get("key") == "study" for t in e.get("tags", []))] or exps
-    return [(e["name"], f"{base}/#/experiments/{e['experiment_id']}/runs?workflowType=machine_learning")
-            for e in sorted(studies, key=lambda e: e["name"])]
+    out = []
+    for e in sorted(studies, key=lambda e: e["name"]):
+        page = f"{base}/#/experiments/{e['experiment_id']}/runs?workflowType=machine_learning"
+        keys = {t["key"][len(VIEW_TAG):] for t in e.get("tags", []) if t.get("key", "").startswith(VIEW_TAG)}
+        views = [(what, f"{page}&viewStateShareKey={key}") for key, what in VIEWS if key in keys]
+        views += [(f"landscape of {key[len('study-landscape-'):]}, a contour of its settings",
+                   f"{page}&viewStateShareKey={key}&compareRunsMode=CHART")
+                  for key in sorted(keys) if key.startswith("study-landscape-")]
+        out.append((e["name"], page, views))
+    return out
 
 
 def cmd_ui(args) -> int:
@@ -232,12 +244,24 @@ def cmd_ui(args) -> int:
             runs = []
             print(f"warning: could not list the experiments ({type(e).__name__}: {e})", file=sys.stderr)
         print(f"MLflow UI: {base}/  (store {tracking}); Ctrl-C stops it", flush=True)
-        for name, url in runs:
+        for name, url, views in runs:
+            print(f"  {name}: {url}", flush=True)
+            for what, view in views:
+                print(f"    {what}: {view}", flush=True)
             report = home / name / "export" / "report.html"   # what `study run` exported when it finished
-            print(f"  {name}: {url}" + (f"\n  {'':{len(name)}}  report: {report.as_uri()}" if report.is_file() else ""),
-                  flush=True)
+            if report.is_file():
+                print(f"    report: {report.as_uri()}", flush=True)
         if dash:
-            print(f"optuna-dashboard: http://{args.host}:{args.port + 1}  (storage {storage})", flush=True)
+            from .search import dashboard_studies
+
+            board = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{args.port + 1}"
+            print(f"optuna-dashboard: {board}  (storage {masked(storage)})", flush=True)
+            try:
+                for study, study_id in dashboard_studies(storage, args.study):
+                    what = "settings, mean over seeds" if study.endswith(".settings") else "members"
+                    print(f"    {study} ({what}): {board}/dashboard/studies/{study_id}", flush=True)
+            except Exception as e:  # the dashboard still serves; only the addresses are missing
+                print(f"warning: could not list the Optuna studies ({type(e).__name__}: {e})", file=sys.stderr)
         while not stopping and procs[0].poll() is None:
             time.sleep(0.2)
         return 0

@@ -332,7 +332,8 @@ def test_optuna_dashboard_contour_is_lr_by_weight_decay(browser, quickstart_home
         browser.get(url)
         study = f"{name}.sgd-coupled"
         link = wait.until(lambda d: next((a for a in d.find_elements(By.CSS_SELECTOR, "a[href*='/dashboard/studies/']")
-                                          if study in a.text), None), "the arm's study is not on the home page")
+                                          if study in a.text and f"{study}.settings" not in a.text), None),
+                          "the arm's study is not on the home page")
         link.click()
         wait.until(lambda d: "Intermediate values" in body() and "Hyperparameter Importance" in body())
         top = body()
@@ -352,8 +353,71 @@ def test_optuna_dashboard_contour_is_lr_by_weight_decay(browser, quickstart_home
                                browser.find_element(By.XPATH, "//*[normalize-space(text())='Contour']"))
         browser.save_screenshot(str(tmp_path / "dashboard_contour.png"))
         browser.save_screenshot(str(SHOTS / "dashboard_contour.png"))
+        # the arm's settings study, at the address `study ui` printed: its best trial is the study's best cell
+        line, _, _ = _wait_line(proc, lines, f"{study}.settings (settings, mean over seeds):")
+        browser.get(line.split("): ", 1)[1])
+        wait.until(lambda d: "Best Trial" in body() or "Best Trials" in body(), "the settings study never showed")
+        from study.landscape import landscapes
+        from study.tracking import read_study
+
+        _, _, metric, recorded = read_study(f"sqlite:///{quickstart_home / 'mlflow.db'}", name)
+        land = next(L for L in landscapes(recorded, metric=metric) if L.arm == "sgd-coupled")
+        text = body()
+        best = text[text.index("Best Trial"):]
+        assert f"{land.best['error']}" in best[:400] or f"{land.best['error']:.6g}"[:6] in best[:400], best[:400]
+        assert str(land.best["lr"]) in best and str(land.best["weight_decay"]) in best, best[:600]
+        browser.save_screenshot(str(SHOTS / "dashboard_settings_study.png"))
         children = psutil.Process(proc.pid).children(recursive=True)
     finally:
         _stop_ui(proc)
     assert proc.returncode == 0
     _assert_stopped(children, port, port + 1)  # MLflow's proxy and the dashboard
+
+
+def test_study_ui_prints_views_that_open_on_the_question(browser, quickstart_home, tmp_path):
+    """`study ui` prints, per study, views that open on the question: the seed-averaged settings ranked by the
+    study's metric with lr, weight decay and the metric as columns (its first row is the study's best cell), and
+    per arm a contour of log10 λ × log10 η → the metric over that arm's settings only. Opened as printed."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from study.landscape import landscapes
+    from study.tracking import read_study
+
+    exp, runs, parent, members, figures, files = _records(quickstart_home)
+    settings = [r for r in runs if r.data.tags.get("role") == "setting"]
+    metric = parent.data.params["metric"]
+    _, _, _, recorded = read_study(f"sqlite:///{quickstart_home / 'mlflow.db'}", "quickstart-smoke")
+    best = min(landscapes(recorded, metric=metric), key=lambda L: L.best["error"])  # the study's best cell
+    top = min(settings, key=lambda r: r.data.metrics[f"final_{metric}"])
+    assert (float(top.data.params["lr_exact"]), float(top.data.params["weight_decay_exact"])) == \
+        (best.best["lr"], best.best["weight_decay"]) and top.data.tags["arm"] == best.arm
+    port = _free_port()
+    proc, lines = _start_ui(quickstart_home, port)
+    wait = WebDriverWait(browser, 90, poll_frequency=0.25)
+    body = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
+    browser.set_window_size(2000, 1000)  # the table draws only the columns in sight (beside MLflow's assistant panel)
+    try:
+        _wait_line(proc, lines, "quickstart-smoke:")
+        line, _, _ = _wait_line(proc, lines, "settings, mean over seeds, best first:")
+        browser.get(line.split(": ", 1)[1])
+        wait.until(lambda d: f"{len(settings)} matching runs" in body() and d.find_elements(By.CSS_SELECTOR, ".ag-row"))
+        names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".ag-center-cols-container .ag-row a")
+                 if e.text] or [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".ag-row a") if e.text]
+        assert names and names[0] == top.info.run_name, names  # ranked as the study ranks: its best cell first
+        shown = set(body().splitlines())  # column headers are lines of their own
+        assert {"lr", "weight_decay", f"final_{metric}", "seeds"} <= shown, sorted(shown)[:80]
+        assert browser.execute_script("return document.querySelector('.ag-row a').scrollWidth <= "
+                                      "document.querySelector('.ag-row a').clientWidth + 1")  # the name is not cut
+        browser.save_screenshot(str(SHOTS / "ui_view_settings.png"))
+        line, _, _ = _wait_line(proc, lines, "landscape of sgd-coupled")
+        browser.get(line.split(": ", 1)[1])
+        arm = [r for r in settings if r.data.tags["arm"] == "sgd-coupled"]
+        wait.until(lambda d: f"{len(arm)} matching runs" in body() and "sgd-coupled: the landscape" in body()
+                   and d.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"), "the landscape charts never showed")
+        assert "sgd-independent lr=" not in body()  # this arm's settings only
+        browser.save_screenshot(str(SHOTS / "ui_view_landscape.png"))
+        shutil.copy(SHOTS / "ui_view_landscape.png", tmp_path / "landscape.png")
+    finally:
+        browser.set_window_size(1400, 1000)
+        _stop_ui(proc)
