@@ -28,7 +28,7 @@ quickstart: $(BIN)/study   ## the main job: a CPU study of coupled vs independen
 	$(BIN)/study run search_spaces/quickstart.yaml
 
 lint: $(BIN)/study         ## no unused import or variable, no dead code (seconds)
-	$(BIN)/ruff check --select F401,F841 study tests bench
+	$(BIN)/ruff check --select F401,F821,F841 study tests bench
 	$(BIN)/vulture study .ci/dead_code_allowed.py --min-confidence 60
 
 test: $(BIN)/study lint    ## lint, then the test suite (CPU, real Ray / Optuna / MLflow)

@@ -23,7 +23,7 @@ from .checks import (check_address, check_bench_args, check_local_device, check_
 from .datasets import DataError, split_sizes
 from .environment import SettingError, check_settings
 from .parser import AUTO_BOOL, build_parser, refuse_empty_values
-from .spec import (SpecError, check_cost, data_warnings, grid_members, load_spec, shrink_for_smoke,
+from .spec import (SpecError, check_cost, data_warnings, grid_members, load_spec, shown, shrink_for_smoke,
                    timescale_warnings, total_steps)
 from .stores import StoreError, database_damage, default_storage, masked, why_no_file
 from .ui import cmd_ui

@@ -681,19 +681,21 @@ def _key(s: str) -> str:
 
 def parent_metrics(lands: list[ArmLandscape]) -> dict[str, float]:
     """Per arm: slope, ci_low, ci_high, best_lr, best_weight_decay, best_<metric>; per pair: the slope
-    difference and its interval. Finite values only; names valid for MLflow."""
+    difference and its interval. Finite values only; names valid for MLflow. Each rounded to the 4 significant
+    digits a person reads (MLflow's tables show a metric's 16; the exact values are in landscape.json)."""
     out = {}
     for L in lands:
         a = _key(L.arm)
         vals = {"slope": L.slope, "ci_low": L.slope_ci[0], "ci_high": L.slope_ci[1], "best_lr": L.best["lr"],
                 "best_weight_decay": L.best["weight_decay"], f"best_{_key(L.metric)}": L.best["error"],
                 "rows_censored": float(sum(c is not None for c in L.censored))}
-        out.update({f"{a}.{k}": float(v) for k, v in vals.items() if isinstance(v, (int, float)) and math.isfinite(v)})
+        out.update({f"{a}.{k}": float(shown(v)) for k, v in vals.items()
+                    if isinstance(v, (int, float)) and math.isfinite(v)})
     for p in compare_arms(lands):
         a = f"{_key(p['arms'][0])}_minus_{_key(p['arms'][1])}"
         for k, v in (("slope_difference", p["difference"]), ("ci_low", p["ci"][0]), ("ci_high", p["ci"][1])):
             if math.isfinite(v):
-                out[f"{a}.{k}"] = float(v)
+                out[f"{a}.{k}"] = float(shown(v))
     return out
 
 

@@ -41,8 +41,8 @@ def test_refine_completes_a_grid_whose_ridge_leaves_it(tmp_path):
     assert len(told) == 72 == search.done() == search.total
     before = arm_landscape(told, metric="error")
     assert sum(c == "high" for c in before.censored) >= 2  # the ridge leaves the grid at the high edge
-    rounds = 0
-    while (new := refine_columns(before if rounds == 0 else after)) and rounds < spec.search.refine:
+    rounds, after = 0, before
+    while (new := refine_columns(after)) and rounds < spec.search.refine:
         assert min(new) > 1e-2  # only columns beyond the edge
         added = search.arms[0].extend(new)
         assert added == 6 * len(new) * 2 and search.total == len(told) + added
