@@ -55,7 +55,8 @@ class Outcome:
     total: int
     done: int
     failed: dict[str, str] = field(default_factory=dict)  # member key -> reason
-    best: dict[str, float] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)  # arm -> best single member
+    best_setting: dict[str, tuple] = field(default_factory=dict)  # arm -> (mean over seeds, lr, wd, seeds)
     seconds: float = 0.0
     interrupted: bool = False
     error: str | None = None  # why the study stopped early (the stores, Ray), one line
@@ -334,6 +335,7 @@ class Driver:
         metric = self.spec.search.metric
         seeds = sorted(setting.seeds)
         std = setting.std(metric)
+        self.progress.setting_done(setting.arm, setting.mean(metric), setting.lr, setting.weight_decay, len(seeds))
         arm.record_setting(setting.key(self.spec.name), setting.lr, setting.weight_decay, setting.mean(metric),
                            {"seeds": seeds, "seeds_diverged": setting.diverged, "mlflow_run_id": run_id,
                             "member_runs": [setting.seeds[s].run_id for s in seeds],
@@ -402,6 +404,8 @@ class Driver:
             self.progress.tick()
             if n := self.record_settings():  # a resumed study: settings its records complete and its stores lack
                 self.progress.message(f"[study] recorded {n} seed-averaged setting records the stores lacked")
+            for s in self.book.complete():  # the progress ranks the study's settings, those of earlier runs too
+                self.progress.setting_done(s.arm, s.mean(self.spec.search.metric), s.lr, s.weight_decay, len(s.seeds))
             if self.address is None:  # a Ray of the study's own binds 127.0.0.1 only; Ray reads this as it loads
                 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             from . import tune  # Ray loads only here, once every input is known good
@@ -470,6 +474,7 @@ class Driver:
         self.outcome.seconds = time.time() - t0
         self.progress.close()
         self.outcome.best = dict(self.progress.best)
+        self.outcome.best_setting = dict(self.progress.best_setting)
         status = "FINISHED" if self.outcome.complete else ("KILLED" if self.outcome.interrupted else "FAILED")
         try:
             if mlflow_ok:

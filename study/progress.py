@@ -54,6 +54,9 @@ class Progress:
         self.out = out or sys.stderr
         self.tty = _isatty(self.out)
         self.best: dict[str, float] = {}  # arm -> best final metric of one member (one seed)
+        # arm -> (mean over seeds, lr, weight_decay, seeds) of its best setting whose seeds have all finished: what
+        # the landscape ranks (study/settings.py); shown instead of single seeds once an arm has one
+        self.best_setting: dict[str, tuple[float, float, float, int]] = {}
         self.started = time.time()
         self._last = 0.0
         self._drawn = False  # a bar is on screen without its newline
@@ -100,6 +103,11 @@ class Progress:
         elif math.isfinite(value):
             self.best[arm] = min(self.best.get(arm, math.inf), value)
 
+    def setting_done(self, arm: str, mean: float, lr: float, weight_decay: float, seeds: int) -> None:
+        """A setting's last seed finished: its mean over seeds (NaN when every seed diverged: never a best)."""
+        if math.isfinite(mean) and mean < self.best_setting.get(arm, (math.inf,))[0]:
+            self.best_setting[arm] = (mean, lr, weight_decay, seeds)
+
     def retry(self, key=None) -> None:
         """An array is retried (its worker or node died); it continues from its checkpoint."""
         self.retried += 1
@@ -135,6 +143,9 @@ class Progress:
     # ------------------------------------------------------------------ what is shown
 
     def _best(self) -> str:
+        if self.best_setting:  # ranked as the study ranks: settings averaged over their seeds
+            best = ", ".join(f"{a} {v[0]:.4g}" for a, v in sorted(self.best_setting.items()))
+            return f"best {self.metric} (mean over seeds): {best}"
         best = ", ".join(f"{a} {e:.4g}" for a, e in sorted(self.best.items())) or "-"
         return f"best single-seed {self.metric}: {best}"
 

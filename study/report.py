@@ -191,11 +191,14 @@ def _axis_map(values, centres):
     return pos
 
 
-def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, extend: str = "neither") -> str:
+def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, extend: str = "neither",
+                 partial: dict | None = None, seeds: int | None = None, links: dict | None = None) -> str:
     """One arm's landscape as inline SVG: every cell carries its value as a <title> (the hover text), the
     best λ per row and the fitted ridge in crimson with a legend, diverged cells grey with a cross, and a
     colour bar whose clipped end is an arrow labelled "≥ x". `extend` (plots.color_extend: which ends of the
-    shared scale clip some arm's values) is the same for every arm. No JavaScript library: a few kB per arm."""
+    shared scale clip some arm's values) is the same for every arm. No JavaScript library: a few kB per arm.
+    `partial` (a study still running, live_html): (row, column) -> seeds finished of `seeds`, for cells not done;
+    `links`: (row, column) -> the address a click on the cell opens (its setting run in MLflow's UI)."""
     import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import to_hex
@@ -228,12 +231,21 @@ def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, exte
             x, y = ml + c * cw, mt + (nr - 1 - r) * ch
             where = f"λ={shown(land.weight_decay[c])}, η={shown(land.lr[r])}"
             e, d = err[r, c], div[r, c]
+            done = (partial or {}).get((r, c))
+            if done == 0:  # live: nothing of this cell has finished
+                parts.append(f'<rect class="cell pending" x="{x:.1f}" y="{y:.1f}" width="{cw:.1f}" height="{ch:.1f}" '
+                             f'fill="#efefef"><title>{esc(f"{where}: not finished yet")}</title></rect>')
+                continue
             if math.isfinite(e):
                 tip = f"{where}: {metric}={e:.4f}" + (f" ({d:.0%} of {n_seeds} seeds diverged)" if d > 0 else "")
+                if done is not None:
+                    tip += f" ({done} of {seeds} seeds so far)"
                 if e > zmax:
                     tip += f" (above the colour scale's {zmax:.3g})"
-                parts.append(f'<rect class="cell" x="{x:.1f}" y="{y:.1f}" width="{cw:.1f}" height="{ch:.1f}" '
-                             f'fill="{colour(e)}"><title>{esc(tip)}</title></rect>')
+                cell = (f'<rect class="cell" x="{x:.1f}" y="{y:.1f}" width="{cw:.1f}" height="{ch:.1f}" '
+                        f'fill="{colour(e)}"><title>{esc(tip)}</title></rect>')
+                href = (links or {}).get((r, c))
+                parts.append(f'<a href="{esc(href)}" target="_top">{cell}</a>' if href else cell)
             else:
                 diverged = d > 0
                 diverged_any |= diverged
@@ -492,6 +504,94 @@ an arrow on the colour bar marks values beyond it (drawn in the end colour).</p>
 {claims_html(claims, metric)}
 <h2>Figures</h2>{figures}
 <h2>Spec</h2><pre>{html.escape(spec_text)}</pre>
+</body></html>
+"""
+
+
+LIVE_REFRESH_S = 20  # how often the live landscape page reloads itself
+
+
+def _planned_cells(members: list[dict], spec) -> list[dict]:
+    """Placeholders (no value) for every grid cell of each arm that no member has finished yet: the spec's grid
+    and every learning rate and weight decay a finished member has (refine columns), crossed, so that a study
+    half done still draws as the grid it will be, not as scattered samples."""
+    from .spec import grid_axis
+
+    if spec.search.sampler != "grid":
+        return []
+    out = []
+    for arm in spec.arms:
+        mine = [m for m in members if (m["optimizer"], m["decay"]) == (arm.optimizer, arm.decay)]
+        lrs = sorted({*grid_axis(arm.lr, spec.search.points), *(m["lr"] for m in mine)})
+        wds = sorted({*grid_axis(arm.weight_decay, spec.search.points), *(m["weight_decay"] for m in mine)})
+        done = {(m["lr"], m["weight_decay"]) for m in mine}
+        out += [{"optimizer": arm.optimizer, "decay": arm.decay, "lr": lr, "weight_decay": wd,
+                 "seed": spec.search.seeds[0], "error": math.nan, "diverged": False, "run_id": None,
+                 "total_steps": None} for lr in lrs for wd in wds if (lr, wd) not in done]
+    return out
+
+
+def live_html(uri: str, study: str) -> str:
+    """The study's landscape as it stands, as a page that reloads itself every LIVE_REFRESH_S seconds (`study ui`
+    serves it while a study runs): the interactive heatmaps of the finished members, cells not finished yet in
+    grey ("not finished yet"), a cell with some of its seeds done saying so, and the verdicts so far, marked
+    provisional until every member is in. Reads only."""
+    import time as _time
+
+    from .tracking import find_parent, read_study, recorded_spec, setting_run_ids
+
+    _, _, metric, members = read_study(uri, study, quiet=True)
+    spec = recorded_spec(uri, study)
+    parent = find_parent(uri, study)
+    planned = parent.data.tags.get("members_planned")
+    exp = parent.info.experiment_id
+    runs = setting_run_ids(uri, study, exp)  # a finished cell links to its setting run on this same server
+    seeds_done: dict[tuple, int] = {}
+    for m in members:
+        k = (m["optimizer"], m["decay"], m["lr"], m["weight_decay"])
+        seeds_done[k] = seeds_done.get(k, 0) + 1
+    lands = landscapes(members + _planned_cells(members, spec), metric=metric) if members or spec.arms else []
+    state = (f"{len(members)} of {planned} members finished" if planned else f"{len(members)} members finished")
+    complete = planned is not None and len(members) >= int(planned)
+    head = (f'<meta http-equiv="refresh" content="{LIVE_REFRESH_S}">' if not complete else "")
+    if not members:
+        body = "<p>No member has finished yet: the first cells appear when the first arrays end.</p>"
+    else:
+        from .plots import color_extend, error_range
+
+        zmin, zmax = error_range(lands)
+        zmax = zmax if zmax > zmin else zmin + 1e-6
+        extend = color_extend(lands, zmin, zmax)
+        n_seeds = len(spec.search.seeds)
+        maps = "".join(_svg_heatmap(L, zmin, zmax, metric, extend, partial={
+            (r, c): n for r, lr in enumerate(L.lr) for c, wd in enumerate(L.weight_decay)
+            if (n := seeds_done.get((L.optimizer, L.decay, lr, wd), 0)) < n_seeds}, seeds=n_seeds, links={
+            (r, c): f"/#/experiments/{exp}/runs/{run}" for r, lr in enumerate(L.lr)
+            for c, wd in enumerate(L.weight_decay) if (run := runs.get((L.arm, lr, wd)))}) for L in lands)
+        lines = html.escape("\n".join(summary_lines(lands)))  # as the terminal prints them
+        body = (f'<div class="grid">{maps}</div><h2>Verdicts {"" if complete else "so far (provisional)"}</h2>'
+                f'<pre id="verdicts">{lines}</pre>')
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">{head}<title>{html.escape(study)}: live landscape</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }} .grid {{ display: flex; flex-wrap: wrap; gap: 1em; }}
+figure.heatmap {{ margin: 0; }} figure.heatmap svg {{ font-size: 12px; }} figure.heatmap .title {{ font-size: 14px; font-weight: 600; }}
+figure.heatmap .subtitle {{ fill: #555; }} figure.heatmap .tick {{ font-size: 11px; }}
+figure.heatmap .readout {{ font-size: 0.9em; color: #444; min-height: 1.3em; padding-left: 1em; }}
+pre {{ background: #f6f6f6; padding: 1em; white-space: pre-wrap; }}
+</style>
+<script>
+document.addEventListener("mouseover", e => {{
+  const el = e.target.closest && e.target.closest("figure.heatmap svg *");
+  const tip = el && el.querySelector(":scope > title");
+  if (tip) el.closest("figure.heatmap").querySelector(".readout").textContent = tip.textContent;
+}});
+</script></head><body>
+<h1>{html.escape(study)}: the landscape {"(finished)" if complete else "as it stands"}</h1>
+<p id="state">{html.escape(state)}, read at {_time.strftime("%H:%M:%S")}{"" if complete else
+f"; this page reloads every {LIVE_REFRESH_S} s"}. Final {html.escape(metric)}, mean over the seeds finished; grey
+cells are not finished yet (hover for how many seeds are in).</p>
+{body}
 </body></html>
 """
 

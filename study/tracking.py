@@ -862,6 +862,20 @@ def find_parent(uri: str, name: str):
     return runs[0]
 
 
+def setting_run_ids(uri: str, name: str, experiment_id: str) -> dict[tuple, str]:
+    """The seed-averaged setting runs of study `name` (study/settings.py): (arm, lr, weight_decay) -> run id."""
+    client, out, token = _reader(uri), {}, None
+    while True:
+        page = _retry("reading runs", client.search_runs, [experiment_id],
+                      f"tags.study = '{name}' and tags.role = 'setting'", max_results=1000, page_token=token)
+        for r in page:
+            out[(r.data.tags.get("arm"), _exact(r.data.params, "lr"), _exact(r.data.params, "weight_decay"))] = \
+                r.info.run_id
+        token = page.token
+        if not token:
+            return out
+
+
 def recorded_spec(uri: str, name: str) -> StudySpec:
     """The resolved spec a study was started with (spec.json on its parent run): what resume runs."""
     parent = find_parent(uri, name)
@@ -929,9 +943,9 @@ def environment_line(env: dict[str, str]) -> str:
     return f"{versions} on {where}" + (f" ({detail})" if detail else "")
 
 
-def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str, str, list[dict]]:
+def read_study(uri: str, name: str, metric: str | None = None, quiet: bool = False) -> tuple[str, str, str, list[dict]]:
     """(parent run id, spec text, metric, members) of a recorded study; members carry `error` = final
-    `metric` (default: the study's search metric)."""
+    `metric` (default: the study's search metric). `quiet`: no warning that the study is not complete."""
     client = _reader(uri)
     exps = [e.experiment_id for e in _retry("listing experiments", client.search_experiments)]
     runs, token = [], None
@@ -969,7 +983,7 @@ def read_study(uri: str, name: str, metric: str | None = None) -> tuple[str, str
                         "run_id": r.info.run_id,
                         "total_steps": int(float(p["total_steps"])) if "total_steps" in p else None})
     planned = parents[0].data.tags.get("members_planned")
-    if planned is not None and len(members) < int(planned):
+    if planned is not None and len(members) < int(planned) and not quiet:
         print(f"warning: study {name!r} is not complete: {len(members)} of {planned} members finished; "
               f"the landscape shows those only", file=sys.stderr)
     return parent, spec_text, metric, members

@@ -65,10 +65,30 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "trailer", "transfer-encoding", "upgrade"}
 
 
-def _ui_proxy(host: str, port: int, upstream_port: int):
+LIVE = "/study/{name}/live"  # the live landscape of a study (report.live_html), served by the proxy itself
+
+
+def _live(tracking: str, path: str) -> tuple[int, bytes]:
+    """(status, page) for GET /study/NAME/live: the study's landscape as it stands, or one line saying why not."""
+    import urllib.parse
+
+    parts = path.split("?")[0].strip("/").split("/")
+    name = urllib.parse.unquote(parts[1]) if len(parts) == 3 else ""
+    try:
+        from .report import live_html
+
+        return 200, live_html(tracking, check_name(name)).encode()
+    except (LookupError, SpecError) as e:
+        return 404, f"{e}".strip("'\"").encode()
+    except Exception as e:  # the page says what failed; the UI goes on serving
+        return 500, f"the live landscape of {name!r} could not be read ({type(e).__name__}: {e})".encode()
+
+
+def _ui_proxy(host: str, port: int, upstream_port: int, tracking: str = ""):
     """A threaded HTTP server on host:port passing every request to the MLflow server on 127.0.0.1:upstream_port
     unchanged (Host and Origin headers included, so MLflow's own host and CORS checks see what the browser sent),
-    except the app's page itself, which gets WORKFLOW_DEFAULT. Each response ends its connection."""
+    except the app's page itself, which gets WORKFLOW_DEFAULT, and LIVE pages, which it makes itself from the
+    `tracking` store. Each response ends its connection."""
     import http.client
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -77,6 +97,16 @@ def _ui_proxy(host: str, port: int, upstream_port: int):
             pass
 
         def _forward(self):
+            if self.command == "GET" and self.path.startswith("/study/") and self.path.split("?")[0].endswith("/live"):
+                status, data = _live(tracking, self.path)
+                self.send_response(status)
+                self.send_header("Content-Type", f"text/{'html' if status == 200 else 'plain'}; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Cache-Control", "no-store")
+                self.end_headers()
+                self.wfile.write(data)
+                self.close_connection = True
+                return
             n = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(n) if n else None
             page = self.command == "GET" and self.path.split("?")[0] in ("/", "/index.html")
@@ -127,6 +157,7 @@ def _experiment_urls(base: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
     """(name, URL of its runs table, [(what, URL)] of the views that open on the question) of each study's
     experiment the server lists (all of them if none is a study's), read through the UI's own address with MLflow's
     REST API. The views are the experiment's shared views the driver wrote (tracking.question_views)."""
+    import urllib.parse
     import urllib.request
 
     req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search", method="POST",
@@ -143,6 +174,9 @@ def _experiment_urls(base: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
         views += [(f"landscape of {key[len('study-landscape-'):]}, a contour of its settings",
                    f"{page}&viewStateShareKey={key}&compareRunsMode=CHART")
                   for key in sorted(keys) if key.startswith("study-landscape-")]
+        study = next((t["value"] for t in e.get("tags", []) if t.get("key") == "study"), None)
+        if study and keys:  # a study's experiment (the views are ours): its landscape as it stands, while it runs too
+            views.append(("live landscape", f"{base}{LIVE.format(name=urllib.parse.quote(study))}"))
         out.append((e["name"], page, views))
     return out
 
@@ -209,7 +243,7 @@ def cmd_ui(args) -> int:
     if db is not None:
         cmd += ["--default-artifact-root", (home / "artifacts").as_uri()]
     try:
-        proxy = _ui_proxy(args.host, args.port, inner)
+        proxy = _ui_proxy(args.host, args.port, inner, tracking)
     except OSError as e:
         raise SpecError(f"invalid --port: {args.host}:{args.port} is not free ({e.strerror}); choose another port") \
             from None

@@ -421,3 +421,64 @@ def test_study_ui_prints_views_that_open_on_the_question(browser, quickstart_hom
     finally:
         browser.set_window_size(1400, 1000)
         _stop_ui(proc)
+
+
+def test_the_live_landscape_shows_a_study_as_it_stands(browser, tmp_path):
+    """A study stopped part way (its driver killed): `study ui` prints its live landscape, which draws the grid it
+    will be with the cells not finished yet marked, says how many members are in and reloads itself; once
+    `study resume` has finished it, a reload shows every cell and no longer reloads."""
+    import yaml
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from test_service import _completed_trials, study_cmd, write_spec
+
+    raw = yaml.safe_load(write_spec(tmp_path / "live.yaml", "live", members_per_trial=2, max_concurrent=1).read_text())
+    raw["arms"] = raw["arms"][:1]
+    raw["arms"][0]["weight_decay"]["points"] = 3  # 2 × 3 cells × 2 seeds = 12 members in arrays of 2
+    (tmp_path / "live.yaml").write_text(yaml.safe_dump(raw))
+    home = tmp_path / "home"
+    proc = subprocess.Popen(study_cmd(home, "run", str(tmp_path / "live.yaml")), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "STUDY_TEST_SLOW_EPOCH_S": "1"})
+    deadline = time.time() + 300
+    while _completed_trials(home, "live") < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = _completed_trials(home, "live")
+    assert 2 <= finished < 12
+    port = _free_port()
+    ui, lines = _start_ui(home, port)
+    wait = WebDriverWait(browser, 120, poll_frequency=0.25)
+    body = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
+    try:
+        line, _, _ = _wait_line(ui, lines, "live landscape:")
+        browser.get(line.split(": ", 1)[1])
+        wait.until(lambda d: "members finished" in body(), "the live page never showed")
+        assert f"{finished} of 12 members finished" in body(), body()[:500]
+        pending = browser.find_elements(By.CSS_SELECTOR, "rect.cell.pending")
+        cells = browser.find_elements(By.CSS_SELECTOR, "rect.cell")
+        assert len(cells) == 6 and 0 < len(pending) < 6, (len(cells), len(pending))  # the whole grid, some not done
+        assert all(p.find_element(By.TAG_NAME, "title").get_attribute("textContent").endswith("not finished yet")
+                   for p in pending)
+        assert browser.find_elements(By.CSS_SELECTOR, "meta[http-equiv=refresh]")  # it reloads itself
+        assert "provisional" in body()
+        browser.save_screenshot(str(SHOTS / "live_landscape_partial.png"))
+        out = subprocess.run(study_cmd(home, "resume", "live"), capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        browser.refresh()
+        wait.until(lambda d: "12 of 12 members finished" in body(), "the reload did not show the finished study")
+        assert not browser.find_elements(By.CSS_SELECTOR, "rect.cell.pending")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "rect.cell")) == 6
+        assert not browser.find_elements(By.CSS_SELECTOR, "meta[http-equiv=refresh]") and "(finished)" in body()
+        browser.save_screenshot(str(SHOTS / "live_landscape_finished.png"))
+        links = browser.find_elements(By.CSS_SELECTOR, "figure.heatmap a")
+        assert len(links) == 6  # every finished cell opens its seed-averaged setting run, on the same server
+        browser.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))",
+                               links[0].find_element(By.TAG_NAME, "rect"))
+        wait.until(lambda d: "/runs/" in d.current_url and "mean of 2 seeds" in body(),
+                   "a cell did not open its setting run")
+    finally:
+        _stop_ui(ui)

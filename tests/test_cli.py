@@ -200,6 +200,21 @@ def test_progress_on_a_terminal_keeps_its_clock_moving_before_any_report():
     assert not p.ticker.is_alive()
 
 
+def test_progress_ranks_settings_once_an_arm_has_one():
+    """Single seeds until a setting's seeds have all finished; then the best mean over seeds, as the landscape
+    ranks (a lucky seed of a worse setting no longer shows as the best)."""
+    out = io.StringIO()
+    p = Progress(total=8, done=0, epochs=2, metric="test_loss", interval=3600, out=out)
+    p.member_done("sgd-coupled", 0.30)  # a lucky seed
+    assert "best single-seed test_loss: sgd-coupled 0.3" in p.bar(300)
+    p.setting_done("sgd-coupled", 0.45, 0.1, 0.01, 2)
+    p.setting_done("sgd-coupled", float("nan"), 0.3, 0.1, 2)  # every seed diverged: never a best
+    p.setting_done("sgd-coupled", 0.41, 0.05, 0.01, 2)
+    p.setting_done("sgd-coupled", 0.43, 0.02, 0.01, 2)
+    assert "best test_loss (mean over seeds): sgd-coupled 0.41" in p.bar(300)
+    assert p.best_setting["sgd-coupled"] == (0.41, 0.05, 0.01, 2)
+
+
 def test_progress_bar_fits_the_terminal():
     p = Progress(total=8, done=0, epochs=2, metric="test_loss", out=FakeTTY())
     for arm in ("sgd-coupled", "sgd-independent", "adam-decoupled", "adam-coupled"):
