@@ -140,11 +140,15 @@ class Backend:
 
     def count(self, tracking: str, storage: str) -> dict:
         """Records in the stores: metric rows, finished member runs, Optuna intermediate values, complete trials."""
-        sql = {"metrics": "SELECT count(*) FROM metrics",
+        # members' records only: the seed-averaged setting runs and trials (one per member here, with one seed)
+        # are written too, and must not make the records look complete early
+        sql = {"metrics": "SELECT count(*) FROM metrics m JOIN tags t ON t.run_uuid = m.run_uuid "
+                          "WHERE t.key = 'role' AND t.value = 'member'",
                "runs_finished": "SELECT count(*) FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
                                 "WHERE t.key = 'role' AND t.value = 'member' AND r.status = 'FINISHED'",
                "intermediate": "SELECT count(*) FROM trial_intermediate_values",
-               "trials_complete": "SELECT count(*) FROM trials WHERE state = 'COMPLETE'"}
+               "trials_complete": "SELECT count(*) FROM trials t JOIN studies s ON s.study_id = t.study_id "
+                                  "WHERE t.state = 'COMPLETE' AND s.study_name NOT LIKE '%.settings'"}
         out = {}
         if self.kind == "sqlite":
             import sqlite3
