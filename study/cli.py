@@ -208,13 +208,13 @@ def _drive(args, spec, resume: bool) -> int:
     print(f"\nstudy {spec.name}: {outcome.done}/{outcome.total} members recorded{failed} in {outcome.seconds:.0f} s")
     for reason, n in Counter(outcome.failed.values()).most_common(5):
         print(f"  {n} failed: {reason}")
-    for arm, err in sorted(outcome.best.items()):
+    for arm in sorted(set(outcome.best) | set(outcome.best_setting)):
         if arm in outcome.best_setting:  # as the landscape ranks: the mean over the setting's seeds
             mean, lr, wd, n = outcome.best_setting[arm]
             print(f"  best {spec.search.metric} of {arm}: {mean:.4g} at η={shown(lr)}, λ={shown(wd)} "
                   f"(mean of {n} seed{'s' * (n != 1)})")
         else:
-            print(f"  best single-seed {spec.search.metric} of {arm}: {err:.4g} (one member, one seed)")
+            print(f"  best single-seed {spec.search.metric} of {arm}: {outcome.best[arm]:.4g} (one member, one seed)")
     study_dir = home / spec.name
     if outcome.complete and not outcome.interrupted and spec.arms:  # Ctrl-C meant stop: resume exports
         from .report import export, summary_lines

@@ -29,7 +29,7 @@ from .progress import Progress
 from .search import StudySearch, check_optuna_url, precheck_identity
 from .serial import SerialWriter
 from .settings import SettingBook
-from .spec import MemberSpec, SpecError, StudySpec, final_metrics, shown, timescale_warnings
+from .spec import MemberSpec, SpecError, StudySpec, arm_member, final_metrics, shown, timescale_warnings
 from .stores import StoreWatch, default_storage, default_tracking_uri
 from .tracking import RecordWriter, Tracker, ensure_store, stop_retrying
 
@@ -176,9 +176,11 @@ class Driver:
         """The members MLflow holds (a resumed study), read once the lease is this driver's: the search is rebuilt
         from them, and the settings book learns the finished ones."""
         recorded = self.tracker.recorded_members()
-        for f in recorded:
-            if f.value is not None:
-                self.book.add(f.member, f.final, f.diverged, f.run_id)
+        arms = {a.name: a for a in self.spec.arms}
+        for f in recorded:  # as the arm trains it (momentum, betas …: the records' params name only lr and λ)
+            if f.value is not None and f.member.arm in arms:
+                m = f.member
+                self.book.add(arm_member(arms[m.arm], m.lr, m.weight_decay, m.seed), f.final, f.diverged, f.run_id)
         return recorded
 
     def record_settings(self) -> int:
@@ -190,13 +192,15 @@ class Driver:
         in_mlflow, arms, n = self.tracker.setting_runs(), {a.arm.name: a for a in self.search.arms}, 0
         for setting in complete:
             key = setting.key(self.spec.name)
-            if key not in in_mlflow:
-                in_mlflow[key] = self.tracker.record_setting(setting, self.train_size)
-                n += 1
+            run_id, finished = in_mlflow.get(key, (None, False))
+            wrote = not finished
+            if not finished:
+                run_id = self.tracker.record_setting(setting, self.train_size, unfinished=run_id)
             arm = arms.get(setting.arm)
             if arm is not None and not arm.setting_recorded(key):
-                self._tell_setting(arm, setting, in_mlflow[key])
-                n += 1
+                self._tell_setting(arm, setting, run_id)
+                wrote = True
+            n += wrote
         return n
 
     # ------------------------------------------------------------------ hooks called by tune.py
@@ -335,7 +339,7 @@ class Driver:
         metric = self.spec.search.metric
         seeds = sorted(setting.seeds)
         std = setting.std(metric)
-        self.progress.setting_done(setting.arm, setting.mean(metric), setting.lr, setting.weight_decay, len(seeds))
+        self.progress.setting_done(setting.arm, setting.mean(metric), setting.lr, setting.weight_decay, setting.averaged)
         arm.record_setting(setting.key(self.spec.name), setting.lr, setting.weight_decay, setting.mean(metric),
                            {"seeds": seeds, "seeds_diverged": setting.diverged, "mlflow_run_id": run_id,
                             "member_runs": [setting.seeds[s].run_id for s in seeds],
@@ -403,9 +407,9 @@ class Driver:
             self.progress.print()
             self.progress.tick()
             if n := self.record_settings():  # a resumed study: settings its records complete and its stores lack
-                self.progress.message(f"[study] recorded {n} seed-averaged setting records the stores lacked")
+                self.progress.message(f"[study] recorded {n} seed-averaged settings the stores lacked (whole or in part)")
             for s in self.book.complete():  # the progress ranks the study's settings, those of earlier runs too
-                self.progress.setting_done(s.arm, s.mean(self.spec.search.metric), s.lr, s.weight_decay, len(s.seeds))
+                self.progress.setting_done(s.arm, s.mean(self.spec.search.metric), s.lr, s.weight_decay, s.averaged)
             if self.address is None:  # a Ray of the study's own binds 127.0.0.1 only; Ray reads this as it loads
                 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             from . import tune  # Ray loads only here, once every input is known good

@@ -105,8 +105,9 @@ class Progress:
 
     def setting_done(self, arm: str, mean: float, lr: float, weight_decay: float, seeds: int) -> None:
         """A setting's last seed finished: its mean over seeds (NaN when every seed diverged: never a best)."""
-        if math.isfinite(mean) and mean < self.best_setting.get(arm, (math.inf,))[0]:
-            self.best_setting[arm] = (mean, lr, weight_decay, seeds)
+        with self._lock:  # the ticker thread reads it as it draws
+            if math.isfinite(mean) and mean < self.best_setting.get(arm, (math.inf,))[0]:
+                self.best_setting = {**self.best_setting, arm: (mean, lr, weight_decay, seeds)}
 
     def retry(self, key=None) -> None:
         """An array is retried (its worker or node died); it continues from its checkpoint."""
@@ -143,11 +144,18 @@ class Progress:
     # ------------------------------------------------------------------ what is shown
 
     def _best(self) -> str:
-        if self.best_setting:  # ranked as the study ranks: settings averaged over their seeds
-            best = ", ".join(f"{a} {v[0]:.4g}" for a, v in sorted(self.best_setting.items()))
-            return f"best {self.metric} (mean over seeds): {best}"
-        best = ", ".join(f"{a} {e:.4g}" for a, e in sorted(self.best.items())) or "-"
-        return f"best single-seed {self.metric}: {best}"
+        """Per arm its best setting, averaged over seeds, as the study ranks; its best single member until one of
+        its settings has all its seeds in."""
+        settings, single = dict(self.best_setting), dict(self.best)
+        if not settings:
+            return f"best single-seed {self.metric}: " + (", ".join(f"{a} {e:.4g}" for a, e in sorted(single.items()))
+                                                          or "-")
+        if set(single) <= set(settings):
+            return f"best {self.metric} (mean over seeds): " + ", ".join(f"{a} {v[0]:.4g}"
+                                                                         for a, v in sorted(settings.items()))
+        return f"best {self.metric}: " + ", ".join(
+            f"{a} {settings[a][0]:.4g} (mean over seeds)" if a in settings else f"{a} {single[a]:.4g} (one seed)"
+            for a in sorted(set(single) | set(settings)))
 
     def _counts(self, retried_word: str) -> str:
         return "".join((f", {self.failed} failed" if self.failed else "",

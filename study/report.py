@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from .landscape import ArmLandscape, edge_advice, fmt_number, landscapes, parent_metrics, study_verdict, verdict_tags
+from .landscape import (ArmLandscape, arm_landscape, edge_advice, fmt_number, landscapes, parent_metrics, study_verdict,
+                        verdict_tags)
 from .spec import SpecError, shown
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
@@ -531,6 +532,36 @@ def _planned_cells(members: list[dict], spec) -> list[dict]:
     return out
 
 
+def _live_landscapes(members: list[dict], spec, metric: str, seeds_done: dict) -> tuple[list, list]:
+    """(what the heatmaps draw, what the verdicts are read from) for a study part done. A cell not finished yet
+    holds no value, which the landscape reads as worse than its neighbours (as a diverged one): a row with such a
+    cell would show an optimum it has not bracketed. So slopes and verdicts come from the rows whose every cell
+    has a finished seed, and the heatmaps draw the whole grid with that fit and no row marks where a row is not
+    done. A finished study (or a sampler's scattered points) is drawn as the report draws it."""
+    import dataclasses
+
+    full = landscapes(members + _planned_cells(members, spec), metric=metric)
+    heat, fits = [], []
+    for L in full:
+        pending = [r for r, lr in enumerate(L.lr) if L.grid and any(
+            not seeds_done.get((L.optimizer, L.decay, lr, wd)) for wd in L.weight_decay)]
+        if not pending:
+            heat.append(L)
+            fits.append(L)
+            continue
+        rows = [lr for r, lr in enumerate(L.lr) if r not in pending]
+        mine = [m for m in members if (m["optimizer"], m["decay"]) == (L.optimizer, L.decay) and m["lr"] in rows]
+        fit = arm_landscape(mine, metric=metric) if mine else None
+        if fit is not None:
+            fits.append(fit)
+        by_lr = dict(zip(fit.lr, zip(fit.censored, fit.best_weight_decay))) if fit else {}
+        heat.append(dataclasses.replace(
+            L, slope=fit.slope if fit else math.nan, slope_ci=fit.slope_ci if fit else [math.nan, math.nan],
+            ridge_fit=fit.ridge_fit if fit else {}, censored=[by_lr.get(lr, (None, math.nan))[0] for lr in L.lr],
+            best_weight_decay=[by_lr.get(lr, (None, math.nan))[1] for lr in L.lr]))
+    return heat, fits
+
+
 def live_html(uri: str, study: str) -> str:
     """The study's landscape as it stands, as a page that reloads itself every LIVE_REFRESH_S seconds (`study ui`
     serves it while a study runs): the interactive heatmaps of the finished members, cells not finished yet in
@@ -550,27 +581,31 @@ def live_html(uri: str, study: str) -> str:
     for m in members:
         k = (m["optimizer"], m["decay"], m["lr"], m["weight_decay"])
         seeds_done[k] = seeds_done.get(k, 0) + 1
-    lands = landscapes(members + _planned_cells(members, spec), metric=metric) if members or spec.arms else []
     state = (f"{len(members)} of {planned} members finished" if planned else f"{len(members)} members finished")
-    complete = planned is not None and len(members) >= int(planned)
+    complete = planned is None or len(members) >= int(planned)  # as is_complete: records without the tag are
     head = (f'<meta http-equiv="refresh" content="{LIVE_REFRESH_S}">' if not complete else "")
     if not members:
         body = "<p>No member has finished yet: the first cells appear when the first arrays end.</p>"
     else:
         from .plots import color_extend, error_range
 
+        lands, shown_lands = _live_landscapes(members, spec, metric, seeds_done)
         zmin, zmax = error_range(lands)
         zmax = zmax if zmax > zmin else zmin + 1e-6
         extend = color_extend(lands, zmin, zmax)
         n_seeds = len(spec.search.seeds)
         maps = "".join(_svg_heatmap(L, zmin, zmax, metric, extend, partial={
             (r, c): n for r, lr in enumerate(L.lr) for c, wd in enumerate(L.weight_decay)
-            if (n := seeds_done.get((L.optimizer, L.decay, lr, wd), 0)) < n_seeds}, seeds=n_seeds, links={
+            if (n := seeds_done.get((L.optimizer, L.decay, lr, wd), 0)) < n_seeds} if L.grid else None,
+            seeds=n_seeds, links={
             (r, c): f"/#/experiments/{exp}/runs/{run}" for r, lr in enumerate(L.lr)
-            for c, wd in enumerate(L.weight_decay) if (run := runs.get((L.arm, lr, wd)))}) for L in lands)
-        lines = html.escape("\n".join(summary_lines(lands)))  # as the terminal prints them
-        body = (f'<div class="grid">{maps}</div><h2>Verdicts {"" if complete else "so far (provisional)"}</h2>'
-                f'<pre id="verdicts">{lines}</pre>')
+            for c, wd in enumerate(L.weight_decay) if (run := runs.get((L.arm, lr, wd)))} if L.grid else None)
+            for L in lands)
+        lines = html.escape("\n".join(summary_lines(shown_lands)) if shown_lands else
+                            "no learning-rate row has every cell finished yet: no slope so far")
+        so_far = "" if complete else "so far (provisional: from the rows whose every cell has finished)"
+        body = f'<div class="grid">{maps}</div><h2>Verdicts {so_far}</h2><pre id="verdicts">{lines}</pre>'
+
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">{head}<title>{html.escape(study)}: live landscape</title>
 <style>

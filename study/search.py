@@ -51,19 +51,21 @@ def open_storage(url: str):
     return optuna.storages.RDBStorage(url, heartbeat_interval=None, engine_kwargs={"pool_pre_ping": True})
 
 
-def _sampler(spec: StudySpec):
-    """The sampler of a non-grid arm. Grids need none: every point is enqueued with fixed params."""
+def _sampler(spec: StudySpec, seed: int = 0):
+    """The sampler of a non-grid arm. Grids need none: every point is enqueued with fixed params. `seed`: 0 for a
+    new study (the same draws every time); a resumed one passes how many trials it holds, or its sampler would
+    draw the settings it already trained again (its random start is the seed's sequence, from the beginning)."""
     s = spec.search
     if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=0)
-    if s.sampler == "qmc":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.sampler == "qmc":  # a Sobol sequence: it goes on from the trials the study holds, whatever the seed
         return optuna.samplers.QMCSampler(seed=0, scramble=True, warn_independent_sampling=False)
     if s.sampler == "tpe":
         # explicit, whatever the Optuna version's defaults: batches of asks see each other (constant liar)
-        return optuna.samplers.TPESampler(seed=0, multivariate=True, constant_liar=True)
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
     if s.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=0)
-    return optuna.samplers.RandomSampler(seed=0)  # grid: never consulted
+        return optuna.samplers.GPSampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)  # grid: never consulted
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class ArmSearch:
         self.spec, self.arm = spec, arm
         self.study = optuna.create_study(study_name=f"{spec.name}.{arm.name}", storage=storage,
                                          sampler=_sampler(spec), direction="minimize", load_if_exists=True)
+        if held := len(self.study.get_trials(deepcopy=False)):  # resumed: draws that go on, not start again
+            self.study.sampler = _sampler(spec, seed=held)
         if not self.study.user_attrs:
             with warnings.catch_warnings():  # "set_metric_names is experimental": the dashboards read it
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -643,7 +647,10 @@ def dashboard_studies(storage_url: str, name: str) -> list[tuple[str, int]]:
         return []
     storage = open_storage(storage_url)
     out = []
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        if s.study_name.startswith(f"{name}.") and not s.study_name.endswith(".driver"):
+    import re
+
+    mine = re.compile(rf"{re.escape(name)}\.[^.]+(\.settings)?")  # NAME.ARM[.settings]: an arm has no '.', so
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):  # study NAME.x's are not listed
+        if mine.fullmatch(s.study_name) and not s.study_name.endswith(".driver"):
             out.append((s.study_name, storage.get_study_id_from_name(s.study_name)))
     return sorted(out, key=lambda x: (x[0].endswith(".settings"), x[0]))

@@ -13,6 +13,7 @@ Pure Python: no torch, MLflow or Optuna here; the adapters write what this modul
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -30,13 +31,22 @@ class Seed:
 
 @dataclass
 class Setting:
-    """An arm's (lr, weight_decay) and its finished seeds."""
-    arm: str
-    optimizer: str
-    decay: str
-    lr: float
-    weight_decay: float
+    """An arm's (lr, weight_decay) and its finished seeds; `template` is one of its members (the arm's optimizer
+    settings: momentum, betas, eps …, the same for every seed)."""
+    template: MemberSpec
     seeds: dict[int, Seed] = field(default_factory=dict)
+
+    @property
+    def arm(self) -> str:
+        return self.template.arm
+
+    @property
+    def lr(self) -> float:
+        return self.template.lr
+
+    @property
+    def weight_decay(self) -> float:
+        return self.template.weight_decay
 
     def key(self, study: str) -> str:
         """The setting's stable identity (a member's key without the seed): one record per key, ever."""
@@ -61,6 +71,11 @@ class Setting:
     def diverged(self) -> int:
         return sum(s.diverged for s in self.seeds.values())
 
+    @property
+    def averaged(self) -> int:
+        """How many seeds the mean is over (those that did not diverge)."""
+        return len(self.seeds) - self.diverged
+
     def metrics(self) -> dict[str, float]:
         """What the setting's record holds: per landscape metric its seed mean (`final_METRIC`, the name a member
         run gives the same number) and spread (`final_METRIC_std`), and how many seeds were averaged."""
@@ -72,8 +87,7 @@ class Setting:
 
     def member(self) -> MemberSpec:
         """The setting as a member without a seed (seed 0 stands for all), for params shared with members."""
-        return MemberSpec.from_dict({"optimizer": self.optimizer, "decay": self.decay, "lr": self.lr,
-                                     "weight_decay": self.weight_decay, "seed": 0})
+        return dataclasses.replace(self.template, seed=0)
 
 
 class SettingBook:
@@ -86,8 +100,7 @@ class SettingBook:
 
     def add(self, member: MemberSpec, final: dict, diverged: bool, run_id: str | None) -> Setting | None:
         key = (member.arm, member.lr, member.weight_decay)
-        s = self.settings.setdefault(key, Setting(member.arm, member.optimizer, member.decay, member.lr,
-                                                  member.weight_decay))
+        s = self.settings.setdefault(key, Setting(member))
         if member.seed in s.seeds:
             return None
         s.seeds[member.seed] = Seed(dict(final), bool(diverged), run_id)

@@ -268,9 +268,11 @@ def member_name(member: MemberSpec) -> str:
     return f"{member.arm} lr={short(member.lr)} wd={short(member.weight_decay)} seed={member.seed}"
 
 
-def setting_name(setting, seeds: int) -> str:
-    """A seed-averaged setting's run name: a member's without the seed."""
-    return f"{setting.arm} lr={short(setting.lr)} wd={short(setting.weight_decay)} mean of {seeds} seed{'s' * (seeds != 1)}"
+def setting_name(setting) -> str:
+    """A seed-averaged setting's run name: a member's, the seed replaced by how many seeds the mean is over."""
+    n, div = setting.averaged, setting.diverged
+    return (f"{setting.arm} lr={short(setting.lr)} wd={short(setting.weight_decay)} mean of {n} seed{'s' * (n != 1)}"
+            + (f" ({div} diverged)" if div else ""))
 
 
 def log10_metrics(member: MemberSpec, ts: int) -> list[Metric]:
@@ -613,37 +615,47 @@ class Tracker:
                tags=[RunTag("diverged", "true" if final.get("diverged") else "false")])
         _retry("closing a member run", self.client.set_terminated, run_id, "FINISHED")
 
-    def setting_runs(self) -> dict[str, str]:
-        """The seed-averaged settings recorded (study/settings.py): setting key -> run id."""
-        return {r.data.tags["setting_key"]: r.info.run_id
+    def setting_runs(self) -> dict[str, tuple[str, bool]]:
+        """The seed-averaged settings' runs (study/settings.py): setting key -> (run id, whether it is finished: a
+        driver that died while recording one leaves it unfinished, and record_setting completes it)."""
+        return {r.data.tags["setting_key"]: (r.info.run_id, r.info.status == "FINISHED")
                 for r in self._search(f"tags.study = '{self.spec.name}' and tags.role = 'setting'")}
 
-    def record_setting(self, setting, train_size: int) -> str:
+    def record_setting(self, setting, train_size: int, unfinished: str | None = None) -> str:
         """A setting whose seeds have all finished, as a finished child run of the parent: role `setting` (member
         counts and the landscape read `member` runs only), the params a member has but `seeds` for `seed`, and
         `final_METRIC` the seed mean the landscape's cell holds (with `final_METRIC_std`, `seeds_finished`,
-        `seeds_diverged`), so that sorting MLflow's table by it ranks what the study ranks. Returns the run id."""
+        `seeds_diverged`), so that sorting MLflow's table by it ranks what the study ranks. `unfinished`: the run a
+        driver began for it and did not finish, written whole now instead of a second one. Returns the run id."""
         key = setting.key(self.spec.name)
         seeds = sorted(setting.seeds)
         members = ",".join(setting.seeds[s].run_id or "" for s in seeds)
+        if unfinished is not None:  # its tags are there (created with the run); params and metrics may be
+            _retry("naming a setting run", self.client.update_run, unfinished, name=setting_name(setting))
+            self._complete_setting(unfinished, setting, train_size, seeds)
+            return unfinished
         run = _retry("creating a setting run", self.client.create_run, self.experiment_id,
-                     run_name=setting_name(setting, len(seeds)),
+                     run_name=setting_name(setting),
                      tags={"mlflow.parentRunId": self.parent_id, "study": self.spec.name, "role": "setting",
                            "setting_key": key, "arm": setting.arm, "seeds": ",".join(map(str, seeds)),
                            "member_runs": members[:5000],
                            "mlflow.note.content": f"The mean over seeds {', '.join(map(str, seeds))} of the member "
                                                   f"runs {members.replace(',', ', ')} (diverged seeds left out, as "
                                                   f"the landscape does)."})
+        self._complete_setting(run.info.run_id, setting, train_size, seeds)
+        return run.info.run_id
+
+    def _complete_setting(self, run_id: str, setting, train_size: int, seeds: list[int]) -> None:
         params = member_params(self.spec, setting.member(), train_size)
         params.pop("seed")
         params["seeds"] = ",".join(map(str, seeds))
+        logged = _retry("reading a setting run", self.client.get_run, run_id).data.params
         ts = int(time.time() * 1000)
-        _retry("logging a setting", self.client.log_batch, run.info.run_id,
-               params=[Param(k, _param_str(k, v)) for k, v in params.items()],
+        _retry("logging a setting", self.client.log_batch, run_id,  # params once: MLflow refuses changing one
+               params=[Param(k, _param_str(k, v)) for k, v in params.items() if k not in logged],
                metrics=[Metric(k, v, ts, 0) for k, v in setting.metrics().items()]
                + log10_metrics(setting.member(), ts))
-        _retry("closing a setting run", self.client.set_terminated, run.info.run_id, "FINISHED")
-        return run.info.run_id
+        _retry("closing a setting run", self.client.set_terminated, run_id, "FINISHED")
 
     def finish_study(self, status: str = "FINISHED", summary: dict | None = None) -> None:
         if summary:

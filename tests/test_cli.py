@@ -213,6 +213,8 @@ def test_progress_ranks_settings_once_an_arm_has_one():
     p.setting_done("sgd-coupled", 0.43, 0.02, 0.01, 2)
     assert "best test_loss (mean over seeds): sgd-coupled 0.41" in p.bar(300)
     assert p.best_setting["sgd-coupled"] == (0.41, 0.05, 0.01, 2)
+    p.member_done("sgd-independent", 0.38)  # an arm without a finished setting yet keeps its single seed, said so
+    assert "best test_loss: sgd-coupled 0.41 (mean over seeds), sgd-independent 0.38 (one seed)" in p.bar(300)
 
 
 def test_progress_bar_fits_the_terminal():

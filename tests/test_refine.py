@@ -189,3 +189,26 @@ def test_coupled_adam_has_a_timescale_through_a_typical_sqrt_v():
     assert "adam-coupled" in warning and "decay does nothing" in warning
     raw["arms"][0]["weight_decay"] = {"low": 1e-4, "high": 1e-1}      # τ = √v̂/(η·λ) reaches the run: no warning
     assert timescale_warnings(spec_from_dict(raw), 400) == []
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_a_resumed_sampler_draws_new_settings_not_the_ones_it_trained(tmp_path, sampler):
+    """A seeded sampler made anew on resume would start its sequence again and draw the settings already trained
+    (their seeds all retrained): a resumed arm's sampler goes on from the trials its study holds."""
+    spec = spec_from_dict({
+        "name": "sampled", "search": {"sampler": sampler, "trials": 6, "seeds": [0, 1]},
+        "arms": [{"optimizer": "sgd", "decay": "coupled", "lr": {"low": 0.01, "high": 0.1},
+                  "weight_decay": {"low": 1e-3, "high": 1e-2}}]})
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    settings = []
+    search = StudySearch(spec, url)
+    arm, batch = search.next_array(4)  # two settings, each with both seeds
+    for number, m in batch:
+        arm.tell(number, planted_error(m.lr, m.weight_decay, m.seed))
+        settings.append((m.lr, m.weight_decay))
+    search.lease.release()
+    search = StudySearch(spec, url)  # resumed: a new sampler
+    told: list[dict] = []
+    _train_all(search, told)
+    settings += [(m["lr"], m["weight_decay"]) for m in told]
+    assert len(settings) == 12 and len(set(settings)) == 6, sorted(set(settings))  # 6 settings, 2 seeds each

@@ -292,3 +292,37 @@ def test_the_outcome_correlation_is_compared_in_words_whatever_it_shows():
     assert "no clear difference" in page(0.3, 0.25)                 # 0.05 apart, half-ranges 0.05 each
     assert "one seed: no spread" in page(0.8, -0.2, spread=0.0, seeds=1)
     assert regime(0.5).startswith("below") and regime(2.0).startswith("above") and regime(1.2).startswith("near")
+
+
+def test_the_live_landscape_reads_slopes_only_from_finished_rows():
+    """A cell not finished yet holds no value, which the landscape would read as worse than its neighbours: a row
+    whose only finished cell is its middle one would show a bracketed optimum. The live page draws the whole grid
+    but fits and marks only rows whose every cell is in; a sampler's scattered points are drawn as the report does."""
+    from study.report import _live_landscapes, _planned_cells
+    from study.spec import grid_axis, spec_from_dict
+
+    raw = {"name": "live", "search": {"sampler": "grid", "seeds": [0]},
+           "arms": [{"optimizer": "sgd", "decay": "coupled", "lr": {"low": 0.01, "high": 0.1, "points": 3},
+                     "weight_decay": {"low": 1e-3, "high": 1e-1, "points": 3}}]}
+    spec = spec_from_dict(raw)
+    lrs, wds = grid_axis(spec.arms[0].lr, 3), grid_axis(spec.arms[0].weight_decay, 3)
+    cell = lambda lr, wd, e: {"optimizer": "sgd", "decay": "coupled", "lr": lr, "weight_decay": wd, "seed": 0,  # noqa: E731
+                              "error": e, "diverged": False, "run_id": None, "total_steps": 100}
+    members = [cell(lrs[0], wd, e) for wd, e in zip(wds, (0.5, 0.3, 0.6))]   # row 0: done, bracketed
+    members += [cell(lrs[1], wds[1], 0.2)]                                    # row 1: only its middle cell
+    members += [cell(lrs[2], wd, e) for wd, e in zip(wds, (0.4, 0.25, 0.45))]  # row 2: done, bracketed
+    assert len(_planned_cells(members, spec)) == 2
+    done = {("sgd", "coupled", m["lr"], m["weight_decay"]): 1 for m in members}
+    (heat,), (fit,) = _live_landscapes(members, spec, "test_loss", done)
+    assert heat.lr == lrs and len(heat.weight_decay) == 3  # the whole grid is drawn
+    assert fit.lr == [lrs[0], lrs[2]]  # fitted on the finished rows only
+    assert heat.censored[1] is None and math.isnan(heat.best_weight_decay[1])  # no optimum shown for row 1
+    assert heat.best_weight_decay[0] == fit.best_weight_decay[0] and heat.slope == fit.slope or \
+        (math.isnan(heat.slope) and math.isnan(fit.slope))
+    # a sampler's points: nothing is planned, nothing pending, the landscape as the report draws it
+    tpe = spec_from_dict({**raw, "search": {"sampler": "tpe", "trials": 7, "seeds": [0]},
+                          "arms": [{**raw["arms"][0], "lr": {"low": 0.01, "high": 0.1},
+                                    "weight_decay": {"low": 1e-3, "high": 1e-1}}]})
+    assert _planned_cells(members, tpe) == []
+    (heat,), (fit,) = _live_landscapes(members, tpe, "test_loss", done)
+    assert not heat.grid and heat is fit

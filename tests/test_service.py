@@ -121,7 +121,9 @@ def check_settings(runs, spec, storage: str) -> None:
         ok = [m.data.metrics[f"final_{metric}"] for m in seeds if m.data.tags.get("diverged") != "true"]
         if ok:
             assert r.data.metrics[f"final_{metric}"] == pytest.approx(sum(ok) / len(ok), rel=1e-12)
-        assert r.data.params["lr"] == seeds[0].data.params["lr"] and "seed" not in r.data.params
+        # the same params as its members (the optimizer's own settings too), `seeds` in place of `seed`
+        assert {k: v for k, v in r.data.params.items() if k != "seeds"} == \
+            {k: v for k, v in seeds[0].data.params.items() if k != "seed"}, r.data.params
     for arm in spec.arms:
         trials = optuna.load_study(study_name=f"{spec.name}.{arm.name}.settings", storage=storage).get_trials()
         mine = {r.data.tags["setting_key"]: r for r in settings if r.data.tags["arm"] == arm.name}
@@ -691,3 +693,33 @@ def test_a_ray_that_does_not_start_in_time_is_one_line_not_a_hang(tmp_path):
     assert out.returncode == 1, out.stderr[-3000:]
     assert "study: error: Ray did not start within 0.5 s (STUDY_RAY_START_S)" in out.stderr, out.stderr[-3000:]
     assert "Traceback" not in out.stderr and _parent_exists(tmp_path / "home", "slowray")   # the records are kept
+
+
+def test_resume_records_the_settings_its_stores_lack(tmp_path):
+    """A study whose stores lack seed-averaged settings (recorded before they existed, or a driver that died while
+    writing one: a run begun and never finished) gets them from `study resume`, as arms with their own optimizer
+    settings train them, the begun run completed rather than a second one made."""
+    raw = yaml.safe_load(write_spec(tmp_path / "s.yaml", "backfill", members_per_trial=4).read_text())
+    raw["arms"] = raw["arms"][:1]
+    raw["arms"][0]["momentum"] = 0.5  # not the default: a setting's params must say it
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(raw))
+    home = tmp_path / "home"
+    run_ok(home, "run", str(spec))
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("backfill").experiment_id
+    settings = client.search_runs([exp], "tags.role = 'setting'")
+    assert len(settings) == 4 and {r.data.params["momentum"] for r in settings} == {"0.5"}
+    for r in settings:
+        client.delete_run(r.info.run_id)  # as if recorded before settings existed
+    begun = settings[0].data.tags
+    crashed = client.create_run(exp, run_name="begun", tags={k: begun[k] for k in (
+        "mlflow.parentRunId", "study", "role", "setting_key", "arm", "seeds", "member_runs")}).info.run_id
+    storage = f"sqlite:///{home / 'backfill' / 'optuna.db'}"
+    optuna.delete_study(study_name="backfill.sgd-coupled.settings", storage=storage)
+    out = run_ok(home, "resume", "backfill")
+    assert "recorded 4 seed-averaged settings the stores lacked" in out.stderr, out.stderr[-2000:]
+    records = check_records(home, spec)  # one setting run per setting, its mean and params those of its members
+    after = client.search_runs([exp], "tags.role = 'setting'")
+    assert crashed in {r.info.run_id for r in after} and client.get_run(crashed).info.status == "FINISHED"
+    assert records["parent"].info.status == "FINISHED"
