@@ -438,6 +438,22 @@ prediction; and the regime: the angular update of the decayed weights at mid-run
 <tbody>{rows}</tbody></table>{compare}"""
 
 
+# the interactive heatmaps' look and hover read-out, shared by the report and the live page
+HEATMAP_STYLE = """figure.heatmap { margin: 0; } figure.heatmap svg { font-size: 12px; }
+figure.heatmap .title { font-size: 14px; font-weight: 600; } figure.heatmap .subtitle { fill: #555; }
+figure.heatmap .tick { font-size: 11px; } figure.heatmap rect.cell:hover { stroke: #fff; stroke-width: 2; }
+figure.heatmap .readout { font-size: 0.9em; color: #444; min-height: 1.3em; padding-left: 1em; }
+"""
+HOVER_SCRIPT = """<script>
+// hover: show the hovered element's <title> (its value) below the heatmap; the native tooltip shows it too
+document.addEventListener("mouseover", e => {
+  const el = e.target.closest && e.target.closest("figure.heatmap svg *");
+  const tip = el && el.querySelector(":scope > title");
+  if (tip) el.closest("figure.heatmap").querySelector(".readout").textContent = tip.textContent;
+});
+</script>"""
+
+
 def report_html(study: str, metric: str, lands: list[ArmLandscape], pngs, spec_text: str, title: str,
                 environment: dict | None = None, claims: dict | None = None, description: str = "") -> str:
     """One HTML file, viewable offline and fetching nothing: the heatmaps are inline SVG (hover: each cell's
@@ -475,19 +491,8 @@ th {{ background: #eee; }} td:first-child {{ text-align: left; }}
 .grid {{ display: flex; flex-wrap: wrap; gap: 1em; }} figure img {{ max-width: 100%; border: 1px solid #ddd; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 #verdict li {{ margin: 0.3em 0; }} li.ok {{ color: #14622b; }} li.bad {{ color: #a11; }} li.open {{ color: #7a5600; }}
-figure.heatmap {{ margin: 0; }} figure.heatmap svg {{ font-size: 12px; }}
-figure.heatmap .title {{ font-size: 14px; font-weight: 600; }} figure.heatmap .subtitle {{ fill: #555; }} figure.heatmap .tick {{ font-size: 11px; }}
-figure.heatmap rect.cell:hover {{ stroke: #fff; stroke-width: 2; }}
-figure.heatmap .readout {{ font-size: 0.9em; color: #444; min-height: 1.3em; padding-left: 1em; }}
-</style>
-<script>
-// hover: show the hovered element's <title> (its value) below the heatmap; the native tooltip shows it too
-document.addEventListener("mouseover", e => {{
-  const el = e.target.closest && e.target.closest("figure.heatmap svg *");
-  const tip = el && el.querySelector(":scope > title");
-  if (tip) el.closest("figure.heatmap").querySelector(".readout").textContent = tip.textContent;
-}});
-</script></head><body>
+{HEATMAP_STYLE}</style>
+{HOVER_SCRIPT}</head><body>
 <h1>{html.escape(title or "Weight decay vs learning rate")}: {html.escape(study)}</h1>
 {f'<p id="description">{html.escape(description)}</p>' if description else ""}
 <section id="verdict"><h2>Verdict</h2><ul>{verdict_items}</ul>{advice}
@@ -610,18 +615,9 @@ def live_html(uri: str, study: str) -> str:
 <html lang="en"><head><meta charset="utf-8">{head}<title>{html.escape(study)}: live landscape</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }} .grid {{ display: flex; flex-wrap: wrap; gap: 1em; }}
-figure.heatmap {{ margin: 0; }} figure.heatmap svg {{ font-size: 12px; }} figure.heatmap .title {{ font-size: 14px; font-weight: 600; }}
-figure.heatmap .subtitle {{ fill: #555; }} figure.heatmap .tick {{ font-size: 11px; }}
-figure.heatmap .readout {{ font-size: 0.9em; color: #444; min-height: 1.3em; padding-left: 1em; }}
 pre {{ background: #f6f6f6; padding: 1em; white-space: pre-wrap; }}
-</style>
-<script>
-document.addEventListener("mouseover", e => {{
-  const el = e.target.closest && e.target.closest("figure.heatmap svg *");
-  const tip = el && el.querySelector(":scope > title");
-  if (tip) el.closest("figure.heatmap").querySelector(".readout").textContent = tip.textContent;
-}});
-</script></head><body>
+{HEATMAP_STYLE}</style>
+{HOVER_SCRIPT}</head><body>
 <h1>{html.escape(study)}: the landscape {"(finished)" if complete else "as it stands"}</h1>
 <p id="state">{html.escape(state)}, read at {_time.strftime("%H:%M:%S")}{"" if complete else
 f"; this page reloads every {LIVE_REFRESH_S} s"}. Final {html.escape(metric)}, mean over the seeds finished; grey

@@ -119,6 +119,18 @@ def stop_retrying() -> None:
         _GIVE_UP.set()
 
 
+def all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str, what: str = "reading runs") -> list:
+    """Every run of the experiments matching the filter, page by page (MLflow returns at most 1,000 a call)."""
+    runs, token = [], None
+    while experiment_ids:
+        page = _retry(what, client.search_runs, experiment_ids, filter_string, max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return runs
+
+
 def _retry(what: str, fn, *args, **kwargs):
     """Call fn; while the tracking store is unreachable or busy (see `transient`), wait and say so, retrying
     every few seconds for up to RETRY_PATIENCE_S. Other errors are raised at once."""
@@ -502,14 +514,7 @@ class Tracker:
     def _search(self, filter_string: str):
         if self.experiment_id is None:
             return []
-        runs, token = [], None
-        while True:
-            page = _retry("searching runs", self.client.search_runs, [self.experiment_id], filter_string,
-                          max_results=1000, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return all_runs(self.client, [self.experiment_id], filter_string, "searching runs")
 
     def member_runs(self) -> dict[str, object]:
         """Existing child runs by member key."""
@@ -759,14 +764,7 @@ def list_studies(tracking: str) -> list[dict]:
 
     def search(flt: str) -> list:
         exps = [e.experiment_id for e in _retry("listing experiments", client.search_experiments)]
-        runs, token = [], None
-        while exps:
-            page = _retry("listing studies", client.search_runs, exps, flt, max_results=1000, page_token=token)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                break
-        return runs
+        return all_runs(client, exps, flt, "listing studies")
 
     members: dict[str, list] = {}
     for r in search("tags.role = 'member'"):
@@ -876,16 +874,9 @@ def find_parent(uri: str, name: str):
 
 def setting_run_ids(uri: str, name: str, experiment_id: str) -> dict[tuple, str]:
     """The seed-averaged setting runs of study `name` (study/settings.py): (arm, lr, weight_decay) -> run id."""
-    client, out, token = _reader(uri), {}, None
-    while True:
-        page = _retry("reading runs", client.search_runs, [experiment_id],
-                      f"tags.study = '{name}' and tags.role = 'setting'", max_results=1000, page_token=token)
-        for r in page:
-            out[(r.data.tags.get("arm"), _exact(r.data.params, "lr"), _exact(r.data.params, "weight_decay"))] = \
-                r.info.run_id
-        token = page.token
-        if not token:
-            return out
+    return {(r.data.tags.get("arm"), _exact(r.data.params, "lr"), _exact(r.data.params, "weight_decay")): r.info.run_id
+            for r in all_runs(_reader(uri), [experiment_id], f"tags.study = '{name}' and tags.role = 'setting'")
+            if "lr" in r.data.params}  # a run begun and not finished has no params yet
 
 
 def recorded_spec(uri: str, name: str) -> StudySpec:
@@ -960,14 +951,7 @@ def read_study(uri: str, name: str, metric: str | None = None, quiet: bool = Fal
     `metric` (default: the study's search metric). `quiet`: no warning that the study is not complete."""
     client = _reader(uri)
     exps = [e.experiment_id for e in _retry("listing experiments", client.search_experiments)]
-    runs, token = [], None
-    while True:
-        page = _retry("reading runs", client.search_runs, exps, f"tags.study = '{name}'", max_results=1000,
-                      page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
+    runs = all_runs(client, exps, f"tags.study = '{name}'")
     parents = [r for r in runs if r.data.tags.get("role") == "parent"]
     if not parents:
         raise LookupError(f"invalid name: no study {name!r} is recorded in {uri}")
