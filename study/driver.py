@@ -264,7 +264,8 @@ class Driver:
         self.optuna.call(self._report_curves, arm, [(number, int(row["epoch"]), float(row.get(metric, math.nan)))
                                                     for (number, _, _), row in zip(entries, rows)])
         self.progress.epochs(len(rows), seconds=max((float(r.get("epoch_time", 0.0)) for r in rows), default=None),
-                             key=trial_id, epoch=int(rows[0]["epoch"]) if rows else None)
+                             key=trial_id, epoch=int(rows[0]["epoch"]) if rows else None,
+                             label=f"{arm.arm.name}, {len(entries)} members")
 
     @_hook
     def on_retry(self, trial_id: str) -> None:
@@ -280,6 +281,7 @@ class Driver:
         if trial_id not in self.trials:
             return
         arm, entries = self.trials.pop(trial_id)  # closing: an interrupt from here on never closes it again
+        self.progress.array_done(trial_id)
         self.writer.call(self._close_trial, arm, entries, error, interrupted)
 
     # ------------------------------------------------------------------ on the writers' threads

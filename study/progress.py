@@ -1,11 +1,12 @@
 """Progress of a running study, for the person watching it: members and member-epochs done, failed and
 diverged members, retried arrays, elapsed time, an ETA, and the best metric so far per arm.
 
-On a terminal (the output stream's isatty()) one progress bar line, redrawn in place with a carriage
-return at most every `refresh` seconds; otherwise (`ray job logs`, CI, a file) plain lines, at most one
-every `interval` seconds, and one whenever a member array finishes. The best value per arm is that of a
-single member (one seed); the landscape in the final summary averages seeds. Imports nothing but the
-standard library.
+On a terminal (the output stream's isatty()) a progress bar line and below it one row per member array in
+flight (its arm and size, its epoch, its time per epoch), redrawn in place at most every `refresh` seconds;
+otherwise (`ray job logs`, CI, a file) plain lines, at most one every `interval` seconds, and one whenever a
+member array finishes. The best value per arm is that of its best setting averaged over seeds (as the
+landscape ranks), or of a single member until one of its settings has all its seeds in. Imports nothing but
+the standard library.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import threading
 import time
 
 BAR_WIDTH = 20
+MAX_ROWS = 8  # array rows drawn under the bar; more arrays in flight are counted in one last row
 
 
 def fmt_duration(seconds: float) -> str:
@@ -60,8 +62,11 @@ class Progress:
         self.started = time.time()
         self._last = 0.0
         self._drawn = False  # a bar is on screen without its newline
+        self._rows = 0       # array rows drawn under the bar (the cursor is at the end of the last one)
         # array key -> [member-epochs per report, seconds per epoch or None, last report time, last epoch]
         self._arrays: dict = {}
+        self._labels: dict = {}  # array key -> what its row calls it ("sgd-coupled, 41 members")
+        self.epochs_per_member = epochs
         self._first_report: tuple[float, int] | None = None  # (time, epochs_done) of the first unkeyed report
         self._throughput = 0.0  # member-epochs per second when last measured
         self._lock = threading.RLock()   # the ticker and Tune's callbacks draw the same line
@@ -69,11 +74,14 @@ class Progress:
 
     # ------------------------------------------------------------------ what the driver reports
 
-    def epochs(self, n: int, seconds: float | None = None, key=None, epoch: int | None = None) -> None:
+    def epochs(self, n: int, seconds: float | None = None, key=None, epoch: int | None = None,
+               label: str | None = None) -> None:
         """An array reported one epoch of `n` members. `seconds`: that epoch's measured time (the rows'
         epoch_time); `key`: the array (Ray trial id); `epoch`: its number, so that a retried array that
-        reports an epoch again is not counted twice."""
+        reports an epoch again is not counted twice; `label`: the array's row on a terminal."""
         now = time.time()
+        if key is not None and label:
+            self._labels[key] = label
         if key is not None:
             a = self._arrays.get(key)
             if a is not None and epoch is not None and a[3] is not None and epoch <= a[3]:
@@ -108,6 +116,27 @@ class Progress:
         with self._lock:  # the ticker thread reads it as it draws
             if math.isfinite(mean) and mean < self.best_setting.get(arm, (math.inf,))[0]:
                 self.best_setting = {**self.best_setting, arm: (mean, lr, weight_decay, seeds)}
+
+    def array_done(self, key) -> None:
+        """An array ended (finished or failed for good): its row goes."""
+        with self._lock:
+            self._labels.pop(key, None)
+            if key in self._arrays:
+                self._arrays[key][2] = -math.inf  # out of the rows; its rate no longer counts in the ETA
+
+    def rows(self, width: int) -> list[str]:
+        """One row per array in flight (reported within twice its epoch time, plus 30 s), the most recent first."""
+        now = time.time()
+        live = sorted(((k, a) for k, a in self._arrays.items() if k in self._labels
+                       and now - a[2] <= 2 * (a[1] or 0.0) + 30), key=lambda ka: -ka[1][2])
+        out = []
+        for k, (n, per_epoch, last, epoch) in live[:MAX_ROWS]:
+            pace = f", {per_epoch:.1f} s/epoch" if per_epoch else ""
+            out.append(f"  {self._labels[k]}: epoch {epoch}/{self.epochs_per_member}{pace}, "
+                       f"last report {now - last:.0f} s ago")
+        if len(live) > MAX_ROWS:
+            out.append(f"  … and {len(live) - MAX_ROWS} more arrays")
+        return [r if len(r) < width else r[:max(width - 2, 10)] + "…" for r in out]
 
     def retry(self, key=None) -> None:
         """An array is retried (its worker or node died); it continues from its checkpoint."""
@@ -181,19 +210,26 @@ class Progress:
 
     def _columns(self) -> int:
         try:
-            return os.get_terminal_size(self.out.fileno()).columns
+            cols = os.get_terminal_size(self.out.fileno()).columns
         except (AttributeError, ValueError, OSError):
-            return shutil.get_terminal_size((120, 24)).columns
+            cols = 0
+        return cols or shutil.get_terminal_size((120, 24)).columns  # a pseudo-terminal may say 0 columns
 
-    def print(self) -> None:
+    def print(self, rows: bool = True) -> None:
         with self._lock:
             self._last = time.time()
-            if self.tty:
-                self.out.write("\r" + self.bar() + "\x1b[K")
+            if self.tty:  # back to the bar's line, the bar, everything below cleared, then the array rows
+                width = self._columns()
+                below = self.rows(width) if rows else []
+                self.out.write(self._up() + "\r" + self.bar(width) + "\x1b[J" + "".join("\n" + r for r in below))
                 self.out.flush()
-                self._drawn = True
+                self._rows, self._drawn = len(below), True
             else:
                 print(self.line(), file=self.out, flush=True)
+
+    def _up(self) -> str:
+        """The cursor from the end of the last array row back to the bar's line."""
+        return f"\x1b[{self._rows}A" if self._rows else ""
 
     def tick(self, every: float = 1.0) -> None:
         """On a terminal, redraw the bar every `every` seconds until close(): the elapsed time moves while Ray
@@ -216,7 +252,8 @@ class Progress:
         cleared first and drawn again below it."""
         with self._lock:
             if self.tty and self._drawn:
-                self.out.write("\r\x1b[K")
+                self.out.write(self._up() + "\r\x1b[J")
+                self._rows = 0
             print(text, file=self.out, flush=True)
             if self.tty and self._drawn:
                 self.print()
@@ -225,7 +262,7 @@ class Progress:
         """End the bar's line (a terminal), so what is printed next starts on a line of its own."""
         self._ticking.clear()
         if self.tty and self._drawn:
-            self.print()
+            self.print(rows=False)  # the final bar alone: no array is in flight any more
             self.out.write("\n")
             self.out.flush()
             self._drawn = False

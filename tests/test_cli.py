@@ -175,9 +175,36 @@ def test_progress_on_a_terminal_is_one_updating_line(monkeypatch):
     assert "2/8 members" in last and "1 failed" in last and "1 diverged" in last and "1 retried" in last
     assert "4/16 epochs" in last and "best single-seed test_loss: sgd-coupled 0.41" in last
     p.message("[study] refine sgd-coupled: …")
-    assert out.getvalue().count("\n") == 1 and out.getvalue().endswith("\x1b[K")  # the bar drawn again below
+    assert out.getvalue().count("\n") == 1 and out.getvalue().endswith("\x1b[J")  # the bar drawn again below
     p.close()
     assert out.getvalue().endswith("\n")
+
+
+def test_progress_on_a_terminal_has_a_row_per_array_in_flight(monkeypatch):
+    """Below the bar, one row per array training (its arm and size, its epoch, its pace), redrawn in place:
+    the next drawing moves back up over the rows and clears below; an array that ended loses its row; a message
+    clears the block and the bar comes back below it; the closing bar stands alone."""
+    monkeypatch.setenv("COLUMNS", "300")
+    out = FakeTTY()
+    p = Progress(total=82, done=0, epochs=20, metric="test_loss", out=out, refresh=0.0)
+    p.epochs(41, seconds=1.5, key="t1", epoch=1, label="sgd-coupled, 41 members")
+    p.epochs(41, seconds=1.2, key="t2", epoch=1, label="sgd-independent, 41 members")
+    p.print()
+    block = out.getvalue().rsplit("\r", 1)[1]
+    assert block.count("\n") == 2 and "\n  sgd-coupled, 41 members: epoch 1/20, 1.5 s/epoch" in block
+    assert "\n  sgd-independent, 41 members: epoch 1/20, 1.2 s/epoch" in block
+    p.array_done("t1")
+    mark = len(out.getvalue())
+    p.print()
+    again = out.getvalue()[mark:]
+    assert again.startswith("\x1b[2A\r") and "\x1b[J" in again  # up over both rows, everything below cleared
+    assert again.count("\n") == 1 and "sgd-coupled, 41" not in again  # the ended array's row is gone
+    mark = len(out.getvalue())
+    p.message("[study] refine …")
+    assert out.getvalue()[mark:].startswith("\x1b[1A\r\x1b[J[study] refine …\n")
+    mark = len(out.getvalue())
+    p.close()
+    assert "\n  " not in out.getvalue()[mark:] and out.getvalue().endswith("\n")  # the bar alone, then a newline
 
 
 def test_progress_on_a_terminal_keeps_its_clock_moving_before_any_report():
