@@ -23,7 +23,7 @@ from .checks import (check_address, check_bench_args, check_local_device, check_
 from .datasets import DataError, split_sizes
 from .environment import SettingError, check_settings
 from .parser import AUTO_BOOL, build_parser, refuse_empty_values
-from .spec import (SpecError, check_cost, data_warnings, grid_members, load_spec, shown, shrink_for_smoke,
+from .spec import (SpecError, check_cost, data_warnings, grid_members, load_spec, shown, shown_metric, shrink_for_smoke,
                    timescale_warnings, total_steps)
 from .stores import StoreError, database_damage, default_storage, masked, why_no_file
 from .ui import cmd_ui
@@ -211,10 +211,10 @@ def _drive(args, spec, resume: bool) -> int:
     for arm in sorted(set(outcome.best) | set(outcome.best_setting)):
         if arm in outcome.best_setting:  # as the landscape ranks: the mean over the setting's seeds
             mean, lr, wd, n = outcome.best_setting[arm]
-            print(f"  best {spec.search.metric} of {arm}: {mean:.4g} at η={shown(lr)}, λ={shown(wd)} "
+            print(f"  best {spec.search.metric} of {arm}: {shown_metric(mean)} at η={shown(lr)}, λ={shown(wd)} "
                   f"(mean of {n} seed{'s' * (n != 1)})")
         else:
-            print(f"  best single-seed {spec.search.metric} of {arm}: {outcome.best[arm]:.4g} (one member, one seed)")
+            print(f"  best single-seed {spec.search.metric} of {arm}: {shown_metric(outcome.best[arm])} (one member, one seed)")
     study_dir = home / spec.name
     if outcome.complete and not outcome.interrupted and spec.arms:  # Ctrl-C meant stop: resume exports
         from .report import export, summary_lines
@@ -355,10 +355,10 @@ def cmd_recommend(args) -> int:
                             + "; ".join(no_ridge))
         ranges = "; ".join(f"{L.arm} [{shown(r[0])}, {shown(r[1])}]" if (r := measured_lr_range(L)) else f"{L.arm}: no ridge"
                            for L in chosen)
-        raise SpecError(f"invalid --lr: {lr:g} is outside the learning rates where every arm's ridge was measured "
+        raise SpecError(f"invalid --lr: {shown(lr)} is outside the learning rates where every arm's ridge was measured "
                         f"({ranges}); no extrapolation")
     steps = members[0].get("total_steps")  # the run's length, to say the timescale as a fraction of it
-    print(f"study {args.name} (final {metric}): best weight decay at η={lr:g} from each arm's fitted ridge, "
+    print(f"study {args.name} (final {metric}): best weight decay at η={shown(lr)} from each arm's fitted ridge, "
           f"95 % interval")
     for L, r in results:
         lo, hi = r["weight_decay_ci"]

@@ -234,11 +234,26 @@ def _interpolate(members: list[dict], points: int = 8) -> tuple[np.ndarray, np.n
     return np.exp(gl), np.exp(gw), grid
 
 
+def _seed_means(members: list[dict]) -> list[dict]:
+    """A sampler's members as settings: per (lr, weight_decay) the mean over the seeds that did not diverge
+    (diverged only when every seed did), as a grid's cells and the settings' records are."""
+    by: dict[tuple, list[dict]] = {}
+    for m in members:
+        by.setdefault((m["lr"], m["weight_decay"]), []).append(m)
+    out = []
+    for (lr, wd), ms in by.items():
+        ok = [m["error"] for m in ms if not m["diverged"] and math.isfinite(m["error"])]
+        out.append({**ms[0], "error": math.fsum(ok) / len(ok) if ok else math.nan, "diverged": not ok})
+    return out
+
+
 def arm_landscape(members: list[dict], metric: str = "error") -> ArmLandscape:
     """The landscape of one arm's members (all with the same optimizer and decay)."""
     opt, decay = members[0]["optimizer"], members[0]["decay"]
     seeds = sorted({int(m["seed"]) for m in members})
     grid = _is_grid(members)
+    if not grid:  # a sampler's settings, each the mean over its seeds: a lucky seed is not a point of its own
+        members = _seed_means(members)
     if grid:
         lr = sorted({m["lr"] for m in members})
         wd = sorted({m["weight_decay"] for m in members})
@@ -452,7 +467,7 @@ def recommend(land: ArmLandscape, lr: float, level: float = LEVEL) -> dict:
                          f"weight_decay grid); widen its grid first")
     lo_lr, hi_lr = rng
     if not (lo_lr * (1 - 1e-9) <= lr <= hi_lr * (1 + 1e-9)):
-        raise ValueError(f"invalid --lr: {lr:g} is outside the learning rates where {land.arm}'s ridge was measured "
+        raise ValueError(f"invalid --lr: {shown(lr)} is outside the learning rates where {land.arm}'s ridge was measured "
                          f"[{shown(lo_lr)}, {shown(hi_lr)}]; no extrapolation")
     m, lo, hi = (float(v[0]) for v in predict_log_wd(land, [lr], level))
     wd, wd_lo, wd_hi = math.exp(m), math.exp(lo) if math.isfinite(lo) else math.nan, \

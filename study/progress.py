@@ -5,8 +5,8 @@ On a terminal (the output stream's isatty()) a progress bar line and below it on
 flight (its arm and size, its epoch, its time per epoch), redrawn in place at most every `refresh` seconds;
 otherwise (`ray job logs`, CI, a file) plain lines, at most one every `interval` seconds, and one whenever a
 member array finishes. The best value per arm is that of its best setting averaged over seeds (as the
-landscape ranks), or of a single member until one of its settings has all its seeds in. Imports nothing but
-the standard library.
+landscape ranks), or of a single member until one of its settings has all its seeds in, spelled as every
+output spells a metric (spec.shown_metric). Imports nothing but the standard library and the spec.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import shutil
 import sys
 import threading
 import time
+
+from .spec import shown_metric
 
 BAR_WIDTH = 20
 MAX_ROWS = 8  # array rows drawn under the bar; more arrays in flight are counted in one last row
@@ -177,13 +179,13 @@ class Progress:
         its settings has all its seeds in."""
         settings, single = dict(self.best_setting), dict(self.best)
         if not settings:
-            return f"best single-seed {self.metric}: " + (", ".join(f"{a} {e:.4g}" for a, e in sorted(single.items()))
+            return f"best single-seed {self.metric}: " + (", ".join(f"{a} {shown_metric(e)}" for a, e in sorted(single.items()))
                                                           or "-")
         if set(single) <= set(settings):
-            return f"best {self.metric} (mean over seeds): " + ", ".join(f"{a} {v[0]:.4g}"
+            return f"best {self.metric} (mean over seeds): " + ", ".join(f"{a} {shown_metric(v[0])}"
                                                                          for a, v in sorted(settings.items()))
         return f"best {self.metric}: " + ", ".join(
-            f"{a} {settings[a][0]:.4g} (mean over seeds)" if a in settings else f"{a} {single[a]:.4g} (one seed)"
+            f"{a} {shown_metric(settings[a][0])} (mean over seeds)" if a in settings else f"{a} {shown_metric(single[a])} (one seed)"
             for a in sorted(set(single) | set(settings)))
 
     def _counts(self, retried_word: str) -> str:

@@ -20,7 +20,7 @@ import yaml
 
 from .landscape import (ArmLandscape, arm_landscape, edge_advice, fmt_number, landscapes, parent_metrics, study_verdict,
                         verdict_tags)
-from .spec import SpecError, shown
+from .spec import SpecError, shown, shown_metric
 
 DASHBOARDS = Path(__file__).resolve().parents[1] / "dashboards"
 FORMATS = ("png", "svg", "html")
@@ -238,7 +238,7 @@ def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, exte
                              f'fill="#efefef"><title>{esc(f"{where}: not finished yet")}</title></rect>')
                 continue
             if math.isfinite(e):
-                tip = f"{where}: {metric}={e:.4f}" + (f" ({d:.0%} of {n_seeds} seeds diverged)" if d > 0 else "")
+                tip = f"{where}: {metric}={shown_metric(e)}" + (f" ({d:.0%} of {n_seeds} seeds diverged)" if d > 0 else "")
                 if done is not None:
                     tip += f" ({done} of {seeds} seeds so far)"
                 if e > zmax:
@@ -261,7 +261,7 @@ def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, exte
     if not land.grid and land.samples:                  # the sampled points over the interpolated surface
         for m in land.samples:
             tip = (f"sample λ={shown(m['weight_decay'])}, η={shown(m['lr'])}: "
-                   + ("diverged" if m["diverged"] else f"{metric}={m['error']:.4f}"))
+                   + ("diverged" if m["diverged"] else f"{metric}={shown_metric(m['error'])}"))
             fill = "#d9d9d9" if m["diverged"] or not math.isfinite(m["error"]) else colour(m["error"])
             parts.append(f'<circle cx="{xpos(m["weight_decay"]):.1f}" cy="{ypos(m["lr"]):.1f}" r="3.5" '
                          f'fill="{fill}" stroke="black" stroke-width="0.7" clip-path="url(#clip-{uid})">'
@@ -466,7 +466,7 @@ def report_html(study: str, metric: str, lands: list[ArmLandscape], pngs, spec_t
     extend = color_extend(lands, zmin, zmax)
     rows = "".join(
         f"<tr><td>{html.escape(L.arm)}</td><td>{_lam(L.best['lr'])}</td><td>{_lam(L.best['weight_decay'])}</td>"
-        f"<td>{_num(L.best['error'], '.4f')}</td><td>{_num(L.slope, '.2f')}</td>"
+        f"<td>{shown_metric(L.best['error'])}</td><td>{_num(L.slope, '.2f')}</td>"
         f"<td>[{_num(L.slope_ci[0], '.2f')}, {_num(L.slope_ci[1], '.2f')}]</td>"
         f"<td>{html.escape(L.predicted[1])}</td><td>{html.escape(L.ci_method)}</td></tr>" for L in lands)
     interactive = "".join(_svg_heatmap(L, zmin, zmax, metric, extend) for L in lands)
@@ -665,7 +665,7 @@ def summary_lines(lands: list[ArmLandscape]) -> list[str]:
     verdict = study_verdict(lands)
     for L, v in zip(lands, verdict["arms"]):
         lo, hi = L.slope_ci
-        out.append(f"  {L.arm:<20} best {L.metric} {_num(L.best['error'], '.4f')} at η={_lam(L.best['lr'])}, "
+        out.append(f"  {L.arm:<20} best {L.metric} {shown_metric(L.best['error'])} at η={_lam(L.best['lr'])}, "
                    f"λ={_lam(L.best['weight_decay'])}; slope of log λ*(η): {_num(L.slope, '.2f')} "
                    f"[{_num(lo, '.2f')}, {_num(hi, '.2f')}] (predicted {L.predicted[1]}; {L.ci_method})")
         out.append(f"  {'':<20} verdict: {v['text']}")

@@ -452,6 +452,16 @@ def shown(v: float) -> str:
     return f"{v + 0.0:.4g}"
 
 
+def shown_metric(v: float) -> str:
+    """A final metric (a loss, an error) as every output spells it: 4 decimals (0.0849), 4 significant digits
+    where that would be long (a loss of 3.121e+14 from a run that blew up without turning non-finite); n/a."""
+    import math
+
+    if not isinstance(v, (int, float)) or math.isnan(v):
+        return "n/a"
+    return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
+
+
 def _check_limits(spec: StudySpec, file) -> None:
     """Numbers past HARD_LIMITS (and seed lists past MAX_SEEDS) cannot run on any machine: refused, whatever
     the flags."""
@@ -503,6 +513,13 @@ def _check_written(raw: dict, spec: StudySpec, file) -> None:
         section, name = where.split(".")
         if isinstance(raw.get(section), dict) and name in raw[section]:
             _fail(file, where, f"{why}; remove it")
+    if spec.search.sampler == "grid":  # one point is `low`: a `high` that differs would be dropped unsaid
+        for i, a in enumerate(spec.arms):
+            for axis in ("lr", "weight_decay"):
+                r = getattr(a, axis)
+                _check((r.points or spec.search.points) != 1 or r.low == r.high, file, f"arms[{i}].{axis}",
+                       f"one grid point trains low only and drops high; give high equal to low, or 2 or more "
+                       f"points, but got low={r.low!r}, high={r.high!r}, points=1")
 
 
 def _check_path_given(spec: StudySpec, file) -> None:

@@ -153,8 +153,8 @@ def _ui_proxy(host: str, port: int, upstream_port: int, tracking: str = ""):
 VIEWS = (("study-members", "members, best first"), ("study-settings", "settings, mean over seeds, best first"))
 
 
-def _experiment_urls(base: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
-    """(name, URL of its runs table, [(what, URL)] of the views that open on the question) of each study's
+def _experiment_urls(base: str) -> list[tuple[str, str | None, str, list[tuple[str, str]]]]:
+    """(name, its study's name, URL of its runs table, [(what, URL)] of the views that open on the question) of each study's
     experiment the server lists (all of them if none is a study's), read through the UI's own address with MLflow's
     REST API. The views are the experiment's shared views the driver wrote (tracking.question_views)."""
     import urllib.parse
@@ -177,7 +177,7 @@ def _experiment_urls(base: str) -> list[tuple[str, str, list[tuple[str, str]]]]:
         study = next((t["value"] for t in e.get("tags", []) if t.get("key") == "study"), None)
         if study and keys:  # a study's experiment (the views are ours): its landscape as it stands, while it runs too
             views.append(("live landscape", f"{base}{LIVE.format(name=urllib.parse.quote(study))}"))
-        out.append((e["name"], page, views))
+        out.append((e["name"], study, page, views))
     return out
 
 
@@ -278,11 +278,13 @@ def cmd_ui(args) -> int:
             runs = []
             print(f"warning: could not list the experiments ({type(e).__name__}: {e})", file=sys.stderr)
         print(f"MLflow UI: {base}/  (store {tracking}); Ctrl-C stops it", flush=True)
-        for name, url, views in runs:
+        for name, study, url, views in runs:
             print(f"  {name}: {url}", flush=True)
             for what, view in views:
                 print(f"    {what}: {view}", flush=True)
-            report = home / name / "export" / "report.html"   # what `study run` exported when it finished
+            # what `study run` exported when it finished, in the study's folder (named after the study, which
+            # tracking.experiment may name differently)
+            report = home / (study or name) / "export" / "report.html"
             if report.is_file():
                 print(f"    report: {report.as_uri()}", flush=True)
         if dash:
@@ -291,9 +293,13 @@ def cmd_ui(args) -> int:
             board = f"http://{f'[{args.host}]' if ':' in args.host else args.host}:{args.port + 1}"
             print(f"optuna-dashboard: {board}  (storage {masked(storage)})", flush=True)
             try:
-                for study, study_id in dashboard_studies(storage, args.study):
+                listed = dashboard_studies(storage, args.study)
+                for study, study_id in listed:
                     what = "settings, mean over seeds" if study.endswith(".settings") else "members"
                     print(f"    {study} ({what}): {board}/dashboard/studies/{study_id}", flush=True)
+                if sum(s.endswith(".settings") for s, _ in listed) < sum(not s.endswith(".settings") for s, _ in listed):
+                    print(f"    (an arm's settings study, {args.study}.ARM.settings, appears on the dashboard's home "
+                          f"page once one of its settings has all its seeds in)", flush=True)
             except Exception as e:  # the dashboard still serves; only the addresses are missing
                 print(f"warning: could not list the Optuna studies ({type(e).__name__}: {e})", file=sys.stderr)
         while not stopping and procs[0].poll() is None:

@@ -117,6 +117,8 @@ CASES = [
     ("unknown device", (["train", "device"], "tpu"), [], "device='tpu'"),
     ("width 0", (["model", "width"], 0), [], "model.width"),
     ("crop padding of 99", (["data", "crop_padding"], 99), [], "crop_padding"),
+    ("one grid point with high ≠ low (high dropped)", (["arms", 0, "lr", "points"], 1), [],
+     "invalid arms[0].lr: one grid point trains low only and drops high"),
     ("crop padding past half of digits' 8×8 images", (["data", "crop_padding"], 5), [],
      "invalid data.crop_padding: at most half the image side, 4 pixels for digits's 8×8 images"),
     ("tpe with 0 trials", (["search"], {"sampler": "tpe", "trials": 0}), [], "search.trials"),

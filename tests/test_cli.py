@@ -233,15 +233,15 @@ def test_progress_ranks_settings_once_an_arm_has_one():
     out = io.StringIO()
     p = Progress(total=8, done=0, epochs=2, metric="test_loss", interval=3600, out=out)
     p.member_done("sgd-coupled", 0.30)  # a lucky seed
-    assert "best single-seed test_loss: sgd-coupled 0.3" in p.bar(300)
+    assert "best single-seed test_loss: sgd-coupled 0.3000" in p.bar(300)
     p.setting_done("sgd-coupled", 0.45, 0.1, 0.01, 2)
     p.setting_done("sgd-coupled", float("nan"), 0.3, 0.1, 2)  # every seed diverged: never a best
     p.setting_done("sgd-coupled", 0.41, 0.05, 0.01, 2)
     p.setting_done("sgd-coupled", 0.43, 0.02, 0.01, 2)
-    assert "best test_loss (mean over seeds): sgd-coupled 0.41" in p.bar(300)
+    assert "best test_loss (mean over seeds): sgd-coupled 0.4100" in p.bar(300)
     assert p.best_setting["sgd-coupled"] == (0.41, 0.05, 0.01, 2)
     p.member_done("sgd-independent", 0.38)  # an arm without a finished setting yet keeps its single seed, said so
-    assert "best test_loss: sgd-coupled 0.41 (mean over seeds), sgd-independent 0.38 (one seed)" in p.bar(300)
+    assert "best test_loss: sgd-coupled 0.4100 (mean over seeds), sgd-independent 0.3800 (one seed)" in p.bar(300)
 
 
 def test_progress_bar_fits_the_terminal():

@@ -337,3 +337,20 @@ def test_degenerate_grids_give_a_landscape_without_a_slope_and_keep_every_measur
     assert single.error == [[0.2]] and single.best["error"] == 0.2 and math.isnan(single.slope)
     (line,) = landscapes([m(0.01 * i, 0.001 * i, 0, 0.1) for i in range(1, 6)])
     assert not line.grid and len(line.samples) == 5 and math.isnan(line.slope)
+
+
+def test_a_samplers_landscape_is_made_of_settings_averaged_over_seeds():
+    """TPE or random sample settings and train each with every seed: the surface and the best are the settings'
+    means over seeds (as a grid's cells and the settings' records), never a lucky seed on its own."""
+    def m(lr, wd, seed, err, diverged=False):
+        return {"optimizer": "sgd", "decay": "coupled", "lr": lr, "weight_decay": wd, "seed": seed, "error": err,
+                "diverged": diverged}
+    members = [m(0.01, 1e-3, 0, 0.30), m(0.01, 1e-3, 1, 0.60),     # mean 0.45, one lucky seed
+               m(0.03, 3e-3, 0, 0.40), m(0.03, 3e-3, 1, 0.42),     # mean 0.41: the best setting
+               m(0.10, 1e-2, 0, 0.50), m(0.10, 1e-2, 1, 9.0, diverged=True),  # a diverged seed is left out
+               m(0.05, 2e-2, 0, 0.70), m(0.05, 2e-2, 1, 0.72)]
+    land = arm_landscape(members)
+    assert not land.grid and len(land.samples) == 4
+    assert land.best == {"lr": 0.03, "weight_decay": 3e-3, "error": pytest.approx(0.41)}
+    assert {(s["lr"], round(s["error"], 6)) for s in land.samples} == {(0.01, 0.45), (0.03, 0.41), (0.10, 0.5),
+                                                                        (0.05, 0.71)}
