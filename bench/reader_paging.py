@@ -4,9 +4,11 @@ MLflow's SQL store pages search_runs by OFFSET, so each page of 1,000 could cost
 This builds a store of N runs shaped like a study's members (tags, 25 params, 12 metrics) with MLflow's client,
 then reads them all with the study's filter, 1,000 per call and in one call of up to 50,000 (MLflow's limit),
 twice each, timing every page.  Usage: python bench/reader_paging.py sqlite:////tmp/paging.db 4000"""
-import sys, time
+import sys
+import time
+
 from mlflow.tracking import MlflowClient
-from mlflow.entities import Param, Metric, RunTag
+from mlflow.entities import Metric, Param
 
 uri, n = sys.argv[1], int(sys.argv[2])
 c = MlflowClient(uri)
