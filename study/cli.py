@@ -23,7 +23,7 @@ from .checks import (check_address, check_bench_args, check_local_device, check_
 from .datasets import DataError, split_sizes
 from .environment import SettingError, check_settings
 from .parser import AUTO_BOOL, build_parser, refuse_empty_values
-from .spec import (SpecError, check_cost, data_warnings, grid_members, load_spec, shown, shown_metric, shrink_for_smoke,
+from .spec import (SpecError, check_cost, data_warnings, grid_members, load_spec, shrink_for_smoke,
                    timescale_warnings, total_steps)
 from .stores import StoreError, database_damage, default_storage, masked, why_no_file
 from .ui import cmd_ui
@@ -208,16 +208,12 @@ def _drive(args, spec, resume: bool) -> int:
     print(f"\nstudy {spec.name}: {outcome.done}/{outcome.total} members recorded{failed} in {outcome.seconds:.0f} s")
     for reason, n in Counter(outcome.failed.values()).most_common(5):
         print(f"  {n} failed: {reason}")
-    for arm in sorted(set(outcome.best) | set(outcome.best_setting)):
-        if arm in outcome.best_setting:  # as the landscape ranks: the mean over the setting's seeds
-            mean, lr, wd, n = outcome.best_setting[arm]
-            print(f"  best {spec.search.metric} of {arm}: {shown_metric(mean)} at η={shown(lr)}, λ={shown(wd)} "
-                  f"(mean of {n} seed{'s' * (n != 1)})")
-        else:
-            print(f"  best single-seed {spec.search.metric} of {arm}: {shown_metric(outcome.best[arm])} (one member, one seed)")
+    from .report import best_lines, export, summary_lines
+
+    for line in best_lines(spec.search.metric, outcome.best, outcome.best_setting):
+        print(line)
     study_dir = home / spec.name
     if outcome.complete and not outcome.interrupted and spec.arms:  # Ctrl-C meant stop: resume exports
-        from .report import export, summary_lines
         lands, _ = export(stores.tracking, spec.name, study_dir / "export", metric=spec.search.metric)
         seeds = spec.search.seeds
         over = f"mean {spec.search.metric} over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 \
@@ -302,13 +298,8 @@ def cmd_export(args) -> int:
     if out == home or home.is_relative_to(out) or out.is_relative_to(home / "artifacts"):
         raise SpecError(f"invalid --out: {out} holds the studies' home or its MLflow artifacts; export into a folder "
                         f"of its own (e.g. {home / check_name(args.name) / 'export'}), but got out={args.out!r}")
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    from .report import FORMATS
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise SpecError(f"invalid --format: a comma-separated list of {', '.join(FORMATS)}, but got {args.format!r}")
     try:
-        lands, written = export(tracking, args.name, Path(args.out).resolve(), args.metric, formats, args.dashboard,
+        lands, written = export(tracking, args.name, Path(args.out).resolve(), args.metric, args.format, args.dashboard,
                                 log_to_mlflow=not args.no_log)
     except LookupError as e:
         raise SpecError(str(e).strip("'\"")) from None
@@ -322,9 +313,7 @@ def cmd_export(args) -> int:
 
 def cmd_recommend(args) -> int:
     """λ*(η) at one learning rate from each arm's fitted ridge, with its interval, η·λ and the decay timescale."""
-    import math
-
-    from .landscape import landscapes, measured_lr_range, recommend
+    from .report import recommend_lines
     from .tracking import read_study
 
     lr = check_lr(args.lr)
@@ -336,44 +325,7 @@ def cmd_recommend(args) -> int:
         raise SpecError(str(e).strip("'\"")) from None
     if not members:
         raise SpecError(f"invalid name: study {args.name!r} has no finished member runs yet")
-    lands = {L.arm: L for L in landscapes(members, metric=metric)}
-    if args.arm is not None and args.arm not in lands:
-        raise SpecError(f"invalid --arm: study {args.name!r} has arms {', '.join(lands)}, but got arm={args.arm!r}")
-    chosen = [lands[args.arm]] if args.arm else list(lands.values())
-    results, refused = [], []
-    for L in chosen:
-        try:
-            results.append((L, recommend(L, lr)))
-        except ValueError as e:
-            refused.append(str(e))
-    if not results:
-        if len(refused) == 1 and (args.arm or not refused[0].startswith("invalid --arm: ")):
-            raise SpecError(refused[0])
-        no_ridge = [m.removeprefix("invalid --arm: ") for m in refused if m.startswith("invalid --arm: ")]
-        if len(no_ridge) == len(refused):   # no --arm was given: blame the study, not a flag
-            raise SpecError(f"invalid name: study {args.name!r} has no arm with a fitted ridge to recommend from: "
-                            + "; ".join(no_ridge))
-        ranges = "; ".join(f"{L.arm} [{shown(r[0])}, {shown(r[1])}]" if (r := measured_lr_range(L)) else f"{L.arm}: no ridge"
-                           for L in chosen)
-        raise SpecError(f"invalid --lr: {shown(lr)} is outside the learning rates where every arm's ridge was measured "
-                        f"({ranges}); no extrapolation")
-    steps = members[0].get("total_steps")  # the run's length, to say the timescale as a fraction of it
-    print(f"study {args.name} (final {metric}): best weight decay at η={shown(lr)} from each arm's fitted ridge, "
-          f"95 % interval")
-    for L, r in results:
-        lo, hi = r["weight_decay_ci"]
-        ci = f"[{shown(lo)}, {shown(hi)}]" if math.isfinite(lo) else "(no interval: the data do not bound the slope)"
-        tau = r["timescale_steps"]
-        run = f" = {tau / steps:.2g}× the run's {steps} steps" if steps else ""
-        prod = "" if L.decay == "independent" else f"; η·λ* = {r['lr_x_weight_decay']:.3g}"
-        print(f"  {L.arm:<20} λ* = {shown(r['weight_decay'])} {ci}{prod}; decay timescale τ = {r['timescale_rule']} "
-              f"≈ {tau:.3g} steps{run} (ridge over {r['rows']} rows, η in [{shown(r['lr_range'][0])}, "
-              f"{shown(r['lr_range'][1])}]; slope {L.slope:.2f})")
-        print(f"  {'':<20} verdict: {r['verdict_text']}")
-        for w in r["warnings"]:
-            print(f"  {'':<20} warning: {w}")
-    for msg in refused:
-        print(f"  {msg.split(': ', 1)[1]}")
+    print("\n".join(recommend_lines(args.name, metric, members, lr, args.arm)))
     return 0
 
 

@@ -629,11 +629,16 @@ cells are not finished yet (hover for how many seeds are in).</p>
 
 def export(uri: str, study: str, out: Path, metric: str | None = None, formats=("png", "svg", "html"),
            dashboard: str = "default", log_to_mlflow: bool = True) -> tuple[list[ArmLandscape], list[Path]]:
+    """`study export`: the dashboard's figures, landscape.json, claims.json and report.html of a recorded study in
+    `out`, logged to its parent run (unless not `log_to_mlflow`, or the study is not complete). `formats`: a tuple
+    of FORMATS, or --format as written ("png,html")."""
     from .tracking import log_export, parent_environment, read_study
 
-    for f in formats:
-        if f not in FORMATS:
-            raise SpecError(f"invalid --format: must be among {', '.join(FORMATS)}, but got {f!r}")
+    given = formats  # --format as written ("png,svg") or a tuple
+    formats = tuple(f.strip() for f in formats.split(",") if f.strip()) if isinstance(formats, str) else formats
+    if not formats or any(f not in FORMATS for f in formats):
+        raise SpecError(f"invalid --format: a comma-separated list of {', '.join(FORMATS)}, but got "
+                        f"{given if isinstance(given, str) else ','.join(given)!r}")
     dash = load_dashboard(dashboard)
     if metric and dash.get("metric") and metric != dash["metric"]:  # the flag decides, and says so
         print(f"note: --metric {metric} replaces the dashboard's metric {dash['metric']}", file=sys.stderr)
@@ -657,6 +662,63 @@ def export(uri: str, study: str, out: Path, metric: str | None = None, formats=(
                    metrics=parent_metrics(lands), tags={**verdict_tags(lands), f"landscape.{metric}.{name}": f"landscape/{metric}/{name}"},
                    answer=(metric, study_verdict(lands)["lines"]))
     return lands, written
+
+
+def best_lines(metric: str, best: dict, best_setting: dict) -> list[str]:
+    """The closing lines of a run: per arm its best setting's mean over seeds (as the landscape ranks), or its best
+    single member where no setting has all its seeds in."""
+    out = []
+    for arm in sorted(set(best) | set(best_setting)):
+        if arm in best_setting:
+            mean, lr, wd, n = best_setting[arm]
+            out.append(f"  best {metric} of {arm}: {shown_metric(mean)} at η={shown(lr)}, λ={shown(wd)} "
+                       f"(mean of {n} seed{'s' * (n != 1)})")
+        else:
+            out.append(f"  best single-seed {metric} of {arm}: {shown_metric(best[arm])} (one member, one seed)")
+    return out
+
+
+def recommend_lines(study: str, metric: str, members: list[dict], lr: float, arm: str | None) -> list[str]:
+    """`study recommend`: λ*(η) at one learning rate from each arm's (or `arm`'s) fitted ridge, with its interval,
+    η·λ and the decay timescale; SpecError (one line) for an unknown arm or a learning rate outside every ridge."""
+    from .landscape import measured_lr_range, recommend
+
+    lands = {L.arm: L for L in landscapes(members, metric=metric)}
+    if arm is not None and arm not in lands:
+        raise SpecError(f"invalid --arm: study {study!r} has arms {', '.join(lands)}, but got arm={arm!r}")
+    chosen = [lands[arm]] if arm else list(lands.values())
+    results, refused = [], []
+    for L in chosen:
+        try:
+            results.append((L, recommend(L, lr)))
+        except ValueError as e:
+            refused.append(str(e))
+    if not results:
+        if len(refused) == 1 and (arm or not refused[0].startswith("invalid --arm: ")):
+            raise SpecError(refused[0])
+        no_ridge = [m.removeprefix("invalid --arm: ") for m in refused if m.startswith("invalid --arm: ")]
+        if len(no_ridge) == len(refused):   # no --arm was given: blame the study, not a flag
+            raise SpecError(f"invalid name: study {study!r} has no arm with a fitted ridge to recommend from: "
+                            + "; ".join(no_ridge))
+        ranges = "; ".join(f"{L.arm} [{shown(r[0])}, {shown(r[1])}]" if (r := measured_lr_range(L)) else f"{L.arm}: no ridge"
+                           for L in chosen)
+        raise SpecError(f"invalid --lr: {shown(lr)} is outside the learning rates where every arm's ridge was measured "
+                        f"({ranges}); no extrapolation")
+    steps = members[0].get("total_steps")  # the run's length, to say the timescale as a fraction of it
+    out = [f"study {study} (final {metric}): best weight decay at η={shown(lr)} from each arm's fitted ridge, "
+           f"95 % interval"]
+    for L, r in results:
+        lo, hi = r["weight_decay_ci"]
+        ci = f"[{shown(lo)}, {shown(hi)}]" if math.isfinite(lo) else "(no interval: the data do not bound the slope)"
+        tau = r["timescale_steps"]
+        run = f" = {tau / steps:.2g}× the run's {steps} steps" if steps else ""
+        prod = "" if L.decay == "independent" else f"; η·λ* = {r['lr_x_weight_decay']:.3g}"
+        out.append(f"  {L.arm:<20} λ* = {shown(r['weight_decay'])} {ci}{prod}; decay timescale τ = {r['timescale_rule']} "
+                   f"≈ {tau:.3g} steps{run} (ridge over {r['rows']} rows, η in [{shown(r['lr_range'][0])}, "
+                   f"{shown(r['lr_range'][1])}]; slope {L.slope:.2f})")
+        out.append(f"  {'':<20} verdict: {r['verdict_text']}")
+        out += [f"  {'':<20} warning: {w}" for w in r["warnings"]]
+    return out + [f"  {msg.split(': ', 1)[1]}" for msg in refused]
 
 
 def summary_lines(lands: list[ArmLandscape]) -> list[str]:
