@@ -326,3 +326,25 @@ def test_the_live_landscape_reads_slopes_only_from_finished_rows():
     assert _planned_cells(members, tpe) == []
     (heat,), (fit,) = _live_landscapes(members, tpe, "test_loss", done)
     assert not heat.grid and heat is fit
+
+
+def test_the_sgd_identity_is_computed_once_per_model_and_code(tmp_path, monkeypatch):
+    """The claims' float64 identity steps depend only on the model, torch and the model and optimizer code: an
+    export reads them from the cache after the first; another width (or code) computes them anew; an unwritable
+    cache is passed by."""
+    import study.claims as claims
+
+    monkeypatch.setenv("STUDY_CACHE", str(tmp_path / "cache"))
+    first = claims.cached_sgd_identity("resnet8", 1)
+    assert first == claims.sgd_identity("resnet8", 1)  # the same numbers as computing them
+    assert len(list((tmp_path / "cache").glob("sgd-identity-*.json"))) == 1
+
+    def never(*a, **k):
+        raise AssertionError("computed again")
+    monkeypatch.setattr(claims, "sgd_identity", never)
+    assert claims.cached_sgd_identity("resnet8", 1) == first  # read back
+    with pytest.raises(AssertionError, match="computed again"):
+        claims.cached_sgd_identity("resnet8", 2)  # another model: not the cached one
+    monkeypatch.undo()
+    monkeypatch.setenv("STUDY_CACHE", "/dev/null/cache")  # cannot be written: computed, not a failure
+    assert claims.cached_sgd_identity("resnet8", 1) == first
