@@ -74,9 +74,12 @@ def cached_sgd_identity(model: str, width: int = 1) -> list[dict]:
     from .datasets import cache_dir
 
     here = Path(__file__).resolve().parent
-    code = b"".join((here / f).read_bytes() for f in ("models.py", "optim.py", "claims.py"))
+    code = b"".join((here / f).read_bytes() for f in ("models.py", "optim.py", "registry.py", "claims.py"))
     key = hashlib.sha1(json.dumps([model, width, torch.__version__]).encode() + code).hexdigest()[:16]
-    path = cache_dir() / f"sgd-identity-{key}.json"
+    try:
+        path = cache_dir() / f"sgd-identity-{key}.json"
+    except RuntimeError:  # no home folder to find the cache in: computed every time
+        return sgd_identity(model, width)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

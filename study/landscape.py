@@ -467,7 +467,7 @@ def recommend(land: ArmLandscape, lr: float, level: float = LEVEL) -> dict:
                          f"weight_decay grid); widen its grid first")
     lo_lr, hi_lr = rng
     if not (lo_lr * (1 - 1e-9) <= lr <= hi_lr * (1 + 1e-9)):
-        raise ValueError(f"invalid --lr: {shown(lr)} is outside the learning rates where {land.arm}'s ridge was measured "
+        raise ValueError(f"invalid --lr: {lr:.10g} is outside the learning rates where {land.arm}'s ridge was measured "
                          f"[{shown(lo_lr)}, {shown(hi_lr)}]; no extrapolation")
     m, lo, hi = (float(v[0]) for v in predict_log_wd(land, [lr], level))
     wd, wd_lo, wd_hi = math.exp(m), math.exp(lo) if math.isfinite(lo) else math.nan, \

@@ -64,7 +64,7 @@ class Progress:
         self.started = time.time()
         self._last = 0.0
         self._drawn = False  # a bar is on screen without its newline
-        self._rows = 0       # array rows drawn under the bar (the cursor is at the end of the last one)
+        self._closed = False  # close() drew the final bar
         # array key -> [member-epochs per report, seconds per epoch or None, last report time, last epoch]
         self._arrays: dict = {}
         self._labels: dict = {}  # array key -> what its row calls it ("sgd-coupled, 41 members")
@@ -81,25 +81,26 @@ class Progress:
         """An array reported one epoch of `n` members. `seconds`: that epoch's measured time (the rows'
         epoch_time); `key`: the array (Ray trial id); `epoch`: its number, so that a retried array that
         reports an epoch again is not counted twice; `label`: the array's row on a terminal."""
-        now = time.time()
-        if key is not None and label:
-            self._labels[key] = label
-        if key is not None:
-            a = self._arrays.get(key)
-            if a is not None and epoch is not None and a[3] is not None and epoch <= a[3]:
-                a[2] = now  # re-reported after a retry: alive, but no new epochs
-                return
-            between = now - a[2] if a is not None else None
-            if seconds is not None and math.isfinite(seconds) and seconds > 0:
-                per_epoch = max(seconds, between or 0.0)  # between reports also holds evaluation and overhead
-            else:
-                per_epoch = between
-            self._arrays[key] = [n, per_epoch, now, epoch]
-        elif self._first_report is None:
-            self._first_report = (now, self.epochs_done + n)
-        self.epochs_done = min(self.epochs_done + n, self.epochs_total)
-        if now - self._last >= (self.refresh if self.tty else self.interval):
-            self.print()
+        with self._lock:  # the ticker reads the arrays as it draws their rows
+            now = time.time()
+            if key is not None and label:
+                self._labels[key] = label
+            if key is not None:
+                a = self._arrays.get(key)
+                if a is not None and epoch is not None and a[3] is not None and epoch <= a[3]:
+                    a[2] = now  # re-reported after a retry: alive, but no new epochs
+                    return
+                between = now - a[2] if a is not None else None
+                if seconds is not None and math.isfinite(seconds) and seconds > 0:
+                    per_epoch = max(seconds, between or 0.0)  # between reports also holds evaluation and overhead
+                else:
+                    per_epoch = between
+                self._arrays[key] = [n, per_epoch, now, epoch]
+            elif self._first_report is None:
+                self._first_report = (now, self.epochs_done + n)
+            self.epochs_done = min(self.epochs_done + n, self.epochs_total)
+            if now - self._last >= (self.refresh if self.tty else self.interval):
+                self.print()
 
     def member_done(self, arm: str, value: float | None, diverged: bool = False) -> None:
         """A member's end: its final metric, or None when it failed. A diverged member is done (recorded)
@@ -219,19 +220,30 @@ class Progress:
 
     def print(self, rows: bool = True) -> None:
         with self._lock:
+            if self._closed:  # a ticker that woke as the bar was closed draws nothing after the final bar
+                return
             self._last = time.time()
-            if self.tty:  # back to the bar's line, the bar, everything below cleared, then the array rows
-                width = self._columns()
-                below = self.rows(width) if rows else []
-                self.out.write(self._up() + "\r" + self.bar(width) + "\x1b[J" + "".join("\n" + r for r in below))
+            if self.tty:
+                # the bar, everything below it cleared, the array rows, then the cursor back at the end of the
+                # bar's line: a line someone else writes (a retry warning, Ray's) lands after the bar, as it did
+                # with the bar alone, and the next drawing starts on the line below it, never over it
+                width, height = self._columns(), self._lines()
+                bar = self.bar(width)
+                below = self.rows(width)[:max(0, height - 3)] if rows else []
+                back = f"\x1b[{len(below)}A\r\x1b[{len(bar)}C" if below else ""
+                self.out.write("\r" + bar + "\x1b[J" + "".join("\n" + r for r in below) + back)
                 self.out.flush()
-                self._rows, self._drawn = len(below), True
+                self._drawn = True
             else:
                 print(self.line(), file=self.out, flush=True)
 
-    def _up(self) -> str:
-        """The cursor from the end of the last array row back to the bar's line."""
-        return f"\x1b[{self._rows}A" if self._rows else ""
+    def _lines(self) -> int:
+        """The terminal's height: the rows never take more than it (a short pane would scroll on every drawing)."""
+        try:
+            lines = os.get_terminal_size(self.out.fileno()).lines
+        except (AttributeError, ValueError, OSError):
+            lines = 0
+        return lines or shutil.get_terminal_size((120, 24)).lines
 
     def tick(self, every: float = 1.0) -> None:
         """On a terminal, redraw the bar every `every` seconds until close(): the elapsed time moves while Ray
@@ -254,8 +266,7 @@ class Progress:
         cleared first and drawn again below it."""
         with self._lock:
             if self.tty and self._drawn:
-                self.out.write(self._up() + "\r\x1b[J")
-                self._rows = 0
+                self.out.write("\r\x1b[J")  # the bar and the rows below it
             print(text, file=self.out, flush=True)
             if self.tty and self._drawn:
                 self.print()
@@ -263,8 +274,10 @@ class Progress:
     def close(self) -> None:
         """End the bar's line (a terminal), so what is printed next starts on a line of its own."""
         self._ticking.clear()
-        if self.tty and self._drawn:
-            self.print(rows=False)  # the final bar alone: no array is in flight any more
-            self.out.write("\n")
-            self.out.flush()
-            self._drawn = False
+        with self._lock:
+            if self.tty and self._drawn:
+                self.print(rows=False)  # the final bar alone: no array is in flight any more
+                self.out.write("\n")
+                self.out.flush()
+                self._drawn = False
+            self._closed = True

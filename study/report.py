@@ -702,7 +702,7 @@ def recommend_lines(study: str, metric: str, members: list[dict], lr: float, arm
                             + "; ".join(no_ridge))
         ranges = "; ".join(f"{L.arm} [{shown(r[0])}, {shown(r[1])}]" if (r := measured_lr_range(L)) else f"{L.arm}: no ridge"
                            for L in chosen)
-        raise SpecError(f"invalid --lr: {shown(lr)} is outside the learning rates where every arm's ridge was measured "
+        raise SpecError(f"invalid --lr: {lr:.10g} is outside the learning rates where every arm's ridge was measured "
                         f"({ranges}); no extrapolation")
     steps = members[0].get("total_steps")  # the run's length, to say the timescale as a fraction of it
     out = [f"study {study} (final {metric}): best weight decay at η={shown(lr)} from each arm's fitted ridge, "

@@ -181,30 +181,43 @@ def test_progress_on_a_terminal_is_one_updating_line(monkeypatch):
 
 
 def test_progress_on_a_terminal_has_a_row_per_array_in_flight(monkeypatch):
-    """Below the bar, one row per array training (its arm and size, its epoch, its pace), redrawn in place:
-    the next drawing moves back up over the rows and clears below; an array that ended loses its row; a message
-    clears the block and the bar comes back below it; the closing bar stands alone."""
+    """Below the bar, one row per array training (its arm and size, its epoch, its pace), redrawn in place: the
+    cursor goes back to the end of the bar's line after each drawing (a line someone else writes lands after the
+    bar, and the next drawing starts below it, never erasing it); an array that ended loses its row; a message
+    clears the block and the bar comes back below it; the closing bar stands alone; a short terminal gets fewer rows."""
     monkeypatch.setenv("COLUMNS", "300")
+    monkeypatch.setenv("LINES", "40")
     out = FakeTTY()
     p = Progress(total=82, done=0, epochs=20, metric="test_loss", out=out, refresh=0.0)
     p.epochs(41, seconds=1.5, key="t1", epoch=1, label="sgd-coupled, 41 members")
     p.epochs(41, seconds=1.2, key="t2", epoch=1, label="sgd-independent, 41 members")
+    mark = len(out.getvalue())
     p.print()
-    block = out.getvalue().rsplit("\r", 1)[1]
-    assert block.count("\n") == 2 and "\n  sgd-coupled, 41 members: epoch 1/20, 1.5 s/epoch" in block
+    block = out.getvalue()[mark:]
+    bar = p.bar(300)
+    assert block.startswith("\r[study] ") and block.count("\n") == 2
+    assert "\n  sgd-coupled, 41 members: epoch 1/20, 1.5 s/epoch" in block
     assert "\n  sgd-independent, 41 members: epoch 1/20, 1.2 s/epoch" in block
+    assert block.endswith(f"\x1b[2A\r\x1b[{len(bar)}C")  # back to the end of the bar's line
     p.array_done("t1")
     mark = len(out.getvalue())
     p.print()
     again = out.getvalue()[mark:]
-    assert again.startswith("\x1b[2A\r") and "\x1b[J" in again  # up over both rows, everything below cleared
+    assert again.startswith("\r[study] ") and "\x1b[J" in again  # over the bar, everything below it cleared
     assert again.count("\n") == 1 and "sgd-coupled, 41" not in again  # the ended array's row is gone
     mark = len(out.getvalue())
     p.message("[study] refine …")
-    assert out.getvalue()[mark:].startswith("\x1b[1A\r\x1b[J[study] refine …\n")
+    assert out.getvalue()[mark:].startswith("\r\x1b[J[study] refine …\n")
+    monkeypatch.setenv("LINES", "3")  # a pane of three lines: no room for rows under the bar
+    mark = len(out.getvalue())
+    p.print()
+    assert "\n" not in out.getvalue()[mark:]
     mark = len(out.getvalue())
     p.close()
     assert "\n  " not in out.getvalue()[mark:] and out.getvalue().endswith("\n")  # the bar alone, then a newline
+    mark = len(out.getvalue())
+    p.print()  # a ticker that woke as the bar closed draws nothing more
+    assert out.getvalue()[mark:] == ""
 
 
 def test_progress_on_a_terminal_keeps_its_clock_moving_before_any_report():
