@@ -203,7 +203,7 @@ class Progress:
 
     def bar(self, width: int | None = None) -> str:
         """The terminal's progress bar line, cut to `width` columns."""
-        width = width or self._columns()
+        width = width or self._size()[0]
         frac = self.done / self.total if self.total else 1.0
         fill = min(BAR_WIDTH, int(frac * BAR_WIDTH))
         text = (f"[study] [{'#' * fill}{'.' * (BAR_WIDTH - fill)}] {self.done}/{self.total} members"
@@ -211,12 +211,15 @@ class Progress:
                 f" | {fmt_duration(time.time() - self.started)} | ETA {self.eta()} | {self._best()}")
         return text if len(text) < width else text[:max(width - 2, 10)] + "…"
 
-    def _columns(self) -> int:
+    def _size(self) -> tuple[int, int]:
+        """The terminal's (columns, lines); where it cannot say (a pseudo-terminal may say 0), the environment's or
+        120 × 24. The rows never take more lines than it has: a short pane would scroll on every drawing."""
         try:
-            cols = os.get_terminal_size(self.out.fileno()).columns
+            size = os.get_terminal_size(self.out.fileno())
         except (AttributeError, ValueError, OSError):
-            cols = 0
-        return cols or shutil.get_terminal_size((120, 24)).columns  # a pseudo-terminal may say 0 columns
+            size = os.terminal_size((0, 0))
+        fallback = shutil.get_terminal_size((120, 24))
+        return size.columns or fallback.columns, size.lines or fallback.lines
 
     def print(self, rows: bool = True) -> None:
         with self._lock:
@@ -227,7 +230,7 @@ class Progress:
                 # the bar, everything below it cleared, the array rows, then the cursor back at the end of the
                 # bar's line: a line someone else writes (a retry warning, Ray's) lands after the bar, as it did
                 # with the bar alone, and the next drawing starts on the line below it, never over it
-                width, height = self._columns(), self._lines()
+                width, height = self._size()
                 bar = self.bar(width)
                 below = self.rows(width)[:max(0, height - 3)] if rows else []
                 back = f"\x1b[{len(below)}A\r\x1b[{len(bar)}C" if below else ""
@@ -236,14 +239,6 @@ class Progress:
                 self._drawn = True
             else:
                 print(self.line(), file=self.out, flush=True)
-
-    def _lines(self) -> int:
-        """The terminal's height: the rows never take more than it (a short pane would scroll on every drawing)."""
-        try:
-            lines = os.get_terminal_size(self.out.fileno()).lines
-        except (AttributeError, ValueError, OSError):
-            lines = 0
-        return lines or shutil.get_terminal_size((120, 24)).lines
 
     def tick(self, every: float = 1.0) -> None:
         """On a terminal, redraw the bar every `every` seconds until close(): the elapsed time moves while Ray
