@@ -49,8 +49,8 @@ class Setting:
         return self.template.weight_decay
 
     def key(self, study: str) -> str:
-        """The setting's stable identity (a member's key without the seed): one record per key, ever."""
-        return f"{study}|{self.arm}|lr={self.lr!r}|weight_decay={self.weight_decay!r}"
+        """The setting's stable identity, a member's key (MemberSpec.key) without the seed: one record per key."""
+        return self.template.key(study).rsplit("|seed=", 1)[0]
 
     def values(self, metric: str) -> list[float]:
         """The metric of the seeds that did not diverge (the landscape's cell averages these)."""
