@@ -115,9 +115,10 @@ def _select(lands: list[ArmLandscape], arms) -> list[ArmLandscape]:
 
 
 def render(study: str, metric: str, lands: list[ArmLandscape], dashboard: dict, out: Path, formats,
-           spec_text: str = "", environment: dict | None = None, claims: dict | None = None) -> list[Path]:
+           spec_text: str = "", environment: dict | None = None, claims: dict | None = None,
+           runs: tuple[dict, str] | None = None) -> list[Path]:
     """Write the dashboard's figures, landscape.json, claims.json (given `claims`, see study/claims.py) and (with
-    'html') report.html into `out`."""
+    'html') report.html into `out`; `runs` as report_html's."""
     import matplotlib.pyplot as plt
 
     from .plots import FIGURES
@@ -158,7 +159,7 @@ def render(study: str, metric: str, lands: list[ArmLandscape], dashboard: dict, 
     if "html" in formats:
         path = out / "report.html"
         path.write_text(report_html(study, metric, lands, pngs, spec_text, dashboard.get("title", ""), environment,
-                                    claims, dashboard.get("description", "")))
+                                    claims, dashboard.get("description", ""), runs))
         written.append(path)
     return written
 
@@ -245,19 +246,19 @@ def _svg_heatmap(land: ArmLandscape, zmin: float, zmax: float, metric: str, exte
                     tip += f" (above the colour scale's {zmax:.3g})"
                 cell = (f'<rect class="cell" x="{x:.1f}" y="{y:.1f}" width="{cw:.1f}" height="{ch:.1f}" '
                         f'fill="{colour(e)}"><title>{esc(tip)}</title></rect>')
-                href = (links or {}).get((r, c))
-                parts.append(f'<a href="{esc(href)}" target="_top">{cell}</a>' if href else cell)
             else:
                 diverged = d > 0
                 diverged_any |= diverged
                 tip = f"{where}: diverged (all {n_seeds} seeds)" if diverged else f"{where}: no data"
-                parts.append(f'<rect class="cell" x="{x:.1f}" y="{y:.1f}" width="{cw:.1f}" height="{ch:.1f}" '
-                             f'fill="#d9d9d9"><title>{esc(tip)}</title></rect>')
-                if diverged:
-                    cx, cy, h = x + cw / 2, y + ch / 2, min(cw, ch) * 0.18
-                    parts.append(f'<path d="M{cx - h:.1f},{cy - h:.1f}L{cx + h:.1f},{cy + h:.1f}M{cx - h:.1f},'
-                                 f'{cy + h:.1f}L{cx + h:.1f},{cy - h:.1f}" stroke="#595959" stroke-width="3" '
-                                 f'pointer-events="none"/>')
+                cell = (f'<rect class="cell" x="{x:.1f}" y="{y:.1f}" width="{cw:.1f}" height="{ch:.1f}" '
+                        f'fill="#d9d9d9"><title>{esc(tip)}</title></rect>')
+            href = (links or {}).get((r, c))  # a diverged cell's setting run too: it records how its seeds ended
+            parts.append(f'<a class="run" href="{esc(href)}" target="_top">{cell}</a>' if href else cell)
+            if not math.isfinite(e) and d > 0:  # a cross over a diverged cell
+                cx, cy, h = x + cw / 2, y + ch / 2, min(cw, ch) * 0.18
+                parts.append(f'<path d="M{cx - h:.1f},{cy - h:.1f}L{cx + h:.1f},{cy + h:.1f}M{cx - h:.1f},'
+                             f'{cy + h:.1f}L{cx + h:.1f},{cy - h:.1f}" stroke="#595959" stroke-width="3" '
+                             f'pointer-events="none"/>')
     if not land.grid and land.samples:                  # the sampled points over the interpolated surface
         for m in land.samples:
             tip = (f"sample λ={shown(m['weight_decay'])}, η={shown(m['lr'])}: "
@@ -444,6 +445,23 @@ figure.heatmap .title { font-size: 14px; font-weight: 600; } figure.heatmap .sub
 figure.heatmap .tick { font-size: 11px; } figure.heatmap rect.cell:hover { stroke: #fff; stroke-width: 2; }
 figure.heatmap .readout { font-size: 0.9em; color: #444; min-height: 1.3em; padding-left: 1em; }
 """
+def cell_links(land: ArmLandscape, runs: dict[tuple, str], experiment_id: str) -> dict | None:
+    """(row, column) -> the MLflow UI address of the cell's seed-averaged setting run (tracking.setting_run_ids
+    `runs`), relative to the UI's root: it opens where the page is served by `study ui` (the live page, the
+    report at /study/NAME/report)."""
+    if not land.grid:
+        return None
+    return {(r, c): f"/#/experiments/{experiment_id}/runs/{run}" for r, lr in enumerate(land.lr)
+            for c, wd in enumerate(land.weight_decay) if (run := runs.get((land.arm, lr, wd)))}
+
+
+# a report opened as a file has no MLflow UI beside it: its cells keep their hover values and lose the links
+FILE_LINKS_SCRIPT = """<script>
+document.addEventListener("DOMContentLoaded", () => {
+  if (location.protocol === "file:") document.querySelectorAll("a.run").forEach(a => a.removeAttribute("href"));
+});
+</script>"""
+
 HOVER_SCRIPT = """<script>
 // hover: show the hovered element's <title> (its value) below the heatmap; the native tooltip shows it too
 document.addEventListener("mouseover", e => {
@@ -455,9 +473,11 @@ document.addEventListener("mouseover", e => {
 
 
 def report_html(study: str, metric: str, lands: list[ArmLandscape], pngs, spec_text: str, title: str,
-                environment: dict | None = None, claims: dict | None = None, description: str = "") -> str:
+                environment: dict | None = None, claims: dict | None = None, description: str = "",
+                runs: tuple[dict, str] | None = None) -> str:
     """One HTML file, viewable offline and fetching nothing: the heatmaps are inline SVG (hover: each cell's
-    <title>, echoed below the plot by a few lines of script), the figures inline PNGs."""
+    <title>, echoed below the plot by a few lines of script), the figures inline PNGs. `runs`: the setting runs
+    and their experiment (cell_links); a cell opens its run where `study ui` serves the report."""
     from .plots import color_extend, error_range
     from .tracking import environment_line
 
@@ -469,7 +489,8 @@ def report_html(study: str, metric: str, lands: list[ArmLandscape], pngs, spec_t
         f"<td>{shown_metric(L.best['error'])}</td><td>{_num(L.slope, '.2f')}</td>"
         f"<td>[{_num(L.slope_ci[0], '.2f')}, {_num(L.slope_ci[1], '.2f')}]</td>"
         f"<td>{html.escape(L.predicted[1])}</td><td>{html.escape(L.ci_method)}</td></tr>" for L in lands)
-    interactive = "".join(_svg_heatmap(L, zmin, zmax, metric, extend) for L in lands)
+    interactive = "".join(_svg_heatmap(L, zmin, zmax, metric, extend, links=cell_links(L, *runs) if runs else None)
+                          for L in lands)
     verdict = study_verdict(lands)
     outcome_class = {"consistent": "ok", "contradicts": "bad", "differ": "ok"}
     verdict_items = "".join(
@@ -492,7 +513,7 @@ th {{ background: #eee; }} td:first-child {{ text-align: left; }}
 pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; }}
 #verdict li {{ margin: 0.3em 0; }} li.ok {{ color: #14622b; }} li.bad {{ color: #a11; }} li.open {{ color: #7a5600; }}
 {HEATMAP_STYLE}</style>
-{HOVER_SCRIPT}</head><body>
+{HOVER_SCRIPT}{FILE_LINKS_SCRIPT}</head><body>
 <h1>{html.escape(title or "Weight decay vs learning rate")}: {html.escape(study)}</h1>
 {f'<p id="description">{html.escape(description)}</p>' if description else ""}
 <section id="verdict"><h2>Verdict</h2><ul>{verdict_items}</ul>{advice}
@@ -506,7 +527,8 @@ every cell near each row's best, one quadratic valley per row, the floor's line 
 <table id="arms"><thead><tr><th>arm</th><th>best η</th><th>best λ</th><th>best {html.escape(metric)}</th>
 <th>slope</th><th>95 % interval</th><th>predicted</th><th>interval from</th></tr></thead><tbody>{rows}</tbody></table>
 <h2>Interactive landscapes</h2><p>Hover a cell for its value. One colour scale for all arms;
-an arrow on the colour bar marks values beyond it (drawn in the end colour).</p><div class="grid">{interactive}</div>
+an arrow on the colour bar marks values beyond it (drawn in the end colour). Served by <code>study ui</code>
+(its address /study/{html.escape(study)}/report), a click on a cell opens its setting's run in MLflow.</p><div class="grid">{interactive}</div>
 {claims_html(claims, metric)}
 <h2>Figures</h2>{figures}
 <h2>Spec</h2><pre>{html.escape(spec_text)}</pre>
@@ -602,10 +624,7 @@ def live_html(uri: str, study: str) -> str:
         maps = "".join(_svg_heatmap(L, zmin, zmax, metric, extend, partial={
             (r, c): n for r, lr in enumerate(L.lr) for c, wd in enumerate(L.weight_decay)
             if (n := seeds_done.get((L.optimizer, L.decay, lr, wd), 0)) < n_seeds} if L.grid else None,
-            seeds=n_seeds, links={
-            (r, c): f"/#/experiments/{exp}/runs/{run}" for r, lr in enumerate(L.lr)
-            for c, wd in enumerate(L.weight_decay) if (run := runs.get((L.arm, lr, wd)))} if L.grid else None)
-            for L in lands)
+            seeds=n_seeds, links=cell_links(L, runs, exp)) for L in lands)
         lines = html.escape("\n".join(summary_lines(shown_lands)) if shown_lands else
                             "no learning-rate row has every cell finished yet: no slope so far")
         so_far = "" if complete else "so far (provisional: from the rows whose every cell has finished)"
@@ -632,7 +651,7 @@ def export(uri: str, study: str, out: Path, metric: str | None = None, formats=(
     """`study export`: the dashboard's figures, landscape.json, claims.json and report.html of a recorded study in
     `out`, logged to its parent run (unless not `log_to_mlflow`, or the study is not complete). `formats`: a tuple
     of FORMATS, or --format as written ("png,html")."""
-    from .tracking import log_export, parent_environment, read_study
+    from .tracking import find_parent, log_export, parent_environment, read_study, setting_run_ids
 
     given = formats  # --format as written ("png,svg") or a tuple
     formats = tuple(f.strip() for f in formats.split(",") if f.strip()) if isinstance(formats, str) else formats
@@ -649,8 +668,9 @@ def export(uri: str, study: str, out: Path, metric: str | None = None, formats=(
     from .claims import study_claims
 
     claims = study_claims(uri, yaml.safe_load(spec_text) or {} if spec_text else {}, lands, members)
+    exp = find_parent(uri, study).info.experiment_id
     written = render(study, metric, lands, dash, Path(out), formats, spec_text, parent_environment(uri, parent),
-                     claims)
+                     claims, (setting_run_ids(uri, study, exp), exp))
     from .tracking import is_complete
 
     if log_to_mlflow and not is_complete(uri, study, len(members)):

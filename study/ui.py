@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 
 from .checks import check_name, home_dir, home_source, tracking_uri
@@ -66,29 +67,37 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
 
 
 LIVE = "/study/{name}/live"  # the live landscape of a study (report.live_html), served by the proxy itself
+REPORT = "/study/{name}/report"  # the report `study run` exported into the home, served from the MLflow UI's origin
+PAGES = ("live", "report")     # so that its cells' links to setting runs open in this UI
 
 
-def _live(tracking: str, path: str) -> tuple[int, bytes]:
-    """(status, page) for GET /study/NAME/live: the study's landscape as it stands, or one line saying why not."""
-    import urllib.parse
-
+def _page(tracking: str, home: Path | None, path: str) -> tuple[int, bytes]:
+    """(status, page) for GET /study/NAME/live (the study's landscape as it stands) or /study/NAME/report (the
+    exported report.html in the home), or one line saying why not."""
     parts = path.split("?")[0].strip("/").split("/")
     name = urllib.parse.unquote(parts[1]) if len(parts) == 3 else ""
+    what = "live landscape" if parts[-1] == "live" else "report"
     try:
-        from .report import live_html
+        if parts[-1] == "live":
+            from .report import live_html
 
-        return 200, live_html(tracking, check_name(name)).encode()
+            return 200, live_html(tracking, check_name(name)).encode()
+        report = (home / check_name(name) / "export" / "report.html") if home is not None else None
+        if report is None or not report.is_file():
+            return 404, (f"no report of study {name!r} in this home yet: `study run` exports it when the study "
+                         f"finishes, `study resume {name}` or `study export {name}` writes it").encode()
+        return 200, report.read_bytes()
     except (LookupError, SpecError) as e:
         return 404, f"{e}".strip("'\"").encode()
     except Exception as e:  # the page says what failed; the UI goes on serving
-        return 500, f"the live landscape of {name!r} could not be read ({type(e).__name__}: {e})".encode()
+        return 500, f"the {what} of {name!r} could not be read ({type(e).__name__}: {e})".encode()
 
 
-def _ui_proxy(host: str, port: int, upstream_port: int, tracking: str = ""):
+def _ui_proxy(host: str, port: int, upstream_port: int, tracking: str = "", home: Path | None = None):
     """A threaded HTTP server on host:port passing every request to the MLflow server on 127.0.0.1:upstream_port
     unchanged (Host and Origin headers included, so MLflow's own host and CORS checks see what the browser sent),
-    except the app's page itself, which gets WORKFLOW_DEFAULT, and LIVE pages, which it makes itself from the
-    `tracking` store. Each response ends its connection."""
+    except the app's page itself, which gets WORKFLOW_DEFAULT, and the LIVE and REPORT pages, which it makes itself
+    from the `tracking` store and the `home`. Each response ends its connection."""
     import http.client
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -97,8 +106,8 @@ def _ui_proxy(host: str, port: int, upstream_port: int, tracking: str = ""):
             pass
 
         def _forward(self):
-            if self.command == "GET" and self.path.startswith("/study/") and self.path.split("?")[0].endswith("/live"):
-                status, data = _live(tracking, self.path)
+            if self.command == "GET" and self.path.startswith("/study/") and self.path.split("?")[0].rsplit("/", 1)[-1] in PAGES:
+                status, data = _page(tracking, home, self.path)
                 self.send_response(status)
                 self.send_header("Content-Type", f"text/{'html' if status == 200 else 'plain'}; charset=utf-8")
                 self.send_header("Content-Length", str(len(data)))
@@ -157,7 +166,6 @@ def _experiment_urls(base: str) -> list[tuple[str, str | None, str, list[tuple[s
     """(name, its study's name, URL of its runs table, [(what, URL)] of the views that open on the question) of each study's
     experiment the server lists (all of them if none is a study's), read through the UI's own address with MLflow's
     REST API. The views are the experiment's shared views the driver wrote (tracking.question_views)."""
-    import urllib.parse
     import urllib.request
 
     req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search", method="POST",
@@ -243,7 +251,7 @@ def cmd_ui(args) -> int:
     if db is not None:
         cmd += ["--default-artifact-root", (home / "artifacts").as_uri()]
     try:
-        proxy = _ui_proxy(args.host, args.port, inner, tracking)
+        proxy = _ui_proxy(args.host, args.port, inner, tracking, home)
     except OSError as e:
         raise SpecError(f"invalid --port: {args.host}:{args.port} is not free ({e.strerror}); choose another port") \
             from None
@@ -285,8 +293,9 @@ def cmd_ui(args) -> int:
             # what `study run` exported when it finished, in the study's folder (named after the study, which
             # tracking.experiment may name differently)
             report = home / (study or name) / "export" / "report.html"
-            if report.is_file():
-                print(f"    report: {report.as_uri()}", flush=True)
+            if report.is_file():  # served here, its cells open their setting runs; the file itself works offline
+                print(f"    report: {base}{REPORT.format(name=urllib.parse.quote(study or name))}  "
+                      f"(file {report.as_uri()})", flush=True)
         if dash:
             from .search import dashboard_studies
 

@@ -50,13 +50,18 @@ def _members():
 def test_report_renders_offline_with_figures_and_arm_table(browser, tmp_path):
     from selenium.webdriver.common.by import By
 
+    from selenium.webdriver.support.ui import WebDriverWait
+
     lands = landscapes(_members())
+    runs = {(L.arm, lr, wd): f"run{i}" for i, (L, lr, wd) in enumerate(
+        (L, lr, wd) for L in lands for lr in L.lr for wd in L.weight_decay)}
     files = render("browser-check", "test_error", lands, load_dashboard("default"), tmp_path, ("png", "html"),
-                   "name: browser-check\n")
+                   "name: browser-check\n", runs=(runs, "7"))
     report = tmp_path / "report.html"
     assert report in files and (tmp_path / "landscape.json") in files
+    assert report.read_text().count('href="/#/experiments/7/runs/run') == len(runs)  # every cell links its run
     browser.get(report.as_uri())
-    time.sleep(2)
+    WebDriverWait(browser, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
     # nothing is fetched at view time: no external scripts, styles or other resources
     assert browser.execute_script("return document.querySelectorAll('script[src], link[href]').length") == 0
     assert browser.execute_script(
@@ -71,6 +76,8 @@ def test_report_renders_offline_with_figures_and_arm_table(browser, tmp_path):
     plots = browser.find_elements(By.CSS_SELECTOR, "figure.heatmap svg")
     assert len(plots) == 3  # every interactive heatmap drawn as inline SVG
     assert all(p.find_elements(By.CSS_SELECTOR, "rect.cell title") for p in plots)
+    links = browser.find_elements(By.CSS_SELECTOR, "a.run")
+    assert len(links) == len(runs) and not any(a.get_dom_attribute("href") for a in links)  # no UI beside a file
     browser.save_screenshot(str(SHOTS / "report.png"))
 
 
@@ -418,6 +425,18 @@ def test_study_ui_prints_views_that_open_on_the_question(browser, quickstart_hom
         assert "sgd-independent lr=" not in body()  # this arm's settings only
         browser.save_screenshot(str(SHOTS / "ui_view_landscape.png"))
         shutil.copy(SHOTS / "ui_view_landscape.png", tmp_path / "landscape.png")
+        # the exported report, served beside the UI: a click on the best cell opens that setting's run
+        line, _, _ = _wait_line(proc, lines, "report:")
+        browser.get(line.split(": ", 1)[1].split()[0])
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "table#arms"), "the served report never showed")
+        links = browser.find_elements(By.CSS_SELECTOR, "a.run")
+        assert len(links) == len(settings) and all(a.get_dom_attribute("href") for a in links)
+        best_cell = next(a for a in links if a.get_dom_attribute("href").endswith(f"/runs/{top.info.run_id}"))
+        browser.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))",
+                               best_cell.find_element(By.TAG_NAME, "rect"))
+        wait.until(lambda d: f"/runs/{top.info.run_id}" in d.current_url and top.info.run_name in body(),
+                   "the report's best cell did not open its setting run")
+        browser.save_screenshot(str(SHOTS / "report_served_run.png"))
     finally:
         browser.set_window_size(1400, 1000)
         _stop_ui(proc)
