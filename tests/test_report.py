@@ -348,3 +348,17 @@ def test_the_sgd_identity_is_computed_once_per_model_and_code(tmp_path, monkeypa
     monkeypatch.undo()
     monkeypatch.setenv("STUDY_CACHE", "/dev/null/cache")  # cannot be written: computed, not a failure
     assert claims.cached_sgd_identity("resnet8", 1) == first
+
+
+def test_the_ui_serves_a_studys_exported_report_or_says_how_to_make_it(tmp_path):
+    """`study ui`'s /study/NAME/report: the home's exported report.html as it is, a 404 line naming the commands
+    that write it when there is none, and a 404 for a name no study could have."""
+    from study.ui import _page
+
+    status, body = _page("", tmp_path, "/study/s1/report")
+    assert status == 404 and b"study export s1" in body
+    (tmp_path / "s1" / "export").mkdir(parents=True)
+    (tmp_path / "s1" / "export" / "report.html").write_text("<html>the report</html>")
+    assert _page("", tmp_path, "/study/s1/report?x=1") == (200, b"<html>the report</html>")
+    status, body = _page("", tmp_path, "/study/..%2Fs1/report")
+    assert status == 404 and b"invalid name" in body
