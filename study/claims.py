@@ -8,6 +8,9 @@
     rate (90th / 10th percentile; 1 by definition for decoupled and independent decay) and the outcome the
     article predicts, the rank correlation between a channel's final weight norm and its mean √v̂ (higher
     under coupled decay if weights with a large gradient history are regularized less).
+    The figure beside it: for one member of each such arm's best cell (its lowest seed), every decayed output
+    channel's per-step decay rate at the peak learning rate against its mean √v̂, and its final weight norm
+    against the same √v̂ (both relative to the tensor's median, since the correlation is taken within tensors).
 (c) How many tensors decay (conv and linear weights) and how many never do (biases, normalization).
 (d) Each arm's best error with its spread over seeds.
 (e) The measured slope beside the prediction, with the regime: the angular update per step of the decayed
@@ -25,6 +28,7 @@ import os
 import statistics
 
 NEAR = 1.5   # mid-run angular update within this factor of its equilibrium value: "near equilibrium"
+PRECONDITIONED = ("adam", "adagrad")  # optimizers whose members record per-channel √v̂ (diagnostics.SECOND_MOMENT)
 
 
 def sgd_identity(model: str, width: int = 1, steps: int = 5, lr: float = 0.1, weight_decay: float = 0.01,
@@ -155,7 +159,10 @@ def arm_claims(land, cell: list[dict], details: list[dict]) -> dict:
         v = tags.get(f"decay_counts.{key}")
         return int(v) if v is not None else None
 
-    return {"arm": land.arm, "lr": lr, "weight_decay": wd, "seeds": len(finite),
+    seeded = sorted(((m.get("seed", 0), d) for m, d in zip(cell, details) if d.get("channels")), key=lambda t: t[0])
+    channels = {"seed": seeded[0][0], **seeded[0][1]["channels"]} if seeded else None
+    return {"arm": land.arm, "lr": lr, "weight_decay": wd, "seeds": len(finite), "channels": channels,
+            "optimizer": land.optimizer, "decay": land.decay,
             "error": err_mean, "error_spread": err_spread,
             "decay_spread": spread[0], "norm_sqrt_v_corr": corr[0], "norm_sqrt_v_corr_spread": corr[1],
             "decayed_tensors": count("decayed_tensors"), "no_decay_tensors": count("no_decay_tensors"),
@@ -190,5 +197,6 @@ def study_claims(uri: str, spec: dict, lands, members: list[dict]) -> dict:
     arms = []
     for land in lands:
         cell = best_cell(land, members)
-        arms.append(arm_claims(land, cell, member_details(uri, [m["run_id"] for m in cell])))
+        arms.append(arm_claims(land, cell, member_details(uri, [m["run_id"] for m in cell],
+                                                          channels=land.optimizer in PRECONDITIONED)))
     return {"sgd": sgd, "arms": arms}

@@ -12,7 +12,8 @@ on the array's weights and optimizer state, every function batched over the K me
 - The article's claim as an outcome that could fail: within every decayed tensor, its output channels' weight
   norms against their mean √v̂ over training (`channel_sqrt_v`, accumulated epoch by epoch), as a Spearman rank
   correlation per member, averaged over tensors (`norm_vs_sqrt_v`). Coupled L2 predicts channels with a larger
-  √v̂ keep larger weights (a higher correlation than decoupled decay at the same setting).
+  √v̂ keep larger weights (a higher correlation than decoupled decay at the same setting). At the run's last
+  epoch the per-channel values themselves (`channel_records`) go to each member's records, for the figure.
 - The equilibrium angular update per step (`equilibrium_angle`) that the measured angular update is compared
   with, and the output layer's weight norm, which no batch norm follows (so its scale is not invariant).
 """
@@ -127,6 +128,16 @@ def norm_vs_sqrt_v(weights: list[Tensor], mean_sqrt_v: list[Tensor]) -> Tensor:
     if not per_tensor:
         return torch.full((weights[0].shape[0],), math.nan, device=weights[0].device)
     return torch.stack(per_tensor).mean(0)
+
+
+def channel_records(weights: list[Tensor], mean_sqrt_v: list[Tensor], digits: int = 6) -> list[dict]:
+    """Per member, what the claims' figure draws (study/claims.py): for every decayed tensor its output channels'
+    final weight norms and mean √v̂ over training, to `digits` significant digits (a few kB per member)."""
+    norms = [channel_norms(w).cpu() for w in weights]
+    roots = [v.float().cpu() for v in mean_sqrt_v]
+    cut = lambda t: [float(f"{x:.{digits}g}") for x in t.tolist()]  # noqa: E731
+    return [{"norm": [cut(n[k]) for n in norms], "sqrt_v": [cut(v[k]) for v in roots]}
+            for k in range(weights[0].shape[0])]
 
 
 def equilibrium_angle(optimizer: str, decay: str, lr_now: Tensor, s: float, weight_decay: Tensor,

@@ -29,7 +29,7 @@ from . import diagnostics as diag
 from .data import Dataset, augment
 from .models import build_model
 from .optim import build_optimizer, flat_backward, param_groups
-from .spec import EPOCH_METRICS, DataSpec, MemberSpec, ModelSpec, TrainSpec, final_metrics, shown, steps_per_epoch, warmup_steps  # noqa: F401
+from .spec import CHANNELS, EPOCH_METRICS, DataSpec, MemberSpec, ModelSpec, TrainSpec, final_metrics, shown, steps_per_epoch, warmup_steps  # noqa: F401
 
 
 ANGLE_STEPS = 8  # angular update: mean over the last (up to) 8 steps of each epoch
@@ -358,6 +358,8 @@ class ArrayTrainer:
                 "weight_norm": sq.sqrt(), "effective_lr": eff, "angular_update": angle, "lr": lr_now,
                 **self._diagnostics(lr_now, s)}
         cols = {k: v.float().cpu().tolist() for k, v in cols.items()}  # the one host sync of the epoch
+        last = self.epoch == self.config.train.epochs and self.sqrt_v_sum is not None
+        channels = diag.channel_records(self.decayed, [v / self.sqrt_v_epochs for v in self.sqrt_v_sum]) if last else None
         alive = self.alive.cpu().tolist()
         rows, ended_at = [], time.time()  # when the epoch ended: MLflow's time axis (tracking.py)
         for k in range(self.K):
@@ -365,6 +367,8 @@ class ArrayTrainer:
                    "wall_time": self.elapsed, "diverged": 0.0 if alive[k] else 1.0, "ended_at": ended_at}
             if not alive[k]:  # the weights are frozen at their last finite values; the losses are not defined
                 row.update(train_loss=math.nan, test_loss=math.nan, test_error=math.nan)
+            elif channels is not None:
+                row[CHANNELS] = channels[k]
             rows.append(row)
         return rows
 

@@ -225,5 +225,50 @@ def collapse_figure(lands: list[ArmLandscape], title: str = "", metric: str = "t
     return fig
 
 
+def channels_figure(arms: list[dict]):
+    """The claims' figure (study/claims.py, item (b)): for one member of each arm with a preconditioner (its best
+    cell, lowest seed), every decayed output channel as a point. Left: its decay rate per step at the peak
+    learning rate against its mean √v̂ over training: η·λ/√v̂ under coupled L2 (ε, ≤ 1e-8, left out), η·λ
+    decoupled, λ independent. Right: its final weight norm against its mean √v̂, both divided by the tensor's
+    median (the claim is within tensors), with the mean over tensors of their rank correlation. None when no arm
+    recorded them."""
+    from scipy.stats import spearmanr
+
+    shown_arms = [a for a in arms if a.get("channels")]
+    if not shown_arms:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    for i, a in enumerate(shown_arms):
+        ch, colour = a["channels"], plt.get_cmap("tab10")(i)
+        roots = np.concatenate([np.asarray(v, float) for v in ch["sqrt_v"]])
+        uniform = a["weight_decay"] * (1.0 if a["decay"] == "independent" else a["lr"])
+        rate = uniform / roots if a["decay"] == "coupled" else np.full_like(roots, uniform)
+        left.scatter(roots, rate, s=7, alpha=0.6, color=colour, label=f"{a['arm']} (η={shown(a['lr'])}, "
+                     f"λ={shown(a['weight_decay'])}, seed {ch['seed']})")
+        rel_v, rel_n, rhos = [], [], []
+        for v, n in zip(ch["sqrt_v"], ch["norm"]):
+            v, n = np.asarray(v, float), np.asarray(n, float)
+            rel_v.append(v / np.median(v))
+            rel_n.append(n / np.median(n))
+            if len(v) >= 3:
+                rhos.append(spearmanr(n, v).statistic)
+        rho = float(np.nanmean(rhos)) if rhos else math.nan
+        right.scatter(np.concatenate(rel_v), np.concatenate(rel_n), s=7, alpha=0.6, color=colour,
+                      label=f"{a['arm']}: rank correlation {fmt_number(rho, '+.2f')}")
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    left.set_xlabel("channel's mean √v̂ over training")
+    left.set_ylabel("decay rate per step (fraction of the weight)")
+    left.set_title("How much of a channel the decay removes per step", fontsize=10)
+    right.set_xlabel("mean √v̂ / the tensor's median")
+    right.set_ylabel("final weight norm / the tensor's median")
+    right.set_title("Do channels with a larger √v̂ keep larger weights? (the article: yes, under L2)", fontsize=10)
+    fig.suptitle("Per output channel of the decayed tensors, one member at each arm's best cell", fontsize=11)
+    return fig
+
+
 # the figures a dashboard may name, one signature: (landscapes, title, metric, columns) -> matplotlib Figure
 FIGURES = {"heatmaps": heatmaps, "ridge": ridge_figure, "collapse": collapse_figure}

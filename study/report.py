@@ -153,13 +153,26 @@ def render(study: str, metric: str, lands: list[ArmLandscape], dashboard: dict, 
            "environment": environment or {}}
     (out / "landscape.json").write_text(json.dumps(doc, indent=1))
     written.append(out / "landscape.json")
+    claims_png = None
     if claims is not None:
         (out / "claims.json").write_text(json.dumps(_clean_json(claims), indent=1))
         written.append(out / "claims.json")
+        from .plots import channels_figure
+
+        fig = channels_figure(claims.get("arms", []))
+        if fig is not None:  # the per-channel figure of (b): only where an arm has a preconditioner
+            for fmt in formats:
+                if fmt in ("png", "svg"):
+                    fig.savefig(out / f"claims-channels.{fmt}", dpi=130)
+                    written.append(out / f"claims-channels.{fmt}")
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=110)
+            claims_png = base64.b64encode(buf.getvalue()).decode()
+            plt.close(fig)
     if "html" in formats:
         path = out / "report.html"
         path.write_text(report_html(study, metric, lands, pngs, spec_text, dashboard.get("title", ""), environment,
-                                    claims, dashboard.get("description", ""), runs))
+                                    claims, dashboard.get("description", ""), runs, claims_png))
         written.append(path)
     return written
 
@@ -376,9 +389,10 @@ def _clean_json(v):
     return v
 
 
-def claims_html(claims: dict | None, metric: str) -> str:
+def claims_html(claims: dict | None, metric: str, figure_png: str | None = None) -> str:
     """The report's section on the article's claims (study/claims.py): the SGD identities on the study's model,
-    then per arm its best error over seeds, tensor counts, the decay diagnostics, slope and regime."""
+    then per arm its best error over seeds, tensor counts, the decay diagnostics, slope and regime, and the
+    per-channel figure (plots.channels_figure, a base64 PNG) where one was drawn."""
     if not claims:
         return ""
     sgd = claims.get("sgd")
@@ -426,6 +440,12 @@ def claims_html(claims: dict | None, metric: str) -> str:
                    f"coupled Adam and {_num(d['norm_sqrt_v_corr'], '+.2f')} ± "
                    f"{_num(d.get('norm_sqrt_v_corr_spread'), '.2f')} under decoupled Adam at their best cells: "
                    f"{said}.</p>")
+    figure = ("" if not figure_png else
+              f'<figure id="claims-channels"><img alt="per-channel decay rate and weight norm against √v̂" '
+              f'src="data:image/png;base64,{figure_png}"><figcaption>(b) per output channel of the decayed tensors, '
+              f"one member (its lowest seed) at each Adam or Adagrad arm's best cell: the decay rate per step at the "
+              f"peak learning rate, and the final weight norm, against the channel's mean √v̂ over training"
+              f"</figcaption></figure>")
     return f"""<h2>The article's claims</h2>{sgd_part}
 <p>(b)-(e) Per arm at its best cell (the seed-averaged best setting): the best final {html.escape(metric)} with its
 half-range over seeds (how many); decayed / never-decayed tensors; the spread of the per-weight decay rate (90th /
@@ -436,7 +456,7 @@ prediction; and the regime: the angular update of the decayed weights at mid-run
 (the predicted slopes assume equilibrium).</p>
 <table id="claims"><thead><tr><th>arm</th><th>best η</th><th>best λ</th><th>best {html.escape(metric)} (seeds)</th>
 <th>decayed / never</th><th>decay spread</th><th>norm–√v̂ corr</th><th>slope</th><th>regime</th></tr></thead>
-<tbody>{rows}</tbody></table>{compare}"""
+<tbody>{rows}</tbody></table>{compare}{figure}"""
 
 
 # the interactive heatmaps' look and hover read-out, shared by the report and the live page
@@ -474,7 +494,7 @@ document.addEventListener("mouseover", e => {
 
 def report_html(study: str, metric: str, lands: list[ArmLandscape], pngs, spec_text: str, title: str,
                 environment: dict | None = None, claims: dict | None = None, description: str = "",
-                runs: tuple[dict, str] | None = None) -> str:
+                runs: tuple[dict, str] | None = None, claims_png: str | None = None) -> str:
     """One HTML file, viewable offline and fetching nothing: the heatmaps are inline SVG (hover: each cell's
     <title>, echoed below the plot by a few lines of script), the figures inline PNGs. `runs`: the setting runs
     and their experiment (cell_links); a cell opens its run where `study ui` serves the report."""
@@ -529,7 +549,7 @@ every cell near each row's best, one quadratic valley per row, the floor's line 
 <h2>Interactive landscapes</h2><p>Hover a cell for its value. One colour scale for all arms;
 an arrow on the colour bar marks values beyond it (drawn in the end colour). Served by <code>study ui</code>
 (its address /study/{html.escape(study)}/report), a click on a cell opens its setting's run in MLflow.</p><div class="grid">{interactive}</div>
-{claims_html(claims, metric)}
+{claims_html(claims, metric, claims_png)}
 <h2>Figures</h2>{figures}
 <h2>Spec</h2><pre>{html.escape(spec_text)}</pre>
 </body></html>

@@ -46,6 +46,10 @@ EPOCH_METRICS = ("train_loss", "test_loss", "test_error", "weight_norm", "effect
                  "norm_sqrt_v_corr")
 # of those, the ones only an optimizer with a per-weight preconditioner (Adam, Adagrad) has (study/diagnostics.py)
 PRECONDITIONER_METRICS = ("decay_spread", "norm_sqrt_v_corr")
+# the last epoch's row of such a member also holds, under CHANNELS, each decayed tensor's per-channel weight norms
+# and mean √v̂ (diagnostics.channel_records); the driver records them as the member run's CHANNELS_ARTIFACT
+CHANNELS = "channels"
+CHANNELS_ARTIFACT = "diagnostics/channels.json"
 
 
 class SpecError(ValueError):

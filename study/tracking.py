@@ -41,7 +41,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from . import __version__
 from .environment import cpu_model, version_changes, version_tags
-from .spec import (EPOCH_METRICS, LANDSCAPE_METRICS, MemberSpec, SpecError, StudySpec, decay_timescale, planned_members, shown,
+from .spec import (CHANNELS, CHANNELS_ARTIFACT, EPOCH_METRICS, LANDSCAPE_METRICS, MemberSpec, SpecError, StudySpec, decay_timescale, planned_members, shown,
                    spec_from_dict, steps_per_epoch)
 from .environment import seconds
 from .serial import SerialWriter
@@ -588,6 +588,9 @@ class Tracker:
         for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per call
             _retry("logging metrics", self.client.log_batch, run_id, metrics=metrics[i:i + 900],
                    tags=tag_list if i == 0 else [])
+        for r in rows:  # the last epoch of an Adam or Adagrad member: its per-channel diagnostics, for the figure
+            if r.get(CHANNELS):
+                _retry("logging the channel diagnostics", self.client.log_dict, run_id, r[CHANNELS], CHANNELS_ARTIFACT)
         self.logged_steps[run_id], self.last_ts[run_id] = int(rows[-1]["epoch"]), last
         return len(rows)
 
@@ -858,10 +861,12 @@ def applicable(resolved: dict, spec: StudySpec) -> dict:
     return out
 
 
-def member_details(uri: str, run_ids: list[str], histories=("angular_update", "angular_equilibrium")) -> list[dict]:
+def member_details(uri: str, run_ids: list[str], histories=("angular_update", "angular_equilibrium"),
+                   channels: bool = False) -> list[dict]:
     """Per member run: {"final": its final_* metrics without the prefix, "tags": its tags, "history": {name:
     {epoch: value}} of the per-epoch `histories` (EPOCH_KEYS names; a run recorded before them, under the flat
-    name)} — what the report's claims section reads (study/claims.py)."""
+    name), "channels": with `channels`, its CHANNELS_ARTIFACT (None where it has none)} — what the report's claims
+    section reads (study/claims.py)."""
     client = _reader(uri)
     out = []
     for rid in run_ids:
@@ -871,8 +876,14 @@ def member_details(uri: str, run_ids: list[str], histories=("angular_update", "a
             hist = _retry("reading a metric history", client.get_metric_history, rid, EPOCH_KEYS[name]) \
                 or _retry("reading a metric history", client.get_metric_history, rid, name)
             history[name] = {m.step: m.value for m in hist}
+        per_channel = None
+        if channels and run.data.tags.get("diverged") != "true":
+            try:
+                per_channel = json.loads(read_artifact(uri, run, CHANNELS_ARTIFACT).read_text())
+            except MlflowException:  # recorded before the per-channel diagnostics, or without a preconditioner
+                pass
         out.append({"final": {k[6:]: v for k, v in run.data.metrics.items() if k.startswith("final_")},
-                    "tags": dict(run.data.tags), "history": history})
+                    "tags": dict(run.data.tags), "history": history, "channels": per_channel})
     return out
 
 

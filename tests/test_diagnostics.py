@@ -198,3 +198,23 @@ def test_a_diverged_member_reports_no_diagnostics(digits):
     dead, live = rows[1], rows[0]
     for key in ("angular_equilibrium", "head_norm", "decay_spread", "norm_sqrt_v_corr"):
         assert math.isnan(dead[key]) and math.isfinite(live[key]), key
+
+
+def test_the_last_epoch_carries_each_channels_norm_and_mean_sqrt_v(digits):
+    """The figure's points: only the last epoch's row has them, per decayed tensor and output channel, equal to the
+    channel norms of the final weights and the √v̂ averaged over the epochs' ends; SGD members have none."""
+    from study.spec import CHANNELS
+
+    trainer = _trainer(digits, "adam", "coupled", epochs=2)
+    first = trainer.train_epoch()
+    assert not any(CHANNELS in r for r in first)
+    last = trainer.train_epoch()
+    mean_v = [v / trainer.sqrt_v_epochs for v in trainer.sqrt_v_sum]
+    assert trainer.sqrt_v_epochs == 2
+    for k, row in enumerate(last):
+        ch = row[CHANNELS]
+        assert len(ch["norm"]) == len(ch["sqrt_v"]) == len(trainer.decayed)
+        for t, w in enumerate(trainer.decayed):
+            np.testing.assert_allclose(ch["norm"][t], diag.channel_norms(w)[k].numpy(), rtol=1e-5)
+            np.testing.assert_allclose(ch["sqrt_v"][t], mean_v[t][k].numpy(), rtol=1e-5)
+    assert not any(CHANNELS in r for r in _trainer(digits, "sgd", "coupled", epochs=1).train_epoch())

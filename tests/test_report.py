@@ -362,3 +362,30 @@ def test_the_ui_serves_a_studys_exported_report_or_says_how_to_make_it(tmp_path)
     assert _page("", tmp_path, "/study/s1/report?x=1") == (200, b"<html>the report</html>")
     status, body = _page("", tmp_path, "/study/..%2Fs1/report")
     assert status == 404 and b"invalid name" in body
+
+
+def test_the_channel_figure_draws_each_arms_decay_rate_and_norms_against_sqrt_v():
+    """(b)'s figure: the left panel's points are η·λ/√v̂ for coupled Adam and η·λ (decoupled) or λ (independent)
+    whatever √v̂; the right panel's are norm and √v̂ over their tensor's median; no figure when no arm recorded
+    its channels (SGD, or runs from before them)."""
+    import numpy as np
+
+    from study.plots import channels_figure
+
+    ch = {"seed": 0, "sqrt_v": [[1e-3, 2e-3, 4e-3], [1e-4, 2e-4, 3e-4, 5e-4]], "norm": [[1.0, 2.0, 3.0], [4.0, 3.0, 2.0, 1.0]]}
+    arms = [{"arm": f"adam-{d}", "optimizer": "adam", "decay": d, "lr": 0.01, "weight_decay": 0.1, "channels": ch}
+            for d in ("coupled", "decoupled", "independent")] + [{"arm": "sgd-coupled", "channels": None}]
+    fig = channels_figure(arms)
+    left, right = fig.axes[:2]
+    roots = np.array([1e-3, 2e-3, 4e-3, 1e-4, 2e-4, 3e-4, 5e-4])
+    coupled, decoupled, independent = (c.get_offsets() for c in left.collections)
+    np.testing.assert_allclose(coupled[:, 0], roots)
+    np.testing.assert_allclose(coupled[:, 1], 0.01 * 0.1 / roots)
+    np.testing.assert_allclose(decoupled[:, 1], 0.001)
+    np.testing.assert_allclose(independent[:, 1], 0.1)
+    points = right.collections[0].get_offsets()
+    np.testing.assert_allclose(points[:, 0], np.concatenate([[0.5, 1, 2], roots[3:] / 2.5e-4]))
+    np.testing.assert_allclose(points[:, 1], [0.5, 1, 1.5, 4 / 2.5, 3 / 2.5, 2 / 2.5, 1 / 2.5])
+    labels = [t.get_text() for t in right.get_legend().get_texts()]
+    assert labels[0] == "adam-coupled: rank correlation +0.00"  # +1 in one tensor, −1 in the other
+    assert channels_figure([{**a, "channels": None} for a in arms]) is None

@@ -221,8 +221,20 @@ def test_study_run_records_every_member_once(tmp_path):
     exp = run_ok(tmp_path / "home", "export", "e2e", "--out", str(tmp_path / "export"))
     assert "slope of log λ*(η)" in exp.stdout
     for f in ("heatmaps.png", "heatmaps.svg", "ridge.png", "ridge.svg", "collapse.png", "collapse.svg",
-              "landscape.json", "report.html"):
+              "landscape.json", "report.html", "claims-channels.png"):
         assert (tmp_path / "export" / f).stat().st_size > 1000, f
+    assert 'id="claims-channels"' in (tmp_path / "export" / "report.html").read_text()
+    # every Adam member records its channels' final norms and mean √v̂ (the figure's points), an SGD member none
+    for r in recs["runs"]:
+        names = {a.path for a in recs["client"].list_artifacts(r.info.run_id, "diagnostics")}
+        if r.data.params["optimizer"] == "adam":
+            channels = json.loads(Path(recs["client"].download_artifacts(
+                r.info.run_id, "diagnostics/channels.json", str(tmp_path / r.info.run_id))).read_text())
+            decayed = int(r.data.tags["decay_counts.decayed_tensors"])
+            assert len(channels["norm"]) == len(channels["sqrt_v"]) == decayed
+            assert all(len(n) == len(v) > 0 and min(v) > 0 for n, v in zip(channels["norm"], channels["sqrt_v"]))
+        else:
+            assert not names, names
     doc = json.loads((tmp_path / "export" / "landscape.json").read_text())
     assert doc["study"] == "e2e" and doc["metric"] == "test_error"
     assert [(a["optimizer"], a["decay"]) for a in doc["arms"]] == [("adam", "independent"), ("sgd", "coupled")]
