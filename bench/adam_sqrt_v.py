@@ -22,7 +22,7 @@ tr = E.ArrayTrainer(members, data, E.ArrayConfig(S.ModelSpec("resnet8"), S.Train
 for ep in range(20):
     tr.train_epoch()
     if ep in (1, 4, 9, 19):
-        roots = [diag.sqrt_second_moment("adam", tr.optimizer.state[p], (0.9, 0.999)).flatten(1) for p in tr.decayed]
+        roots = [diag.sqrt_second_moment("adam", tr.optimizer.state[p], {"betas": (0.9, 0.999)}).flatten(1) for p in tr.decayed]
         r = torch.cat(roots, 1)
         med = r.median(1).values
         print(ep + 1, "median sqrt(v̂) per lr:", [f"{v:.2e}" for v in med.tolist()], "q10/q90", [f"{a:.1e}/{b:.1e}" for a, b in zip(r.quantile(0.1, 1).tolist(), r.quantile(0.9, 1).tolist())])

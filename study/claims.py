@@ -28,7 +28,6 @@ import os
 import statistics
 
 NEAR = 1.5   # mid-run angular update within this factor of its equilibrium value: "near equilibrium"
-PRECONDITIONED = ("adam", "adagrad")  # optimizers whose members record per-channel √v̂ (diagnostics.SECOND_MOMENT)
 
 
 def sgd_identity(model: str, width: int = 1, steps: int = 5, lr: float = 0.1, weight_decay: float = 0.01,
@@ -185,6 +184,7 @@ def best_cell(land, members: list[dict]) -> list[dict]:
 def study_claims(uri: str, spec: dict, lands, members: list[dict]) -> dict:
     """The claims section's numbers: {"sgd": sgd_identity(...) (or {"error": …}, or None without a model),
     "arms": [arm_claims per arm]}."""
+    from .registry import OPTIMIZERS
     from .tracking import member_details
 
     model = spec.get("model") or {}
@@ -198,5 +198,5 @@ def study_claims(uri: str, spec: dict, lands, members: list[dict]) -> dict:
     for land in lands:
         cell = best_cell(land, members)
         arms.append(arm_claims(land, cell, member_details(uri, [m["run_id"] for m in cell],
-                                                          channels=land.optimizer in PRECONDITIONED)))
+                                                          channels=getattr(OPTIMIZERS.get(land.optimizer), "preconditioned", False))))
     return {"sgd": sgd, "arms": arms}

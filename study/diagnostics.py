@@ -6,7 +6,7 @@ on the array's weights and optimizer state, every function batched over the K me
 
 - The per-weight decay rate: the fraction of a weight the decay term removes in one step. Decoupled decay
   removes η_t·λ, independent decay s_t·λ, coupled L2 under SGD η_t·λ: the same for every weight. Coupled L2 under
-  Adam or Adagrad passes through the preconditioner, so weight i loses η_t·λ/(√v̂_i + ε): weights with a large
+  Adam, Adagrad or RMSprop passes through the preconditioner, so weight i loses η_t·λ/(√v̂_i + ε): weights with a large
   gradient history are decayed less. `decay_spread` is the ratio of the 90th to the 10th percentile of that rate
   over a member's decayed weights: 1 by definition where the rate is uniform.
 - The article's claim as an outcome that could fail: within every decayed tensor, its output channels' weight
@@ -25,38 +25,35 @@ import math
 import torch
 from torch import Tensor
 
-# the optimizer state holding each optimizer's second moment (√ of it is the preconditioner's denominator)
-SECOND_MOMENT = {"adam": "exp_avg_sq", "adagrad": "sum"}
+from .registry import OPTIMIZERS
+
 PERCENTILES = (0.10, 0.90)
 
 
 def has_preconditioner(optimizer: str) -> bool:
     """Whether the optimizer divides by a per-weight second moment (and so the diagnostics of √v̂ apply)."""
-    return optimizer in SECOND_MOMENT
+    return OPTIMIZERS[optimizer].preconditioned
 
 
-def sqrt_second_moment(optimizer: str, state: dict, betas=None) -> Tensor | None:
-    """√v̂ of one parameter, as the optimizer's step divides by it: Adam's bias-corrected √(v / (1 − β₂ᵗ)),
-    Adagrad's √G; None before the first step or for an optimizer without one."""
-    key = SECOND_MOMENT.get(optimizer)
-    if key is None or key not in state or not state.get("step"):
+def sqrt_second_moment(optimizer: str, state: dict, options: dict) -> Tensor | None:
+    """√v̂ of one parameter, as the optimizer's step divides by it (its class's `preconditioner`, from its state and
+    its settings `options`): Adam's bias-corrected √(v / (1 − β₂ᵗ)), Adagrad's √G, RMSprop's √(mean of g²); None
+    before the first step or for an optimizer without one."""
+    if not has_preconditioner(optimizer):
         return None
-    v = state[key].detach().float()
-    if optimizer == "adam":
-        return (v / (1 - betas[1] ** int(state["step"]))).sqrt()
-    return v.sqrt()
+    return OPTIMIZERS[optimizer].load().preconditioner(state, options)
 
 
-def decay_rates(optimizer: str, decay: str, rate: Tensor, state: dict, eps: float = 0.0, betas=None) -> Tensor:
+def decay_rates(optimizer: str, decay: str, rate: Tensor, state: dict, options: dict) -> Tensor:
     """The per-weight decay rate of one (K, ...) parameter, flattened to (K, n) or (K, 1) where it is uniform.
 
     `rate` (K,) is the decay term's uniform factor: η_t·λ for coupled and decoupled decay, s_t·λ for independent.
-    Coupled decay under an optimizer with a preconditioner divides it by √v̂ + ε per weight."""
+    Coupled decay under an optimizer with a preconditioner divides it by √v̂ + ε per weight (ε of `options`)."""
     if decay == "coupled" and has_preconditioner(optimizer):
-        root = sqrt_second_moment(optimizer, state, betas)
+        root = sqrt_second_moment(optimizer, state, options)
         if root is None:
             return torch.full((rate.shape[0], 1), math.nan, device=rate.device)
-        return rate.float()[:, None] / (root.flatten(1) + eps)
+        return rate.float()[:, None] / (root.flatten(1) + options.get("eps", 0.0))
     return rate.float()[:, None]
 
 
@@ -81,9 +78,9 @@ def decay_spread(rates: list[Tensor]) -> Tensor:
     return torch.stack(out)
 
 
-def channel_sqrt_v(optimizer: str, state: dict, betas=None) -> Tensor | None:
+def channel_sqrt_v(optimizer: str, state: dict, options: dict) -> Tensor | None:
     """(K, cout): each output channel's mean √v̂ over its weights, for one (K, cout, ...) parameter."""
-    root = sqrt_second_moment(optimizer, state, betas)
+    root = sqrt_second_moment(optimizer, state, options)
     return None if root is None else root.flatten(2).mean(2)
 
 
@@ -148,7 +145,8 @@ def equilibrium_angle(optimizer: str, decay: str, lr_now: Tensor, s: float, weig
     (μ for SGD, β₁ for Adam): √(2r/(1 + μ)) for SGD with coupled L2, whose decay passes through the momentum
     buffer; √(2r·(1 − β)/(1 + β)) for decoupled and independent decay, which does not (SGD and Adam alike).
     tests/test_diagnostics.py checks both against a random walk of a scale-invariant weight. NaN where no law is
-    stated: coupled L2 under Adam or Adagrad (the rate differs per weight), Nesterov momentum, Adagrad and Lion."""
+    stated: coupled L2 under Adam, Adagrad or RMSprop (the rate differs per weight), Nesterov momentum, Adagrad,
+    RMSprop and Lion."""
     rate = (weight_decay * s if decay == "independent" else lr_now * weight_decay).float()
     if optimizer == "sgd" and not nesterov:
         if decay == "coupled":

@@ -12,7 +12,6 @@ writes to the stores. The CLI parses, builds a Driver, calls `run()`, and prints
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -244,7 +243,7 @@ class Driver:
         # a trial gets what it trains: the data, model and train sections and its members
         trial_spec = {k: v for k, v in self.spec.to_dict().items() if k in ("name", "data", "model", "train")}
         return {"arm": arm.arm.name, "threads": max(1, int(self.spec.execution.cpus_per_trial)),
-                "spec": {**trial_spec, "members": [dataclasses.asdict(m) for _, m, _ in entries]}}
+                "spec": {**trial_spec, "members": [m.to_dict() for _, m, _ in entries]}}
 
     @_hook
     def on_epoch(self, trial_id: str, result: dict) -> None:

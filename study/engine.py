@@ -217,11 +217,11 @@ class ArrayTrainer:
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "alive": self.alive.cpu(), "history": self.history, "elapsed": self.elapsed,
-                "members": [m.__dict__ for m in self.members],
+                "members": [m.to_dict() for m in self.members],
                 "sqrt_v": None if self.sqrt_v_sum is None else ([t.cpu() for t in self.sqrt_v_sum], self.sqrt_v_epochs)}
 
     def load_state_dict(self, state: dict) -> None:
-        if [m.__dict__ for m in self.members] != state["members"]:
+        if [MemberSpec.from_dict(m) for m in state["members"]] != list(self.members):  # any version's form
             raise ValueError("checkpoint belongs to a different array of members")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -375,8 +375,8 @@ class ArrayTrainer:
     @torch.no_grad()
     def _diagnostics(self, lr_now: Tensor, s: float) -> dict[str, Tensor]:
         """The epoch's decay diagnostics (study/diagnostics.py), per member: the equilibrium angular update and
-        the output layer's norm always; for an optimizer with a preconditioner (Adam, Adagrad) also the spread
-        of the per-weight decay rate and the rank correlation of channel norms with their mean √v̂ so far."""
+        the output layer's norm always; for an optimizer with a preconditioner (its registry entry says so: Adam,
+        Adagrad, RMSprop) also the spread of the per-weight decay rate and the rank correlation of channel norms with their mean √v̂ so far."""
         m = self.members[0]
         opts = m.optimizer_kwargs()
         out = {"angular_equilibrium": diag.equilibrium_angle(m.optimizer, m.decay, lr_now, s, self.weight_decay,
@@ -394,10 +394,8 @@ class ArrayTrainer:
         out = {}
         rate = self.weight_decay * s if m.decay == "independent" else lr_now * self.weight_decay
         states = [self.optimizer.state.get(p, {}) for p in self.decayed]
-        betas = opts.get("betas")
-        out["decay_spread"] = diag.decay_spread([diag.decay_rates(m.optimizer, m.decay, rate, st, opts.get("eps", 0.0),
-                                                                  betas) for st in states])
-        roots = [diag.channel_sqrt_v(m.optimizer, st, betas) for st in states]
+        out["decay_spread"] = diag.decay_spread([diag.decay_rates(m.optimizer, m.decay, rate, st, opts) for st in states])
+        roots = [diag.channel_sqrt_v(m.optimizer, st, opts) for st in states]
         if all(r is not None for r in roots):
             self.sqrt_v_sum = roots if self.sqrt_v_sum is None else [a + r for a, r in zip(self.sqrt_v_sum, roots)]
             self.sqrt_v_epochs += 1

@@ -1,11 +1,11 @@
-"""SGD, Adam and Adagrad with three weight-decay modes, for single models and member arrays.
+"""SGD, Adam, Adagrad, Lion and RMSprop with three weight-decay modes, for single models and member arrays.
 
 Owns the update rules and the no-decay policy. Pure torch: imports no Ray, Optuna or MLflow.
 One function, `_decay`, decides where weight decay enters; every optimizer calls it.
 
 With η_t = lr (the group's current learning rate), η = base lr, s_t = η_t / η and λ = weight_decay:
 
-    coupled      g ← g + λ·w, then the optimizer step on g      (torch.optim.SGD/Adam/Adagrad, weight_decay=λ)
+    coupled      g ← g + λ·w, then the optimizer step on g      (torch.optim.SGD/Adam/Adagrad/RMSprop, weight_decay=λ)
     decoupled    w ← w·(1 − η_t·λ), then the step on g alone     (torch.optim.AdamW; SGDW as in timm/optax)
     independent  w ← w·(1 − s_t·λ), then the step on g alone     (Loshchilov & Hutter 2019; Composer)
 
@@ -49,6 +49,9 @@ import torch
 from torch import Tensor
 
 from .registry import DECAY_MODES  # noqa: E402  (one home: the registry)
+
+# the optimizer classes are named by their registry entries ("study.optim:Adam") and loaded from there
+__all__ = ["SGD", "Adam", "Adagrad", "Lion", "RMSprop", "base_lr", "build_optimizer", "flat_backward", "param_groups"]
 
 
 # --------------------------------------------------------------------------- hyperparameters
@@ -333,6 +336,12 @@ class _DecayOptimizer(torch.optim.Optimizer):
     def _update(self, p: Tensor, grad: Tensor, state: dict, group: dict) -> None:
         raise NotImplementedError
 
+    @staticmethod
+    def preconditioner(state: dict, options: dict) -> Tensor | None:
+        """√v̂ of one parameter as this optimizer's step divides by it (ε aside), read from its state and settings
+        (study/diagnostics.py); None for an optimizer without a per-weight preconditioner, or before a step."""
+        return None
+
     # ------------------------------------------------------------------ flat groups: gradients and state
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -445,6 +454,13 @@ class Adam(_DecayOptimizer):
             p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
 
 
+    @staticmethod
+    def preconditioner(state, options):
+        if not state.get("step"):
+            return None
+        return (state["exp_avg_sq"].detach().float() / (1 - options["betas"][1] ** int(state["step"]))).sqrt()
+
+
 class Adagrad(_DecayOptimizer):
     """Adagrad (no lr decay, zero initial accumulator); matches torch.optim.Adagrad when decay='coupled'."""
 
@@ -464,6 +480,11 @@ class Adagrad(_DecayOptimizer):
             p.addcmul_(torch.div(grad, std, out=std), lr, value=-1)
         else:
             p.addcdiv_(grad, std, value=-lr)
+
+
+    @staticmethod
+    def preconditioner(state, options):
+        return state["sum"].detach().float().sqrt() if state.get("step") else None
 
 
 class Lion(_DecayOptimizer):
@@ -493,7 +514,58 @@ class Lion(_DecayOptimizer):
         exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
 
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adagrad": Adagrad, "lion": Lion}
+class RMSprop(_DecayOptimizer):
+    """RMSprop; matches torch.optim.RMSprop (its alpha, eps, momentum, centered) when decay='coupled'. Like
+    Adam's, L2 passes through the division by √(running mean of g²): decoupled and independent decay do not."""
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, momentum=0.0, centered=False, weight_decay=0.0,
+                 decay="coupled"):
+        for name, value in (("alpha", alpha), ("momentum", momentum)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"invalid {name}: must lie in [0, 1), but got {name}={value}")
+        _check_hp("eps", eps)
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, centered=centered,
+                                      weight_decay=weight_decay, decay=decay))
+
+    def _update(self, p, grad, state, group):
+        alpha, momentum = group["alpha"], group["momentum"]
+        if not state:
+            state["step"] = 0
+            state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if momentum > 0:
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if group["centered"]:
+                state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        state["step"] += 1
+        square_avg = state["square_avg"]
+        square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
+        if group["centered"]:
+            state["grad_avg"].lerp_(grad, 1 - alpha)
+            avg = square_avg.addcmul(state["grad_avg"], state["grad_avg"], value=-1).sqrt_().add_(group["eps"])
+        else:
+            avg = square_avg.sqrt().add_(group["eps"])
+        lr = _bcast(group["lr"], p)
+        if momentum > 0:
+            buf = state["momentum_buffer"]
+            buf.mul_(momentum).addcdiv_(grad, avg)
+            if isinstance(lr, Tensor):
+                p.addcmul_(buf, lr, value=-1)
+            else:
+                p.add_(buf, alpha=-lr)
+        elif isinstance(lr, Tensor):
+            p.addcmul_(torch.div(grad, avg, out=avg), lr, value=-1)
+        else:
+            p.addcdiv_(grad, avg, value=-lr)
+
+    @staticmethod
+    def preconditioner(state, options):
+        if not state.get("step"):
+            return None
+        square_avg = state["square_avg"].detach().float()
+        if options.get("centered"):
+            grad_avg = state["grad_avg"].detach().float()
+            return square_avg.addcmul(grad_avg, grad_avg, value=-1).sqrt()
+        return square_avg.sqrt()
 
 
 # --------------------------------------------------------------------------- which tensors decay

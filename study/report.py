@@ -443,7 +443,7 @@ def claims_html(claims: dict | None, metric: str, figure_png: str | None = None)
     figure = ("" if not figure_png else
               f'<figure id="claims-channels"><img alt="per-channel decay rate and weight norm against √v̂" '
               f'src="data:image/png;base64,{figure_png}"><figcaption>(b) per output channel of the decayed tensors, '
-              f"one member (its lowest seed) at each Adam or Adagrad arm's best cell: the decay rate per step at the "
+              f"one member (its lowest seed) at each Adam, Adagrad or RMSprop arm's best cell: the decay rate per step at the "
               f"peak learning rate, and the final weight norm, against the channel's mean √v̂ over training"
               f"</figcaption></figure>")
     return f"""<h2>The article's claims</h2>{sgd_part}

@@ -101,15 +101,13 @@ class Range:
 
 @dataclass(frozen=True)
 class ArmSpec:
-    optimizer: str                  # sgd | adam | adagrad | lion
+    optimizer: str                  # a name of study/registry.py: sgd | adam | adagrad | lion | rmsprop
     decay: str                      # coupled | decoupled | independent
     lr: Range
     weight_decay: Range
-    # the optimizer's own settings (study/registry.py); unset = that optimizer's default
-    momentum: float | None = None   # sgd: 0.9
-    nesterov: bool | None = None    # sgd: false
-    betas: tuple[float, float] | None = None  # adam: (0.9, 0.999); lion: (0.9, 0.99)
-    eps: float | None = None        # adam 1e-8, adagrad 1e-10
+    # the optimizer's own settings as written (momentum: 0.9 beside optimizer: sgd), checked against its options
+    # dataclass in study/registry.py; unset = that optimizer's default. Sorted (name, value) pairs: hashable
+    options: tuple[tuple[str, object], ...] = ()
 
     @property
     def name(self) -> str:
@@ -147,10 +145,7 @@ class MemberSpec:
     lr: float
     weight_decay: float
     seed: int = 0
-    momentum: float | None = None   # the optimizer's own settings, as in ArmSpec
-    nesterov: bool | None = None
-    betas: tuple[float, float] | None = None
-    eps: float | None = None
+    options: tuple[tuple[str, object], ...] = ()   # the optimizer's own settings, as in ArmSpec
 
     @property
     def arm(self) -> str:
@@ -167,13 +162,17 @@ class MemberSpec:
 
     def optimizer_kwargs(self) -> dict:
         """The optimizer's own settings, defaults filled in (study/registry.py)."""
-        return OPTIMIZERS[self.optimizer].resolve({k: getattr(self, k) for k in OPTIMIZER_SETTINGS})
+        return OPTIMIZERS[self.optimizer].resolve(dict(self.options))
+
+    def to_dict(self) -> dict:
+        """Plain data with the settings written flat, as in a spec (momentum: 0.9); from_dict reads it back."""
+        return flat_options(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, raw: dict) -> "MemberSpec":
-        """The inverse of dataclasses.asdict (JSON turns the betas tuple into a list)."""
-        betas = raw.get("betas")
-        return cls(**{**raw, "betas": None if betas is None else tuple(betas)})
+        """The inverse of to_dict; also reads the form recorded before the options were gathered (every optimizer's
+        settings as fields, unset ones None: a checkpoint or spec.json of an older version)."""
+        return cls(**_gather_options(cls, raw, lambda name, value: tuple(value) if isinstance(value, list) else value))
 
 
 @dataclass(frozen=True)
@@ -195,7 +194,10 @@ class StudySpec:
 
     def to_dict(self) -> dict:
         """Plain data (JSON-safe) that spec_from_dict turns back into an equal spec: what a study records."""
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        out["arms"] = [flat_options(a) for a in out["arms"]]
+        out["members"] = [flat_options(m) for m in out["members"]]
+        return out
 
     def identity(self) -> str:
         """What a study's numbers depend on, as 16 hex digits: its data, model, train, arms, members and search
@@ -208,13 +210,36 @@ class StudySpec:
         return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def flat_options(d: dict) -> dict:
+    """An arm's or member's plain data with its `options` pairs written as keys of their own, as a spec has them."""
+    out = {k: v for k, v in d.items() if k != "options"}
+    out.update({k: list(v) if isinstance(v, tuple) else v for k, v in d.get("options") or ()})
+    return out
+
+
+def _gather_options(cls, raw: dict, coerce) -> dict:
+    """The fields of an arm or member (`cls`) from its flat form: keys that are no field of `cls` are its optimizer's
+    settings, each `coerce(name, value)`, gathered sorted into `options`. A None setting is unset (the recorded form
+    of older versions names every optimizer's settings, unset ones None)."""
+    fields = {f.name for f in dataclasses.fields(cls)} - {"options"}
+    out = {k: v for k, v in raw.items() if k in fields}
+    given = dict(raw.get("options") or ())  # a form with the pairs gathered already
+    given.update({k: v for k, v in raw.items() if k not in fields and k != "options"})
+    out["options"] = tuple(sorted((k, coerce(k, v)) for k, v in given.items() if v is not None))
+    return out
+
+
 def _non_default(v):
     """A spec section as plain data without the fields left at their defaults, so that a field added later
-    with a default does not change the identity of the specs recorded before it."""
+    with a default does not change the identity of the specs recorded before it. An arm's or member's settings
+    count as its own keys (as they were before they were gathered into `options`)."""
     if dataclasses.is_dataclass(v):
         out = {}
         for f in dataclasses.fields(v):
             value = getattr(v, f.name)
+            if f.name == "options":
+                out.update({k: _non_default(x) for k, x in value})
+                continue
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
             if default is dataclasses.MISSING or value != default:
@@ -299,11 +324,48 @@ def _coerce(value, tp, file, where):
     raise TypeError(f"unsupported annotation {tp}")  # a bug in this module, not in the spec
 
 
+def _build_options(cls, raw: dict, file, where: str) -> dict:
+    """An arm's or member's raw mapping with its optimizer's settings gathered into `options`, each parsed as its
+    options dataclass declares it (study/registry.py). A key that is another optimizer's setting is refused
+    naming the optimizer's own; one that is no optimizer's setting is an unknown key."""
+    fields = [f.name for f in dataclasses.fields(cls) if f.name != "options"]
+    entry = OPTIMIZERS.get(raw.get("optimizer")) if isinstance(raw.get("optimizer"), str) else None
+    for key, value in raw.items():
+        if key in fields or (value is None and key in OPTIMIZER_SETTINGS):  # None: unset, as older records have it
+            continue
+        loc = f"{where}.{key}" if where else str(key)
+        if key not in OPTIMIZER_SETTINGS or key == "options":
+            loc = loc if len(loc) <= 60 else f"{loc[:48]}… ({len(loc)} chars)"
+            own = entry.option_names() if entry else OPTIMIZER_SETTINGS
+            allowed = ", ".join([*fields, *own])
+            raise SpecError(f"{file}: unknown key {loc!r}; allowed keys{' in ' + where if where else ''}: {allowed}"
+                            if file else f"unknown key {loc!r}; allowed: {allowed}")
+        if entry is not None and key not in entry.option_names():
+            _fail(file, loc, f"optimizer {raw['optimizer']} takes no {key} (its settings: "
+                             f"{', '.join(entry.option_names()) or 'none'}), but got {key}={excerpt(value)}")
+
+    def coerce(name, value):
+        types = entry.option_types() if entry else next(e.option_types() for e in OPTIMIZERS.values()
+                                                        if name in e.option_names())
+        return _coerce(value, types[name], file, f"{where}.{name}" if where else name)
+
+    return _gather_options(cls, raw, coerce)
+
+
 def _build(cls, raw, file, where):
     if not isinstance(raw, dict):
         _fail(file, where, f"expected a mapping of {cls.__name__} fields, but got {excerpt(raw)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    if "options" in fields:  # an arm or member: its optimizer's settings are keys of its own
+        raw = _build_options(cls, raw, file, where)
+        kwargs = {k: (v if k == "options" else _coerce(v, hints[k], file, f"{where}.{k}" if where else k))
+                  for k, v in raw.items()}
+        missing = [n for n, f in fields.items() if n not in raw and f.default is dataclasses.MISSING]
+        if missing:
+            _fail(file, f"{where}.{missing[0]}" if where else missing[0],
+                  f"required key is missing ({cls.__name__} needs {missing[0]})")
+        return cls(**kwargs)
     for key in raw:
         if key not in fields:
             loc = f"{where}.{key}" if where else str(key)
@@ -582,24 +644,20 @@ def check_cost(spec: StudySpec, train_size: int, allow_large: bool) -> dict:
 
 
 def _check_options(a, file, w: str) -> None:
-    """An arm (or member) may set only its own optimizer's settings, each within its range."""
+    """An arm (or member) may set only its own optimizer's settings, each within the range its options dataclass
+    states (study/registry.py), and a float setting within float32's range (training runs in it)."""
     if a.optimizer not in OPTIMIZERS:
         return
-    own = OPTIMIZERS[a.optimizer].option_names()
-    for name in OPTIMIZER_SETTINGS:
-        _check(getattr(a, name) is None or name in own, file, f"{w}.{name}",
-               f"optimizer {a.optimizer} takes no {name} (its settings: {', '.join(own) or 'none'}), "
-               f"but got {name}={excerpt(getattr(a, name))}")
-    if a.momentum is not None:
-        _check(0 <= a.momentum < 1, file, f"{w}.momentum", f"must lie in [0, 1), but got momentum={a.momentum}")
-    if a.nesterov:
-        _check(a.momentum is None or a.momentum > 0, file, f"{w}.nesterov",
-               f"Nesterov momentum needs momentum > 0, but got momentum={a.momentum}")
-    if a.betas is not None:
-        _check(all(0 <= b < 1 for b in a.betas), file, f"{w}.betas", f"must lie in [0, 1), but got betas={list(a.betas)}")
-    if a.eps is not None:
-        _check(a.eps > 0, file, f"{w}.eps", f"must be > 0, but got eps={a.eps}")
-        _check_float32(a.eps, file, f"{w}.eps")
+    entry, given = OPTIMIZERS[a.optimizer], dict(a.options)
+    own = entry.option_names()
+    for name, value in a.options:  # a spec built in code (not parsed) may hold another optimizer's setting
+        _check(name in own, file, f"{w}.{name}", f"optimizer {a.optimizer} takes no {name} (its settings: "
+               f"{', '.join(own) or 'none'}), but got {name}={excerpt(value)}")
+    for name, why in entry.problems(given):
+        _fail(file, f"{w}.{name}", why)
+    for name, value in a.options:
+        if isinstance(value, float) and value > 0:
+            _check_float32(value, file, f"{w}.{name}")
 
 
 def grid_size(arm: ArmSpec, search: SearchSpec) -> int:
@@ -807,6 +865,8 @@ def apply_overrides(raw: dict, sets, file=None) -> dict:
             last = depth == len(parts) - 1
             m = _SET_SEGMENT.match(part)
             fields = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+            if "options" in fields:  # an arm's optimizer settings are keys of the arm (arms[0].momentum=0.5)
+                fields = (fields - {"options"}) | set(OPTIMIZER_SETTINGS)
             if m is None or m.group(1) not in fields:
                 loc = f"{where}.{part}" if where else part
                 allowed = f"allowed keys{' in ' + where if where else ''}: {', '.join(sorted(fields))}" if fields \
@@ -815,7 +875,7 @@ def apply_overrides(raw: dict, sets, file=None) -> dict:
                 raise SpecError(f"invalid --set: unknown key {loc!r}; {allowed}")
             name, indices = m.group(1), [int(i) for i in re.findall(r"\[([0-9]+)\]", m.group(2))]
             where = f"{where}.{name}" if where else name
-            tp = typing.get_type_hints(cls)[name]
+            tp = typing.get_type_hints(cls).get(name)  # None for an optimizer's setting: checked when the arm is built
             holder, slot = node, name  # the container and the key or index the segment names
             for i in indices:  # arms[0].lr.high: an element of a list the file holds
                 seq = holder.get(slot) if isinstance(holder, dict) else holder[slot]
@@ -927,8 +987,7 @@ def grid_axis(r: Range, default_points: int) -> list[float]:
 
 
 def arm_member(arm: ArmSpec, lr: float, weight_decay: float, seed: int) -> MemberSpec:
-    return MemberSpec(arm.optimizer, arm.decay, float(lr), float(weight_decay), int(seed), arm.momentum,
-                      arm.nesterov, arm.betas, arm.eps)
+    return MemberSpec(arm.optimizer, arm.decay, float(lr), float(weight_decay), int(seed), arm.options)
 
 
 def grid_members(spec: StudySpec) -> list[MemberSpec]:

@@ -52,7 +52,7 @@ CASES = [
     ("empty grid", (["search", "points"], 0), [], "search.points"),
     ("empty grid on one axis", (["arms", 0, "lr", "points"], 0), [], "arms[0].lr.points"),
     ("10^6 grid points", (["search", "points"], 1000), [], "exceeds"),
-    ("unknown optimizer", (["arms", 0, "optimizer"], "rmsprop"), [], "optimizer='rmsprop'"),
+    ("unknown optimizer", (["arms", 0, "optimizer"], "adamax"), [], "optimizer='adamax'"),
     ("unknown decay mode", (["arms", 0, "decay"], "l2"), [], "decay='l2'"),
     ("GPU fraction above 1", (["execution", "gpus_per_trial"], 1.5), [], "gpus_per_trial=1.5"),
     ("missing dataset path", (["data"], {"dataset": "parquet", "path": "/nonexistent/cifar"}), [], "data.path"),

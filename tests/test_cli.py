@@ -151,6 +151,71 @@ def test_set_reaches_nested_lists_and_new_sections(tmp_path):
     assert load_spec(plain, overrides=["train.epochs=2", "model.name=resnet20"]).train.epochs == 2
 
 
+def test_an_arms_optimizer_settings_are_keys_of_the_arm_checked_against_its_options(tmp_path):
+    """Settings sit beside `optimizer:` in a file and in --set; each is parsed and range-checked as the optimizer's
+    options dataclass declares it (study/registry.py), another optimizer's setting is refused naming the own ones,
+    and a member carries them to the optimizer."""
+    from study.spec import SpecError, grid_members, load_spec
+
+    plain = tmp_path / "arms.yaml"
+    plain.write_text("arms:\n  - {optimizer: rmsprop, decay: decoupled, alpha: 0.9, centered: true, "
+                     "lr: {low: 0.001, high: 0.01}, weight_decay: {low: 0.001, high: 0.1}}\n"
+                     "  - {optimizer: sgd, decay: coupled, lr: {low: 0.01, high: 0.1}, weight_decay: {low: 0.001, high: 0.1}}\n"
+                     "search: {points: 2}\n")
+    spec = load_spec(plain, overrides=["arms[0].momentum=0.5", "arms[1].nesterov=true"])
+    assert dict(spec.arms[0].options) == {"alpha": 0.9, "centered": True, "momentum": 0.5}
+    members = grid_members(spec)
+    assert members[0].optimizer_kwargs() == {"alpha": 0.9, "eps": 1e-8, "momentum": 0.5, "centered": True}
+    assert members[-1].optimizer_kwargs() == {"momentum": 0.9, "nesterov": True}
+    for sets, message in ((["arms[0].alpha=1"], "invalid arms[0].alpha: must lie in [0, 1), but got alpha=1.0"),
+                          (["arms[0].centered=3"], "invalid arms[0].centered: expected true or false"),
+                          (["arms[1].betas=[0.8, 0.9]"], "invalid arms[1].betas: optimizer sgd takes no betas "
+                                                          "(its settings: momentum, nesterov)"),
+                          (["arms[1].momentum=0", "arms[1].nesterov=true"],
+                           "invalid arms[1].nesterov: Nesterov momentum needs momentum > 0")):
+        with pytest.raises(SpecError) as e:
+            load_spec(plain, overrides=sets)
+        assert message in str(e.value), (sets, str(e.value))
+    with pytest.raises(SpecError, match=r"unknown key 'arms\[1\]\.gamma'; allowed keys in arms\[1\]: optimizer, "
+                                        r"decay, lr, weight_decay, momentum, nesterov"):
+        plain.write_text(plain.read_text().replace("decay: coupled,", "decay: coupled, gamma: 2,"))
+        load_spec(plain)
+
+
+# identities as the version before the settings were gathered into `options` computed them (a3a817a): a study
+# recorded then is resumed under the same identity, from the spec.json it wrote (every setting a field, unset None)
+RECORDED = {
+    "df694232e04f8427": [{"optimizer": "sgd", "decay": "coupled"}],
+    "2e602a0dfbdf1db6": [{"optimizer": "sgd", "decay": "decoupled", "momentum": 0.5, "nesterov": True}],
+    "d7a6da00360f661f": [{"optimizer": "adam", "decay": "independent", "betas": [0.8, 0.99], "eps": 1e-6},
+                         {"optimizer": "adagrad", "decay": "coupled", "eps": 1e-9}],
+}
+
+
+@pytest.mark.parametrize("identity", sorted(RECORDED))
+def test_a_spec_recorded_before_the_options_were_gathered_loads_as_the_same_spec(identity):
+    import json
+
+    from study.spec import MemberSpec, spec_from_dict
+
+    ranges = [{"lr": {"low": 0.01 if a["optimizer"] == "sgd" else 0.001, "high": 0.1 if a["optimizer"] == "sgd" else 0.01},
+               "weight_decay": {"low": 1e-4, "high": 1e-2}} for a in RECORDED[identity]]
+    written = {"name": "pin", "data": {"dataset": "digits"}, "model": {"name": "resnet8"},
+               "train": {"epochs": 2, "batch_size": 32, "device": "cpu"},
+               "arms": [{**a, **r} for a, r in zip(RECORDED[identity], ranges)],
+               "search": {"sampler": "grid", "points": 2, "seeds": [0, 1]}}
+    spec = spec_from_dict(written)
+    assert spec.identity() == identity
+    old = json.loads(json.dumps(spec.to_dict()))  # the recorded form of then: every optimizer's settings, unset None
+    old["arms"] = [{**{k: None for k in ("momentum", "nesterov", "betas", "eps")}, **a} for a in old["arms"]]
+    assert spec_from_dict(old) == spec and spec_from_dict(old).identity() == identity
+    assert spec_from_dict(json.loads(json.dumps(spec.to_dict()))) == spec  # today's form round-trips
+    member = MemberSpec("adam", "coupled", 0.01, 0.1, 3, (("betas", (0.8, 0.99)),))
+    then = {"optimizer": "adam", "decay": "coupled", "lr": 0.01, "weight_decay": 0.1, "seed": 3, "momentum": None,
+            "nesterov": None, "betas": [0.8, 0.99], "eps": None}  # a checkpoint's member of then
+    assert MemberSpec.from_dict(then) == member == MemberSpec.from_dict(json.loads(json.dumps(member.to_dict())))
+
+
 # --------------------------------------------------------------------------- progress
 
 class FakeTTY(io.StringIO):

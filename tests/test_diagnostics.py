@@ -41,7 +41,7 @@ def test_coupled_adam_spread_is_the_hand_computed_ratio():
         n = rate.size
         lo, hi = np.sort(rate)[math.ceil(0.1 * n) - 1], np.sort(rate)[math.ceil(0.9 * n) - 1]
         got = diag.decay_spread([diag.decay_rates("adam", "coupled", torch.tensor(lr[k] * wd[k])[None].expand(2),
-                                                  state, eps, betas)])[k]
+                                                  state, {"eps": eps, "betas": betas})])[k]
         assert float(got) == pytest.approx(hi / lo, rel=1e-6)
     # the rate itself: η·λ/(√v̂ + ε) per weight, with v̂ recomputed from the gradients the optimizer saw
     w, vv = None, np.zeros((2, 3, 4))
@@ -53,7 +53,7 @@ def test_coupled_adam_spread_is_the_hand_computed_ratio():
         m = betas[0] * m + (1 - betas[0]) * g
         vv = betas[1] * vv + (1 - betas[1]) * g * g
         w = w - np.array(lr)[:, None, None] * (m / (1 - betas[0] ** t)) / (np.sqrt(vv / (1 - betas[1] ** t)) + eps)
-    rates = diag.decay_rates("adam", "coupled", torch.tensor(lr) * torch.tensor(wd), state, eps, betas)
+    rates = diag.decay_rates("adam", "coupled", torch.tensor(lr) * torch.tensor(wd), state, {"eps": eps, "betas": betas})
     np.testing.assert_allclose(rates.numpy(), (np.array(lr) * np.array(wd))[:, None]
                                / (np.sqrt(vv / (1 - betas[1] ** 5)).reshape(2, -1) + eps), rtol=1e-6)  # float32
     assert np.allclose(p.detach().numpy(), w)  # the optimizer did what the hand computation did
@@ -62,7 +62,7 @@ def test_coupled_adam_spread_is_the_hand_computed_ratio():
 @pytest.mark.parametrize("decay", ["decoupled", "independent"])
 def test_uniform_decay_has_spread_one(decay):
     _, state, _ = _adam_after(3, decay, [0.01, 0.02], [0.1, 0.3])
-    got = diag.decay_spread([diag.decay_rates("adam", decay, torch.tensor([0.001, 0.006]), state, 1e-8, (0.9, 0.999))])
+    got = diag.decay_spread([diag.decay_rates("adam", decay, torch.tensor([0.001, 0.006]), state, {"eps": 1e-8, "betas": (0.9, 0.999)})])
     assert got.tolist() == [1.0, 1.0]
 
 
@@ -73,14 +73,38 @@ def test_adagrad_uses_its_accumulated_sum():
     p.grad = torch.randn(1, 2, 5, generator=gen, dtype=torch.float64)
     opt.step()
     s = opt.state[p]["sum"]
-    rates = diag.decay_rates("adagrad", "coupled", torch.tensor([0.01]), opt.state[p], 1e-10)
+    rates = diag.decay_rates("adagrad", "coupled", torch.tensor([0.01]), opt.state[p], {"eps": 1e-10})
     assert torch.allclose(rates.double(), 0.01 / (s.sqrt().flatten(1) + 1e-10), rtol=1e-6)
 
 
+@pytest.mark.parametrize("centered", [False, True])
+def test_rmsprop_divides_by_what_torch_divides_by(centered):
+    """RMSprop's √v̂ is the denominator torch.optim.RMSprop's step uses (ε aside): recovered from one plain step of
+    torch's own, p₁ = p₀ − η·g/(√v̂ + ε), so the check does not read the state the way the code under test does."""
+    from study.optim import RMSprop
+
+    gen = torch.Generator().manual_seed(2)
+    p = torch.nn.Parameter(torch.randn(1, 2, 5, generator=gen, dtype=torch.float64))
+    q = torch.nn.Parameter(p.detach().clone())
+    ours = RMSprop([{"params": [p], "weight_decay": torch.tensor([0.0])}], lr=torch.tensor([0.1]), alpha=0.9,
+                   eps=1e-8, centered=centered)
+    theirs = torch.optim.RMSprop([q], lr=0.1, alpha=0.9, eps=1e-8, centered=centered, foreach=False)
+    for _ in range(3):
+        g = torch.randn(1, 2, 5, generator=gen, dtype=torch.float64)
+        p.grad, q.grad = g.clone(), g.clone()
+        before = q.detach().clone()
+        ours.step()
+        theirs.step()
+    denominator = 0.1 * g / (before - q.detach()) - 1e-8
+    root = diag.sqrt_second_moment("rmsprop", ours.state[p], {"centered": centered, "eps": 1e-8})
+    assert torch.allclose(root.double(), denominator.float().double(), rtol=1e-5)
+    assert diag.has_preconditioner("rmsprop") and not diag.has_preconditioner("lion")
+
+
 def test_no_step_yet_and_no_decay_give_nan():
-    assert math.isnan(diag.decay_rates("adam", "coupled", torch.tensor([0.1]), {}, 1e-8, (0.9, 0.999)).item())
+    assert math.isnan(diag.decay_rates("adam", "coupled", torch.tensor([0.1]), {}, {"eps": 1e-8, "betas": (0.9, 0.999)}).item())
     _, state, _ = _adam_after(2, "coupled", [0.01, 0.02], [0.0, 0.1])
-    got = diag.decay_spread([diag.decay_rates("adam", "coupled", torch.tensor([0.0, 0.002]), state, 1e-8, (0.9, 0.999))])
+    got = diag.decay_spread([diag.decay_rates("adam", "coupled", torch.tensor([0.0, 0.002]), state, {"eps": 1e-8, "betas": (0.9, 0.999)})])
     assert math.isnan(got[0]) and math.isfinite(got[1])
 
 
@@ -177,6 +201,24 @@ def test_rows_carry_the_diagnostics_an_optimizer_has(digits):
     for r in sgd:
         assert not set(PRECONDITIONER_METRICS) & set(r["history"][0])
         assert r["history"][0]["angular_equilibrium"] > 0 and r["history"][0]["head_norm"] > 0
+
+
+@pytest.mark.parametrize("optimizer", sorted(__import__("study.registry", fromlist=["OPTIMIZERS"]).OPTIMIZERS))
+def test_every_registered_optimizer_trains_an_array_with_the_diagnostics_it_has(digits, optimizer):
+    """An optimizer added to the registry trains in the engine at once; its rows carry the √v̂ diagnostics (and its
+    last epoch the per-channel records) exactly when its entry says it divides by a per-weight √v̂."""
+    from study.registry import OPTIMIZERS
+    from study.spec import CHANNELS
+
+    members = [MemberSpec(optimizer, "coupled", 1e-3 * (1 + k), 0.05, seed=k) for k in range(2)]
+    config = ArrayConfig(ModelSpec("resnet8"), TrainSpec(epochs=1, batch_size=64), DataSpec())
+    rows = ArrayTrainer(members, digits, config, "cpu").train_epoch()
+    has = OPTIMIZERS[optimizer].preconditioned
+    for row in rows:
+        assert math.isfinite(row["train_loss"]) and (CHANNELS in row) == has
+        assert set(PRECONDITIONER_METRICS) <= set(row) if has else not set(PRECONDITIONER_METRICS) & set(row)
+        if has:
+            assert row["decay_spread"] > 1 and -1 <= row["norm_sqrt_v_corr"] <= 1  # L2 through ÷√v̂: uneven
 
 
 def test_resumed_correlation_equals_the_uninterrupted_one(digits):

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from study import optim
+from study.registry import OPTIMIZERS
 from study.cli import main
 from study.data import load_dataset
 from study.engine import ArrayConfig, ArrayTrainer
@@ -130,12 +131,12 @@ def test_subsampling_and_pooling_give_the_values_of_slicing_and_adaptive_pooling
 
 
 def _run(name, decay, flat, steps=6, params=None, grads_seed=1):
-    kw = {"momentum": 0.9, "nesterov": True} if name == "sgd" else {}
+    kw = {"sgd": {"momentum": 0.9, "nesterov": True}, "rmsprop": {"momentum": 0.9, "centered": True}}.get(name, {})
     params = params or _params()
     lrs = torch.tensor([0.01, 0.03, 0.1])
     groups = [{"params": params[:2], "weight_decay": torch.tensor([0.0, 0.2, 1.0]), "flat": flat},
               {"params": params[2:], "weight_decay": 0.0, "flat": flat}]
-    opt = optim.OPTIMIZERS[name](groups, lr=lrs, decay=decay, **kw)
+    opt = OPTIMIZERS[name].load()(groups, lr=lrs, decay=decay, **kw)
     g = torch.Generator().manual_seed(grads_seed)
     for t in range(steps):
         for group in opt.param_groups:
@@ -151,7 +152,7 @@ def _run(name, decay, flat, steps=6, params=None, grads_seed=1):
     return params, opt
 
 
-@pytest.mark.parametrize("name", sorted(optim.OPTIMIZERS))
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("decay", optim.DECAY_MODES)
 def test_flat_groups_equal_the_per_tensor_path_bitwise(name, decay):
     flat_p, flat_opt = _run(name, decay, flat=True)
@@ -183,7 +184,7 @@ def test_flat_state_dict_round_trip_is_exact(name):
     kw = {"momentum": 0.9, "nesterov": True} if name == "sgd" else {}
     groups = [{"params": fresh[:2], "weight_decay": torch.tensor([0.0, 0.2, 1.0]), "flat": True},
               {"params": fresh[2:], "weight_decay": 0.0, "flat": True}]
-    opt2 = optim.OPTIMIZERS[name](groups, lr=torch.tensor([0.5, 0.5, 0.5]), decay="independent", **kw)
+    opt2 = OPTIMIZERS[name].load()(groups, lr=torch.tensor([0.5, 0.5, 0.5]), decay="independent", **kw)
     opt2.load_state_dict(saved["opt"])
     lrs = torch.tensor([0.01, 0.03, 0.1])
     g = torch.Generator().manual_seed(1)

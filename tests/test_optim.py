@@ -7,8 +7,10 @@ import torch
 from torch.testing import assert_close
 
 from study import optim
+from study.registry import OPTIMIZERS
 
 STEPS = 20
+CLASSES = {name: entry.load() for name, entry in OPTIMIZERS.items()}  # every optimizer the registry names
 
 
 def _problem(seed=0):
@@ -39,6 +41,11 @@ PEERS = [
      dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.1)),
     ("adam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1), torch.optim.Adam, dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)),
     ("adagrad", dict(lr=0.05, weight_decay=0.1), torch.optim.Adagrad, dict(lr=0.05, weight_decay=0.1)),
+    ("rmsprop", dict(lr=0.01, weight_decay=0.1), torch.optim.RMSprop, dict(lr=0.01, weight_decay=0.1)),
+    ("rmsprop", dict(lr=0.01, alpha=0.9, eps=1e-6, momentum=0.8, weight_decay=0.1), torch.optim.RMSprop,
+     dict(lr=0.01, alpha=0.9, eps=1e-6, momentum=0.8, weight_decay=0.1)),
+    ("rmsprop", dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.1), torch.optim.RMSprop,
+     dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.1)),
 ]
 
 
@@ -46,7 +53,7 @@ PEERS = [
 def test_coupled_matches_torch(name, ours_kw, peer, peer_kw):
     net, data = _problem()
     net2 = copy.deepcopy(net)
-    ours = _train(net, optim.OPTIMIZERS[name](net.parameters(), decay="coupled", **ours_kw), data)
+    ours = _train(net, CLASSES[name](net.parameters(), decay="coupled", **ours_kw), data)
     theirs = _train(net2, peer(net2.parameters(), foreach=False, **peer_kw), data)
     for a, b in zip(ours, theirs):
         assert_close(a, b, atol=1e-6, rtol=1e-6)
@@ -71,13 +78,14 @@ def test_decoupled_sgd_exact_values():
     assert_close(w.detach(), torch.tensor([[1.0, -2.0]]) * (1 - 0.1 * 0.5) - 0.1 * 2 * torch.tensor([[1.0, -2.0]]))
 
 
-@pytest.mark.parametrize("name,kw", [("sgd", dict(momentum=0.9)), ("sgd", {}), ("adam", {}), ("adagrad", {})])
+@pytest.mark.parametrize("name,kw", [("sgd", dict(momentum=0.9)), *((n, {}) for n in OPTIMIZERS),
+                                     ("rmsprop", dict(momentum=0.9, centered=True))])
 def test_decoupled_equals_independent_with_lr_times_lambda(name, kw):
     lr, lam = 0.03, 0.4
     net, data = _problem(1)
     net2 = copy.deepcopy(net)
-    o1 = optim.OPTIMIZERS[name](net.parameters(), lr=lr, weight_decay=lam, decay="decoupled", **kw)
-    o2 = optim.OPTIMIZERS[name](net2.parameters(), lr=lr, weight_decay=lr * lam, decay="independent", **kw)
+    o1 = CLASSES[name](net.parameters(), lr=lr, weight_decay=lam, decay="decoupled", **kw)
+    o2 = CLASSES[name](net2.parameters(), lr=lr, weight_decay=lr * lam, decay="independent", **kw)
     s1 = torch.optim.lr_scheduler.CosineAnnealingLR(o1, STEPS)
     s2 = torch.optim.lr_scheduler.CosineAnnealingLR(o2, STEPS)
     for a, b in zip(_train(net, o1, data, s1), _train(net2, o2, data, s2)):
@@ -144,17 +152,17 @@ def test_param_groups_never_decay_ndim_le_1():
     assert counts["decayed_tensors"] == 1 and counts["no_decay_tensors"] == 1 and counts["decayed_params"] == 20
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "adagrad"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_state_dict_round_trip_continues_identically(name):
-    kw = {"momentum": 0.9} if name == "sgd" else {}
+    kw = {"sgd": {"momentum": 0.9}, "rmsprop": {"momentum": 0.9, "centered": True}}.get(name, {})
     net, data = _problem(2)
     net_b = copy.deepcopy(net)
-    full = _train(net, optim.OPTIMIZERS[name](net.parameters(), lr=0.01, weight_decay=0.1, decay="independent", **kw), data)
-    opt_b = optim.OPTIMIZERS[name](net_b.parameters(), lr=0.01, weight_decay=0.1, decay="independent", **kw)
+    full = _train(net, CLASSES[name](net.parameters(), lr=0.01, weight_decay=0.1, decay="independent", **kw), data)
+    opt_b = CLASSES[name](net_b.parameters(), lr=0.01, weight_decay=0.1, decay="independent", **kw)
     _train(net_b, opt_b, data[:10])
     state = copy.deepcopy(opt_b.state_dict())
     net_c = copy.deepcopy(net_b)
-    opt_c = optim.OPTIMIZERS[name](net_c.parameters(), lr=0.5, weight_decay=0.0, decay="independent", **kw)
+    opt_c = CLASSES[name](net_c.parameters(), lr=0.5, weight_decay=0.0, decay="independent", **kw)
     opt_c.load_state_dict(state)
     resumed = _train(net_c, opt_c, data[10:])
     for a, b in zip(full, resumed):
@@ -171,26 +179,27 @@ def test_state_dict_round_trip_continues_identically(name):
     (lambda p: optim.SGD(p, lr=0.1, momentum=-0.5), r"invalid momentum.*momentum=-0.5"),
     (lambda p: optim.SGD(p, lr=0.1, nesterov=True), r"invalid nesterov"),
     (lambda p: optim.SGD(p, lr=[0.1, -0.2]), r"invalid lr.*-0.2"),
-    (lambda p: optim.build_optimizer("rmsprop", p, 0.1, "coupled"), r"invalid optimizer.*'rmsprop'"),
+    (lambda p: optim.build_optimizer("adamax", p, 0.1, "coupled"), r"invalid optimizer.*'adamax'"),
+    (lambda p: optim.RMSprop(p, alpha=1.0), r"invalid alpha.*alpha=1.0"),
 ])
 def test_bad_arguments_name_the_argument(call, match):
     with pytest.raises(ValueError, match=match):
         call([torch.nn.Parameter(torch.ones(2, 2))])
 
 
-@pytest.mark.parametrize("name", ["sgd", "adam", "adagrad"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("decay", optim.DECAY_MODES)
 def test_member_array_equals_separate_optimizers(name, decay):
     """One stacked (K, ...) parameter with per-member lr/λ == K parameters with their own optimizers."""
     K, lrs, wds = 3, [0.01, 0.03, 0.1], [0.0, 0.2, 1.0]
-    kw = {"momentum": 0.9, "nesterov": True} if name == "sgd" else {}
+    kw = {"sgd": {"momentum": 0.9, "nesterov": True}, "rmsprop": {"momentum": 0.9, "centered": True}}.get(name, {})
     g = torch.Generator().manual_seed(3)
     w0 = torch.randn(K, 4, 5, generator=g)
     grads = [torch.randn(K, 4, 5, generator=g) for _ in range(STEPS)]
     stacked = torch.nn.Parameter(w0.clone())
-    opt = optim.OPTIMIZERS[name]([stacked], lr=torch.tensor(lrs), weight_decay=torch.tensor(wds), decay=decay, **kw)
+    opt = CLASSES[name]([stacked], lr=torch.tensor(lrs), weight_decay=torch.tensor(wds), decay=decay, **kw)
     singles = [torch.nn.Parameter(w0[k].clone()) for k in range(K)]
-    opts = [optim.OPTIMIZERS[name]([singles[k]], lr=lrs[k], weight_decay=wds[k], decay=decay, **kw) for k in range(K)]
+    opts = [CLASSES[name]([singles[k]], lr=lrs[k], weight_decay=wds[k], decay=decay, **kw) for k in range(K)]
     for t, gr in enumerate(grads):
         s = 1.0 / (1 + t)  # a schedule, applied the way the engine applies it
         opt.param_groups[0]["lr"] = torch.tensor(lrs) * s
