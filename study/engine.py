@@ -186,10 +186,11 @@ class ArrayTrainer:
         self.base_lr, self.weight_decay = lr, wd
         self._lr = lr.clone()          # every group's lr: base_lr · s_t · alive, rewritten in place each step
         self._bind_lr()
-        # s_t for every step of the run, on the device: a step reads its multiplier without a host transfer
-        self._schedule = torch.tensor([schedule_multiplier(i, self.total_steps, t.schedule, self.warmup_steps,
-                                                           t.milestones, t.gamma) for i in range(self.total_steps)],
-                                      dtype=torch.float32, device=self.device)
+        # s_t for every step of the run, computed once: on the host (the epoch's rows) and on the device (a step
+        # reads its multiplier without a host transfer)
+        self._multipliers = [schedule_multiplier(i, self.total_steps, t.schedule, self.warmup_steps, t.milestones,
+                                                 t.gamma) for i in range(self.total_steps)]
+        self._schedule = torch.tensor(self._multipliers, dtype=torch.float32, device=self.device)
         self.one = torch.ones((), device=self.device)
         self.decayed = groups[0]["params"] if self.decay_counts["decayed_tensors"] else []
         self.invariant = self.model.scale_invariant_weights()
@@ -241,16 +242,12 @@ class ArrayTrainer:
         aug = torch.Generator(device=self.device).manual_seed(seed + 1)
         return order, aug
 
-    def _forward_loss(self, x: Tensor, y: Tensor) -> Tensor:
-        """Per-member mean cross-entropy, shape (K,), in float32 (compiled when train.compile)."""
-        return self._loss_fn(self.model, x, y, self.bf16)
-
     def train_step(self, x: Tensor, y: Tensor, s: Tensor) -> Tensor:
         """One step of every member at schedule multiplier s (a 0-d tensor on the device); returns the
         per-member loss (0 for diverged members). No host synchronization."""
         first = self.compiled and not self.compile_s
         t0 = time.perf_counter() if first else 0.0
-        loss = self._forward_loss(x, y)
+        loss = self._loss_fn(self.model, x, y, self.bf16)  # (K,) mean cross-entropy, float32; compiled when asked
         self.alive &= torch.isfinite(loss)
         self.optimizer.zero_grad()
         with flat_backward():
@@ -290,25 +287,27 @@ class ArrayTrainer:
         return torch.stack([w.detach().float().pow(2).flatten(1).sum(1) for w in weights])  # (L, K)
 
     def train_epoch(self) -> list[dict]:
+        """One epoch of every member: the shared batches in this epoch's order, a step each (train_step), the
+        angular update measured over the last ANGLE_STEPS steps, then the epoch's rows (evaluation, diagnostics)."""
+        if self.epoch >= self.config.train.epochs:
+            raise RuntimeError(f"the array has trained its {self.config.train.epochs} epochs")
         t0 = time.perf_counter()
-        epoch, t = self.epoch, self.config.train
         self.model.train()
-        order, aug = self._generators(epoch)
+        order, aug = self._generators(self.epoch)
         perm = torch.randperm(len(self.data.train_y), generator=order).to(self.device)
+        first_step = self.epoch * self.steps_per_epoch
         loss_sum = torch.zeros(self.K, device=self.device)
-        angles, s = [], 0.0
+        angles = []
         for i in range(self.steps_per_epoch):
-            step = epoch * self.steps_per_epoch + i
-            s = schedule_multiplier(step, self.total_steps, t.schedule, self.warmup_steps, t.milestones, t.gamma)
             x, y = self._batch(perm[i * self.batch:(i + 1) * self.batch], aug)
             measure = i >= self.steps_per_epoch - ANGLE_STEPS and self.invariant
             before = [w.detach().clone() for w in self.invariant] if measure else None  # exact: _angles casts
-            s_t = self._schedule[step] if step < self.total_steps else torch.tensor(s, device=self.device)
-            loss_sum += self.train_step(x, y, s_t)
+            loss_sum += self.train_step(x, y, self._schedule[first_step + i])
             if measure:
                 angles.append(self._angles(before))
         self.epoch += 1
-        rows = self._epoch_rows(loss_sum / self.steps_per_epoch, angles, s, time.perf_counter() - t0)
+        last = self._multipliers[first_step + self.steps_per_epoch - 1]  # the rows' lr and equilibrium are the last step's
+        rows = self._epoch_rows(loss_sum / self.steps_per_epoch, angles, last, time.perf_counter() - t0)
         for k, row in enumerate(rows):
             self.history[k].append(row)
         return rows

@@ -265,7 +265,13 @@ def channels_figure(arms: list[dict]):
     left.set_title("How much of a channel the decay removes per step", fontsize=10)
     right.set_xlabel("mean √v̂ / the tensor's median")
     right.set_ylabel("final weight norm / the tensor's median")
-    right.set_title("Do channels with a larger √v̂ keep larger weights? (the article: yes, under L2)", fontsize=10)
+    right.set_title("Larger √v̂, larger weight? (the article: yes, under L2)", fontsize=10)
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    for axis in (right.xaxis, right.yaxis):  # 0.5, 1, 2 rather than 5×10⁻¹, 10⁰, 2×10⁰
+        axis.set_major_locator(FixedLocator([1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8]))
+        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(NullFormatter())
     fig.suptitle("Per output channel of the decayed tensors, one member at each arm's best cell", fontsize=11)
     return fig
 
