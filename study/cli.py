@@ -153,7 +153,7 @@ def cmd_resume(args) -> int:
 
 
 def _drive(args, spec, resume: bool) -> int:
-    from .driver import Driver, Stores, catch_interrupts
+    from .driver import STOP, Driver, Stores
 
     check_address(args.address)
     home = home_dir(args)
@@ -191,7 +191,7 @@ def _drive(args, spec, resume: bool) -> int:
     except (AttributeError, OSError, ValueError):  # stderr is no file (called in-process, output captured)
         pass
 
-    catch_interrupts()  # SIGTERM as Ctrl-C: a KeyboardInterrupt, which the driver turns into its clean stop
+    STOP.install()  # SIGTERM as Ctrl-C: a KeyboardInterrupt, which the driver turns into its clean stop
     hint = f" --home {home}" if args.home else ""
     try:
         driver = Driver(spec, stores, resume, args.address)  # every check, then the records are opened

@@ -65,42 +65,59 @@ class Outcome:
         return self.done >= self.total
 
 
-INTERRUPTED = threading.Event()  # set by interrupt(): a SIGTERM or Ctrl-C has come
-STOPPING = threading.Event()     # set while a driver closes its records: a further interrupt is remembered only
-_WHILE_STOPPING = [0]            # interrupts that came while STOPPING
+class StopState:
+    """What a SIGTERM or Ctrl-C has asked of the driver, shared by the signal handler and the driver's threads.
+
+    `interrupted`: one has come. `closing`: the driver is closing its records, so a further interrupt is only
+    remembered; a third ends the process at once. Python swallows an exception raised while a finalizer runs
+    (seen: a SIGTERM that landed in SQLAlchemy's weakref cleanup, after which the study ran on to its end and
+    exited 0), so the driver's hooks raise it again at their next call (`unhandled`), and so does the start of the
+    run. One per process (signals are), `STOP`; `install()` starts it afresh (a process may drive several
+    studies, as the tests do)."""
+
+    def __init__(self):
+        self.interrupted = threading.Event()
+        self.closing = threading.Event()
+        self._while_closing = 0
+
+    def handle(self, signum=None, frame=None) -> None:
+        """The handler for SIGTERM and SIGINT: a KeyboardInterrupt where the main thread is, as Ctrl-C gives,
+        remembered too; while closing, the next raises nothing (it would cut the closing short) and one more ends
+        the process (a store that does not answer can hold the closing for minutes)."""
+        self.interrupted.set()
+        if not self.closing.is_set():
+            raise KeyboardInterrupt
+        self._while_closing += 1
+        if self._while_closing >= 2:
+            os.write(2, b"\n[study] stopped at once: the members in flight are not closed; `study resume` trains them "
+                        b"again (once this driver's lease is stale, 60 s)\n")
+            os._exit(130)
+
+    def install(self) -> None:
+        """SIGTERM and SIGINT end a driver cleanly wherever they land; the one a finalizer swallowed is not
+        reported as an ignored exception, since the driver raises it again."""
+        self.interrupted.clear()
+        self.done_closing()
+        signal.signal(signal.SIGTERM, self.handle)
+        signal.signal(signal.SIGINT, self.handle)
+
+        def unraisable(u):
+            if not (isinstance(u.exc_value, KeyboardInterrupt) and self.interrupted.is_set()):
+                sys.__unraisablehook__(u)
+        sys.unraisablehook = unraisable
+
+    def unhandled(self, handled: bool) -> bool:
+        """An interrupt came that the driver has not handled (`handled`: its outcome says interrupted) and it is
+        not closing: raise it again."""
+        return self.interrupted.is_set() and not handled and not self.closing.is_set()
+
+    def done_closing(self) -> None:
+        """The records are closed: what the caller does next (the export) stops at the next Ctrl-C again."""
+        self.closing.clear()
+        self._while_closing = 0
 
 
-def interrupt(signum=None, frame=None) -> None:
-    """The handler for SIGTERM and SIGINT (catch_interrupts): a KeyboardInterrupt where the main thread is, as
-    Ctrl-C gives, remembered too. Python swallows an exception raised while a finalizer runs (seen: a SIGTERM
-    that landed in SQLAlchemy's weakref cleanup, after which the study ran on to its end and exited 0), so the
-    driver's hooks raise it again at their next call, and so does the start of the run. While the driver closes
-    its records (STOPPING) the next Ctrl-C or SIGTERM raises nothing (it would cut the closing short); one more
-    ends the process at once (a store that does not answer can hold the closing for minutes)."""
-    INTERRUPTED.set()
-    if not STOPPING.is_set():
-        raise KeyboardInterrupt
-    _WHILE_STOPPING[0] += 1
-    if _WHILE_STOPPING[0] >= 2:
-        os.write(2, b"\n[study] stopped at once: the members in flight are not closed; `study resume` trains them "
-                    b"again (once this driver's lease is stale, 60 s)\n")
-        os._exit(130)
-
-
-def catch_interrupts() -> None:
-    """SIGTERM and SIGINT end a driver cleanly wherever they land (interrupt); the one a finalizer swallowed is
-    not reported as an ignored exception, since the driver raises it again. Each call starts afresh (a process
-    may drive several studies, as the tests do)."""
-    INTERRUPTED.clear()
-    STOPPING.clear()
-    _WHILE_STOPPING[0] = 0
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, interrupt)
-
-    def unraisable(u):
-        if not (isinstance(u.exc_value, KeyboardInterrupt) and INTERRUPTED.is_set()):
-            sys.__unraisablehook__(u)
-    sys.unraisablehook = unraisable
+STOP = StopState()
 
 
 def _hook(method):
@@ -109,8 +126,8 @@ def _hook(method):
     traceback and the array retried, writing into whatever the stores have become.)"""
     @functools.wraps(method)
     def hook(self, *args, **kwargs):
-        if INTERRUPTED.is_set() and not self.outcome.interrupted and not STOPPING.is_set():
-            raise KeyboardInterrupt  # an interrupt Python swallowed: see interrupt()
+        if self.stop.unhandled(self.outcome.interrupted):
+            raise KeyboardInterrupt  # an interrupt Python swallowed: see StopState
         if self.halted is not None or not self._stores_ok():
             return None
         try:
@@ -130,8 +147,9 @@ def _one_line(e: BaseException) -> str:
 class Driver:
     """The driver of one study (see the module docstring). Construct, then `run()`."""
 
-    def __init__(self, spec: StudySpec, stores: Stores, resume: bool = False, address: str | None = None, out=None):
-        self.spec, self.stores, self.address = spec, stores, address
+    def __init__(self, spec: StudySpec, stores: Stores, resume: bool = False, address: str | None = None, out=None,
+                 stop: StopState = STOP):
+        self.spec, self.stores, self.address, self.stop = spec, stores, address, stop
         self.out = out or sys.stderr
         if spec.members:
             raise SpecError("invalid members: `study run` searches arms; train explicit members with `study train`, "
@@ -383,10 +401,22 @@ class Driver:
         return sum(math.ceil(max(0, a.total - a.done()) / k) + 1 for a in self.search.arms)
 
     def run(self) -> Outcome:
+        """Train the study's rounds (_train_rounds), then close its records (_close): whatever stopped it, an
+        interrupt (Ctrl-C, SIGTERM) or an error, ends in the summary; what was recorded stays."""
+        t0 = time.time()
         try:
-            return self._run()
+            try:  # from here on an interrupt at any point ends in the summary and exit 130
+                self._train_rounds()
+            except KeyboardInterrupt:
+                self.stop.closing.set()  # first: a second Ctrl-C or SIGTERM does not cut the closing short
+                self.outcome.interrupted = True  # the hooks that close the members now run as they should
+            except Exception as e:  # the study stops; the summary says why
+                self.stop.closing.set()
+                self.outcome.error = _one_line(e)
+            self.stop.closing.set()
+            return self._close(t0)
         finally:  # the driver's threads and Ray stop here, in order, not in the interpreter's exit
-            STOPPING.set()
+            self.stop.closing.set()
             try:
                 self.writer.close()  # the queued records land while the lease is still this driver's
                 self.optuna.close()
@@ -394,63 +424,64 @@ class Driver:
                 if self.tune is not None:  # Ray was loaded: leave it (a local Ray stops)
                     self.tune.stop_ray()
             finally:
-                if INTERRUPTED.is_set():  # one that came while the records were closed counts too
+                if self.stop.interrupted.is_set():  # one that came while the records were closed counts too
                     self.outcome.interrupted = True
-                STOPPING.clear()  # what the caller does next (the export) stops at the next Ctrl-C
-                _WHILE_STOPPING[0] = 0
+                self.stop.done_closing()
 
-    def _run(self) -> Outcome:
+    def _start_ray(self) -> float:
+        """Start (or join) Ray and say how long it took; the GPU share each array asks for (0 where the cluster
+        has no GPU and no autoscaler to bring one)."""
+        x, tune = self.spec.execution, self.tune
+        t_ray = time.time()
+        self.progress.message(f"[study] joining the Ray cluster at {self.address}" if self.address
+                              else "[study] starting a local Ray (127.0.0.1) for this study")
+        tune.start_ray(self.address)
+        self.progress.message(f"[study] Ray ready in {time.time() - t_ray:.0f} s; the first epoch "
+                              f"of each array is being trained (data loading included)")
+        gpus = x.gpus_per_trial
+        if gpus and not tune.cluster_gpus():
+            if tune.autoscaler_running():   # workers at zero: the trials' demand brings GPU nodes
+                self.progress.message(f"[study] the Ray cluster has no GPU yet and runs an autoscaler: arrays wait "
+                                      f"for its GPU workers (Ray warns if no node type offers {gpus:g} GPU)")
+            else:
+                self.progress.message(f"warning: execution.gpus_per_trial={gpus} but the Ray cluster has no GPU "
+                                      f"and no autoscaler: training on CPUs")
+                gpus = 0.0
+        return gpus
+
+    def _train_rounds(self) -> None:
+        """The study's arrays on Ray, round after round: the grid (or the sampler's trials), then each refine
+        round the rows' edges ask for, until the study is complete or stopped."""
         x = self.spec.execution
-        t0 = time.time()
-        try:  # from here on an interrupt (Ctrl-C, SIGTERM) at any point ends in the summary and exit 130
-            if INTERRUPTED.is_set():
-                raise KeyboardInterrupt  # one that came while the records opened, and Python swallowed
-            self.progress.print()
-            self.progress.tick()
-            if n := self.record_settings():  # a resumed study: settings its records complete and its stores lack
-                self.progress.message(f"[study] recorded {n} seed-averaged settings the stores lacked (whole or in part)")
-            for s in self.book.complete():  # the progress ranks the study's settings, those of earlier runs too
-                self.progress.setting_done(s.arm, s.mean(self.spec.search.metric), s.lr, s.weight_decay, s.averaged)
-            if self.address is None:  # a Ray of the study's own binds 127.0.0.1 only; Ray reads this as it loads
-                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-            from . import tune  # Ray loads only here, once every input is known good
-            self.tune = tune
+        if self.stop.interrupted.is_set():
+            raise KeyboardInterrupt  # one that came while the records opened, and Python swallowed
+        self.progress.print()
+        self.progress.tick()
+        if n := self.record_settings():  # a resumed study: settings its records complete and its stores lack
+            self.progress.message(f"[study] recorded {n} seed-averaged settings the stores lacked (whole or in part)")
+        for s in self.book.complete():  # the progress ranks the study's settings, those of earlier runs too
+            self.progress.setting_done(s.arm, s.mean(self.spec.search.metric), s.lr, s.weight_decay, s.averaged)
+        if self.address is None:  # a Ray of the study's own binds 127.0.0.1 only; Ray reads this as it loads
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        from . import tune  # Ray loads only here, once every input is known good
+        self.tune = tune
+        rounds, gpus = self.tracker.refine_rounds(), None
+        while True:
+            if any(a.has_work() for a in self.search.arms):  # a resumed, finished study starts no Ray
+                if gpus is None:
+                    gpus = self._start_ray()
+                name = self.spec.name if not rounds else f"{self.spec.name}-refine{rounds}"
+                tune.run_arrays(self, name, self.stores.home / self.spec.name / "ray", self.arrays_needed(),
+                                x.cpus_per_trial, gpus, x.max_concurrent, x.max_failures)
+                self.drain()  # the arrays Tune ended are closed in both stores before anything is counted
+            if self.trials or not self.outcome.complete or rounds >= self.spec.search.refine or not self.refine():
+                return
+            rounds += 1
+            self.tracker.set_planned(self.search.total, rounds)
 
-            rounds, gpus = self.tracker.refine_rounds(), None
-            while True:
-                if any(a.has_work() for a in self.search.arms):  # a resumed, finished study starts no Ray
-                    if gpus is None:
-                        t_ray = time.time()
-                        self.progress.message(f"[study] joining the Ray cluster at {self.address}" if self.address
-                                              else "[study] starting a local Ray (127.0.0.1) for this study")
-                        tune.start_ray(self.address)
-                        self.progress.message(f"[study] Ray ready in {time.time() - t_ray:.0f} s; the first epoch "
-                                              f"of each array is being trained (data loading included)")
-                        gpus = x.gpus_per_trial
-                        if gpus and not tune.cluster_gpus():
-                            if tune.autoscaler_running():   # workers at zero: the trials' demand brings GPU nodes
-                                self.progress.message(f"[study] the Ray cluster has no GPU yet and runs an autoscaler: "
-                                                      f"arrays wait for its GPU workers (Ray warns if no node type "
-                                                      f"offers {gpus:g} GPU)")
-                            else:
-                                self.progress.message(f"warning: execution.gpus_per_trial={gpus} but the Ray cluster "
-                                                      f"has no GPU and no autoscaler: training on CPUs")
-                                gpus = 0.0
-                    name = self.spec.name if not rounds else f"{self.spec.name}-refine{rounds}"
-                    tune.run_arrays(self, name, self.stores.home / self.spec.name / "ray", self.arrays_needed(),
-                                    x.cpus_per_trial, gpus, x.max_concurrent, x.max_failures)
-                    self.drain()  # the arrays Tune ended are closed in both stores before anything is counted
-                if self.trials or not self.outcome.complete or rounds >= self.spec.search.refine or not self.refine():
-                    break
-                rounds += 1
-                self.tracker.set_planned(self.search.total, rounds)
-        except KeyboardInterrupt:
-            STOPPING.set()
-            self.outcome.interrupted = True  # the hooks that close the members now run as they should
-        except Exception as e:  # the study stops; what was recorded stays, and the summary says why
-            STOPPING.set()
-            self.outcome.error = _one_line(e)
-        STOPPING.set()  # from here on the records are closed: a second Ctrl-C or SIGTERM does not cut that short
+    def _close(self, t0: float) -> Outcome:
+        """Close the records of a study that stopped, for whatever reason: the members in flight (as interrupted,
+        or in MLflow alone when Optuna cannot be told), the writers flushed, the parent run's status and summary."""
         if self.outcome.interrupted:
             self.progress.message("[study] interrupted: closing the records of the members in flight "
                                   "(a second Ctrl-C waits for that; a third stops at once)")

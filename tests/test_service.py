@@ -607,20 +607,20 @@ def test_an_interrupt_python_swallows_in_a_finalizer_still_stops_the_driver():
     again at its next hook, and no "Exception ignored" traceback is printed."""
     script = textwrap.dedent("""
         import os, signal, sys, types
-        from study.driver import INTERRUPTED, _hook, catch_interrupts
-        catch_interrupts()
+        from study.driver import STOP, _hook
+        STOP.install()
         class Finalized:
             def __del__(self):
                 os.kill(os.getpid(), signal.SIGTERM)  # handled here, inside the finalizer
         Finalized()
-        print("went on", INTERRUPTED.is_set())
-        driver = types.SimpleNamespace(outcome=types.SimpleNamespace(interrupted=False))
+        print("went on", STOP.interrupted.is_set())
+        driver = types.SimpleNamespace(outcome=types.SimpleNamespace(interrupted=False), stop=STOP)
         try:
             _hook(lambda self: "hook ran")(driver)
         except KeyboardInterrupt:
             print("hook raised it")
         driver.outcome.interrupted = True  # handled: the hooks that close the members run again
-        print(_hook(lambda self: "hook ran")(types.SimpleNamespace(outcome=driver.outcome, halted=None,
+        print(_hook(lambda self: "hook ran")(types.SimpleNamespace(outcome=driver.outcome, halted=None, stop=STOP,
                                                                    _stores_ok=lambda: True)))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -629,17 +629,17 @@ def test_an_interrupt_python_swallows_in_a_finalizer_still_stops_the_driver():
 
 
 def test_interrupts_while_the_driver_closes_its_records():
-    """While the driver closes its records (STOPPING), the next SIGTERM is remembered and raises nothing, not even
+    """While the driver closes its records (STOP.closing), the next SIGTERM is remembered and raises nothing, not even
     at the driver's hooks, whatever stopped the study (here an error: the outcome is not marked interrupted); one
     more ends the process at once, exit 130, saying what it leaves undone."""
     script = textwrap.dedent("""
         import os, signal, types
-        from study.driver import INTERRUPTED, STOPPING, _hook, catch_interrupts
-        catch_interrupts()
-        STOPPING.set()  # as Driver._run does once the study has stopped
+        from study.driver import STOP, _hook
+        STOP.install()
+        STOP.closing.set()  # as Driver.run does once the study has stopped
         os.kill(os.getpid(), signal.SIGTERM)
-        print("remembered", INTERRUPTED.is_set(), flush=True)
-        driver = types.SimpleNamespace(outcome=types.SimpleNamespace(interrupted=False), halted=None,
+        print("remembered", STOP.interrupted.is_set(), flush=True)
+        driver = types.SimpleNamespace(outcome=types.SimpleNamespace(interrupted=False), halted=None, stop=STOP,
                                        _stores_ok=lambda: True)
         print(_hook(lambda self: "hook ran")(driver), flush=True)  # the closing goes on
         os.kill(os.getpid(), signal.SIGTERM)
