@@ -190,7 +190,10 @@ def ensure_store(uri: str, artifact_root: str | None = None) -> None:
 
 
 # where MLflow keeps artifact locations: (table, column, extra condition); the runs' own artifact_uri is what
-# every client and the UI (`mlflow server`) read and write artifacts by
+# every client and the UI (`mlflow server`) read and write artifacts by. adopt_home writes these columns itself
+# (MLflow has no API to move a run's artifact location): the one place this project writes MLflow's tables, for
+# the schema ADOPT_SCHEMA (MLflow 3.17's alembic head); tests/test_portable.py fails when MLflow's schema moves
+ADOPT_SCHEMA = "dc11669786a5"
 _ARTIFACT_COLUMNS = (("experiments", "artifact_location", ""), ("runs", "artifact_uri", ""),
                      ("logged_models", "artifact_location", ""),
                      ("trace_tags", "value", " AND key = 'mlflow.artifactLocation'"))

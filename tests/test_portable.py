@@ -239,3 +239,21 @@ def test_a_storage_inside_a_copied_home_is_read_from_the_copy(tmp_path, capsys):
     assert "moved or copied" in capsys.readouterr().err
     (copy / "custom" / "opt.db").unlink()  # the copy lacks it: the recorded storage, as before
     assert recorded_storage(_uri(copy), "carry") == f"sqlite:///{storage}"
+
+
+def test_adopt_home_writes_the_schema_it_was_written_for(tmp_path):
+    """adopt_home rewrites MLflow's artifact-location columns itself (no API): a new store has the schema it was
+    written for, with every column it rewrites. An MLflow whose schema moved fails here first, before a moved
+    home is rewritten by guesswork."""
+    import sqlite3
+
+    from study.tracking import _ARTIFACT_COLUMNS, ADOPT_SCHEMA
+
+    ensure_store(_uri(tmp_path), (tmp_path / "artifacts").as_uri())
+    con = sqlite3.connect(tmp_path / "mlflow.db")
+    try:
+        assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [(ADOPT_SCHEMA,)]
+        for table, column, _ in _ARTIFACT_COLUMNS:
+            assert column in {row[1] for row in con.execute(f"PRAGMA table_info({table})")}, (table, column)
+    finally:
+        con.close()
