@@ -267,6 +267,12 @@ def adopt_home(uri: str) -> list[str]:
         con.execute("BEGIN IMMEDIATE")
         roots = _foreign_roots(con, own)  # again, under the write lock
         tables = {t for (t,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        missing = [f"{t}.{c}" for t, c, _ in _ARTIFACT_COLUMNS if t in tables
+                   and c not in {row[1] for row in con.execute(f"PRAGMA table_info({t})")}]
+        if missing:  # a schema this rewrite was not written for: nothing is guessed
+            version = con.execute("SELECT version_num FROM alembic_version").fetchone() if "alembic_version" in tables else None
+            raise sqlite3.Error(f"its MLflow schema {version[0] if version else '?'} lacks {', '.join(missing)} "
+                                f"(written for {ADOPT_SCHEMA})")
         for root in roots:
             for table, column, where in _ARTIFACT_COLUMNS:
                 if table in tables:
