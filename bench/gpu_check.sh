@@ -7,6 +7,8 @@
 #      autotuning) against the plain single-model loop (DataLoader, batch 128, same settings), same run;
 #   2b, 2c. the largest K again, each with one setting turned off: cuDNN autotuning (2b), channels-last (2c);
 #      the summary gives each as a ratio to step 2's row of the same K;
+#   2d. each ResNet-20 member convolution forward + backward, grouped vs batched GEMM, NCHW and channels-last
+#      (bench/conv_forms.py), writing this GPU's table; 2e. the largest K with train.conv auto from that table;
 #   3. the CIFAR-10 landscape through the engine (`study train`, no services): SGD coupled vs independent,
 #      6 lr × 8 λ, 10 epochs (bench/gpu_landscape.yaml; fewer epochs only if the measured throughput says
 #      10 would not fit the time left, and it says so), with its slopes;
@@ -66,6 +68,14 @@ step "2b. K=$KMAX without cuDNN autotuning" 90 "$OUT/bench_no_autotune.txt" "$ST
   --channels-last true --cudnn-benchmark false --json "$OUT/bench_no_autotune.json"
 step "2c. K=$KMAX without channels-last (NCHW)" 90 "$OUT/bench_nchw.txt" "$STUDY" "${ABLATE[@]}" \
   --channels-last false --cudnn-benchmark true --json "$OUT/bench_nchw.json"
+if [[ "$TINY" == 1 ]]; then CONV=(--device cpu --members 2 --batch 8 --warmup 1 --repeats 2)
+else CONV=(--device cuda --members 16,"$KMAX" --batch 256 --warmup 3 --repeats 10); fi
+rm -f "$OUT/conv_table.json"
+step "2d. member convolutions per layer: grouped vs batched GEMM" 90 "$OUT/conv_forms.txt" "$PY" bench/conv_forms.py \
+  "${CONV[@]}" --write "$OUT/conv_table.json"
+[[ -f "$OUT/conv_table.json" ]] && step "2e. K=$KMAX with train.conv auto" 90 "$OUT/bench_conv_auto.txt" \
+  env STUDY_CONV_TABLE="$OUT/conv_table.json" "$STUDY" "${ABLATE[@]}" --channels-last true --cudnn-benchmark true \
+  --conv auto --json "$OUT/bench_conv_auto.json"
 COMPILE_RESERVE=$([[ "$TINY" == 1 ]] && echo 600 || echo 150)  # left for step 4
 rm -f "$OUT/landscape.yaml"
 if ! "$PY" bench/gpu_check_report.py plan "$OUT" $TINYFLAG --budget-s $(( $(left) - COMPILE_RESERVE - 30 )); then

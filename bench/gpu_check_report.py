@@ -90,7 +90,8 @@ def _throughput(out: Path) -> list[str]:
     return lines
 
 
-ABLATIONS = (("no_autotune", "cuDNN autotuning off"), ("nchw", "channels-last off (NCHW)"))
+ABLATIONS = (("no_autotune", "cuDNN autotuning off"), ("nchw", "channels-last off (NCHW)"),
+             ("conv_auto", "member convolutions from step 2d's table (train.conv auto)"))
 
 
 def _ablations(out: Path) -> list[str]:

@@ -212,7 +212,7 @@ def check_lr(text: str) -> float:
 
 
 def with_train_flags(spec, args):
-    """The spec with `study train`'s --precision, --channels-last, --cudnn-benchmark and --compile applied."""
+    """The spec with `study train`'s --precision, --channels-last, --cudnn-benchmark, --conv and --compile applied."""
     import dataclasses
 
     from .parser import AUTO_BOOL
@@ -224,6 +224,8 @@ def with_train_flags(spec, args):
         overrides["channels_last"] = AUTO_BOOL[args.channels_last]
     if getattr(args, "cudnn_benchmark", None):
         overrides["cudnn_benchmark"] = AUTO_BOOL[args.cudnn_benchmark]
+    if getattr(args, "conv", None):
+        overrides["conv"] = args.conv
     if getattr(args, "compile", None) is not None:
         overrides["compile"] = args.compile
     return dataclasses.replace(spec, train=dataclasses.replace(spec.train, **overrides)) if overrides else spec

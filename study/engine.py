@@ -20,6 +20,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,40 @@ def resolve_cudnn_benchmark(cudnn_benchmark, device: torch.device) -> bool:
     """True when cuDNN autotunes its convolutions (torch.backends.cudnn.benchmark): True, or None/"auto" on
     CUDA. On a CPU the switch is set all the same and changes nothing."""
     return _resolve_switch("cudnn_benchmark", cudnn_benchmark, device)
+
+
+def device_kind(device: torch.device) -> str:
+    """The name a convolution table files a device under: "cpu", or the CUDA device's name (an H100's own)."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def conv_table() -> dict:
+    """The measured convolution table (bench/conv_forms.py --write): device kind -> K -> layer shape key ->
+    formulation. $STUDY_CONV_TABLE names its file; none (the default, and the case on a device never measured)
+    means every layer grouped."""
+    import json
+    import os
+
+    path = os.environ.get("STUDY_CONV_TABLE")
+    if not path:
+        return {}
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"invalid STUDY_CONV_TABLE: {path} is no convolution table ({e})") from None
+
+
+def resolve_conv(conv: str, device: torch.device, members: int):
+    """train.conv for an array of `members` on `device`: a formulation for every layer, or (auto) the table's
+    per-layer choice at the measured K nearest to `members` (in ratio); grouped where the table has no entry."""
+    if conv != "auto":
+        return conv
+    per_k = conv_table().get(device_kind(device))
+    if not per_k:
+        return "grouped"
+    nearest = min(per_k, key=lambda k: abs(math.log(int(k) / members)))
+    return per_k[nearest]
 
 
 EVAL_BATCH = {"cuda": 1024, "cpu": 64}  # test images per forward pass when the spec says null (auto)
@@ -178,6 +213,8 @@ class ArrayTrainer:
         self.model = build_model(config.model.name, self.K, data.num_classes, data.in_channels,
                                  config.model.width, seeds=[m.seed for m in members]).to(self.device)
         self.model.set_memory_format(self.channels_last)
+        self.conv = self.model.set_conv(resolve_conv(getattr(t, "conv", "auto"), self.device, self.K),
+                                        size=data.train_x.shape[-1])
         lr = torch.tensor([m.lr for m in members], dtype=torch.float32, device=self.device)
         wd = torch.tensor([m.weight_decay for m in members], dtype=torch.float32, device=self.device)
         groups, self.decay_counts = param_groups(self.model.named_parameters(), wd, member_dims=1, flat=True)
@@ -210,8 +247,11 @@ class ArrayTrainer:
 
     def settings(self) -> dict:
         """The resolved device settings, as reported by `study train` and `study bench`."""
+        forms = sorted(set(self.conv.values()))
+        conv = forms[0] if len(forms) == 1 else ", ".join(f"{sum(v == f for v in self.conv.values())} {f}" for f in forms)
         return {"device": str(self.device), "precision": "bf16" if self.bf16 else "fp32",
-                "channels_last": self.channels_last, "cudnn_benchmark": self.cudnn_benchmark, "compile": self.compiled}
+                "channels_last": self.channels_last, "cudnn_benchmark": self.cudnn_benchmark, "compile": self.compiled,
+                "conv": conv}
 
     # ------------------------------------------------------------------ state (checkpoints)
 
@@ -429,7 +469,7 @@ def train_arrays(spec, arrays: list[list[MemberSpec]], data: Dataset, device: to
         c, st = trainer.decay_counts, trainer.settings()
         log(f"array {i}/{len(arrays)}: {array[0].arm}, {len(array)} members; decays {c['decayed_tensors']} "
             f"tensors ({c['decayed_params']} params), never {c['no_decay_tensors']} ({c['no_decay_params']}); "
-            f"{st['precision']}, channels_last={st['channels_last']}, cudnn_benchmark={st['cudnn_benchmark']}, "
+            f"{st['precision']}, channels_last={st['channels_last']}, cudnn_benchmark={st['cudnn_benchmark']}, conv={st['conv']}, "
             f"compile={st['compile']}")
         log(f"{'epoch':>5} {'member':>6} {'lr':>9} {'wd':>9} {'seed':>4} {'train_loss':>10} {'test_err':>8} "
             f"{'|w|':>8} {'angle':>8} {'time':>6}")

@@ -21,11 +21,32 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .registry import MAX_DEPTH, MODEL_NAMES, model_depth
+from .registry import CONV_CHOICES, MAX_DEPTH, MODEL_NAMES, model_depth
+
+
+CONV_FORMULATIONS = tuple(c for c in CONV_CHOICES if c != "auto")  # the same values (tests/test_conv.py)
+
+
+def conv_bmm(x: Tensor, weight: Tensor, stride: int, padding: int) -> Tensor:
+    """K convolutions as one batched matrix product on a member-major tensor: each member's input unfolded
+    (im2col) into (K, cin·kh·kw, N·L), times its weight (K, cout, cin·kh·kw), folded back to (N, K·cout, H', W').
+    Equal to the grouped F.conv2d in values and gradients (rounding aside); a different kernel mix (one batched
+    GEMM instead of a grouped convolution), in the input's memory format."""
+    K, cout, cin, kh, kw = weight.shape
+    n, _, h, w = x.shape
+    xm = x.reshape(n, K, cin, h, w).transpose(0, 1).reshape(K * n, cin, h, w)   # member-major
+    cols = F.unfold(xm, (kh, kw), padding=padding, stride=stride)               # (K·N, cin·kh·kw, L)
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    cols = cols.view(K, n, cin * kh * kw, ho * wo).transpose(1, 2).reshape(K, cin * kh * kw, n * ho * wo)
+    out = torch.bmm(weight.reshape(K, cout, cin * kh * kw), cols)               # (K, cout, N·L)
+    out = out.view(K, cout, n, ho, wo).permute(2, 0, 1, 3, 4).reshape(n, K * cout, ho, wo)
+    return out.contiguous(memory_format=torch.channels_last) if x.stride(1) == 1 and x.shape[1] > 1 else out
 
 
 class MemberConv2d(nn.Module):
-    """K independent convolutions; weight (K, cout, cin, k, k). `shared_input`: all members read one input."""
+    """K independent convolutions; weight (K, cout, cin, k, k). `shared_input`: all members read one input.
+    `formulation` (CONV_FORMULATIONS): a grouped convolution (groups=K), or conv_bmm; set by
+    MemberArrayNet.set_conv. The stem, whose members read one input, is always one ordinary convolution."""
 
     def __init__(self, members, cin, cout, kernel, stride=1, padding=0, shared_input=False,
                  scale_invariant=True):
@@ -33,7 +54,14 @@ class MemberConv2d(nn.Module):
         self.members, self.stride, self.padding, self.shared_input = members, stride, padding, shared_input
         self.scale_invariant = scale_invariant  # followed directly by batch norm: loss invariant to ‖w‖
         self.channels_last = False  # set by MemberArrayNet.set_memory_format
+        self.formulation = "grouped"
         self.weight = nn.Parameter(torch.empty(members, cout, cin, kernel, kernel))
+
+    def shape_key(self, size: int) -> str:
+        """The layer's shape as the convolution table (bench/conv_forms.py) names it, on a size×size input:
+        cin>cout k3 s1 @32."""
+        _, cout, cin, k, _ = self.weight.shape
+        return f"{cin}>{cout} k{k} s{self.stride} @{size}"
 
     def conv_weight(self) -> Tensor:
         """The (K·cout, cin, kh, kw) weight of the grouped convolution, channels-last when the model is."""
@@ -43,6 +71,8 @@ class MemberConv2d(nn.Module):
         return self.weight.reshape(K * cout, cin, kh, kw)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.formulation == "bmm" and not self.shared_input:
+            return conv_bmm(x, self.weight, self.stride, self.padding)
         groups = 1 if self.shared_input else self.weight.shape[0]
         return F.conv2d(x, self.conv_weight(), None, self.stride, self.padding, groups=groups)
 
@@ -210,6 +240,28 @@ class MemberArrayNet(nn.Module):
                 m.weight.data = (w.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3) if channels_last
                                  else w.contiguous())
         return self
+
+    def member_convs(self, size: int) -> list[tuple[str, MemberConv2d]]:
+        """(shape key, conv) of every member-grouped convolution (not the stem), in order, for a size×size input."""
+        out = []
+        for m in self.modules():
+            if isinstance(m, MemberConv2d) and not m.shared_input:
+                out.append((m.shape_key(size), m))
+                size = (size + 2 * m.padding - m.weight.shape[3]) // m.stride + 1
+            elif isinstance(m, MemberConv2d):  # the stem keeps the input's size (3×3, padding 1, stride 1)
+                size = (size + 2 * m.padding - m.weight.shape[3]) // m.stride + 1
+        return out
+
+    def set_conv(self, choice, size: int = 32) -> dict[str, str]:
+        """Each member convolution's formulation: one of CONV_FORMULATIONS for all, or a dict shape key ->
+        formulation (the table `auto` reads; a shape it lacks stays grouped). Returns shape key -> formulation."""
+        chosen = {}
+        for key, m in self.member_convs(size):
+            f = choice if isinstance(choice, str) else choice.get(key, "grouped")
+            if f not in CONV_FORMULATIONS:
+                raise ValueError(f"invalid conv: one of {', '.join(CONV_FORMULATIONS)}, but got conv={f!r} ({key})")
+            m.formulation = chosen[key] = f
+        return chosen
 
     def to(self, *args, **kwargs):
         """nn.Module.to; memory_format=torch.channels_last (or contiguous_format) goes to set_memory_format,

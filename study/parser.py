@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from .spec import LARGE_MEMBER_EPOCHS, LARGE_MEMBERS, SpecError
+from .registry import CONV_CHOICES
 
 AUTO_BOOL = {"auto": None, "true": True, "false": False}  # --channels-last, --cudnn-benchmark -> the spec's value
 
@@ -126,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replaces train.channels_last (auto: on for CUDA): channels-last activations and conv weights")
     t.add_argument("--cudnn-benchmark", choices=["auto", "true", "false"],
                    help="replaces train.cudnn_benchmark (auto: on for CUDA): cuDNN autotunes each convolution shape")
+    t.add_argument("--conv", choices=CONV_CHOICES,
+                   help="replaces train.conv: each member convolution grouped, as a batched GEMM (bmm), or auto (the "
+                        "table $STUDY_CONV_TABLE measured for this device, else grouped)")
     t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="replaces train.compile: torch.compile the forward and loss (compile time is reported)")
 
@@ -178,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compile", nargs="?", const="on", default="off", choices=["off", "on", "both"],
                    help="torch.compile the array step: compiled rows only (--compile), or eager and compiled "
                         "rows in the same run (--compile both); compile time is reported, not timed")
+    b.add_argument("--conv", default="auto", choices=CONV_CHOICES,
+                   help="member convolutions: grouped, bmm (batched GEMM), or auto (the device's measured table, "
+                        "else grouped)")
     b.add_argument("--no-baseline", action="store_true", help="skip the plain single-model loop")
     b.add_argument("--json", help="write the results here")
 

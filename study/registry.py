@@ -16,6 +16,9 @@ import importlib
 from dataclasses import dataclass
 
 DECAY_MODES = ("coupled", "decoupled", "independent")
+# how an array's member convolutions are computed (study/models.py): auto takes each layer's from the table
+# bench/conv_forms.py measured for the device (STUDY_CONV_TABLE), grouped where there is none
+CONV_CHOICES = ("auto", "grouped", "bmm")
 
 
 def _fraction(name: str, value) -> str | None:

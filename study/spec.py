@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from .datasets import DATASETS
-from .registry import DECAY_MODES, MAX_DEPTH, MODEL_NAMES, OPTIMIZER_SETTINGS, OPTIMIZERS, arm_name, known_model, model_depth
+from .registry import CONV_CHOICES, DECAY_MODES, MAX_DEPTH, MODEL_NAMES, OPTIMIZER_SETTINGS, OPTIMIZERS, arm_name, known_model, model_depth
 
 SCHEDULES = ("cosine", "constant", "step")
 SAMPLERS = ("grid", "random", "qmc", "tpe", "gp")
@@ -90,6 +90,7 @@ class TrainSpec:
     precision: str = "auto"         # auto | fp32 | bf16 (bfloat16 autocast); auto: bf16 on CUDA, fp32 on a CPU
     channels_last: bool | str | None = None  # channels-last activations and conv weights: auto (or null): on for CUDA
     cudnn_benchmark: bool | str | None = None  # cuDNN autotunes its convolutions: auto (or null): on for CUDA
+    conv: str = "auto"              # member convolutions: auto | grouped | bmm (auto: the device's measured table, else grouped)
 
 
 @dataclass(frozen=True)
@@ -423,6 +424,7 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check(t.device in ("auto", "cpu", "cuda"), file, "train.device", f"must be auto, cpu or cuda, but got device={excerpt(t.device)}")
     _check(t.precision in ("auto", "fp32", "bf16"), file, "train.precision", f"must be auto, fp32 or bf16, but got precision={excerpt(t.precision)}")
     _check(t.channels_last in (None, True, False, "auto"), file, "train.channels_last", f"must be auto, true or false, but got channels_last={excerpt(t.channels_last)}")
+    _check(t.conv in CONV_CHOICES, file, "train.conv", f"must be one of {', '.join(CONV_CHOICES)}, but got conv={excerpt(t.conv)}")
     _check(t.cudnn_benchmark in (None, True, False, "auto"), file, "train.cudnn_benchmark", f"must be auto, true or false, but got cudnn_benchmark={excerpt(t.cudnn_benchmark)}")
     _check(s.sampler in SAMPLERS, file, "search.sampler", f"must be one of {', '.join(SAMPLERS)}, but got sampler={excerpt(s.sampler)}")
     _check(s.metric in LANDSCAPE_METRICS, file, "search.metric", f"must be one of {', '.join(LANDSCAPE_METRICS)}, but got metric={excerpt(s.metric)}")
