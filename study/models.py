@@ -242,14 +242,19 @@ class MemberArrayNet(nn.Module):
         return self
 
     def member_convs(self, size: int) -> list[tuple[str, MemberConv2d]]:
-        """(shape key, conv) of every member-grouped convolution (not the stem), in order, for a size×size input."""
-        out = []
-        for m in self.modules():
-            if isinstance(m, MemberConv2d) and not m.shared_input:
-                out.append((m.shape_key(size), m))
-                size = (size + 2 * m.padding - m.weight.shape[3]) // m.stride + 1
-            elif isinstance(m, MemberConv2d):  # the stem keeps the input's size (3×3, padding 1, stride 1)
-                size = (size + 2 * m.padding - m.weight.shape[3]) // m.stride + 1
+        """(shape key, conv) of every member-grouped convolution (not the stem), block by block, for a size×size
+        input: a block's conv1 and projection read its input, its conv2 what conv1 made."""
+        def after(m: MemberConv2d, s: int) -> int:
+            return (s + 2 * m.padding - m.weight.shape[3]) // m.stride + 1
+
+        size, out = after(self.stem, size), []
+        for block in self.layers:
+            mid = after(block.conv1, size)
+            out.append((block.conv1.shape_key(size), block.conv1))
+            out.append((block.conv2.shape_key(mid), block.conv2))
+            if getattr(block, "proj", None) is not None:
+                out.append((block.proj.shape_key(size), block.proj))
+            size = after(block.conv2, mid)
         return out
 
     def set_conv(self, choice, size: int = 32) -> dict[str, str]:

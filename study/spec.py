@@ -657,9 +657,8 @@ def _check_options(a, file, w: str) -> None:
                f"{', '.join(own) or 'none'}), but got {name}={excerpt(value)}")
     for name, why in entry.problems(given):
         _fail(file, f"{w}.{name}", why)
-    for name, value in a.options:
-        if isinstance(value, float) and value > 0:
-            _check_float32(value, file, f"{w}.{name}")
+    if isinstance(given.get("eps"), float):  # added to √v̂ in float32: a value float32 flushes to 0 is refused
+        _check_float32(given["eps"], file, f"{w}.eps")
 
 
 def grid_size(arm: ArmSpec, search: SearchSpec) -> int:

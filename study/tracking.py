@@ -594,12 +594,13 @@ class Tracker:
             metrics.extend(Metric(self.epoch_key(run_id, k), float(r[k]), ts, int(r["epoch"]))
                            for k in PER_EPOCH if k in r)
         tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        for r in rows:  # the last epoch of a member whose optimizer divides by √v̂: its per-channel diagnostics.
+            if r.get(CHANNELS):  # Before its metrics: an epoch whose metrics are in has its artifact too (a retry
+                # after a crash in between writes the same file again)
+                _retry("logging the channel diagnostics", self.client.log_dict, run_id, r[CHANNELS], CHANNELS_ARTIFACT)
         for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per call
             _retry("logging metrics", self.client.log_batch, run_id, metrics=metrics[i:i + 900],
                    tags=tag_list if i == 0 else [])
-        for r in rows:  # the last epoch of an Adam or Adagrad member: its per-channel diagnostics, for the figure
-            if r.get(CHANNELS):
-                _retry("logging the channel diagnostics", self.client.log_dict, run_id, r[CHANNELS], CHANNELS_ARTIFACT)
         self.logged_steps[run_id], self.last_ts[run_id] = int(rows[-1]["epoch"]), last
         return len(rows)
 

@@ -85,7 +85,8 @@ def _page(tracking: str, home: Path | None, path: str) -> tuple[int, bytes]:
         report = (home / check_name(name) / "export" / "report.html") if home is not None else None
         if report is None or not report.is_file():
             return 404, (f"no report of study {name!r} in this home yet: `study run` exports it when the study "
-                         f"finishes, `study resume {name}` or `study export {name}` writes it").encode()
+                         f"finishes (`study resume {name}` finishes one that stopped; `study export {name} --out "
+                         f"{home / name / 'export'}` writes it again)").encode()
         return 200, report.read_bytes()
     except (LookupError, SpecError) as e:
         return 404, f"{e}".strip("'\"").encode()

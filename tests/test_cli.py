@@ -163,6 +163,7 @@ def test_an_arms_optimizer_settings_are_keys_of_the_arm_checked_against_its_opti
                      "  - {optimizer: sgd, decay: coupled, lr: {low: 0.01, high: 0.1}, weight_decay: {low: 0.001, high: 0.1}}\n"
                      "search: {points: 2}\n")
     spec = load_spec(plain, overrides=["arms[0].momentum=0.5", "arms[1].nesterov=true"])
+    assert dict(load_spec(plain, overrides=["arms[1].momentum=1e-40"]).arms[1].options) == {"momentum": 1e-40}  # as before
     assert dict(spec.arms[0].options) == {"alpha": 0.9, "centered": True, "momentum": 0.5}
     members = grid_members(spec)
     assert members[0].optimizer_kwargs() == {"alpha": 0.9, "eps": 1e-8, "momentum": 0.5, "centered": True}

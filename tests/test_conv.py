@@ -96,3 +96,11 @@ def test_training_with_either_formulation_gives_the_same_members(monkeypatch):
         losses[conv] = [tr.train_step(x, y, tr.one) for _ in range(3)]
     for a, b in zip(losses["grouped"], losses["bmm"]):
         assert torch.allclose(a, b, rtol=1e-4)
+
+
+def test_every_layer_is_keyed_by_the_size_it_reads_in_both_families():
+    """The table's keys: a block's conv1 and projection read the block's input, its conv2 conv1's output."""
+    keys = [k for k, _ in build_model("preact_resnet18", members=1).member_convs(32)]
+    assert keys[4:7] == ["64>128 k3 s2 @32", "128>128 k3 s1 @16", "64>128 k1 s2 @32"]  # stage 2's first block
+    assert keys[-1] == "512>512 k3 s1 @4" and len(keys) == 19
+    assert [k for k, _ in build_model("resnet20", members=1).member_convs(32)][-1] == "64>64 k3 s1 @8"

@@ -356,7 +356,7 @@ def test_the_ui_serves_a_studys_exported_report_or_says_how_to_make_it(tmp_path)
     from study.ui import _page
 
     status, body = _page("", tmp_path, "/study/s1/report")
-    assert status == 404 and b"study export s1" in body
+    assert status == 404 and b"study export s1 --out" in body
     (tmp_path / "s1" / "export").mkdir(parents=True)
     (tmp_path / "s1" / "export" / "report.html").write_text("<html>the report</html>")
     assert _page("", tmp_path, "/study/s1/report?x=1") == (200, b"<html>the report</html>")
