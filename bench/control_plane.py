@@ -80,7 +80,7 @@ def reporter(gpus: list[int], phases: dict[int, float], t0: float, epochs: int, 
     out.put(("done", None, None, time.time()))
 
 
-def _spec(name: str, n: int, k: int, epochs: int):
+def _spec(name: str, n: int, k: int, epochs: int, curve_every: int = 1):
     from study.spec import spec_from_dict
     return spec_from_dict({
         "name": name, "data": {"dataset": "synthetic", "synthetic_train": CIFAR_TRAIN, "synthetic_test": 10_000},
@@ -89,7 +89,7 @@ def _spec(name: str, n: int, k: int, epochs: int):
                   "lr": {"low": 0.01, "high": 1.0, "points": max(2, n)},
                   "weight_decay": {"low": 1e-5, "high": 1e-2, "points": k}}],
         "search": {"sampler": "grid", "seeds": [0], "metric": "test_loss"},
-        "execution": {"members_per_trial": k}})
+        "execution": {"members_per_trial": k}, "tracking": {"curve_every": curve_every}})
 
 
 class Backend:
@@ -225,7 +225,7 @@ class CPU:
 
 
 def run_one(backend: Backend, n: int, k: int, epochs: int, epoch_s: float, reporters: int, log,
-            name: str | None = None, keep: bool = False) -> dict:
+            name: str | None = None, keep: bool = False, curve_every: int = 1) -> dict:
     """One study of N simulated GPUs × one array of K members each, `epochs` epochs, through the real driver, in
     three phases measured apart: the arrays open (Tune asks the searcher for N trials; the writers open the
     member runs), the epochs stream (every GPU at its phase; measured until the writers have recorded all),
@@ -236,7 +236,7 @@ def run_one(backend: Backend, n: int, k: int, epochs: int, epoch_s: float, repor
     name = name or f"cp-{backend.kind}-{n}"
     (backend.home / name).mkdir(parents=True, exist_ok=True)
     tracking, storage = backend.stores(name)
-    spec = _spec(name, n, k, epochs)
+    spec = _spec(name, n, k, epochs, curve_every)
     t = time.time()
     driver = Driver(spec, Stores(backend.home, tracking, storage), out=open(os.devnull, "w"))
     start_s = time.time() - t
@@ -358,7 +358,8 @@ def run_one(backend: Backend, n: int, k: int, epochs: int, epoch_s: float, repor
         "cpu_ms_per_member_closed": per(close_cpu, n * k),
         "records": counts, "failed_members": len(errors), "driver_rss_mb": rss_mb, "tracking": tracking,
         "storage": storage,
-        "expected": {"metrics": member_epochs * 10, "runs_finished": n * k, "intermediate": member_epochs,
+        "expected": {"metrics": member_epochs * 10, "runs_finished": n * k,
+                     "intermediate": n * k * sum(e % curve_every == 0 or e == epochs for e in range(1, epochs + 1)),
                      "trials_complete": n * k},
     }
     # every epoch row (10 metrics) and curve point, every finished run and trial; the runs' log10 metrics come extra
@@ -377,6 +378,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reporters", type=int, default=2, help="reporter processes standing for the GPUs")
     ap.add_argument("--postgres", default=os.environ.get("STUDY_TEST_POSTGRES"),
                     help="postgresql://USER:PASS@HOST:PORT for --backend server")
+    ap.add_argument("--curve-every", type=int, default=1,
+                    help="tracking.curve_every: epochs between Optuna learning-curve points (the last always)")
     ap.add_argument("--json", help="write the rows here (rewritten after each N)")
     a = ap.parse_args(argv)
     try:
@@ -387,8 +390,8 @@ def main(argv=None) -> int:
         ap.error(f"invalid --gpus: expected positive integers like 1,8,64, got {a.gpus!r}")
     if a.backend == "server" and not a.postgres:
         ap.error("invalid --postgres: --backend server needs postgresql://USER:PASS@HOST:PORT (or STUDY_TEST_POSTGRES)")
-    if a.members < 1 or a.epochs < 1 or a.rate <= 0 or a.reporters < 1:
-        ap.error("invalid --members/--epochs/--rate/--reporters: each must be positive")
+    if a.members < 1 or a.epochs < 1 or a.rate <= 0 or a.reporters < 1 or a.curve_every < 1:
+        ap.error("invalid --members/--epochs/--rate/--reporters/--curve-every: each must be positive")
     epoch_s = CIFAR_TRAIN * a.members / a.rate
     log = lambda s: print(s, flush=True)  # noqa: E731
     import mlflow
@@ -399,14 +402,14 @@ def main(argv=None) -> int:
     log(f"control plane ({a.backend}): {cpu_model() or platform.machine()}, {os.cpu_count()} CPUs, "
         f"python {platform.python_version()}, mlflow {mlflow.__version__}, optuna {optuna.__version__}, "
         f"torch {torch.__version__}; K={a.members}, one array-epoch per GPU every {epoch_s:.1f} s "
-        f"({a.rate:,.0f} member-images/s on {CIFAR_TRAIN:,} images), {a.epochs} epochs")
+        f"({a.rate:,.0f} member-images/s on {CIFAR_TRAIN:,} images), {a.epochs} epochs, a learning-curve point every {a.curve_every} epoch(s) and the last")
     os.environ.setdefault("STUDY_LOG_INTERVAL_S", "10")
     rows, best = [], 0
     with tempfile.TemporaryDirectory(prefix="control-plane-") as tmp:
         for n in gpus:
             backend = Backend(a.backend, Path(tmp), a.postgres)
             try:
-                row = run_one(backend, n, a.members, a.epochs, epoch_s, a.reporters, log)
+                row = run_one(backend, n, a.members, a.epochs, epoch_s, a.reporters, log, curve_every=a.curve_every)
             finally:
                 backend.close()
             rows.append(row)

@@ -181,7 +181,7 @@ class Driver:
         self.halted: str | None = None     # why the driver stopped writing, one line (tune.py then stops Tune)
         self.lost: str | None = None       # the store that vanished, if that was why
         self.tune = None                   # study.tune, once Ray is loaded
-        self.curves_recorded = 0           # member-epochs whose learning-curve point Optuna holds
+        self.curves_recorded = 0           # member-epochs Optuna's writer has handled (a point each, at curve_every)
         for w in timescale_warnings(spec, self.train_size):  # said once the study is ours to run
             print(f"warning: {w}", file=self.out)
         if self.tracker.version_changes:
@@ -278,8 +278,11 @@ class Driver:
         arm, entries = self.trials[trial_id]
         metric = self.spec.search.metric
         self.writer.log_epochs([(key, row) for (_, _, key), row in zip(entries, rows)], tags)
+        every, last = self.spec.tracking.curve_every, self.spec.train.epochs  # the cadence of the curves, and the end
         self.optuna.call(self._report_curves, arm, [(number, int(row["epoch"]), float(row.get(metric, math.nan)))
-                                                    for (number, _, _), row in zip(entries, rows)])
+                                                    for (number, _, _), row in zip(entries, rows)
+                                                    if int(row["epoch"]) % every == 0 or int(row["epoch"]) == last],
+                         len(rows))
         self.progress.epochs(len(rows), seconds=max((float(r.get("epoch_time", 0.0)) for r in rows), default=None),
                              key=trial_id, epoch=int(rows[0]["epoch"]) if rows else None,
                              label=f"{arm.arm.name}, {len(entries)} members")
@@ -303,13 +306,14 @@ class Driver:
 
     # ------------------------------------------------------------------ on the writers' threads
 
-    def _report_curves(self, arm, curves: list[tuple[int, int, float]]) -> None:
-        """Optuna's learning curves (intermediate values), one point per member-epoch."""
+    def _report_curves(self, arm, curves: list[tuple[int, int, float]], handled: int) -> None:
+        """Optuna's learning curves (intermediate values): a point per member at each tracking.curve_every-th
+        epoch and the last; `handled` member-epochs are then done on Optuna's side."""
         if self.lost in ("Optuna storage", "lease"):
             return
         for number, epoch, value in curves:
             arm.report(number, epoch, value)
-        self.curves_recorded += len(curves)
+        self.curves_recorded += handled
 
     def _close_trial(self, arm, entries, error: str | None, interrupted: bool) -> None:
         """MLflow's writer: the array's members' final records (every epoch row queued before is written first)."""

@@ -137,6 +137,8 @@ class ExecutionSpec:
 @dataclass(frozen=True)
 class TrackingSpec:
     experiment: str | None = None   # MLflow experiment; default: the study name
+    curve_every: int = 1            # epochs between Optuna learning-curve points (the last epoch always has one):
+                                    # each point is a store write per member (bench/README.md "The control plane")
 
 
 @dataclass(frozen=True)
@@ -424,6 +426,8 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check(t.device in ("auto", "cpu", "cuda"), file, "train.device", f"must be auto, cpu or cuda, but got device={excerpt(t.device)}")
     _check(t.precision in ("auto", "fp32", "bf16"), file, "train.precision", f"must be auto, fp32 or bf16, but got precision={excerpt(t.precision)}")
     _check(t.channels_last in (None, True, False, "auto"), file, "train.channels_last", f"must be auto, true or false, but got channels_last={excerpt(t.channels_last)}")
+    _check(spec.tracking.curve_every >= 1, file, "tracking.curve_every",
+           f"epochs between learning-curve points: at least 1, but got curve_every={spec.tracking.curve_every}")
     _check(t.conv in CONV_CHOICES, file, "train.conv", f"must be one of {', '.join(CONV_CHOICES)}, but got conv={excerpt(t.conv)}")
     _check(t.cudnn_benchmark in (None, True, False, "auto"), file, "train.cudnn_benchmark", f"must be auto, true or false, but got cudnn_benchmark={excerpt(t.cudnn_benchmark)}")
     _check(s.sampler in SAMPLERS, file, "search.sampler", f"must be one of {', '.join(SAMPLERS)}, but got sampler={excerpt(s.sampler)}")

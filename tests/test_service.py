@@ -92,7 +92,9 @@ def check_records(home: Path, spec_path: Path, tracking_uri: str | None = None, 
         assert all(set(t.params) == {"lr", "weight_decay"} for t in trials)  # the seed is repeated, not searched
         for t in trials:  # learning curves for the dashboards (a trial rebuilt from MLflow has none)
             steps = set(t.intermediate_values)
-            assert "rebuilt_from" in t.user_attrs or (spec.train.epochs in steps and steps <= set(range(1, spec.train.epochs + 1))), steps
+            cadence = {e for e in range(1, spec.train.epochs + 1)
+                       if e % spec.tracking.curve_every == 0 or e == spec.train.epochs}  # tracking.curve_every
+            assert "rebuilt_from" in t.user_attrs or (spec.train.epochs in steps and steps <= cadence), steps
         seen = [(t.params["lr"], t.params["weight_decay"], t.user_attrs["seed"]) for t in trials]
         assert sorted(seen) == sorted(grid)  # every grid point exactly once per seed
         total += len(trials)
@@ -273,12 +275,17 @@ def test_study_run_records_every_member_once(tmp_path):
 
 def test_worker_killed_mid_trial_resumes_from_checkpoint(tmp_path):
     spec = write_spec(tmp_path / "crash.yaml", "crash", small=True, members_per_trial=2)
+    raw = yaml.safe_load(spec.read_text())
+    raw["tracking"] = {"curve_every": 2}  # learning curves at the last epoch only: check_records holds them to it
+    spec.write_text(yaml.safe_dump(raw))
     marker = tmp_path / "crashed-once"
     run_ok(tmp_path / "home", "run", str(spec), env={"STUDY_TEST_CRASH_AT_EPOCH": f"1:{marker}"})
     assert marker.exists()  # one worker process died after epoch 1 and its trial was retried
     recs = check_records(tmp_path / "home", spec)
     resumed = [r for r in recs["runs"] if "resumed_from_epoch" in r.data.tags]
     assert resumed and {r.data.tags["resumed_from_epoch"] for r in resumed} == {"1"}  # from its last checkpoint
+    trials = optuna.load_study(study_name="crash.sgd-coupled", storage=f"sqlite:///{tmp_path / 'home' / 'crash' / 'optuna.db'}").trials
+    assert {frozenset(t.intermediate_values) for t in trials if t.state.name == "COMPLETE"} == {frozenset({2})}
 
 
 def _completed_trials(home: Path, name: str) -> int:
