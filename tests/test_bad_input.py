@@ -61,7 +61,7 @@ CASES = [
     ("unknown model", (["model", "name"], "resnet19"), [], "model.name"),
     ("device setting not auto/true/false", (["train", "cudnn_benchmark"], "fast"), [], "train.cudnn_benchmark"),
     ("convolution formulation unknown", (["train", "conv"], "fft"), [], "train.conv"),
-    ("learning curves at no epoch", (["tracking", "curve_every"], 0), [], "tracking.curve_every"),
+    ("learning curves at no epoch", (["tracking"], {"curve_every": 0}), [], "tracking.curve_every"),
     ("unknown schedule", (["train", "schedule"], "linear"), [], "schedule='linear'"),
     ("warm-up longer than the run", (["train", "warmup_epochs"], 5.0), [], "warmup_epochs"),
     ("betas outside [0, 1)", (["arms", 0, "betas"], [0.9, 1.0]), [], "betas"),

@@ -318,11 +318,12 @@ def test_bench_cli_runs_with_every_flag(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", "--device", "cpu", "--model", "resnet8", "--dataset", "digits", "--members", "2",
                "--batch-size", "32", "--precision", "bf16", "--channels-last", "true", "--cudnn-benchmark", "true",
-               "--compile", "both",
+               "--conv", "grouped", "--compile", "both",
                "--warmup", "1", "--steps", "1", "--windows", "1", "--workers", "0", "--json", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
-    assert result["settings"] == {"precision": "bf16", "channels_last": True, "cudnn_benchmark": True, "compile": "both"}
+    assert result["settings"] == {"precision": "bf16", "channels_last": True, "cudnn_benchmark": True, "compile": "both",
+                                  "conv": "grouped"}
     rows = {(r["what"], r["compiled"]): r for r in result["rows"]}
     assert set(rows) == {("baseline", False), ("array", False), ("array", True)}
     assert rows[("array", True)]["compile_s"] > 0 and rows[("array", False)]["vs_baseline"] > 0
@@ -332,7 +333,7 @@ def test_bench_cli_runs_with_every_flag(tmp_path, capsys):
     rc = main(["bench", "--device", "cpu", "--model", "resnet8", "--dataset", "digits", "--members", "1,2",
                "--batch-size", "32", "--precision", "fp32", "--channels-last", "false", "--compile", "off",
                "--warmup", "1", "--steps", "1", "--windows", "1", "--no-baseline"])
-    assert rc == 0 and "fp32, channels_last=False, cudnn_benchmark=False, compile=off" in capsys.readouterr().out
+    assert rc == 0 and "fp32, channels_last=False, cudnn_benchmark=False, conv=auto, compile=off" in capsys.readouterr().out
 
 
 def test_train_cli_flags_and_spec_fields(tmp_path, capsys):
@@ -343,12 +344,14 @@ def test_train_cli_flags_and_spec_fields(tmp_path, capsys):
                     "  - {optimizer: sgd, decay: coupled, lr: 0.1, weight_decay: 0.001, seed: 1}\n")
     # the shapes of the compile test above (resnet8, K=2, 32 digits): its compiled graphs serve this array too
     rc = main(["train", str(spec), "--out", str(tmp_path / "r.json"), "--precision", "bf16", "--channels-last", "true",
-               "--cudnn-benchmark", "true", "--compile"])
+               "--cudnn-benchmark", "true", "--conv", "grouped", "--compile"])
     out = capsys.readouterr().out
-    assert rc == 0 and "bf16, channels_last=True, cudnn_benchmark=True, compile=True" in out and "peak memory" in out
+    assert rc == 0 and "bf16, channels_last=True, cudnn_benchmark=True, conv=grouped, compile=True" in out
+    assert "peak memory" in out
     assert "first compiled step" in out
     rc = main(["train", str(spec), "--out", str(tmp_path / "r.json")])
-    assert rc == 0 and "fp32, channels_last=False, cudnn_benchmark=False, compile=False" in capsys.readouterr().out  # auto
+    assert rc == 0 and "fp32, channels_last=False, cudnn_benchmark=False, conv=grouped, compile=False" in \
+        capsys.readouterr().out  # auto: grouped without a measured table
     bad = tmp_path / "bad.yaml"
     bad.write_text(spec.read_text().replace("precision: fp32", "precision: fp16"))
     assert main(["train", str(bad), "--out", str(tmp_path / "r.json")]) == 2
