@@ -395,6 +395,22 @@ class _DecayOptimizer(torch.optim.Optimizer):
             flat.load(self.state)
 
 
+def _descend(p: Tensor, update: Tensor, lr) -> None:
+    """p ← p − lr·update, lr a float or a per-member tensor broadcast to p (_bcast): one kernel, no temporary."""
+    if isinstance(lr, Tensor):
+        p.addcmul_(update, lr, value=-1)
+    else:
+        p.add_(update, alpha=-lr)
+
+
+def _descend_div(p: Tensor, grad: Tensor, denom: Tensor, lr) -> None:
+    """p ← p − lr·grad/denom; a per-member lr reuses denom's memory for the quotient (denom is a temporary)."""
+    if isinstance(lr, Tensor):
+        p.addcmul_(torch.div(grad, denom, out=denom), lr, value=-1)
+    else:
+        p.addcdiv_(grad, denom, value=-lr)
+
+
 class SGD(_DecayOptimizer):
     """SGD with momentum/Nesterov; matches torch.optim.SGD (dampening 0) when decay='coupled'."""
 
@@ -414,11 +430,7 @@ class SGD(_DecayOptimizer):
             else:
                 buf.mul_(momentum).add_(grad)
             grad = grad.add(buf, alpha=momentum) if group["nesterov"] else buf
-        lr = _bcast(group["lr"], p)
-        if isinstance(lr, Tensor):
-            p.addcmul_(grad, lr, value=-1)  # p − g·lr in one kernel, no temporary
-        else:
-            p.add_(grad, alpha=-lr)
+        _descend(p, grad, _bcast(group["lr"], p))
 
 
 class Adam(_DecayOptimizer):
@@ -447,11 +459,7 @@ class Adam(_DecayOptimizer):
         bias_correction1 = 1 - beta1 ** state["step"]
         bias_correction2_sqrt = math.sqrt(1 - beta2 ** state["step"])
         denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(group["eps"])
-        lr = _bcast(group["lr"], p)
-        if isinstance(lr, Tensor):  # p − (m/denom)·(lr/bc1), reusing denom's memory
-            p.addcmul_(torch.div(exp_avg, denom, out=denom), lr / bias_correction1, value=-1)
-        else:
-            p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
+        _descend_div(p, exp_avg, denom, _bcast(group["lr"], p) / bias_correction1)  # p − (m/denom)·(lr/bc1)
 
 
     @staticmethod
@@ -474,13 +482,7 @@ class Adagrad(_DecayOptimizer):
             state["sum"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["step"] += 1
         state["sum"].addcmul_(grad, grad, value=1)
-        std = state["sum"].sqrt().add_(group["eps"])
-        lr = _bcast(group["lr"], p)
-        if isinstance(lr, Tensor):
-            p.addcmul_(torch.div(grad, std, out=std), lr, value=-1)
-        else:
-            p.addcdiv_(grad, std, value=-lr)
-
+        _descend_div(p, grad, state["sum"].sqrt().add_(group["eps"]), _bcast(group["lr"], p))
 
     @staticmethod
     def preconditioner(state, options):
@@ -505,12 +507,7 @@ class Lion(_DecayOptimizer):
         if not state:
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         exp_avg = state["exp_avg"]
-        update = exp_avg.mul(beta1).add_(grad, alpha=1 - beta1).sign_()
-        lr = _bcast(group["lr"], p)
-        if isinstance(lr, Tensor):
-            p.addcmul_(update, lr, value=-1)
-        else:
-            p.add_(update, alpha=-lr)
+        _descend(p, exp_avg.mul(beta1).add_(grad, alpha=1 - beta1).sign_(), _bcast(group["lr"], p))
         exp_avg.mul_(beta2).add_(grad, alpha=1 - beta2)
 
 
@@ -546,16 +543,9 @@ class RMSprop(_DecayOptimizer):
             avg = square_avg.sqrt().add_(group["eps"])
         lr = _bcast(group["lr"], p)
         if momentum > 0:
-            buf = state["momentum_buffer"]
-            buf.mul_(momentum).addcdiv_(grad, avg)
-            if isinstance(lr, Tensor):
-                p.addcmul_(buf, lr, value=-1)
-            else:
-                p.add_(buf, alpha=-lr)
-        elif isinstance(lr, Tensor):
-            p.addcmul_(torch.div(grad, avg, out=avg), lr, value=-1)
+            _descend(p, state["momentum_buffer"].mul_(momentum).addcdiv_(grad, avg), lr)
         else:
-            p.addcdiv_(grad, avg, value=-lr)
+            _descend_div(p, grad, avg, lr)
 
     @staticmethod
     def preconditioner(state, options):
