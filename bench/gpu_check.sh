@@ -10,8 +10,8 @@
 #   2d. each ResNet-20 member convolution forward + backward, grouped vs batched GEMM, NCHW and channels-last
 #      (bench/conv_forms.py), writing this GPU's table; 2e. the largest K with train.conv auto from that table;
 #   3. the CIFAR-10 landscape through the engine (`study train`, no services): SGD coupled vs independent,
-#      6 lr × 8 λ, 10 epochs (bench/gpu_landscape.yaml; fewer epochs only if the measured throughput says
-#      10 would not fit the time left, and it says so), with its slopes;
+#      6 lr × 8 λ, 10 epochs, compiled as a study's arrays are on CUDA (bench/gpu_landscape.yaml; fewer epochs
+#      only if the measured throughput says 10 would not fit the time left, and it says so), with its slopes;
 #   4. `study bench`, torch.compile: K = 1 and 128 (GPU_CHECK_COMPILE_MEMBERS) against the plain loop, with
 #      the compile time of each shape;
 #   5. the summary: throughput table (eager and compiled), landscape and slopes, peak memory, targets, and
@@ -60,10 +60,10 @@ print('device:', torch.cuda.get_device_name(0) if torch.cuda.is_available() else
 step "1b. no host sync in the training step" 120 "$OUT/sync.txt" "$PY" bench/gpu_check_report.py synccheck "$OUT" \
   --device "$DEVICE"
 step "2. throughput, eager ($DEVICE)" 150 "$OUT/bench_eager.txt" "$STUDY" bench --device "$DEVICE" --model resnet20 \
-  --members "$MEMBERS" --batch-size "$BATCH" --dataset parquet --data-path "$DATA" "${FORCE[@]}" "${TIMING[@]}" \
-  "${WORKERS[@]}" --json "$OUT/bench_eager.json"  # --workers: the plain loop's DataLoader (the ablations have none)
+  --members "$MEMBERS" --batch-size "$BATCH" --dataset parquet --data-path "$DATA" "${FORCE[@]}" --compile off \
+  "${TIMING[@]}" "${WORKERS[@]}" --json "$OUT/bench_eager.json"  # --workers: the plain loop's DataLoader (the ablations have none)
 ABLATE=(bench --device "$DEVICE" --model resnet20 --members "$KMAX" --batch-size "$BATCH" --dataset parquet
-        --data-path "$DATA" --precision bf16 --no-baseline "${TIMING[@]}")
+        --data-path "$DATA" --precision bf16 --compile off --no-baseline "${TIMING[@]}")
 step "2b. K=$KMAX without cuDNN autotuning" 90 "$OUT/bench_no_autotune.txt" "$STUDY" "${ABLATE[@]}" \
   --channels-last true --cudnn-benchmark false --json "$OUT/bench_no_autotune.json"
 step "2c. K=$KMAX without channels-last (NCHW)" 90 "$OUT/bench_nchw.txt" "$STUDY" "${ABLATE[@]}" \
@@ -85,7 +85,7 @@ fi
 [[ -f "$OUT/landscape.yaml" ]] || echo "!! SKIPPED: landscape (no spec)"
 [[ -f "$OUT/landscape.yaml" ]] && step "3. landscape: SGD coupled vs independent" $(( $(left) - COMPILE_RESERVE )) \
   "$OUT/train.log" "$STUDY" train "$OUT/landscape.yaml" --data-path "$DATA" --out "$OUT/landscape.json" \
-  --device "$DEVICE" "${FORCE[@]}"
+  --device "$DEVICE" "${FORCE[@]}" --compile true  # a study's arrays compile on CUDA (train.compile auto)
 step "4. throughput, torch.compile ($DEVICE)" 600 "$OUT/bench_compiled.txt" "$STUDY" bench --device "$DEVICE" \
   --model resnet20 --members "$CMEMBERS" --batch-size "$BATCH" --dataset parquet --data-path "$DATA" "${FORCE[@]}" \
   --compile on "${TIMING[@]}" "${WORKERS[@]}" --json "$OUT/bench_compiled.json"

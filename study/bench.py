@@ -8,7 +8,8 @@ augmentation (torchvision transforms), batch 128, one model at a time, eager, un
 memory format as the arrays.
 
 Device settings: `precision` (auto | fp32 | bf16), `channels_last` and `cudnn_benchmark` (None = auto, True,
-False; the plain loop follows both) and `compile` ("off" | "on" | "both": eager rows, compiled rows, or both in the same run). Compiled rows report
+False; the plain loop follows both) and `compile` ("auto" | "off" | "on" | "both": as a study's arrays do, i.e.
+compiled on CUDA and eager on a CPU; eager rows; compiled rows; or both in the same run). Compiled rows report
 compile_s, the time of the first compiled step (tracing and code generation), never counted in the
 throughput; arrays of equal shapes share the compiled graphs.
 """
@@ -42,6 +43,7 @@ class Row:
     compile_s: float = 0.0
     compiled: bool = False
     error: str = ""           # why the row could not be measured (it is then NaN)
+    conv: str = ""            # the member convolutions as resolved for this array (train.conv auto: per layer)
 
 
 def _sync(device: torch.device) -> None:
@@ -107,7 +109,7 @@ def bench_array(data: Dataset, model: str, members: int, batch_size: int, device
                           conv)
     sec, _ = _timed(step, device, warmup, steps, windows)
     return Row("array", members, tr.batch, members * tr.batch / sec, sec * 1e3, _peak_mb(device), tr.compile_s,
-               tr.compiled)
+               tr.compiled, conv=tr.settings()["conv"])
 
 
 # --------------------------------------------------------------------------- the baseline: a plain loop
@@ -228,7 +230,7 @@ def _result(model, device, dataset, windows, steps, warmup, bf16, cl, cudnn, com
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "settings": {"precision": "bf16" if bf16 else "fp32", "channels_last": cl, "cudnn_benchmark": cudnn,
-                         "compile": compile, "conv": conv},
+                         "compile": compile, "conv": conv},   # conv as asked; each row has it resolved
             "peak_memory_mb": max((r["peak_memory_mb"] for r in out if not r["error"]), default=0.0),
             "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
             "timing": f"median of {windows} windows of {steps} steps after {warmup} warm-up steps",
@@ -262,8 +264,10 @@ def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="
     device = torch.device(device)
     if isinstance(compile, bool):
         compile = "on" if compile else "off"
+    if compile == "auto":  # what a study's arrays do (train.compile auto): compiled on CUDA, eager on a CPU
+        compile = "on" if device.type == "cuda" else "off"
     if compile not in COMPILE_MODES:
-        raise ValueError(f"invalid compile: must be off, on or both, but got compile={compile!r}")
+        raise ValueError(f"invalid compile: must be auto, off, on or both, but got compile={compile!r}")
     bf16, cl = resolve_precision(precision, device), resolve_channels_last(channels_last, device)
     cudnn = resolve_cudnn_benchmark(cudnn_benchmark, device)
     data = bench_data(dataset, path) if data is None else data

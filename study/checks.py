@@ -226,8 +226,8 @@ def with_train_flags(spec, args):
         overrides["cudnn_benchmark"] = AUTO_BOOL[args.cudnn_benchmark]
     if getattr(args, "conv", None):
         overrides["conv"] = args.conv
-    if getattr(args, "compile", None) is not None:
-        overrides["compile"] = args.compile
+    if getattr(args, "compile", None):
+        overrides["compile"] = AUTO_BOOL[args.compile]
     return dataclasses.replace(spec, train=dataclasses.replace(spec.train, **overrides)) if overrides else spec
 
 

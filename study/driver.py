@@ -270,6 +270,7 @@ class Driver:
         if result.get("resumed_from_epoch", -1) >= 0:
             tags["resumed_from_epoch"] = result["resumed_from_epoch"]
         tags.update({f"decay_counts.{k}": v for k, v in json.loads(result.get("decay_counts", "{}")).items()})
+        tags.update({f"settings.{k}": v for k, v in json.loads(result.get("settings", "{}")).items()})
         env = {f"env.{k}": v for k, v in json.loads(result.get("environment", "{}")).items()}
         tags.update(env)
         if env and not self.env_tagged:  # the versions and device the numbers came from, on the study's run

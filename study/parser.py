@@ -9,7 +9,7 @@ import argparse
 from .spec import LARGE_MEMBER_EPOCHS, LARGE_MEMBERS, SpecError
 from .registry import CONV_CHOICES
 
-AUTO_BOOL = {"auto": None, "true": True, "false": False}  # --channels-last, --cudnn-benchmark -> the spec's value
+AUTO_BOOL = {"auto": None, "true": True, "false": False}  # --channels-last, --cudnn-benchmark, --compile -> the spec's value
 
 SET_HELP = ("override a spec field before it is checked: dotted KEY (train.epochs, search.seeds, "
             "arms[0].lr.high), VALUE in YAML (3, 1e-3, [0,1], null); repeatable; recorded with the study")
@@ -130,8 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--conv", choices=CONV_CHOICES,
                    help="replaces train.conv: each member convolution grouped, as a batched GEMM (bmm), or auto (the "
                         "table $STUDY_CONV_TABLE measured for this device, else grouped)")
-    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="replaces train.compile: torch.compile the forward and loss (compile time is reported)")
+    t.add_argument("--compile", nargs="?", const="true", choices=["auto", "true", "false"],
+                   help="replaces train.compile (auto: on for CUDA; bare --compile: true): torch.compile the forward "
+                        "and loss (compile time is reported)")
 
     v = _sub(sub, "validate", "check a spec without running anything", [spec])
     v.add_argument("--smoke", action="store_true", help="check what `study run --smoke` would run")
@@ -179,9 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="channels-last activations and conv weights (auto: on for CUDA; the plain loop follows)")
     b.add_argument("--cudnn-benchmark", default="auto", choices=["auto", "true", "false"],
                    help="cuDNN autotunes each convolution shape (auto: on for CUDA; the plain loop follows)")
-    b.add_argument("--compile", nargs="?", const="on", default="off", choices=["off", "on", "both"],
-                   help="torch.compile the array step: compiled rows only (--compile), or eager and compiled "
-                        "rows in the same run (--compile both); compile time is reported, not timed")
+    b.add_argument("--compile", nargs="?", const="on", default="auto", choices=["auto", "off", "on", "both"],
+                   help="torch.compile the array step: as a study does (auto: compiled on CUDA, eager on a CPU), "
+                        "compiled rows only (--compile), eager only (off), or eager and compiled rows in the same "
+                        "run (--compile both); compile time is reported, not timed")
     b.add_argument("--conv", default="auto", choices=CONV_CHOICES,
                    help="member convolutions: grouped, bmm (batched GEMM), or auto (the device's measured table, "
                         "else grouped)")

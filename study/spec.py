@@ -86,7 +86,7 @@ class TrainSpec:
     seed: int = 0                   # data order and augmentation, shared by every member of an array
     device: str = "auto"            # auto | cpu | cuda
     eval_batch_size: int | None = None  # test images per forward pass; null: 1024 on CUDA, 64 on a CPU (faster there)
-    compile: bool = False           # torch.compile the array step's forward and loss (CPU inductor or CUDA)
+    compile: bool | str | None = None  # torch.compile the array step's forward and loss: auto (or null): on for CUDA
     precision: str = "auto"         # auto | fp32 | bf16 (bfloat16 autocast); auto: bf16 on CUDA, fp32 on a CPU
     channels_last: bool | str | None = None  # channels-last activations and conv weights: auto (or null): on for CUDA
     cudnn_benchmark: bool | str | None = None  # cuDNN autotunes its convolutions: auto (or null): on for CUDA
@@ -232,6 +232,11 @@ def _gather_options(cls, raw: dict, coerce) -> dict:
     return out
 
 
+# values that also count as a field's default in the identity: train.compile was false by default until it became
+# auto (on for CUDA), so a spec recorded before keeps its identity, and writing auto is the same as leaving it out
+AS_DEFAULT = {"compile": ("auto", False)}
+
+
 def _non_default(v):
     """A spec section as plain data without the fields left at their defaults, so that a field added later
     with a default does not change the identity of the specs recorded before it. An arm's or member's settings
@@ -245,7 +250,7 @@ def _non_default(v):
                 continue
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-            if default is dataclasses.MISSING or value != default:
+            if default is dataclasses.MISSING or (value != default and value not in AS_DEFAULT.get(f.name, ())):
                 out[f.name] = _non_default(value)
         return out
     if isinstance(v, (list, tuple)):
@@ -425,6 +430,7 @@ def validate(spec: StudySpec, file=None) -> StudySpec:
     _check_float32(t.gamma, file, "train.gamma")
     _check(t.device in ("auto", "cpu", "cuda"), file, "train.device", f"must be auto, cpu or cuda, but got device={excerpt(t.device)}")
     _check(t.precision in ("auto", "fp32", "bf16"), file, "train.precision", f"must be auto, fp32 or bf16, but got precision={excerpt(t.precision)}")
+    _check(t.compile in (None, True, False, "auto"), file, "train.compile", f"must be auto, true or false, but got compile={excerpt(t.compile)}")
     _check(t.channels_last in (None, True, False, "auto"), file, "train.channels_last", f"must be auto, true or false, but got channels_last={excerpt(t.channels_last)}")
     _check(spec.tracking.curve_every >= 1, file, "tracking.curve_every",
            f"epochs between learning-curve points: at least 1, but got curve_every={spec.tracking.curve_every}")

@@ -75,7 +75,10 @@ def train_array(config: dict) -> None:
     def report(epoch: int, rows: list[dict]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(trainer.state_dict(), Path(tmp) / CHECKPOINT_FILE)
-            tune.report({"epoch": epoch, "rows": json.dumps(rows), "node_id": node,
+            # the resolved device settings, and the time of the first compiled step (0 when eager; each trial is a
+            # process of its own, so a later trial of the same shapes finds inductor's code in its on-disk cache)
+            settings = {**trainer.settings(), "compile_s": round(trainer.compile_s, 2)}
+            tune.report({"epoch": epoch, "rows": json.dumps(rows), "node_id": node, "settings": json.dumps(settings),
                          "decay_counts": json.dumps(trainer.decay_counts), "environment": environment,
                          "resumed_from_epoch": -1 if resumed_from is None else resumed_from},
                         checkpoint=tune.Checkpoint.from_directory(tmp))

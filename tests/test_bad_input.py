@@ -60,6 +60,8 @@ CASES = [
     ("study name with a path separator", (["name"], "../escape"), [], "name='../escape'"),
     ("unknown model", (["model", "name"], "resnet19"), [], "model.name"),
     ("device setting not auto/true/false", (["train", "cudnn_benchmark"], "fast"), [], "train.cudnn_benchmark"),
+    ("compile not auto/true/false", (["train", "compile"], "max-autotune"), [],
+     "invalid train.compile: must be auto, true or false, but got compile='max-autotune'"),
     ("convolution formulation unknown", (["train", "conv"], "fft"), [], "train.conv"),
     ("learning curves at no epoch", (["tracking"], {"curve_every": 0}), [], "tracking.curve_every"),
     ("unknown schedule", (["train", "schedule"], "linear"), [], "schedule='linear'"),

@@ -351,12 +351,42 @@ def test_train_cli_flags_and_spec_fields(tmp_path, capsys):
     assert "first compiled step" in out
     rc = main(["train", str(spec), "--out", str(tmp_path / "r.json")])
     assert rc == 0 and "fp32, channels_last=False, cudnn_benchmark=False, conv=grouped, compile=False" in \
-        capsys.readouterr().out  # auto: grouped without a measured table
+        capsys.readouterr().out  # auto: grouped without a measured table; compile auto: off on a CPU
+    spec.write_text(spec.read_text().replace("precision: fp32", "precision: fp32, compile: true"))
+    rc = main(["train", str(spec), "--out", str(tmp_path / "r.json"), "--compile", "false"])
+    assert rc == 0 and "compile=False" in capsys.readouterr().out  # the flag replaces the spec's field
     bad = tmp_path / "bad.yaml"
     bad.write_text(spec.read_text().replace("precision: fp32", "precision: fp16"))
     assert main(["train", str(bad), "--out", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.precision" in err[0] and "fp16" in err[0]
+
+
+def test_compile_is_on_for_cuda_arrays_by_default_and_a_spec_recorded_before_keeps_its_identity():
+    """train.compile auto (the default) compiles on CUDA and not on a CPU, as the other device switches; a spec
+    recorded when compile was false by default, and one that writes auto, hash as the one that leaves it out."""
+    from study.bench import run_bench
+    from study.engine import resolve_compile
+    from study.spec import spec_from_dict
+
+    assert [resolve_compile(v, torch.device("cuda")) for v in (None, "auto", True, False)] == [True, True, True, False]
+    assert [resolve_compile(v, torch.device("cpu")) for v in (None, "auto", True, False)] == [False, False, True, False]
+    with pytest.raises(ValueError, match="invalid train.compile: must be auto, true or false, but got compile='yes'"):
+        resolve_compile("yes", torch.device("cpu"))
+    base = {"name": "c", "data": {"dataset": "digits"}, "model": {"name": "resnet8"},
+            "train": {"epochs": 2, "batch_size": 32, "device": "cpu"},
+            "arms": [{"optimizer": "sgd", "decay": "coupled", "lr": {"low": 0.01, "high": 0.1},
+                      "weight_decay": {"low": 1e-4, "high": 1e-2}}], "search": {"sampler": "grid", "points": 2, "seeds": [0, 1]}}
+
+    def identity(**train):
+        return spec_from_dict({**base, "train": {**base["train"], **train}}).identity()
+    # the identity tests/test_cli.py pins for this spec, as the code before this setting computed it
+    assert identity() == identity(compile=False) == identity(compile="auto") == identity(compile=None) == "df694232e04f8427"
+    assert identity(compile=True) != identity()
+    result = run_bench("resnet8", (1,), (8,), "cpu", "digits", warmup=0, steps=1, windows=1, baseline=False,
+                       compile="auto", log=lambda *a, **k: None)
+    assert result["settings"]["compile"] == "off" and [r["compiled"] for r in result["rows"]] == [False]
+    assert result["rows"][0]["conv"] == "grouped"  # each row says the form its array resolved
 
 
 def test_bench_records_a_failing_row_and_goes_on():

@@ -233,6 +233,9 @@ def test_study_run_records_every_member_once(tmp_path):
             channels = json.loads(Path(recs["client"].download_artifacts(
                 r.info.run_id, "diagnostics/channels.json", str(tmp_path / r.info.run_id))).read_text())
             decayed = int(r.data.tags["decay_counts.decayed_tensors"])
+            # the array's resolved device settings: on a CPU, auto means fp32, eager, grouped convolutions
+            assert {k: r.data.tags[f"settings.{k}"] for k in ("device", "precision", "compile", "conv", "compile_s")} == \
+                {"device": "cpu", "precision": "fp32", "compile": "False", "conv": "grouped", "compile_s": "0.0"}
             assert len(channels["norm"]) == len(channels["sqrt_v"]) == decayed
             assert all(len(n) == len(v) > 0 and min(v) > 0 for n, v in zip(channels["norm"], channels["sqrt_v"]))
         else:
