@@ -9,6 +9,7 @@
 #      the summary gives each as a ratio to step 2's row of the same K;
 #   2d. each ResNet-20 member convolution forward + backward, grouped vs batched GEMM, NCHW and channels-last
 #      (bench/conv_forms.py), writing this GPU's table; 2e. the largest K with train.conv auto from that table;
+#   2f. K = 1 and 16 with train.cuda_graph (the whole step recorded once and replayed), against step 2's rows;
 #   3. the CIFAR-10 landscape through the engine (`study train`, no services): SGD coupled vs independent,
 #      6 lr × 8 λ, 10 epochs, compiled as a study's arrays are on CUDA (bench/gpu_landscape.yaml; fewer epochs
 #      only if the measured throughput says 10 would not fit the time left, and it says so), with its slopes;
@@ -29,10 +30,10 @@ STUDY=${STUDY:-.venv/bin/study}; PY=${PY:-.venv/bin/python}
 TINY=${GPU_CHECK_TINY:-${SMALL:-0}}
 FORCE=(--precision bf16 --channels-last true --cudnn-benchmark true)  # the GPU settings (auto on CUDA; forced so a CPU takes them too)
 if [[ "$TINY" == 1 ]]; then
-  DEVICE=cpu; MEMBERS=1,2; KMAX=2; CMEMBERS=1,2; BATCH=16; BUDGET=${GPU_CHECK_BUDGET_S:-1500}
+  DEVICE=cpu; MEMBERS=1,2; KMAX=2; CMEMBERS=1,2; GMEMBERS=1,2; BATCH=16; BUDGET=${GPU_CHECK_BUDGET_S:-1500}
   TIMING=(--warmup 1 --steps 2 --windows 2); WORKERS=(--workers 0); TINYFLAG=--tiny
 else
-  DEVICE=cuda; MEMBERS=1,16,64,128; KMAX=128; CMEMBERS=${GPU_CHECK_COMPILE_MEMBERS:-1,128}; BATCH=512
+  DEVICE=cuda; MEMBERS=1,16,64,128; KMAX=128; CMEMBERS=${GPU_CHECK_COMPILE_MEMBERS:-1,128}; GMEMBERS=1,16; BATCH=512
   BUDGET=${GPU_CHECK_BUDGET_S:-480}; TIMING=(--warmup 5 --steps 10 --windows 3); WORKERS=(--workers 4); TINYFLAG=
 fi
 T0=$(date +%s); : > "$OUT/failed.txt"
@@ -76,6 +77,9 @@ step "2d. member convolutions per layer: grouped vs batched GEMM" 90 "$OUT/conv_
 [[ -f "$OUT/conv_table.json" ]] && step "2e. K=$KMAX with train.conv auto" 90 "$OUT/bench_conv_auto.txt" \
   env STUDY_CONV_TABLE="$OUT/conv_table.json" "$STUDY" "${ABLATE[@]}" --channels-last true --cudnn-benchmark true \
   --conv auto --json "$OUT/bench_conv_auto.json"
+step "2f. K=$GMEMBERS with the whole step as one CUDA graph" 90 "$OUT/bench_cuda_graph.txt" "$STUDY" bench \
+  --device "$DEVICE" --model resnet20 --members "$GMEMBERS" --batch-size "$BATCH" --dataset parquet --data-path "$DATA" \
+  "${FORCE[@]}" --compile off --cuda-graph --no-baseline "${TIMING[@]}" --json "$OUT/bench_cuda_graph.json"
 COMPILE_RESERVE=$([[ "$TINY" == 1 ]] && echo 600 || echo 150)  # left for step 4
 rm -f "$OUT/landscape.yaml"
 if ! "$PY" bench/gpu_check_report.py plan "$OUT" $TINYFLAG --budget-s $(( $(left) - COMPILE_RESERVE - 30 )); then

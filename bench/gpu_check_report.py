@@ -96,11 +96,12 @@ def _throughput(out: Path) -> list[str]:
 
 
 ABLATIONS = (("no_autotune", "cuDNN autotuning off"), ("nchw", "channels-last off (NCHW)"),
-             ("conv_auto", "member convolutions from step 2d's table (train.conv auto)"))
+             ("conv_auto", "member convolutions from step 2d's table (train.conv auto)"),
+             ("cuda_graph", "the whole step as one CUDA graph (train.cuda_graph)"))
 
 
 def _ablations(out: Path) -> list[str]:
-    """Steps 2b and 2c: the largest K with one setting off, as a ratio to step 2's row of the same K and batch."""
+    """Steps 2b, 2c, 2e and 2f: one setting changed, as a ratio to step 2's row of the same K and batch."""
     eager = _rows(out / "bench_eager.json")
     full = {(r["members"], r["batch_size"]): r["member_images_per_s"] for r in (eager or {}).get("rows", [])
             if r["what"] == "array" and not r.get("error")}

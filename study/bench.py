@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Dataset, load_dataset
-from .engine import ArrayConfig, ArrayTrainer
+from .engine import GRAPH_WARMUP, ArrayConfig, ArrayTrainer
 from .spec import DataSpec, MemberSpec, ModelSpec, TrainSpec
 
 
@@ -77,12 +77,13 @@ def _timed(step, device, warmup: int, steps: int, windows: int) -> tuple[float, 
 
 
 def array_step(data: Dataset, model: str, members: int, batch_size: int, device, compile: bool = False,
-               precision: str = "auto", channels_last=None, cudnn_benchmark=None, conv: str = "auto"):
+               precision: str = "auto", channels_last=None, cudnn_benchmark=None, conv: str = "auto",
+               cuda_graph: bool = False):
     """(step, trainer): one call of `step()` is one training step of the engine for an array of `members`
     (SGD, coupled decay; the decay mode does not change the cost), on the next batch of a fixed order."""
     ms = [MemberSpec("sgd", "coupled", 0.05 * (1 + k % 7), 5e-4, seed=k) for k in range(members)]
     train = TrainSpec(epochs=1, batch_size=batch_size, compile=compile, precision=precision, channels_last=channels_last,
-                      cudnn_benchmark=cudnn_benchmark, conv=conv)
+                      cudnn_benchmark=cudnn_benchmark, conv=conv, cuda_graph=cuda_graph)
     tr = ArrayTrainer(ms, data, ArrayConfig(ModelSpec(model), train, DataSpec()), torch.device(device))
     order, aug = tr._generators(0)
     n = len(data.train_y)
@@ -100,13 +101,15 @@ def array_step(data: Dataset, model: str, members: int, batch_size: int, device,
 
 def bench_array(data: Dataset, model: str, members: int, batch_size: int, device, warmup=3, steps=5, windows=3,
                 compile: bool = False, precision: str = "auto", channels_last=None, cudnn_benchmark=None,
-                conv: str = "auto") -> Row:
+                conv: str = "auto", cuda_graph: bool = False) -> Row:
     """The engine's training step for an array of `members`, timed."""
     device = torch.device(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     step, tr = array_step(data, model, members, batch_size, device, compile, precision, channels_last, cudnn_benchmark,
-                          conv)
+                          conv, cuda_graph)
+    if cuda_graph:  # the recording happens after the engine's eager warm-up steps, never inside a timed window
+        warmup = max(warmup, GRAPH_WARMUP + 1)
     sec, _ = _timed(step, device, warmup, steps, windows)
     return Row("array", members, tr.batch, members * tr.batch / sec, sec * 1e3, _peak_mb(device), tr.compile_s,
                tr.compiled, conv=tr.settings()["conv"])
@@ -216,7 +219,8 @@ def bench_baseline(data: Dataset, depth: int, batch_size: int, device, warmup=3,
 COMPILE_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
-def _result(model, device, dataset, windows, steps, warmup, bf16, cl, cudnn, compile, rows, baseline, conv="auto") -> dict:
+def _result(model, device, dataset, windows, steps, warmup, bf16, cl, cudnn, compile, rows, baseline, conv="auto",
+            cuda_graph=False) -> dict:
     out = [asdict(r) for r in rows]
     single = {(r["compiled"], r["batch_size"]): r["member_images_per_s"] for r in out
               if r["what"] == "array" and r["members"] == 1 and not r["error"]}
@@ -230,7 +234,8 @@ def _result(model, device, dataset, windows, steps, warmup, bf16, cl, cudnn, com
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "settings": {"precision": "bf16" if bf16 else "fp32", "channels_last": cl, "cudnn_benchmark": cudnn,
-                         "compile": compile, "conv": conv},   # conv as asked; each row has it resolved
+                         "compile": compile, "conv": conv,   # conv as asked; each row has it resolved
+                         "cuda_graph": cuda_graph},
             "peak_memory_mb": max((r["peak_memory_mb"] for r in out if not r["error"]), default=0.0),
             "peak_memory_kind": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
             "timing": f"median of {windows} windows of {steps} steps after {warmup} warm-up steps",
@@ -255,7 +260,7 @@ def bench_data(dataset: str = "synthetic", path=None):
 def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="cpu", dataset="synthetic",
               path=None, warmup=3, steps=5, windows=3, compile="off", baseline=True, workers=2, log=print,
               precision: str = "auto", channels_last=None, cudnn_benchmark=None, on_row=None, data=None,
-              conv: str = "auto") -> dict:
+              conv: str = "auto", cuda_graph: bool = False) -> dict:
     """Every row, in order: the plain loop, then arrays (eager, then compiled). A row that fails is recorded
     with its error and the others still run; `on_row(result)` sees the result so far after every row. `data`:
     bench_data(dataset, path), when the caller has read it already."""
@@ -276,7 +281,8 @@ def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="
     depth = int(model.removeprefix("resnet")) if model.startswith("resnet") else 20
 
     def result():
-        return _result(model, device, dataset, windows, steps, warmup, bf16, cl, cudnn, compile, rows, baseline, conv)
+        return _result(model, device, dataset, windows, steps, warmup, bf16, cl, cudnn, compile, rows, baseline, conv,
+                       cuda_graph)
 
     if baseline:
         try:
@@ -294,7 +300,7 @@ def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="
             for k in members:
                 try:
                     r = bench_array(data, model, k, b, device, warmup, steps, windows, compiled, precision, channels_last,
-                                    cudnn_benchmark, conv)
+                                    cudnn_benchmark, conv, cuda_graph)
                     log(f"{what:<9} K={k:<4} batch {b}: {r.member_images_per_s:>10.0f} member-images/s  "
                         f"({r.step_ms:.1f} ms/step, peak {r.peak_memory_mb:.0f} MB"
                         + (f", compile {r.compile_s:.1f} s)" if compiled else ")"), flush=True)
@@ -309,7 +315,8 @@ def run_bench(model="resnet20", members=(1, 8, 32), batch_sizes=(128,), device="
 def format_table(result: dict) -> str:
     st = result.get("settings", {})
     lines = [f"settings: {st.get('precision', '?')}, channels_last={st.get('channels_last', '?')}, "
-             f"cudnn_benchmark={st.get('cudnn_benchmark', '?')}, conv={st.get('conv', 'grouped')}, compile={st.get('compile', '?')}; peak memory {result.get('peak_memory_mb', 0):.0f} MB "
+             f"cudnn_benchmark={st.get('cudnn_benchmark', '?')}, conv={st.get('conv', 'grouped')}, compile={st.get('compile', '?')}, "
+             f"cuda_graph={st.get('cuda_graph', False)}; peak memory {result.get('peak_memory_mb', 0):.0f} MB "
              f"({result.get('peak_memory_kind', '')})",
              f"{'what':<9} {'K':>4} {'batch':>5} {'member-img/s':>13} {'ms/step':>8} {'peak MB':>8} "
              f"{'x baseline':>10} {'x K=1':>6} {'compile s':>9}"]

@@ -212,7 +212,8 @@ def check_lr(text: str) -> float:
 
 
 def with_train_flags(spec, args):
-    """The spec with `study train`'s --precision, --channels-last, --cudnn-benchmark, --conv and --compile applied."""
+    """The spec with `study train`'s --precision, --channels-last, --cudnn-benchmark, --conv, --compile and
+    --cuda-graph applied."""
     import dataclasses
 
     from .parser import AUTO_BOOL
@@ -228,6 +229,8 @@ def with_train_flags(spec, args):
         overrides["conv"] = args.conv
     if getattr(args, "compile", None):
         overrides["compile"] = AUTO_BOOL[args.compile]
+    if getattr(args, "cuda_graph", None):
+        overrides["cuda_graph"] = AUTO_BOOL[args.cuda_graph]
     return dataclasses.replace(spec, train=dataclasses.replace(spec.train, **overrides)) if overrides else spec
 
 

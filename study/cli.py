@@ -360,13 +360,14 @@ def cmd_bench(args) -> int:
     print(f"study bench: {args.model} on {device} ({args.dataset}), K={members}, batch={batches}, "
           f"precision={args.precision}, channels_last={args.channels_last}, cudnn_benchmark={args.cudnn_benchmark}, "
           f"conv={args.conv}, "
-          f"compile={args.compile}", flush=True)
+          f"compile={args.compile}, cuda_graph={args.cuda_graph}", flush=True)
     on_row = (lambda partial: write_json(partial, args.json)) if args.json else None  # a killed run keeps its rows
     result = run_bench(args.model, members, batches, str(device), args.dataset, args.data_path, args.warmup,
                        args.steps, args.windows, args.compile, not args.no_baseline,
                        2 if args.workers is None else args.workers,
                        precision=args.precision, channels_last=AUTO_BOOL[args.channels_last],
-                       cudnn_benchmark=AUTO_BOOL[args.cudnn_benchmark], on_row=on_row, data=data, conv=args.conv)
+                       cudnn_benchmark=AUTO_BOOL[args.cudnn_benchmark], on_row=on_row, data=data, conv=args.conv,
+                       cuda_graph=args.cuda_graph)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)

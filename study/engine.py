@@ -34,6 +34,7 @@ from .spec import CHANNELS, EPOCH_METRICS, DataSpec, MemberSpec, ModelSpec, Trai
 
 
 ANGLE_STEPS = 8  # angular update: mean over the last (up to) 8 steps of each epoch
+GRAPH_WARMUP = 3  # train.cuda_graph: eager steps before the step is recorded (optimizer state, cuDNN's choices)
 
 
 def schedule_multiplier(step: int, total_steps: int, schedule: str = "cosine", warmup_steps: int = 0,
@@ -247,6 +248,16 @@ class ArrayTrainer:
         self.sqrt_v_epochs = 0
         self.compile_s = 0.0
         self._loss_fn = compiled_member_loss() if self.compiled else member_loss
+        self.cuda_graph = bool(getattr(t, "cuda_graph", False))
+        self._drop_graph()
+
+    def _drop_graph(self) -> None:
+        """Forget the recorded step and its static buffers (a loaded state replaces the tensors it points at)."""
+        self._static: tuple[Tensor, Tensor, Tensor] | None = None
+        self._graph = None
+        self._graph_loss: Tensor | None = None
+        self._graph_warmup = 0
+        self._side = None
 
     def _bind_lr(self) -> None:
         for group in self.optimizer.param_groups:
@@ -258,7 +269,7 @@ class ArrayTrainer:
         conv = forms[0] if len(forms) == 1 else ", ".join(f"{sum(v == f for v in self.conv.values())} {f}" for f in forms)
         return {"device": str(self.device), "precision": "bf16" if self.bf16 else "fp32",
                 "channels_last": self.channels_last, "cudnn_benchmark": self.cudnn_benchmark, "compile": self.compiled,
-                "conv": conv}
+                "conv": conv, "cuda_graph": self.cuda_graph}
 
     # ------------------------------------------------------------------ state (checkpoints)
 
@@ -276,6 +287,7 @@ class ArrayTrainer:
         self._bind_lr()  # the loaded groups carry the saved lr tensors; the step writes into self._lr
         self.alive = state["alive"].to(self.device)
         self.epoch, self.history, self.elapsed = state["epoch"], state["history"], state["elapsed"]
+        self._drop_graph()
         if state.get("sqrt_v") is not None:  # a checkpoint from before the diagnostics starts its average anew
             sums, self.sqrt_v_epochs = state["sqrt_v"]
             self.sqrt_v_sum = [t.to(self.device) for t in sums]
@@ -291,7 +303,54 @@ class ArrayTrainer:
 
     def train_step(self, x: Tensor, y: Tensor, s: Tensor) -> Tensor:
         """One step of every member at schedule multiplier s (a 0-d tensor on the device); returns the
-        per-member loss (0 for diverged members). No host synchronization."""
+        per-member loss (0 for diverged members), valid until the next step. No host synchronization.
+
+        With train.cuda_graph the step reads its batch and s from static buffers (copied in here) and, after
+        GRAPH_WARMUP eager steps, is replayed from one recorded CUDA graph: the whole step, optimizer included,
+        in one launch. On a CPU the same static-buffer path runs eagerly (nothing to record)."""
+        if not self.cuda_graph:
+            return self._step(x, y, s)
+        if self._static is None:
+            self._static = (torch.empty_like(x), torch.empty_like(y), torch.empty_like(s))
+        sx, sy, ss = self._static
+        sx.copy_(x)
+        sy.copy_(y)
+        ss.copy_(s)
+        if self._graph is not None:
+            self._graph.replay()
+            return self._graph_loss
+        if self._graph_warmup < GRAPH_WARMUP or self.device.type != "cuda":
+            self._graph_warmup += 1
+            out = self._on_graph_stream(lambda: self._step(sx, sy, ss))
+            if self._graph_warmup == GRAPH_WARMUP:  # the optimizer's state exists now: its counters go on the device
+                self.optimizer.count_steps_on_device()
+            return out
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=self._on_graph_stream(None)):  # records the step: nothing runs yet
+            self._graph_loss = self._step(sx, sy, ss)
+        self._graph = graph
+        graph.replay()
+        return self._graph_loss
+
+    def _on_graph_stream(self, fn):
+        """fn() on the stream the step is recorded on: on CUDA the warm-up steps and the recording share one side
+        stream (torch's CUDA-graph notes: tensors with autograd history warm up off the default stream); on a
+        CPU, fn() as it is. With fn None, that stream."""
+        if self.device.type != "cuda":
+            return fn() if fn else None
+        if self._side is None:
+            self._side = torch.cuda.Stream(self.device)
+        if fn is None:
+            return self._side
+        main = torch.cuda.current_stream(self.device)
+        self._side.wait_stream(main)
+        with torch.cuda.stream(self._side):
+            out = fn()
+        main.wait_stream(self._side)
+        out.record_stream(main)  # made on the side stream, read on this one: not reused before that read
+        return out
+
+    def _step(self, x: Tensor, y: Tensor, s: Tensor) -> Tensor:
         first = self.compiled and not self.compile_s
         t0 = time.perf_counter() if first else 0.0
         loss = self._loss_fn(self.model, x, y, self.bf16)  # (K,) mean cross-entropy, float32; compiled when asked
@@ -477,7 +536,7 @@ def train_arrays(spec, arrays: list[list[MemberSpec]], data: Dataset, device: to
         log(f"array {i}/{len(arrays)}: {array[0].arm}, {len(array)} members; decays {c['decayed_tensors']} "
             f"tensors ({c['decayed_params']} params), never {c['no_decay_tensors']} ({c['no_decay_params']}); "
             f"{st['precision']}, channels_last={st['channels_last']}, cudnn_benchmark={st['cudnn_benchmark']}, conv={st['conv']}, "
-            f"compile={st['compile']}")
+            f"compile={st['compile']}, cuda_graph={st['cuda_graph']}")
         log(f"{'epoch':>5} {'member':>6} {'lr':>9} {'wd':>9} {'seed':>4} {'train_loss':>10} {'test_err':>8} "
             f"{'|w|':>8} {'angle':>8} {'time':>6}")
 

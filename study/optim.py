@@ -364,6 +364,20 @@ class _DecayOptimizer(torch.optim.Optimizer):
                         p.grad.requires_grad_(False)
                     p.grad.zero_()
 
+    def count_steps_on_device(self) -> None:
+        """Keep every step count as a float64 tensor on the parameters' device, counted in place, so that a step
+        recorded once in a CUDA graph and replayed reads and advances the true count (a host number would be
+        baked into the graph). Adam's bias corrections are then computed from it on the device: the same values
+        in float32 as from the host number. Flat groups only (member arrays)."""
+        for i, group in enumerate(self.param_groups):
+            flat = self._flat.get(i)
+            if flat is None:
+                raise ValueError(f"invalid param group {i}: step counts on the device need flat groups (member arrays)")
+            if "step" in flat.state and not isinstance(flat.state["step"], Tensor):
+                flat.state["step"] = torch.tensor(float(flat.state["step"]), dtype=torch.float64, device=flat.param.device)
+                for p in flat.params:  # the per-parameter view torch's state_dict() reads shares the counter
+                    self.state[p]["step"] = flat.state["step"]
+
     def member_grads_finite(self) -> Tensor | None:
         """(K,) bool: member k's gradients are all finite (their sum is); one reduction per flat group.
         None when the optimizer has no flat group."""
@@ -452,12 +466,13 @@ class Adam(_DecayOptimizer):
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["step"] += 1
+        state["step"] += 1          # in place when it is a device counter (count_steps_on_device)
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         exp_avg.lerp_(grad, 1 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        bias_correction1 = 1 - beta1 ** state["step"]
-        bias_correction2_sqrt = math.sqrt(1 - beta2 ** state["step"])
+        bias_correction1 = 1 - beta1 ** state["step"]   # float64: a float, or a 0-d tensor on the device
+        bias_correction2 = 1 - beta2 ** state["step"]
+        bias_correction2_sqrt = bias_correction2.sqrt() if isinstance(bias_correction2, Tensor) else math.sqrt(bias_correction2)
         denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(group["eps"])
         _descend_div(p, exp_avg, denom, _bcast(group["lr"], p) / bias_correction1)  # p − (m/denom)·(lr/bc1)
 

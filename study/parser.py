@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replaces train.compile (auto: on for CUDA; bare --compile: true): torch.compile the forward "
                         "and loss (compile time is reported)")
 
+    t.add_argument("--cuda-graph", nargs="?", const="true", choices=["true", "false"],
+                   help="replaces train.cuda_graph (bare --cuda-graph: true): record the whole step as a CUDA graph "
+                        "and replay it; on a CPU the same static-buffer path runs without recording")
+
     v = _sub(sub, "validate", "check a spec without running anything", [spec])
     v.add_argument("--smoke", action="store_true", help="check what `study run --smoke` would run")
 
@@ -187,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--conv", default="auto", choices=CONV_CHOICES,
                    help="member convolutions: grouped, bmm (batched GEMM), or auto (the device's measured table, "
                         "else grouped)")
+    b.add_argument("--cuda-graph", action="store_true",
+                   help="record each array's whole step as a CUDA graph and replay it (on a CPU: the same static-"
+                        "buffer path, without recording)")
     b.add_argument("--no-baseline", action="store_true", help="skip the plain single-model loop")
     b.add_argument("--json", help="write the results here")
 

@@ -91,6 +91,8 @@ class TrainSpec:
     channels_last: bool | str | None = None  # channels-last activations and conv weights: auto (or null): on for CUDA
     cudnn_benchmark: bool | str | None = None  # cuDNN autotunes its convolutions: auto (or null): on for CUDA
     conv: str = "auto"              # member convolutions: auto | grouped | bmm (auto: the device's measured table, else grouped)
+    cuda_graph: bool = False        # record the whole step once as a CUDA graph and replay it (static input buffers;
+    #                                 on a CPU the same static-buffer path runs without recording)
 
 
 @dataclass(frozen=True)

@@ -274,6 +274,109 @@ def test_checkpoint_under_channels_last_and_bf16_resumes_exactly(digits):
     assert [r["test_loss"] for r in resumed.history[1]] == [r["test_loss"] for r in straight.history[1]]
 
 
+# --------------------------------------------------------------------------- CUDA graphs: the static-buffer path
+
+def _measured(history):
+    """Every member's rows without the clock's readings, as text (NaN, where no law is stated, equals itself)."""
+    return json.dumps([[{k: v for k, v in row.items() if k not in ("epoch_time", "wall_time", "ended_at")}
+                        for row in rows] for rows in history], sort_keys=True)
+
+
+GRAPH_ARMS = [("sgd", "coupled", (("momentum", 0.9),)), ("adam", "coupled", ()), ("adam", "independent", ()),
+              ("adagrad", "decoupled", ()), ("lion", "decoupled", ()), ("rmsprop", "coupled", (("momentum", 0.5),))]
+
+
+@pytest.mark.parametrize("arm", GRAPH_ARMS, ids=[f"{o}-{d}" for o, d, _ in GRAPH_ARMS])
+def test_the_cuda_graph_path_trains_bitwise_as_the_plain_step(digits, arm):
+    """train.cuda_graph on a CPU: batches and s copied into static buffers, GRAPH_WARMUP eager steps, then the
+    optimizer's step counters on the device (what a recorded graph needs; Adam's bias corrections computed
+    from them): 3 epochs of 2 steps, every weight, state tensor and row bitwise as the plain step's."""
+    from study.engine import GRAPH_WARMUP
+
+    opt, decay, options = arm
+    lrs = {"sgd": (0.05, 0.2), "lion": (1e-4, 3e-4)}.get(opt, (1e-3, 1e-2))
+    members = [MemberSpec(opt, decay, lr, 0.01, seed=3 + i, options=options) for i, lr in enumerate(lrs)]
+    plain = ArrayTrainer(members, digits, _config(epochs=3))
+    graphed = ArrayTrainer(members, digits, _config(epochs=3, cuda_graph=True))
+    plain.run()
+    graphed.run()
+    # every step ran eagerly on the static buffers (nothing to record on a CPU), past the warm-up
+    assert graphed.settings()["cuda_graph"] and graphed._graph_warmup == 6 > GRAPH_WARMUP and graphed._graph is None
+    for (name, a), b in zip(plain.model.state_dict().items(), graphed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    sa, sb = plain.optimizer.state_dict()["state"], graphed.optimizer.state_dict()["state"]
+    for i in sa:
+        for key in sa[i]:
+            assert torch.equal(torch.as_tensor(sa[i][key], dtype=torch.float64),
+                               torch.as_tensor(sb[i][key], dtype=torch.float64)), (i, key)
+    if "step" in sb[0]:  # the counters moved to the device and kept counting: 6 steps
+        assert isinstance(sb[0]["step"], torch.Tensor) and sb[0]["step"].dtype == torch.float64
+        assert float(sb[0]["step"]) == 6 == sa[0]["step"]
+    assert _measured(plain.history) == _measured(graphed.history)
+
+
+def test_a_cuda_graph_checkpoint_resumes_exactly_with_or_without_the_graph(digits):
+    """A state saved with device step counters resumes bitwise, in the graph path (its warm-up starts over)
+    and in the plain one (Adam reads a counter as it comes)."""
+    members = [MemberSpec("adam", "decoupled", lr, 0.05, seed=1) for lr in (1e-3, 1e-2)]
+    straight = ArrayTrainer(members, digits, _config(epochs=4, cuda_graph=True))
+    straight.run()
+    first = ArrayTrainer(members, digits, _config(epochs=4, cuda_graph=True))
+    first.train_epoch(), first.train_epoch()
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    for graph in (True, False):
+        buf.seek(0)
+        resumed = ArrayTrainer(members, digits, _config(epochs=4, cuda_graph=graph))
+        resumed.load_state_dict(torch.load(buf, weights_only=False))
+        resumed.run()
+        for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+            assert torch.equal(a, b), (graph, name)
+        assert _measured(resumed.history) == _measured(straight.history), graph
+
+
+def test_step_counters_on_the_device_match_torch_adam(digits):
+    """count_steps_on_device mid-run: Adam goes on from a float64 device counter and stays torch.optim.Adam's."""
+    torch.manual_seed(0)
+    w0 = torch.randn(2, 4, 3)
+    ours = w0.clone().requires_grad_()
+    ref = [w0[k].clone().requires_grad_() for k in range(2)]
+    opt = optim.Adam(optim.param_groups([("w", ours)], 0.0, member_dims=1, flat=True)[0], lr=1e-2)
+    refs = [torch.optim.Adam([r], lr=1e-2) for r in ref]
+    for step in range(20):
+        g = torch.randn(2, 4, 3)
+        ours.grad = g.clone()
+        opt.step()
+        for k in range(2):
+            ref[k].grad = g[k].clone()
+            refs[k].step()
+        if step == 4:
+            opt.count_steps_on_device()
+    assert isinstance(opt.state_dict()["state"][0]["step"], torch.Tensor)
+    for k in range(2):
+        torch.testing.assert_close(ours.detach()[k], ref[k].detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_cuda_graph_settings_in_the_cli_and_the_spec(tmp_path, capsys):
+    rc = main(["bench", "--device", "cpu", "--model", "resnet8", "--dataset", "digits", "--members", "2",
+               "--batch-size", "16", "--cuda-graph", "--warmup", "1", "--steps", "1", "--windows", "1",
+               "--no-baseline", "--json", str(tmp_path / "b.json")])
+    assert rc == 0 and "cuda_graph=True" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b.json").read_text())["settings"]["cuda_graph"] is True
+    spec = tmp_path / "g.yaml"
+    spec.write_text("name: g\ndata: {dataset: digits, train_subset: 64, test_subset: 64}\nmodel: {name: resnet8}\n"
+                    "train: {epochs: 1, batch_size: 32, cuda_graph: true}\n"
+                    "members:\n  - {optimizer: adam, decay: coupled, lr: 0.001, weight_decay: 0.001}\n")
+    assert main(["train", str(spec), "--out", str(tmp_path / "r.json")]) == 0
+    assert "cuda_graph=True" in capsys.readouterr().out
+    assert main(["train", str(spec), "--out", str(tmp_path / "r.json"), "--cuda-graph", "false"]) == 0
+    assert "cuda_graph=False" in capsys.readouterr().out
+    spec.write_text(spec.read_text().replace("cuda_graph: true", "cuda_graph: 2"))
+    assert main(["train", str(spec), "--out", str(tmp_path / "r.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.cuda_graph" in err[0], err
+
+
 # --------------------------------------------------------------------------- torch.compile (one tiny model)
 
 def test_compiled_step_matches_eager_and_is_reused(digits):
@@ -323,7 +426,7 @@ def test_bench_cli_runs_with_every_flag(tmp_path, capsys):
     assert rc == 0
     result = json.loads(out.read_text())
     assert result["settings"] == {"precision": "bf16", "channels_last": True, "cudnn_benchmark": True, "compile": "both",
-                                  "conv": "grouped"}
+                                  "conv": "grouped", "cuda_graph": False}
     rows = {(r["what"], r["compiled"]): r for r in result["rows"]}
     assert set(rows) == {("baseline", False), ("array", False), ("array", True)}
     assert rows[("array", True)]["compile_s"] > 0 and rows[("array", False)]["vs_baseline"] > 0
