@@ -143,6 +143,7 @@ def arm_claims(land, cell: list[dict], details: list[dict]) -> dict:
     err_mean, err_spread = _mean_spread(finite)
     spread = _mean_spread([d["final"].get("decay_spread", math.nan) for d in details])
     corr = _mean_spread([d["final"].get("norm_sqrt_v_corr", math.nan) for d in details])
+    train_loss = _mean_spread([d["final"].get("train_loss", math.nan) for d in details])[0]
     tags = details[0]["tags"] if details else {}
     ratio = _ratio(details)
     lr, wd = (cell[0]["lr"], cell[0]["weight_decay"]) if cell else (land.best.get("lr"), land.best.get("weight_decay"))
@@ -166,7 +167,8 @@ def arm_claims(land, cell: list[dict], details: list[dict]) -> dict:
             "decay_spread": spread[0], "norm_sqrt_v_corr": corr[0], "norm_sqrt_v_corr_spread": corr[1],
             "decayed_tensors": count("decayed_tensors"), "no_decay_tensors": count("no_decay_tensors"),
             "predicted": land.predicted[1], "slope": land.slope, "slope_ci": list(land.slope_ci),
-            "outcome": verdict["outcome"], "angular_ratio_mid": ratio, "regime": regime(ratio, why)}
+            "outcome": verdict["outcome"], "angular_ratio_mid": ratio, "regime": regime(ratio, why),
+            "train_loss": train_loss}
 
 
 def best_cell(land, members: list[dict]) -> list[dict]:

@@ -420,7 +420,8 @@ def claims_html(claims: dict | None, metric: str, figure_png: str | None = None)
         f"<td>{_num(a['decay_spread'], '.2f')}</td><td>{_num(a['norm_sqrt_v_corr'], '+.2f')}</td>"
         f"<td>{_num(a['slope'], '.2f')} [{_num(a['slope_ci'][0], '.2f')}, {_num(a['slope_ci'][1], '.2f')}]: "
         f"{html.escape(a['outcome'])}<br><small>predicted {html.escape(a['predicted'])}</small></td>"
-        f"<td>{html.escape(a['regime'])}</td></tr>" for a in claims.get("arms", []))
+        f"<td>{html.escape(a['regime'])}<br><small>final train loss {_num(a.get('train_loss', math.nan), '.2g')}"
+        f"</small></td></tr>" for a in claims.get("arms", []))
     by_arm = {a["arm"]: a for a in claims.get("arms", [])}
     compare = ""
     c, d = by_arm.get("adam-coupled"), by_arm.get("adam-decoupled")
@@ -453,7 +454,8 @@ half-range over seeds (how many); decayed / never-decayed tensors; the spread of
 the rank correlation between a channel's final weight norm and its mean √v̂ (the article predicts it higher under
 coupled decay: weights with a large gradient history regularized less); the slope of log λ*(η) beside its
 prediction; and the regime: the angular update of the decayed weights at mid-run against its equilibrium value
-(the predicted slopes assume equilibrium).</p>
+(the predicted slopes assume equilibrium), with the final training loss (near 0: the training set is
+memorized, and what the test metric then rewards is no longer the steady state the predictions describe).</p>
 <table id="claims"><thead><tr><th>arm</th><th>best η</th><th>best λ</th><th>best {html.escape(metric)} (seeds)</th>
 <th>decayed / never</th><th>decay spread</th><th>norm–√v̂ corr</th><th>slope</th><th>regime</th></tr></thead>
 <tbody>{rows}</tbody></table>{compare}{figure}"""

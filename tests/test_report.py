@@ -268,7 +268,9 @@ def test_the_export_measures_the_claims_on_the_study(smoke_study):
         assert a["decayed_tensors"] > 0 and a["no_decay_tensors"] > 0
         assert a["angular_ratio_mid"] is not None and a["angular_ratio_mid"] > 0   # SGD arms state an equilibrium
         assert "equilibrium" in a["regime"]
+        assert 0 < a["train_loss"] < 10       # the best cell's final training loss, mean over its seeds
     page = (export / "report.html").read_text()
+    assert "final train loss" in page
     assert 'id="claims"' in page and 'id="sgd-identity"' in page
 
 
