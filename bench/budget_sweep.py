@@ -12,7 +12,8 @@ Each (budget, arm) is one `study train` in its own process (one thread; two at a
 results under OUT/E<epochs>_<arm>/; the verdicts come from the same code `study export` uses. Printed per
 budget and arm: the slope, its interval and verdict, rows censored at a grid edge, and the regime: the
 scale-invariant weights' angular update at the middle epoch over its equilibrium value, at each row's best
-cell (median over rows; seeds averaged), i.e. how far the run got towards the equilibrium the laws assume.
+cell (median over rows; seeds averaged), i.e. how far the run got towards the equilibrium the laws assume,
+and the final training loss there (near 0: the training set is memorized).
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def budget_spec(spec: dict, epochs: int, arm: int) -> dict:
     return out
 
 
-def regime(results: Path, metric: str) -> float:
-    """Median over rows of the mid-run angular update over its equilibrium value at the row's best cell."""
+def regime(results: Path, metric: str) -> tuple[float, float]:
+    """At each row's best cell (seeds averaged), the mid-run angular update over its equilibrium value and the
+    final training loss; each the median over rows."""
     members = json.loads(results.read_text())["members"]
     cells: dict[tuple, list] = {}
     for m in members:
@@ -58,8 +60,10 @@ def regime(results: Path, metric: str) -> float:
         mean = statistics.fmean(vals) if all(math.isfinite(v) for v in vals) else math.inf
         if lr not in rows or mean < rows[lr][0]:
             rows[lr] = (mean, ms)
-    ratios = []
+    ratios, train = [], []
     for _, ms in rows.values():
+        losses = [m["final"].get("train_loss", math.nan) for m in ms]
+        train.append(statistics.fmean(losses) if all(math.isfinite(v) for v in losses) else math.nan)
         per = []
         for m in ms:
             h = m["history"][len(m["history"]) // 2 - 1]  # the middle epoch's row
@@ -68,7 +72,8 @@ def regime(results: Path, metric: str) -> float:
                 per.append(h["angular_update"] / eq)
         if per:
             ratios.append(statistics.fmean(per))
-    return statistics.median(ratios) if ratios else math.nan
+    train = [v for v in train if math.isfinite(v)]
+    return (statistics.median(ratios) if ratios else math.nan), (statistics.median(train) if train else math.nan)
 
 
 def fmt(v) -> str:
@@ -127,9 +132,10 @@ def main() -> int:
             land = doc["arms"][0]
             k = sum(c is not None for c in land.get("censored", []))
             best = min((x for row in land["error"] for x in row if x is not None and math.isfinite(x)), default=math.nan)
+            ratio, train = regime(res, metric)
             print(f"  E={e:<3} {v['arm']:<18} {fmt(v['slope'])} [{fmt(v['ci'][0])}, {fmt(v['ci'][1])}] "
                   f"{v['outcome']}{'*' if v.get('decisive') else ''}; {k} of {len(land['lr'])} rows at an edge; "
-                  f"regime {regime(res, metric):.2f}; best {metric} {best:.4f}")
+                  f"regime {ratio:.2f}; final train loss {train:.2g}; best {metric} {best:.4f}")
     return 0
 
 
