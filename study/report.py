@@ -455,7 +455,7 @@ the rank correlation between a channel's final weight norm and its mean √v̂ (
 coupled decay: weights with a large gradient history regularized less); the slope of log λ*(η) beside its
 prediction; and the regime: the angular update of the decayed weights at mid-run against its equilibrium value
 (the predicted slopes assume equilibrium), with the final training loss (near 0: the training set is
-memorized, and what the test metric then rewards is no longer the steady state the predictions describe).</p>
+memorized).</p>
 <table id="claims"><thead><tr><th>arm</th><th>best η</th><th>best λ</th><th>best {html.escape(metric)} (seeds)</th>
 <th>decayed / never</th><th>decay spread</th><th>norm–√v̂ corr</th><th>slope</th><th>regime</th></tr></thead>
 <tbody>{rows}</tbody></table>{compare}{figure}"""
