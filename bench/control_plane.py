@@ -81,14 +81,20 @@ def reporter(gpus: list[int], phases: dict[int, float], t0: float, epochs: int, 
 
 
 def _spec(name: str, n: int, k: int, epochs: int, curve_every: int = 1):
-    from study.spec import spec_from_dict
+    """n arrays of k members: n learning rates × k weight decays, one seed; past the spec's 10,000 grid points per
+    arm (N = 256: 32,768 members), n / S learning rates × k weight decays × S seeds, S the least power of two that
+    fits (the study then records one seed-averaged setting per S members instead of one per member)."""
+    from study.spec import MAX_GRID_POINTS, spec_from_dict
+    seeds = 1
+    while max(2, n // seeds) * k > MAX_GRID_POINTS and n // seeds > 2:
+        seeds *= 2
     return spec_from_dict({
         "name": name, "data": {"dataset": "synthetic", "synthetic_train": CIFAR_TRAIN, "synthetic_test": 10_000},
         "model": {"name": "resnet20"}, "train": {"epochs": epochs, "batch_size": 512, "device": "cpu"},
         "arms": [{"optimizer": "sgd", "decay": "coupled", "momentum": 0.9,
-                  "lr": {"low": 0.01, "high": 1.0, "points": max(2, n)},
+                  "lr": {"low": 0.01, "high": 1.0, "points": max(2, n // seeds)},
                   "weight_decay": {"low": 1e-5, "high": 1e-2, "points": k}}],
-        "search": {"sampler": "grid", "seeds": [0], "metric": "test_loss"},
+        "search": {"sampler": "grid", "seeds": list(range(seeds)), "metric": "test_loss"},
         "execution": {"members_per_trial": k}, "tracking": {"curve_every": curve_every}})
 
 
