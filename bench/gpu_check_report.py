@@ -216,11 +216,14 @@ def sync_check(device: str) -> None:
 
     data = load_dataset("synthetic", synthetic_size=(512, 64))
     cuda = torch.device(device).type == "cuda"
-    for opt, decay in (("sgd", "independent"), ("adam", "decoupled")):
+    from study.engine import GRAPH_WARMUP
+
+    for opt, decay, graph in (("sgd", "independent", False), ("adam", "decoupled", False), ("adam", "decoupled", True)):
         members = [MemberSpec(opt, decay, (0.1 if opt == "sgd" else 1e-3) * (k + 1), 1e-3, seed=k) for k in range(4)]
-        # on a CPU (the rehearsal) a smaller model and batch: bf16 + channels-last is slow there in eager mode
+        # on a CPU (the rehearsal) a smaller model and batch: bf16 + channels-last is slow there in eager mode; eager
+        # (compile off) as the plain step runs, and with train.cuda_graph its replays
         train = TrainSpec(epochs=1, batch_size=64 if cuda else 16, precision="bf16", channels_last=True, cudnn_benchmark=True,
-                          warmup_epochs=0.5)
+                          warmup_epochs=0.5, compile=False, cuda_graph=graph)
         tr = ArrayTrainer(members, data, ArrayConfig(ModelSpec("resnet20" if cuda else "resnet8"), train, DataSpec()), device)
         order, aug = tr._generators(0)
         perm = torch.randperm(len(data.train_y), generator=order).to(device)
@@ -229,18 +232,22 @@ def sync_check(device: str) -> None:
             x, y = tr._batch(perm[i * tr.batch:(i + 1) * tr.batch], aug)
             return tr.train_step(x, y, tr._schedule[i])
 
-        step(0), step(1)  # the first steps create the optimizer state
+        first = GRAPH_WARMUP + 1 if graph else 2  # the optimizer's state (and the graph's recording) come first
+        for i in range(first):
+            step(i)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.set_sync_debug_mode("error")
         try:
-            for i in range(2, 6):
+            for i in range(first, first + 4):
                 loss = step(i)
         finally:
             if cuda:
                 torch.cuda.set_sync_debug_mode(0)
         assert bool(torch.isfinite(loss).all()), "a member diverged in the sync check"
-        print(f"{opt}-{decay}: 4 training steps (batch, augmentation, bf16 forward, backward, divergence check, "
+        what = (("replays of the recorded step" if cuda else "static-buffer steps") + " (train.cuda_graph)") if graph \
+            else "training steps"
+        print(f"{opt}-{decay}: 4 {what} (batch, augmentation, bf16 forward, backward, divergence check, "
               + ("optimizer) ran with no host synchronization" if cuda else "optimizer) ran; the sync check needs CUDA"))
 
 

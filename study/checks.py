@@ -227,10 +227,9 @@ def with_train_flags(spec, args):
         overrides["cudnn_benchmark"] = AUTO_BOOL[args.cudnn_benchmark]
     if getattr(args, "conv", None):
         overrides["conv"] = args.conv
-    if getattr(args, "compile", None):
-        overrides["compile"] = AUTO_BOOL[args.compile]
-    if getattr(args, "cuda_graph", None):
-        overrides["cuda_graph"] = AUTO_BOOL[args.cuda_graph]
+    for name in ("compile", "cuda_graph"):  # --compile / --no-compile, --cuda-graph / --no-cuda-graph
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
     return dataclasses.replace(spec, train=dataclasses.replace(spec.train, **overrides)) if overrides else spec
 
 

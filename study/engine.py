@@ -275,7 +275,7 @@ class ArrayTrainer:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "alive": self.alive.cpu(), "history": self.history, "elapsed": self.elapsed,
+                "alive": self.alive.detach().cpu().clone(), "history": self.history, "elapsed": self.elapsed,
                 "members": [m.to_dict() for m in self.members],
                 "sqrt_v": None if self.sqrt_v_sum is None else ([t.cpu() for t in self.sqrt_v_sum], self.sqrt_v_epochs)}
 
@@ -285,7 +285,7 @@ class ArrayTrainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self._bind_lr()  # the loaded groups carry the saved lr tensors; the step writes into self._lr
-        self.alive = state["alive"].to(self.device)
+        self.alive = state["alive"].to(self.device).clone()  # stepped in place: never the saved state's tensor
         self.epoch, self.history, self.elapsed = state["epoch"], state["history"], state["elapsed"]
         self._drop_graph()
         if state.get("sqrt_v") is not None:  # a checkpoint from before the diagnostics starts its average anew

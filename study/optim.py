@@ -268,6 +268,8 @@ class _FlatGroup:
                 for i, st in enumerate(per_param):
                     self.view(flat, i).copy_(st[key])
                 self.state[key] = flat
+            elif key == "step" and isinstance(v0, Tensor):  # a device counter: this optimizer's own, on its device
+                self.state[key] = v0.detach().to(device=self.param.device, dtype=torch.float64).clone()
             else:
                 self.state[key] = v0
         self.mirror(opt_state)
@@ -409,6 +411,17 @@ class _DecayOptimizer(torch.optim.Optimizer):
             flat.load(self.state)
 
 
+def _div_as_by_host_number(x: Tensor, d: Tensor) -> Tensor:
+    """x / d for a 0-d float64 tensor d (a step count's bias correction kept on the device), rounded exactly as
+    x / float(d) is: d is cast to x's dtype first, and on CUDA, which divides by a host number as a multiplication
+    by its reciprocal in that dtype (PyTorch's div_true_kernel_cuda), the same multiplication is made. A float x
+    (one lr for every member, outside the engine) gives a 0-d float64 tensor: equal to rounding, not bitwise."""
+    if not isinstance(x, Tensor):
+        return x / d
+    d = d.to(x.dtype)
+    return torch.mul(x, d.reciprocal()) if x.is_cuda else torch.div(x, d)
+
+
 def _descend(p: Tensor, update: Tensor, lr) -> None:
     """p ← p − lr·update, lr a float or a per-member tensor broadcast to p (_bcast): one kernel, no temporary."""
     if isinstance(lr, Tensor):
@@ -472,9 +485,13 @@ class Adam(_DecayOptimizer):
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         bias_correction1 = 1 - beta1 ** state["step"]   # float64: a float, or a 0-d tensor on the device
         bias_correction2 = 1 - beta2 ** state["step"]
-        bias_correction2_sqrt = bias_correction2.sqrt() if isinstance(bias_correction2, Tensor) else math.sqrt(bias_correction2)
-        denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(group["eps"])
-        _descend_div(p, exp_avg, denom, _bcast(group["lr"], p) / bias_correction1)  # p − (m/denom)·(lr/bc1)
+        if isinstance(bias_correction2, Tensor):
+            denom = _div_as_by_host_number(exp_avg_sq.sqrt(), bias_correction2.sqrt()).add_(group["eps"])
+            lr = _div_as_by_host_number(_bcast(group["lr"], p), bias_correction1)
+        else:
+            denom = exp_avg_sq.sqrt().div_(math.sqrt(bias_correction2)).add_(group["eps"])
+            lr = _bcast(group["lr"], p) / bias_correction1
+        _descend_div(p, exp_avg, denom, lr)  # p − (m/denom)·(lr/bc1)
 
 
     @staticmethod

@@ -9,7 +9,7 @@ import argparse
 from .spec import LARGE_MEMBER_EPOCHS, LARGE_MEMBERS, SpecError
 from .registry import CONV_CHOICES
 
-AUTO_BOOL = {"auto": None, "true": True, "false": False}  # --channels-last, --cudnn-benchmark, --compile -> the spec's value
+AUTO_BOOL = {"auto": None, "true": True, "false": False}  # --channels-last, --cudnn-benchmark -> the spec's value
 
 SET_HELP = ("override a spec field before it is checked: dotted KEY (train.epochs, search.seeds, "
             "arms[0].lr.high), VALUE in YAML (3, 1e-3, [0,1], null); repeatable; recorded with the study")
@@ -130,13 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--conv", choices=CONV_CHOICES,
                    help="replaces train.conv: each member convolution grouped, as a batched GEMM (bmm), or auto (the "
                         "table $STUDY_CONV_TABLE measured for this device, else grouped)")
-    t.add_argument("--compile", nargs="?", const="true", choices=["auto", "true", "false"],
-                   help="replaces train.compile (auto: on for CUDA; bare --compile: true): torch.compile the forward "
-                        "and loss (compile time is reported)")
+    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="replaces train.compile (left out: the spec's, auto by default: on for CUDA): torch.compile "
+                        "the forward and loss (compile time is reported)")
 
-    t.add_argument("--cuda-graph", nargs="?", const="true", choices=["true", "false"],
-                   help="replaces train.cuda_graph (bare --cuda-graph: true): record the whole step as a CUDA graph "
-                        "and replay it; on a CPU the same static-buffer path runs without recording")
+    t.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replaces train.cuda_graph: record the whole step as a CUDA graph and replay it; on a CPU the "
+                        "same static-buffer path runs without recording")
 
     v = _sub(sub, "validate", "check a spec without running anything", [spec])
     v.add_argument("--smoke", action="store_true", help="check what `study run --smoke` would run")

@@ -236,7 +236,8 @@ def _gather_options(cls, raw: dict, coerce) -> dict:
 
 # values that also count as a field's default in the identity: train.compile was false by default until it became
 # auto (on for CUDA), so a spec recorded before keeps its identity, and writing auto is the same as leaving it out
-AS_DEFAULT = {"compile": ("auto", False)}
+AS_DEFAULT = {("TrainSpec", "compile"): ("auto", False)}  # an explicit false on CUDA differs in rounding only,
+#                                                            and each member run's settings.compile tag says what ran
 
 
 def _non_default(v):
@@ -252,7 +253,8 @@ def _non_default(v):
                 continue
             default = f.default if f.default is not dataclasses.MISSING else (
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
-            if default is dataclasses.MISSING or (value != default and value not in AS_DEFAULT.get(f.name, ())):
+            if default is dataclasses.MISSING or (value != default
+                                                  and value not in AS_DEFAULT.get((type(v).__name__, f.name), ())):
                 out[f.name] = _non_default(value)
         return out
     if isinstance(v, (list, tuple)):

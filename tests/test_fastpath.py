@@ -325,6 +325,10 @@ def test_a_cuda_graph_checkpoint_resumes_exactly_with_or_without_the_graph(digit
     first.train_epoch(), first.train_epoch()
     buf = io.BytesIO()
     torch.save(first.state_dict(), buf)
+    snapshot = first.state_dict()
+    alive = snapshot["alive"].clone()
+    first.alive[0] = False  # the live trainer's mask changes in place; a state taken before must not
+    assert torch.equal(snapshot["alive"], alive)
     for graph in (True, False):
         buf.seek(0)
         resumed = ArrayTrainer(members, digits, _config(epochs=4, cuda_graph=graph))
@@ -355,6 +359,13 @@ def test_step_counters_on_the_device_match_torch_adam(digits):
     assert isinstance(opt.state_dict()["state"][0]["step"], torch.Tensor)
     for k in range(2):
         torch.testing.assert_close(ours.detach()[k], ref[k].detach(), rtol=1e-6, atol=1e-7)
+    # an optimizer loaded from another's state in memory counts its own steps (torch hands the tensor over as is)
+    other_w = w0.clone().requires_grad_()
+    other = optim.Adam(optim.param_groups([("w", other_w)], 0.0, member_dims=1, flat=True)[0], lr=1e-2)
+    other.load_state_dict(opt.state_dict())
+    other_w.grad = torch.randn(2, 4, 3)
+    other.step()
+    assert float(opt.state_dict()["state"][0]["step"]) == 20 and float(other.state_dict()["state"][0]["step"]) == 21
 
 
 def test_cuda_graph_settings_in_the_cli_and_the_spec(tmp_path, capsys):
@@ -369,7 +380,7 @@ def test_cuda_graph_settings_in_the_cli_and_the_spec(tmp_path, capsys):
                     "members:\n  - {optimizer: adam, decay: coupled, lr: 0.001, weight_decay: 0.001}\n")
     assert main(["train", str(spec), "--out", str(tmp_path / "r.json")]) == 0
     assert "cuda_graph=True" in capsys.readouterr().out
-    assert main(["train", str(spec), "--out", str(tmp_path / "r.json"), "--cuda-graph", "false"]) == 0
+    assert main(["train", str(spec), "--out", str(tmp_path / "r.json"), "--no-cuda-graph"]) == 0
     assert "cuda_graph=False" in capsys.readouterr().out
     spec.write_text(spec.read_text().replace("cuda_graph: true", "cuda_graph: 2"))
     assert main(["train", str(spec), "--out", str(tmp_path / "r.json")]) == 2
@@ -416,6 +427,22 @@ def test_compiled_step_matches_eager_and_is_reused(digits):
 
 # --------------------------------------------------------------------------- the CLI flags
 
+def test_the_compiled_step_on_static_buffers_trains_as_the_compiled_step(digits):
+    """train.compile with train.cuda_graph (what a spec asking for the graph gets on CUDA, compile being auto
+    there): the compiled step fed from static buffers, past the warm-up, ends bitwise where the compiled step ends.
+    Same shapes and settings as the compile test above, so its compiled graphs serve both."""
+    members = MEMBERS["sgd"][:2]
+    kw = dict(precision="bf16", channels_last=True, compile=True)
+    plain = ArrayTrainer(members, digits, _config(epochs=3, **kw))
+    graphed = ArrayTrainer(members, digits, _config(epochs=3, cuda_graph=True, **kw))
+    plain.run()
+    graphed.run()
+    assert graphed.compiled and graphed.cuda_graph and graphed._graph_warmup == 6
+    for (name, a), b in zip(plain.model.state_dict().items(), graphed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert _measured(plain.history) == _measured(graphed.history)
+
+
 def test_bench_cli_runs_with_every_flag(tmp_path, capsys):
     """Same shapes as the compile test above (resnet8, K=2, 32 digits): the compiled rows reuse its graphs."""
     out = tmp_path / "bench.json"
@@ -456,7 +483,7 @@ def test_train_cli_flags_and_spec_fields(tmp_path, capsys):
     assert rc == 0 and "fp32, channels_last=False, cudnn_benchmark=False, conv=grouped, compile=False" in \
         capsys.readouterr().out  # auto: grouped without a measured table; compile auto: off on a CPU
     spec.write_text(spec.read_text().replace("precision: fp32", "precision: fp32, compile: true"))
-    rc = main(["train", str(spec), "--out", str(tmp_path / "r.json"), "--compile", "false"])
+    rc = main(["train", str(spec), "--out", str(tmp_path / "r.json"), "--no-compile"])
     assert rc == 0 and "compile=False" in capsys.readouterr().out  # the flag replaces the spec's field
     bad = tmp_path / "bad.yaml"
     bad.write_text(spec.read_text().replace("precision: fp32", "precision: fp16"))
