@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from robustness import landscape_doc  # the verdicts, as `study export` computes them
+from robustness import fmt, landscape_doc  # the verdicts, as `study export` computes them, and their spelling
 
 
 def budget_spec(spec: dict, epochs: int, arm: int) -> dict:
@@ -74,10 +74,6 @@ def regime(results: Path, metric: str) -> tuple[float, float]:
             ratios.append(statistics.fmean(per))
     train = [v for v in train if math.isfinite(v)]
     return (statistics.median(ratios) if ratios else math.nan), (statistics.median(train) if train else math.nan)
-
-
-def fmt(v) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:+.2f}"
 
 
 def main() -> int:

@@ -326,27 +326,28 @@ class ArrayTrainer:
                 self.optimizer.count_steps_on_device()
             return out
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self._on_graph_stream(None)):  # records the step: nothing runs yet
+        with torch.cuda.graph(graph, stream=self._side_stream()):  # records the step: nothing runs yet
             self._graph_loss = self._step(sx, sy, ss)
         self._graph = graph
         graph.replay()
         return self._graph_loss
 
-    def _on_graph_stream(self, fn):
-        """fn() on the stream the step is recorded on: on CUDA the warm-up steps and the recording share one side
-        stream (torch's CUDA-graph notes: tensors with autograd history warm up off the default stream); on a
-        CPU, fn() as it is. With fn None, that stream."""
-        if self.device.type != "cuda":
-            return fn() if fn else None
+    def _side_stream(self):
+        """The CUDA stream the step's warm-up and recording share (torch's CUDA-graph notes: tensors with autograd
+        history warm up off the default stream)."""
         if self._side is None:
             self._side = torch.cuda.Stream(self.device)
-        if fn is None:
-            return self._side
-        main = torch.cuda.current_stream(self.device)
-        self._side.wait_stream(main)
-        with torch.cuda.stream(self._side):
+        return self._side
+
+    def _on_graph_stream(self, fn):
+        """fn() on the side stream the step is recorded on (CUDA); on a CPU, fn() as it is."""
+        if self.device.type != "cuda":
+            return fn()
+        main, side = torch.cuda.current_stream(self.device), self._side_stream()
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
             out = fn()
-        main.wait_stream(self._side)
+        main.wait_stream(side)
         out.record_stream(main)  # made on the side stream, read on this one: not reused before that read
         return out
 
